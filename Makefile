@@ -1,0 +1,53 @@
+# `make demo` and `make test` each set themselves up from nothing: venv, pip, npm ci.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+NODE_MODULES := node_modules/.package-lock.json
+
+.PHONY: setup demo test lint unit bench node-pyz clean local-up local-down
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+$(NODE_MODULES): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(INSTALLED) $(NODE_MODULES)
+
+demo: setup
+	$(VENV)/bin/topn run examples/texts
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(PY) -m pytest
+
+unit: setup
+	$(PY) -m pytest tests/unit
+
+node-pyz: setup
+	$(PY) -m node.pack dist/node.pyz
+
+bench: setup
+	$(PY) bench/node_throughput.py
+	$(PY) bench/emulator_throughput.py
+	$(PY) bench/seed_baseline.py
+
+local-up: setup
+	$(VENV)/bin/topn local up
+
+local-down: setup
+	$(VENV)/bin/topn local down
+
+clean:
+	rm -rf $(VENV) node_modules .topn results dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,39 @@
+"""The exception tree every stage raises from; the CLI maps it to exit statuses."""
+
+from __future__ import annotations
+
+
+class TopnError(Exception):
+    """Base of every error topn reports to a user. Messages never contain secrets."""
+
+    exit_code = 1
+
+
+class UsageError(TopnError):
+    """The user asked for something that cannot start (exit 2, nothing created)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A bad or missing setting; the message names the key and the file."""
+
+
+class InputError(UsageError):
+    """A missing path, an empty folder, an unreadable file, a name that cannot be staged."""
+
+
+class CredentialError(UsageError):
+    """A wrong key or an identity that cannot get a token: fail fast, never retry."""
+
+
+class ServiceUnavailableError(TopnError):
+    """An endpoint did not answer within the retry budget (a dead endpoint, not a flaky one)."""
+
+
+class PoolError(TopnError):
+    """The pool cannot run tasks: start task failed, allocation failed, quota reached."""
+
+
+class RunFailedError(TopnError):
+    """The run could not finish; the journal keeps what was done so `topn resume` can go on."""

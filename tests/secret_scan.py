@@ -1,0 +1,35 @@
+"""One scanner for every test that checks nothing secret was printed or written."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+# A SAS signature (`sig=` followed by its value) or a bearer token in any text we produced.
+_SAS_SIGNATURE = re.compile(r"sig=[A-Za-z0-9%+/=]{10,}")
+_BEARER = re.compile(r"Bearer\s+[A-Za-z0-9\-_.]{20,}")
+
+
+def find_secrets(texts: Iterable[tuple[str, str]], keys: Iterable[str]) -> list[str]:
+    """Describe every leak in (source name, text) pairs: an account key, a SAS signature, a token."""
+    keys = [key for key in keys if key]
+    leaks: list[str] = []
+    for source, text in texts:
+        for key in keys:
+            if key in text:
+                leaks.append(f"{source}: contains an account key")
+        if _SAS_SIGNATURE.search(text):
+            leaks.append(f"{source}: contains a SAS signature ({_SAS_SIGNATURE.search(text).group(0)[:8]}...)")  # type: ignore[union-attr]
+        if _BEARER.search(text):
+            leaks.append(f"{source}: contains a bearer token")
+    return leaks
+
+
+def texts_under(folder: Path) -> list[tuple[str, str]]:
+    """Every file under `folder` as text (binary files decoded with replacement)."""
+    return [
+        (str(path), path.read_bytes().decode("utf-8", errors="replace"))
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    ]
