@@ -22,11 +22,15 @@ from anyio.abc import Process
 
 # The emulator's documented local default account. Not a secret: it only opens the loopback emulator.
 EMULATOR_ACCOUNT_NAME = "topnlocal"
-EMULATOR_ACCOUNT_KEY = "Zym2mVjNK3UFfWmczha6+QroyGvPwo8CwiNdjvw6UuPd9UYiWHEWzwdOxXtd4H10lyMdrmmGsJxwO8FDTlJkVQ=="
+EMULATOR_ACCOUNT_KEY = (
+    "Zym2mVjNK3UFfWmczha6+QroyGvPwo8CwiNdjvw6UuPd9UYiWHEWzwdOxXtd4H10lyMdrmmGsJxwO8FDTlJkVQ=="
+)
 
 # Azurite's documented development account (public, the same on every machine).
 AZURITE_ACCOUNT_NAME = "devstoreaccount1"
-AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 
 _AZURITE_READY = re.compile(r"Azurite Blob service successfully listens on (http://[\w.\-]+:\d+)")
 
@@ -139,7 +143,7 @@ async def start_service(
 
     `detached` puts the child in its own session so it outlives this process (`topn local up`).
     """
-    log_dir.mkdir(parents=True, exist_ok=True)
+    await anyio.Path(log_dir).mkdir(parents=True, exist_ok=True)
     stdout_path = log_dir / f"{name}.stdout.log"
     stderr_path = log_dir / f"{name}.stderr.log"
     with stdout_path.open("wb") as stdout_file, stderr_path.open("wb") as stderr_file:
@@ -155,12 +159,13 @@ async def start_service(
             )
         except FileNotFoundError as exc:
             raise LocalServiceError(
-                f"cannot start {name}: {argv[0]} not found. Run `make setup` (pip install -e '.[dev]' and npm ci)."
+                f"cannot start {name}: {argv[0]} not found. "
+                "Run `make setup` (pip install -e '.[dev]' and npm ci)."
             ) from exc
     try:
         with anyio.fail_after(timeout_s):
             while True:
-                announced = parse_ready(stdout_path.read_text(errors="replace"))
+                announced = parse_ready(await anyio.Path(stdout_path).read_text(errors="replace"))
                 if announced is not None:
                     return ServiceProcess(name, str(announced["endpoint"]), process, log_dir, announced)
                 if process.returncode is not None:
@@ -194,8 +199,10 @@ async def stop_service_process(process: Process, grace_s: float = 10.0) -> int |
 
 
 async def stop_service(service: ServiceProcess, grace_s: float = 10.0) -> int | None:
+    status: int | None = None
     with anyio.CancelScope(shield=True):
-        return await stop_service_process(service.process, grace_s)
+        status = await stop_service_process(service.process, grace_s)
+    return status
 
 
 async def start_azurite(
@@ -203,10 +210,16 @@ async def start_azurite(
 ) -> ServiceProcess:
     binary = azurite_bin or project_root() / "node_modules" / ".bin" / "azurite-blob"
     if not binary.exists():
-        raise LocalServiceError(f"Azurite is not installed at {binary}. Run `npm ci` (or `make setup`) first.")
-    location.mkdir(parents=True, exist_ok=True)
+        raise LocalServiceError(
+            f"Azurite is not installed at {binary}. Run `npm ci` (or `make setup`) first."
+        )
+    await anyio.Path(location).mkdir(parents=True, exist_ok=True)
     return await start_service(
-        "azurite", azurite_command(binary, location, port=port), log_dir, parse_azurite_ready, detached=detached
+        "azurite",
+        azurite_command(binary, location, port=port),
+        log_dir,
+        parse_azurite_ready,
+        detached=detached,
     )
 
 

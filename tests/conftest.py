@@ -59,14 +59,21 @@ async def start_emulator(tmp_path: Path) -> AsyncIterator[StartEmulator]:
     """Start emulators with chosen flags (faults, limits); all are stopped after the test."""
     started: list[local.ServiceProcess] = []
 
-    async def start(extra_args: Sequence[str] = (), account_key: str = local.EMULATOR_ACCOUNT_KEY) -> BatchEndpoint:
+    async def start(
+        extra_args: Sequence[str] = (), account_key: str = local.EMULATOR_ACCOUNT_KEY
+    ) -> BatchEndpoint:
         root = tmp_path / f"emulator{len(started)}"
         service = await local.start_emulator(
             root / "nodes", root / "logs", account_key=account_key, extra_args=extra_args
         )
         started.append(service)
         return BatchEndpoint(
-            service.endpoint, local.EMULATOR_ACCOUNT_NAME, account_key, root / "nodes", root / "logs", service.pid
+            service.endpoint,
+            local.EMULATOR_ACCOUNT_NAME,
+            account_key,
+            root / "nodes",
+            root / "logs",
+            service.pid,
         )
 
     try:

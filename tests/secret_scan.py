@@ -19,8 +19,9 @@ def find_secrets(texts: Iterable[tuple[str, str]], keys: Iterable[str]) -> list[
         for key in keys:
             if key in text:
                 leaks.append(f"{source}: contains an account key")
-        if _SAS_SIGNATURE.search(text):
-            leaks.append(f"{source}: contains a SAS signature ({_SAS_SIGNATURE.search(text).group(0)[:8]}...)")  # type: ignore[union-attr]
+        signature = _SAS_SIGNATURE.search(text)
+        if signature:
+            leaks.append(f"{source}: contains a SAS signature ({signature.group(0)[:8]}...)")
         if _BEARER.search(text):
             leaks.append(f"{source}: contains a bearer token")
     return leaks
