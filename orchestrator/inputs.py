@@ -1,0 +1,142 @@
+"""Turn the paths a user gave into the run's input list, before anything is created anywhere."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from orchestrator.errors import InputError
+
+# Azure rejects blob names over 1,024 characters; the run prefix takes about 30 of them.
+MAX_RELPATH_CHARS = 960
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file to process: where it is, the name it has inside the run, its size."""
+
+    path: Path
+    relpath: str  # POSIX, relative to the argument it came from; unique within the run
+    size_bytes: int
+
+
+def discover_inputs(paths: Sequence[Path]) -> list[InputFile]:
+    """Files and folders (recursively) to a list sorted by relpath; InputError names any bad path."""
+    if not paths:
+        raise InputError("no input given: name at least one file or folder, e.g. `topn run ./texts`")
+    found: list[InputFile] = []
+    seen_files: set[tuple[int, int]] = set()
+    for argument in paths:
+        for path, relpath, info in _walk_argument(argument):
+            identity = (info.st_dev, info.st_ino)
+            if identity in seen_files:  # the same file named twice (or reached twice) is processed once
+                continue
+            seen_files.add(identity)
+            found.append(InputFile(path=path, relpath=relpath, size_bytes=info.st_size))
+    unique = make_relpaths_unique([item.relpath for item in found])
+    inputs = [
+        InputFile(path=item.path, relpath=relpath, size_bytes=item.size_bytes)
+        for item, relpath in zip(found, unique, strict=True)
+    ]
+    for item in inputs:
+        check_relpath(item.relpath, item.path)
+    return sorted(inputs, key=lambda item: item.relpath)
+
+
+def _walk_argument(argument: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
+    """Every regular file under one argument with its relpath; symlinks followed, loops refused."""
+    try:
+        info = argument.stat()
+    except FileNotFoundError:
+        raise InputError(
+            f"input not found: {argument} (check the path; folders are read recursively)"
+        ) from None
+    except OSError as error:
+        raise InputError(f"cannot read input {argument}: {error.strerror}") from None
+    if stat.S_ISREG(info.st_mode):
+        yield argument, argument.name, info
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise InputError(f"input is neither a file nor a folder: {argument}")
+    count = 0
+    for path, relpath, file_info in _walk_folder(argument, PurePosixPath(), {(info.st_dev, info.st_ino)}):
+        count += 1
+        yield path, relpath, file_info
+    if count == 0:
+        raise InputError(f"folder has no files to process: {argument}")
+
+
+def _walk_folder(
+    folder: Path, prefix: PurePosixPath, ancestors: set[tuple[int, int]]
+) -> Iterator[tuple[Path, str, os.stat_result]]:
+    """Depth-first, name-sorted walk; `ancestors` holds the folders above us to detect symlink loops."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as error:
+        raise InputError(f"cannot list folder {folder}: {error.strerror}") from None
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            info = path.stat()  # follows symlinks, as a user who linked a file in expects
+        except FileNotFoundError:
+            raise InputError(
+                f"broken symbolic link in the inputs: {path} (remove it or fix its target)"
+            ) from None
+        except OSError as error:
+            if error.errno == 40:  # ELOOP: a link that points at itself
+                raise InputError(f"symbolic link loop in the inputs: {path}") from None
+            raise InputError(f"cannot read input {path}: {error.strerror}") from None
+        relpath = prefix / entry.name
+        if stat.S_ISDIR(info.st_mode):
+            identity = (info.st_dev, info.st_ino)
+            if identity in ancestors:
+                raise InputError(
+                    f"symbolic link loop in the inputs: {path} leads back to a folder above it "
+                    "(remove the link or name the folders separately)"
+                )
+            yield from _walk_folder(path, relpath, ancestors | {identity})
+        elif stat.S_ISREG(info.st_mode):
+            yield path, str(relpath), info
+
+
+def make_relpaths_unique(relpaths: Sequence[str]) -> list[str]:
+    """Keep each relpath, renaming later duplicates to `stem~2.ext`, `stem~3.ext`, ... (deterministic)."""
+    taken = set(relpaths)
+    used: set[str] = set()
+    unique: list[str] = []
+    for relpath in relpaths:
+        if relpath not in used:
+            used.add(relpath)
+            unique.append(relpath)
+            continue
+        path = PurePosixPath(relpath)
+        number = 2
+        while True:
+            candidate = str(path.with_name(f"{path.stem}~{number}{path.suffix}"))
+            if candidate not in used and candidate not in taken:
+                break
+            number += 1
+        used.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
+def check_relpath(relpath: str, path: Path) -> None:
+    """Refuse names that cannot become a blob name or a result file (InputError says which and why)."""
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"input name is not valid UTF-8 and cannot be stored in Blob Storage: {path!s} (rename the file)"
+        ) from None
+    if any(ord(char) < 32 or ord(char) == 127 for char in relpath):
+        raise InputError(f"input name contains a control character: {relpath!r} (rename the file)")
+    if "\\" in relpath:
+        raise InputError(f"input name contains a backslash, which Blob Storage treats as '/': {relpath!r}")
+    if len(relpath) > MAX_RELPATH_CHARS:
+        raise InputError(f"input path is longer than {MAX_RELPATH_CHARS} characters: {relpath[:80]}...")
+    if any(part.endswith(".") for part in PurePosixPath(relpath).parts):
+        raise InputError(f"input name ends with a dot, which Blob Storage cannot keep: {relpath!r}")

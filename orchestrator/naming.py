@@ -1,0 +1,130 @@
+"""Every id and name a run derives from its inputs, in one place (pure functions, no I/O).
+
+docs/contracts.md fixes these formats: the node, the journal and resume all rely on them, so a name
+is always computed here and never spelled out anywhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+_RUN_ID = re.compile(r"^\d{8}t\d{6}z-[0-9a-f]{6}$")
+# An extension we copy into a node-side file name: short, plain ASCII, nothing a shell could misread.
+_SAFE_EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+
+
+def new_run_id(now: datetime | None = None, random_hex: str | None = None) -> str:
+    """A sortable run id, `YYYYMMDDtHHMMSSz-xxxxxx` (UTC time plus 6 random hex digits)."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    suffix = random_hex if random_hex is not None else secrets.token_hex(3)
+    run_id = f"{moment:%Y%m%dt%H%M%Sz}-{suffix}".lower()
+    if not is_run_id(run_id):
+        raise ValueError(f"not a valid run id: {run_id!r}")
+    return run_id
+
+
+def is_run_id(text: str) -> bool:
+    """True when `text` has the run id format (it is then also valid inside a container name)."""
+    return bool(_RUN_ID.match(text))
+
+
+def job_id(run_id: str) -> str:
+    """The run's own job: `topn-<run_id>`."""
+    return f"topn-{run_id}"
+
+
+def task_id(index: int) -> str:
+    """A work unit's task id from its position in the run's sorted inputs (stable across resumes)."""
+    if index < 0:
+        raise ValueError("a task index cannot be negative")
+    return f"t{index:06d}"
+
+
+def app_container(prefix: str) -> str:
+    """Container holding the packed node script, shared by all runs."""
+    return f"{prefix}-app"
+
+
+def input_container(prefix: str) -> str:
+    """Container holding every run's inputs under `runs/<run_id>/`."""
+    return f"{prefix}-input"
+
+
+def output_container(prefix: str, run_id: str) -> str:
+    """The run's own output container; the node's write SAS is scoped to it and nothing else."""
+    return f"{prefix}-out-{run_id}"
+
+
+def node_blob_name(sha256_hex: str) -> str:
+    """Blob of the packed node script, keyed by its content so versions never overwrite each other."""
+    return f"node/{sha256_hex[:12]}/node.pyz"
+
+
+def input_blob_name(run_id: str, relpath: str) -> str:
+    """Where an input lives in the input container: `runs/<run_id>/<relpath>`."""
+    return f"runs/{run_id}/{relpath}"
+
+
+def run_input_prefix(run_id: str) -> str:
+    """The prefix of all of a run's input blobs (for clean-up)."""
+    return f"runs/{run_id}/"
+
+
+def output_name(relpath: str) -> str:
+    """`<relpath without extension>_OUTPUT<ext>`, the seed's output name with the folders kept."""
+    path = PurePosixPath(relpath)
+    return str(path.with_name(f"{path.stem}_OUTPUT{path.suffix}"))
+
+
+def counts_name(relpath: str) -> str:
+    """Blob (and file) holding one input's full counts: `counts/<relpath>.counts.json.gz`."""
+    return f"counts/{relpath}.counts.json.gz"
+
+
+def node_input_path(index: int, relpath: str) -> str:
+    """The safe on-node file name of an input (`in/<index>.<ext>`); user names never reach a shell."""
+    suffix = PurePosixPath(relpath).suffix
+    return f"in/{index:06d}{suffix if _SAFE_EXTENSION.match(suffix) else ''}"
+
+
+NODE_SCRIPT_PATH = "$AZ_BATCH_NODE_SHARED_DIR/node.pyz"
+OUTPUT_SAS_VARIABLE = "TOPN_OUTPUT_SAS_URL"
+
+
+def task_command_line(
+    node_input: str, relpath: str, *, top: int, tokenizer: str, python: str = "python3"
+) -> str:
+    """The task's command line (docs/contracts.md); Batch runs no shell, so `/bin/sh -c` expands variables.
+
+    The output SAS URL is not in it: it reaches the node through the task's environment.
+    """
+    inner = " ".join(
+        [
+            "exec",
+            shlex.quote(python),
+            f'"{NODE_SCRIPT_PATH}"',
+            "--filepath",
+            shlex.quote(node_input),
+            "--top",
+            str(top),
+            "--tokenizer",
+            shlex.quote(tokenizer),
+            "--output-container-url",
+            f'"${OUTPUT_SAS_VARIABLE}"',
+            "--output-name",
+            shlex.quote(output_name(relpath)),
+            "--counts-name",
+            shlex.quote(counts_name(relpath)),
+        ]
+    )
+    return f"/bin/sh -c {shlex.quote(inner)}"
+
+
+def start_task_command_line() -> str:
+    """The local default start task: put the staged node script where every task finds it."""
+    inner = f'cp node.pyz "{NODE_SCRIPT_PATH}" && python3 "{NODE_SCRIPT_PATH}" --help > /dev/null'
+    return f"/bin/sh -c {shlex.quote(inner)}"

@@ -1,0 +1,207 @@
+"""Per-file counts merged into the run's exact top N, the summary, and safe writes of result files.
+
+The merge is order-independent: files finish in any order, yet the run-level ranking equals what
+`Counter.update` over the files in sorted input order followed by `most_common` would give (ties
+broken by first occurrence: earliest input first, then position inside that input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import InputError
+
+COUNTS_FORMAT = "topn.counts"
+RUN_MARKER = ".topn-run"  # holds the run id that owns a results folder
+
+
+class CountsFormatError(ValueError):
+    """A counts blob that is not the documented `topn.counts` format."""
+
+
+@dataclass(frozen=True)
+class FileCounts:
+    """One input's full counts, in order of first occurrence (the node's counts blob)."""
+
+    words: int
+    distinct: int
+    invalid_bytes: int
+    counts: list[tuple[str, int]]
+
+
+def parse_counts_blob(data: bytes) -> FileCounts:
+    """Decode a gzip JSON counts blob (docs/contracts.md); CountsFormatError says what is wrong."""
+    try:
+        document = json.loads(gzip.decompress(data).decode("utf-8"))
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CountsFormatError(f"counts blob is not gzip-compressed UTF-8 JSON: {error}") from None
+    if not isinstance(document, dict) or document.get("format") != COUNTS_FORMAT:
+        raise CountsFormatError(f"counts blob is not in the {COUNTS_FORMAT!r} format")
+    if document.get("version") != 1:
+        raise CountsFormatError(f"unsupported counts version {document.get('version')!r} (expected 1)")
+    raw_counts = document.get("counts")
+    if not isinstance(raw_counts, list):
+        raise CountsFormatError("counts blob has no 'counts' list")
+    counts: list[tuple[str, int]] = []
+    for entry in raw_counts:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], str)
+            or not isinstance(entry[1], int)
+        ):
+            raise CountsFormatError(f"bad counts entry {entry!r}: expected [word, count]")
+        counts.append((entry[0], entry[1]))
+    words = document.get("words")
+    return FileCounts(
+        words=words if isinstance(words, int) else sum(count for _, count in counts),
+        distinct=len(counts),
+        invalid_bytes=int(document.get("invalid_bytes") or 0),
+        counts=counts,
+    )
+
+
+def top_of(counts: Sequence[tuple[str, int]], top: int) -> list[tuple[str, int]]:
+    """The `top` most frequent words of first-occurrence-ordered counts, ties by first occurrence."""
+    order = sorted(range(len(counts)), key=lambda position: -counts[position][1])  # stable sort
+    return [counts[position] for position in order[:top]]
+
+
+@dataclass
+class RunCounts:
+    """Accumulates files' counts in any arrival order; ranks as a sorted-order Counter merge would."""
+
+    totals: dict[str, int] = field(default_factory=dict)
+    first_seen: dict[str, tuple[int, int]] = field(default_factory=dict)  # (input index, position)
+
+    def add(self, input_index: int, counts: Iterable[tuple[str, int]]) -> None:
+        """Merge one input's counts; `input_index` is its position in the run's sorted inputs."""
+        totals = self.totals
+        first_seen = self.first_seen
+        for position, (word, count) in enumerate(counts):
+            key = (input_index, position)
+            if word in totals:
+                totals[word] += count
+                if key < first_seen[word]:
+                    first_seen[word] = key
+            else:
+                totals[word] = count
+                first_seen[word] = key
+
+    def top(self, top: int) -> list[tuple[str, int]]:
+        """The exact run-level top N."""
+        ranked = sorted(self.totals, key=lambda word: (-self.totals[word], self.first_seen[word]))
+        return [(word, self.totals[word]) for word in ranked[:top]]
+
+
+def format_output(
+    top: Sequence[tuple[str, int]], *, node_id: str, task_id: str, job_id: str, pool_id: str
+) -> str:
+    """The seed's `_OUTPUT` text (DESIGN §1), for a reference or a re-rendering."""
+    rule = "-" * 30
+    lines = ["Word\tCount", rule, *[f"{word}:\t{count}" for word, count in top], rule]
+    lines += [f"Node: {node_id}", f"Task: {task_id}", f"Job:  {job_id}", f"Pool: {pool_id}"]
+    return "\n".join(lines) + "\n"
+
+
+def file_entry(
+    relpath: str,
+    *,
+    task_id: str,
+    succeeded: bool,
+    top: Sequence[tuple[str, int]] = (),
+    words: int | None = None,
+    output: str | None = None,
+    error: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One element of summary.json's `files` list (DESIGN §4)."""
+    return {
+        "path": relpath,
+        "status": "succeeded" if succeeded else "failed",
+        "top": [[word, count] for word, count in top],
+        "words": words,
+        "error": dict(error) if error is not None else None,
+        "task_id": task_id,
+        "output": output,
+    }
+
+
+def failure_details(
+    *, exit_code: int | None, failure_code: str | None, message: str, stderr_tail: str
+) -> dict[str, Any]:
+    """The `error` object of a failed file: enough to act on without opening the node's logs."""
+    return {
+        "exit_code": exit_code,
+        "failure_code": failure_code,
+        "message": message,
+        "stderr_tail": stderr_tail,
+    }
+
+
+def build_summary(
+    run_id: str,
+    state: str,
+    run_top: Sequence[tuple[str, int]],
+    files: Sequence[Mapping[str, Any]],
+    totals: Mapping[str, Any],
+) -> dict[str, Any]:
+    """summary.json as DESIGN §4: run id, final state, run-level top, one entry per input, totals."""
+    ordered = sorted(files, key=lambda entry: str(entry["path"]))
+    return {
+        "run_id": run_id,
+        "state": state,
+        "top": [[word, count] for word, count in run_top],
+        "files": [dict(entry) for entry in ordered],
+        "totals": dict(totals),
+    }
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all (temp file in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        Path(temporary).replace(path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(temporary).unlink()
+        raise
+
+
+def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:
+    """summary.json, written atomically, UTF-8, stable key order."""
+    path = out_dir / "summary.json"
+    write_atomic(path, (json.dumps(summary, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    return path
+
+
+def claim_results_folder(out_dir: Path, run_id: str) -> None:
+    """Make `out_dir` this run's; refuse (exit 2) a folder holding another run's or anyone's files."""
+    marker = out_dir / RUN_MARKER
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"results path exists and is not a folder: {out_dir} (pass another --out)")
+    if marker.is_file():
+        owner = marker.read_text(encoding="utf-8").strip()
+        if owner == run_id:
+            return
+        raise InputError(
+            f"results folder {out_dir} holds the results of run {owner}; "
+            "pass a new or empty --out so they are not overwritten"
+        )
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise InputError(
+            f"results folder {out_dir} is not empty; pass a new or empty --out so nothing is overwritten"
+        )
+    write_atomic(marker, f"{run_id}\n".encode())

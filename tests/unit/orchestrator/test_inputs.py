@@ -1,0 +1,92 @@
+"""discover_inputs: the run's input list from the user's paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.errors import InputError
+from orchestrator.inputs import discover_inputs, make_relpaths_unique
+
+
+def write(path: Path, text: str = "x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_folder_is_read_recursively_with_relative_posix_paths(tmp_path: Path) -> None:
+    write(tmp_path / "t" / "b.txt", "hello")
+    write(tmp_path / "t" / "sub" / "a.txt")
+    write(tmp_path / "t" / "sub" / "deeper" / "é #%.txt")
+    inputs = discover_inputs([tmp_path / "t"])
+    assert [item.relpath for item in inputs] == ["b.txt", "sub/a.txt", "sub/deeper/é #%.txt"]
+    assert inputs[0].size_bytes == 5
+    assert inputs[0].path == tmp_path / "t" / "b.txt"
+
+
+def test_file_argument_relpath_is_its_name(tmp_path: Path) -> None:
+    inputs = discover_inputs([write(tmp_path / "deep" / "one.txt")])
+    assert [item.relpath for item in inputs] == ["one.txt"]
+
+
+def test_colliding_names_from_several_arguments_are_made_unique(tmp_path: Path) -> None:
+    first = write(tmp_path / "a" / "same.txt")
+    second = write(tmp_path / "b" / "same.txt")
+    inputs = discover_inputs([first, second])
+    assert [item.relpath for item in inputs] == ["same.txt", "same~2.txt"]
+    assert {item.path for item in inputs} == {first, second}
+
+
+def test_same_file_named_twice_is_processed_once(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.txt")
+    assert len(discover_inputs([path, path, tmp_path])) == 1
+
+
+def test_missing_path_names_it(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"not found: .*nope"):
+        discover_inputs([tmp_path / "nope"])
+
+
+def test_empty_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(InputError, match="no files"):
+        discover_inputs([tmp_path / "empty"])
+
+
+def test_no_argument_is_refused() -> None:
+    with pytest.raises(InputError, match="no input"):
+        discover_inputs([])
+
+
+def test_symlink_loop_is_refused(tmp_path: Path) -> None:
+    write(tmp_path / "t" / "a.txt")
+    (tmp_path / "t" / "loop").symlink_to(tmp_path / "t")
+    with pytest.raises(InputError, match="loop"):
+        discover_inputs([tmp_path / "t"])
+
+
+def test_broken_symlink_is_named(tmp_path: Path) -> None:
+    write(tmp_path / "t" / "a.txt")
+    (tmp_path / "t" / "dangling").symlink_to(tmp_path / "gone")
+    with pytest.raises(InputError, match="dangling"):
+        discover_inputs([tmp_path / "t"])
+
+
+def test_control_characters_are_refused(tmp_path: Path) -> None:
+    write(tmp_path / "t" / "bad\nname.txt")
+    with pytest.raises(InputError, match="control character"):
+        discover_inputs([tmp_path / "t"])
+
+
+@given(st.lists(st.sampled_from(["a.txt", "a~2.txt", "b/a.txt", "c", "c~2"]), max_size=12))
+def test_unique_relpaths_keep_first_names_and_never_collide(relpaths: list[str]) -> None:
+    unique = make_relpaths_unique(relpaths)
+    assert len(set(unique)) == len(unique) == len(relpaths)
+    first_positions = {relpath: relpaths.index(relpath) for relpath in relpaths}
+    for relpath, position in first_positions.items():
+        assert unique[position] == relpath
+    assert make_relpaths_unique(relpaths) == unique

@@ -1,0 +1,91 @@
+"""Names and ids a run derives (docs/contracts.md formats)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator import naming
+
+CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+
+
+def test_run_id_has_the_documented_shape_and_sorts_by_time() -> None:
+    early = naming.new_run_id(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "abcdef")
+    late = naming.new_run_id(datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC), "000000")
+    assert early == "20260102t030405z-abcdef"
+    assert early < late
+    assert naming.is_run_id(naming.new_run_id())
+
+
+def test_run_id_refuses_a_bad_suffix() -> None:
+    with pytest.raises(ValueError, match="run id"):
+        naming.new_run_id(random_hex="xyz")
+
+
+def test_output_container_is_a_valid_container_name() -> None:
+    run_id = naming.new_run_id()
+    assert CONTAINER_NAME.match(naming.output_container("topn", run_id))
+
+
+def test_ids_and_blob_names() -> None:
+    assert naming.job_id("r") == "topn-r"
+    assert naming.task_id(7) == "t000007"
+    assert naming.input_blob_name("r", "a/b c.txt") == "runs/r/a/b c.txt"
+    assert naming.node_blob_name("0123456789abcdef") == "node/0123456789ab/node.pyz"
+    with pytest.raises(ValueError):
+        naming.task_id(-1)
+
+
+@pytest.mark.parametrize(
+    ("relpath", "expected"),
+    [
+        ("a.txt", "a_OUTPUT.txt"),
+        ("x/y/a.txt", "x/y/a_OUTPUT.txt"),
+        ("noext", "noext_OUTPUT"),
+        ("d.v1/archive.tar.gz", "d.v1/archive.tar_OUTPUT.gz"),
+        ("é #%/b c.md", "é #%/b c_OUTPUT.md"),
+    ],
+)
+def test_output_name_keeps_the_folders(relpath: str, expected: str) -> None:
+    assert naming.output_name(relpath) == expected
+
+
+def test_node_input_path_never_carries_user_text_to_the_node() -> None:
+    assert naming.node_input_path(1, "a/b.txt") == "in/000001.txt"
+    assert naming.node_input_path(2, "a/b.t$x") == "in/000002"
+    assert naming.node_input_path(3, "noext") == "in/000003"
+
+
+relpaths = st.lists(
+    st.text(
+        alphabet=st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters="/\\"),
+        min_size=1,
+        max_size=12,
+    ).filter(lambda part: part not in {".", ".."}),
+    min_size=1,
+    max_size=3,
+).map("/".join)
+
+
+@given(relpath=relpaths)
+def test_task_command_line_round_trips_through_two_shells(relpath: str) -> None:
+    command = naming.task_command_line("in/000001.txt", relpath, top=5, tokenizer="words")
+    outer = shlex.split(command)
+    assert outer[:2] == ["/bin/sh", "-c"] and len(outer) == 3
+    inner = shlex.split(outer[2])
+    assert inner[inner.index("--output-name") + 1] == naming.output_name(relpath)
+    assert inner[inner.index("--counts-name") + 1] == naming.counts_name(relpath)
+    assert inner[inner.index("--output-container-url") + 1] == "$TOPN_OUTPUT_SAS_URL"
+    assert inner[2] == "$AZ_BATCH_NODE_SHARED_DIR/node.pyz"
+
+
+@given(relpath=relpaths)
+def test_output_names_of_distinct_inputs_are_distinct_from_counts(relpath: str) -> None:
+    assert naming.output_name(relpath) != naming.counts_name(relpath)
+    assert naming.counts_name(relpath).startswith("counts/")

@@ -1,0 +1,105 @@
+"""The run-level merge, counts parsing, summary and safe writes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.errors import InputError
+from orchestrator.results import (
+    CountsFormatError,
+    RunCounts,
+    claim_results_folder,
+    parse_counts_blob,
+    top_of,
+    write_atomic,
+)
+
+words = st.sampled_from(["a", "b", "c", "d", "é", "the", "Zoë"])
+files_of_words = st.lists(st.lists(words, max_size=30), min_size=1, max_size=6)
+
+
+def ordered_counts(tokens: list[str]) -> list[tuple[str, int]]:
+    return list(Counter(tokens).items())  # Counter keeps first-occurrence order
+
+
+@given(files=files_of_words, order=st.randoms(use_true_random=False), top=st.integers(1, 8))
+def test_merge_in_any_order_equals_sequential_counter_merge(files: list[list[str]], order, top: int) -> None:
+    reference: Counter[str] = Counter()
+    for tokens in files:
+        reference.update(tokens)
+    merged = RunCounts()
+    arrival = list(range(len(files)))
+    order.shuffle(arrival)
+    for index in arrival:
+        merged.add(index, ordered_counts(files[index]))
+    assert merged.top(top) == reference.most_common(top)
+
+
+@given(tokens=st.lists(words, max_size=40), top=st.integers(1, 8))
+def test_per_file_top_matches_most_common(tokens: list[str], top: int) -> None:
+    assert top_of(ordered_counts(tokens), top) == Counter(tokens).most_common(top)
+
+
+def counts_blob(document: object) -> bytes:
+    return gzip.compress(json.dumps(document).encode())
+
+
+def test_counts_blob_is_parsed() -> None:
+    blob = counts_blob(
+        {
+            "format": "topn.counts",
+            "version": 1,
+            "file": "a.txt",
+            "tokenizer": "words",
+            "words": 3,
+            "distinct": 2,
+            "invalid_bytes": 0,
+            "counts": [["b", 1], ["a", 2]],
+        }
+    )
+    parsed = parse_counts_blob(blob)
+    assert parsed.counts == [("b", 1), ("a", 2)]
+    assert parsed.words == 3
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"not gzip",
+        counts_blob({"format": "other", "version": 1, "counts": []}),
+        counts_blob({"format": "topn.counts", "version": 2, "counts": []}),
+        counts_blob({"format": "topn.counts", "version": 1, "counts": [["a"]]}),
+    ],
+)
+def test_bad_counts_blobs_are_refused(blob: bytes) -> None:
+    with pytest.raises(CountsFormatError):
+        parse_counts_blob(blob)
+
+
+def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "x" / "f.txt"
+    write_atomic(target, b"one")
+    write_atomic(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [path.name for path in target.parent.iterdir()] == ["f.txt"]
+
+
+def test_results_folder_of_another_run_is_never_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    claim_results_folder(out, "run-a")
+    claim_results_folder(out, "run-a")  # the same run (a resume) may write again
+    with pytest.raises(InputError, match="run-a"):
+        claim_results_folder(out, "run-b")
+
+
+def test_non_empty_foreign_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        claim_results_folder(tmp_path, "run-a")
