@@ -1,0 +1,112 @@
+"""The one structlog configuration: JSON lines (or console lines on a terminal) on stderr.
+
+Code elsewhere does `log = structlog.get_logger()` and `log.info("noun.past_tense", field=value)`;
+event names and fields are catalogued in docs/events.md. A last redaction step removes SAS
+signatures and registered secrets from every value, as a safety net behind code that never logs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# `sig=<signature>` in a SAS query string; the value is base64, often percent-encoded.
+_SAS_SIGNATURE = re.compile(r"(sig=)[A-Za-z0-9%+/=_\-]+", re.IGNORECASE)
+REDACTED = "REDACTED"
+
+_secrets: set[str] = set()
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Remember secret strings (account keys) so no event can ever print them."""
+    _secrets.update(value for value in values if value and len(value) >= 8)
+
+
+def redact_text(text: str) -> str:
+    """`text` with SAS signatures and registered secrets replaced."""
+    text = _SAS_SIGNATURE.sub(r"\1" + REDACTED, text)
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _redact_value(item) for key, item in value.items()}
+    return value
+
+
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: redact every value of the event."""
+    for key, value in list(event_dict.items()):
+        event_dict[key] = _redact_value(value)
+    return event_dict
+
+
+def _quiet_sdk_loggers() -> None:
+    # The Azure SDKs log through stdlib logging (e.g. a traceback for every body-less 404); their
+    # errors reach us as exceptions, so their log lines would only corrupt the JSON stream.
+    for name in ("azure", "azure.core", "azure.identity"):
+        sdk_logger = logging.getLogger(name)
+        sdk_logger.handlers = [logging.NullHandler()]
+        sdk_logger.propagate = False
+        sdk_logger.setLevel(logging.CRITICAL)
+
+
+def configure_events(log_format: Literal["json", "console"], stream: TextIO, level: str = "info") -> None:
+    """Configure structlog for this process; later calls replace the earlier configuration."""
+    level = level.lower()
+    if level not in LEVELS:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+    ]
+    renderer: Processor
+    if log_format == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=False, default=str)
+    elif log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=_is_terminal(stream))
+    else:
+        raise ValueError(f"log format {log_format!r} is not 'json' or 'console'")
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        context_class=dict,
+        # Not cached: tests and the CLI reconfigure, and module-level loggers must follow.
+        cache_logger_on_first_use=False,
+    )
+    _quiet_sdk_loggers()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def default_log_format(stream: TextIO) -> Literal["json", "console"]:
+    """JSON lines unless `stream` is a terminal (DESIGN §4)."""
+    return "console" if _is_terminal(stream) else "json"
+
+
+def bound_context() -> MutableMapping[str, Any]:
+    """The context bound with structlog.contextvars (run_id, ...), for tests and error reports."""
+    return structlog.contextvars.get_contextvars()

@@ -1,0 +1,408 @@
+"""Settings: a TOML file plus `TOPN_<SECTION>_<KEY>` environment overrides, validated into frozen dataclasses.
+
+Every problem is reported as a ConfigError that names the key, where its value came from (the file
+or the environment variable) and what to do. Secrets (account keys) come from the environment; a
+config file may only hold the documented, public keys of the local emulators.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from orchestrator.errors import ConfigError
+from orchestrator.local import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
+from orchestrator.retry import RetryPolicy
+
+ENV_PREFIX = "TOPN_"
+
+# Keys that are secrets: never printed, only accepted from the environment (or a public local default).
+SECRET_KEYS = frozenset({("batch", "account_key"), ("storage", "account_key")})
+PUBLIC_LOCAL_KEYS = frozenset({EMULATOR_ACCOUNT_KEY, AZURITE_ACCOUNT_KEY})
+
+_MASK = "'***'"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Where the Batch account is and how to authenticate to it."""
+
+    endpoint: str  # "http://127.0.0.1:0" in local mode means "start the emulator"
+    account_name: str
+    auth: Literal["shared_key", "entra_id"]
+    account_key: str | None = field(default=None, repr=False)  # secret: TOPN_BATCH_ACCOUNT_KEY
+
+    def __repr__(self) -> str:
+        key = _MASK if self.account_key else "None"
+        return (
+            f"BatchSettings(endpoint={self.endpoint!r}, account_name={self.account_name!r}, "
+            f"auth={self.auth!r}, account_key={key})"
+        )
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where the Storage account is and how to authenticate to it."""
+
+    blob_endpoint: str  # http://127.0.0.1:PORT/devstoreaccount1 or https://acct.blob.core.windows.net
+    account_name: str
+    auth: Literal["shared_key", "entra_id"]
+    account_key: str | None = field(default=None, repr=False)  # secret: TOPN_STORAGE_ACCOUNT_KEY
+    container_prefix: str = "topn"
+
+    def __repr__(self) -> str:
+        key = _MASK if self.account_key else "None"
+        return (
+            f"StorageSettings(blob_endpoint={self.blob_endpoint!r}, account_name={self.account_name!r}, "
+            f"auth={self.auth!r}, account_key={key}, container_prefix={self.container_prefix!r})"
+        )
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """The Batch pool the run's tasks go to (created if absent, reused otherwise)."""
+
+    id: str = "topn-pool"
+    vm_size: str = "standard_d2s_v3"
+    dedicated_nodes: int = 1
+    low_priority_nodes: int = 0
+    task_slots_per_node: int = 2
+    image_publisher: str = "canonical"
+    image_offer: str = "ubuntu-24_04-lts"
+    image_sku: str = "server"
+    node_agent_sku_id: str = "batch.node.ubuntu 24.04"
+    start_task_command: str | None = None  # None: the mode's default (local: stage node.pyz)
+    # The interpreter a task runs node.pyz with, inserted unquoted-for-expansion in `/bin/sh -c`:
+    # "python3" locally; on Azure the start task's venv ("$AZ_BATCH_NODE_SHARED_DIR/topn-venv/bin/python").
+    node_python: str = "python3"
+    autoscale_formula: str | None = None
+    delete_after_run: bool = False
+    ready_timeout_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How one run behaves: what it computes, how parallel it is, what it cleans up."""
+
+    top: int = 10
+    tokenizer: Literal["words", "tutorial"] = "words"
+    upload_concurrency: int = 16
+    submit_concurrency: int = 4
+    download_concurrency: int = 16
+    poll_min_s: float = 0.5
+    poll_max_s: float = 10.0
+    run_timeout_s: float = 7200.0
+    task_max_retries: int = 2
+    task_max_wall_clock_s: float = 1800.0
+    sas_margin_s: float = 3600.0
+    delete_job: bool = True
+    delete_run_blobs: bool = False
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """Local mode: start Azurite and the emulator when the configured endpoints are not serving."""
+
+    enabled: bool  # true in local.toml
+    state_dir: Path  # ".topn": journal, local service data and logs (relative to the working directory)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one topn process was configured with."""
+
+    source: Path  # the TOML file, for error messages
+    batch: BatchSettings
+    storage: StorageSettings
+    pool: PoolSettings
+    run: RunSettings
+    local: LocalSettings
+    retry: RetryPolicy
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "batch": BatchSettings,
+    "storage": StorageSettings,
+    "pool": PoolSettings,
+    "run": RunSettings,
+    "local": LocalSettings,
+    "retry": RetryPolicy,
+}
+
+
+def env_var_name(section: str, key: str) -> str:
+    """The environment variable that overrides `[section] key`."""
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+class _Origin:
+    """Where one value came from, phrased for an error message."""
+
+    def __init__(self, source: Path, section: str, key: str, from_env: bool) -> None:
+        self.source = source
+        self.section = section
+        self.key = key
+        self.from_env = from_env
+
+    def describe(self) -> str:
+        if self.from_env:
+            return f"{env_var_name(self.section, self.key)} (environment, overriding {self.source})"
+        return f"[{self.section}] {self.key} in {self.source}"
+
+
+def _field_types(cls: type[Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(value: Any, annotation: Any, origin: _Origin) -> Any:
+    """Turn a TOML value or an environment string into the field's type, or raise a ConfigError."""
+    where = origin.describe()
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [arg for arg in args if arg is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip() == "" and origin.from_env):
+            return None
+        return _coerce(value, inner[0], origin)
+    if typing.get_origin(annotation) is Literal:
+        if value not in args:
+            choices = ", ".join(repr(choice) for choice in args)
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}.")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and origin.from_env and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{where}: expected true or false, got {value!r}.")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and origin.from_env:
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}.")
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and origin.from_env:
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}.")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}.")
+    if annotation is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+        raise ConfigError(f"{where}: expected a path, got {value!r}.")
+    raise TypeError(f"no coercion for {annotation!r}")  # a programming error, not a user error
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist. Pass --config with an existing file "
+            "(config/local.toml for local mode, a copy of config/azure.toml for Azure)."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}.") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from None
+
+
+def load_settings(path: Path, environ: Mapping[str, str]) -> Settings:
+    """Read `path`, apply `TOPN_<SECTION>_<KEY>` overrides from `environ`, validate, and return Settings."""
+    document = _read_toml(path)
+    for section in document:
+        if section not in SECTIONS:
+            known = ", ".join(f"[{name}]" for name in SECTIONS)
+            raise ConfigError(f"{path}: unknown section [{section}]. Known sections: {known}.")
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        table = document.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table.")
+        built[section] = _build_section(path, section, cls, table, environ)
+    settings = Settings(source=path, **built)
+    _validate(settings)
+    return settings
+
+
+def _build_section(
+    path: Path, section: str, cls: type[Any], table: Mapping[str, Any], environ: Mapping[str, str]
+) -> Any:
+    fields = _field_types(cls)
+    for key, value in table.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"[{section}] {key} in {path}: unknown key. Keys of [{section}]: {known}.")
+        if (section, key) in SECRET_KEYS and value not in PUBLIC_LOCAL_KEYS:
+            raise ConfigError(
+                f"[{section}] {key} in {path}: account keys must not be written in a config file. "
+                f"Remove it and set {env_var_name(section, key)} in the environment "
+                '(or use auth = "entra_id").'
+            )
+    # An override for a key the section does not have is a typo that would silently do nothing.
+    section_prefix = f"{ENV_PREFIX}{section.upper()}_"
+    for name in environ:
+        if name.startswith(section_prefix) and name[len(section_prefix) :].lower() not in fields:
+            raise ConfigError(
+                f"{name} (environment): [{section}] has no key {name[len(section_prefix) :].lower()!r}. "
+                f"Keys of [{section}]: {', '.join(sorted(fields))}."
+            )
+    values: dict[str, Any] = {}
+    for key, annotation in fields.items():
+        env_name = env_var_name(section, key)
+        if env_name in environ:
+            values[key] = _coerce(environ[env_name], annotation, _Origin(path, section, key, from_env=True))
+        elif key in table:
+            values[key] = _coerce(table[key], annotation, _Origin(path, section, key, from_env=False))
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    for key in required:
+        if key not in values:
+            raise ConfigError(
+                f"[{section}] {key} is missing in {path}. Add it there or set {env_var_name(section, key)}."
+            )
+    try:
+        return cls(**values)
+    except ValueError as exc:  # RetryPolicy checks its own invariants
+        raise ConfigError(f"[{section}] in {path}: {exc}.") from None
+
+
+def _origin(settings: Settings, section: str, key: str) -> str:
+    return f"[{section}] {key} (in {settings.source} or {env_var_name(section, key)})"
+
+
+_POOL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CONTAINER_PREFIX = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){1,34}$")
+
+
+def _check_url(settings: Settings, section: str, key: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{_origin(settings, section, key)}: {value!r} is not an http(s) URL, "
+            "e.g. https://myaccount.westeurope.batch.azure.com."
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        raise ConfigError(f"{_origin(settings, section, key)}: {value!r} has an invalid port.") from None
+
+
+def _check_account_key(settings: Settings, section: str, auth: str, key: str | None) -> None:
+    name = env_var_name(section, "account_key")
+    if auth == "entra_id":
+        return
+    if not key:
+        raise ConfigError(
+            f'[{section}] auth = "shared_key" needs an account key: set {name} in the environment '
+            f'(config file {settings.source}), or set [{section}] auth = "entra_id".'
+        )
+    try:
+        base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(
+            f"{name}: the account key is not valid base64 (copy it again from the portal; "
+            f"config file {settings.source})."
+        ) from None
+
+
+def _positive(settings: Settings, section: str, key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "more than 0"
+        raise ConfigError(f"{_origin(settings, section, key)}: must be {bound}, got {value}.")
+
+
+def _validate(settings: Settings) -> None:
+    """Cross-field and range checks; each message names the key and the file."""
+    batch, storage, pool, run = settings.batch, settings.storage, settings.pool, settings.run
+    _check_url(settings, "batch", "endpoint", batch.endpoint)
+    _check_url(settings, "storage", "blob_endpoint", storage.blob_endpoint)
+    for section, value in (("batch", batch.account_name), ("storage", storage.account_name)):
+        if not value.strip():
+            raise ConfigError(f"{_origin(settings, section, 'account_name')}: must not be empty.")
+    _check_account_key(settings, "batch", batch.auth, batch.account_key)
+    _check_account_key(settings, "storage", storage.auth, storage.account_key)
+    if not _CONTAINER_PREFIX.match(storage.container_prefix):
+        raise ConfigError(
+            f"{_origin(settings, 'storage', 'container_prefix')}: {storage.container_prefix!r} must be 2-35 "
+            "lowercase letters, digits or single hyphens (it starts container names such as <prefix>-input)."
+        )
+    if not _POOL_ID.match(pool.id):
+        raise ConfigError(
+            f"{_origin(settings, 'pool', 'id')}: {pool.id!r} must be 1-64 letters, digits, "
+            "hyphens or underscores."
+        )
+    for key in ("dedicated_nodes", "low_priority_nodes"):
+        _positive(settings, "pool", key, getattr(pool, key), allow_zero=True)
+    if pool.autoscale_formula is None and pool.dedicated_nodes + pool.low_priority_nodes == 0:
+        raise ConfigError(
+            f"[pool] dedicated_nodes and low_priority_nodes in {settings.source}: both are 0, "
+            "so no task could run. "
+            "Set at least one of them above 0, or set [pool] autoscale_formula."
+        )
+    if pool.autoscale_formula is not None and not pool.autoscale_formula.strip():
+        raise ConfigError(f"{_origin(settings, 'pool', 'autoscale_formula')}: must not be empty when set.")
+    if pool.start_task_command is not None and not pool.start_task_command.strip():
+        raise ConfigError(f"{_origin(settings, 'pool', 'start_task_command')}: must not be empty when set.")
+    _positive(settings, "pool", "task_slots_per_node", pool.task_slots_per_node)
+    if pool.task_slots_per_node > 256:
+        raise ConfigError(f"{_origin(settings, 'pool', 'task_slots_per_node')}: at most 256 (a Batch limit).")
+    _positive(settings, "pool", "ready_timeout_s", pool.ready_timeout_s)
+    for key in ("vm_size", "image_publisher", "image_offer", "image_sku", "node_agent_sku_id", "node_python"):
+        if not str(getattr(pool, key)).strip():
+            raise ConfigError(f"{_origin(settings, 'pool', key)}: must not be empty.")
+    for key in (
+        "top",
+        "upload_concurrency",
+        "submit_concurrency",
+        "download_concurrency",
+        "poll_min_s",
+        "poll_max_s",
+        "run_timeout_s",
+        "task_max_wall_clock_s",
+    ):
+        _positive(settings, "run", key, getattr(run, key))
+    _positive(settings, "run", "task_max_retries", run.task_max_retries, allow_zero=True)
+    _positive(settings, "run", "sas_margin_s", run.sas_margin_s, allow_zero=True)
+    if run.poll_min_s > run.poll_max_s:
+        raise ConfigError(
+            f"[run] poll_min_s and poll_max_s in {settings.source}: poll_min_s ({run.poll_min_s}) "
+            f"is larger than poll_max_s ({run.poll_max_s})."
+        )
+    if not str(settings.local.state_dir).strip():
+        raise ConfigError(f"{_origin(settings, 'local', 'state_dir')}: must not be empty.")
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """The secret strings this configuration holds, for redaction and leak checks."""
+    return [key for key in (settings.batch.account_key, settings.storage.account_key) if key]

@@ -1,0 +1,221 @@
+"""Config loading: the shipped files load, overrides apply, and every bad value names its key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.errors import ConfigError
+from orchestrator.local import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
+from orchestrator.settings import env_var_name, load_settings, secret_values
+
+PROJECT = Path(__file__).resolve().parents[3]
+
+MINIMAL = """
+[batch]
+endpoint = "https://acct.westeurope.batch.azure.com"
+account_name = "acct"
+auth = "shared_key"
+
+[storage]
+blob_endpoint = "https://store.blob.core.windows.net"
+account_name = "store"
+auth = "shared_key"
+
+[local]
+enabled = false
+state_dir = ".topn"
+"""
+
+# Base64, like a real key, but made up for these tests.
+BATCH_KEY = "dGVzdC1iYXRjaC1rZXktdGhhdC1pcy1ub3QtcmVhbA=="
+STORAGE_KEY = "dGVzdC1zdG9yYWdlLWtleS10aGF0LWlzLW5vdC1yZWFs"
+KEYS = {"TOPN_BATCH_ACCOUNT_KEY": BATCH_KEY, "TOPN_STORAGE_ACCOUNT_KEY": STORAGE_KEY}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "topn.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_shipped_local_config_loads_with_nothing_in_the_environment() -> None:
+    settings = load_settings(PROJECT / "config" / "local.toml", {})
+    assert settings.local.enabled
+    assert settings.batch.account_key == EMULATOR_ACCOUNT_KEY
+    assert settings.storage.account_key == AZURITE_ACCOUNT_KEY
+    assert settings.storage.blob_endpoint.endswith("/devstoreaccount1")
+
+
+def test_the_azure_template_loads_once_its_secrets_are_in_the_environment() -> None:
+    settings = load_settings(PROJECT / "config" / "azure.toml", KEYS)
+    assert not settings.local.enabled
+    assert settings.batch.endpoint.startswith("https://")
+    assert settings.pool.start_task_command is not None
+
+
+def test_defaults_fill_what_the_file_leaves_out(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL), KEYS)
+    assert settings.pool.id == "topn-pool"
+    assert settings.run.top == 10
+    assert settings.retry.max_attempts == 8
+    assert settings.storage.container_prefix == "topn"
+
+
+def test_environment_overrides_every_kind_of_value(tmp_path: Path) -> None:
+    environ = {
+        **KEYS,
+        "TOPN_POOL_DEDICATED_NODES": "3",
+        "TOPN_RUN_POLL_MAX_S": "4.5",
+        "TOPN_RUN_DELETE_JOB": "no",
+        "TOPN_RUN_TOKENIZER": "tutorial",
+        "TOPN_POOL_AUTOSCALE_FORMULA": "$TargetDedicatedNodes = 2;",
+        "TOPN_LOCAL_STATE_DIR": "/var/tmp/topn",
+        "TOPN_RETRY_MAX_ATTEMPTS": "2",
+    }
+    settings = load_settings(write(tmp_path, MINIMAL), environ)
+    assert settings.pool.dedicated_nodes == 3
+    assert settings.run.poll_max_s == 4.5
+    assert settings.run.delete_job is False
+    assert settings.run.tokenizer == "tutorial"
+    assert settings.pool.autoscale_formula == "$TargetDedicatedNodes = 2;"
+    assert settings.local.state_dir == Path("/var/tmp/topn")
+    assert settings.retry.max_attempts == 2
+
+
+def test_an_empty_override_clears_an_optional_value(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[pool]\nstart_task_command = "/bin/true"\n'
+    settings = load_settings(write(tmp_path, text), {**KEYS, "TOPN_POOL_START_TASK_COMMAND": ""})
+    assert settings.pool.start_task_command is None
+
+
+def test_secrets_are_masked_in_repr(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL), KEYS)
+    text = repr(settings)
+    assert BATCH_KEY not in text and STORAGE_KEY not in text
+    assert "account_key='***'" in text
+    assert sorted(secret_values(settings)) == sorted([BATCH_KEY, STORAGE_KEY])
+
+
+def test_entra_id_needs_no_key(tmp_path: Path) -> None:
+    text = MINIMAL.replace('auth = "shared_key"', 'auth = "entra_id"')
+    settings = load_settings(write(tmp_path, text), {})
+    assert settings.batch.auth == "entra_id" and settings.batch.account_key is None
+
+
+def expect_config_error(path: Path, environ: dict[str, str], *fragments: str) -> str:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ)
+    message = str(raised.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    expect_config_error(tmp_path / "nope.toml", {}, "nope.toml", "does not exist", "--config")
+
+
+def test_invalid_toml_is_named(tmp_path: Path) -> None:
+    expect_config_error(write(tmp_path, "[batch\n"), {}, "topn.toml", "not valid TOML")
+
+
+def test_a_missing_shared_key_names_the_environment_variable(tmp_path: Path) -> None:
+    message = expect_config_error(
+        write(tmp_path, MINIMAL),
+        {"TOPN_STORAGE_ACCOUNT_KEY": STORAGE_KEY},
+        "TOPN_BATCH_ACCOUNT_KEY",
+        "topn.toml",
+    )
+    assert "entra_id" in message
+
+
+def test_a_key_that_is_not_base64_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    bad = "this is not base64!!"
+    message = expect_config_error(
+        write(tmp_path, MINIMAL), {**KEYS, "TOPN_BATCH_ACCOUNT_KEY": bad}, "TOPN_BATCH_ACCOUNT_KEY", "base64"
+    )
+    assert bad not in message
+
+
+def test_a_real_key_in_a_config_file_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL.replace('account_name = "acct"', f'account_name = "acct"\naccount_key = "{BATCH_KEY}"')
+    message = expect_config_error(
+        write(tmp_path, text), KEYS, "[batch] account_key", "TOPN_BATCH_ACCOUNT_KEY"
+    )
+    assert BATCH_KEY not in message
+
+
+def test_a_missing_required_key_names_key_file_and_variable(tmp_path: Path) -> None:
+    text = MINIMAL.replace('account_name = "store"\n', "")
+    expect_config_error(
+        write(tmp_path, text), KEYS, "[storage] account_name", "topn.toml", "TOPN_STORAGE_ACCOUNT_NAME"
+    )
+
+
+def test_unknown_keys_and_sections_are_typos(tmp_path: Path) -> None:
+    expect_config_error(
+        write(tmp_path, MINIMAL + "\n[pool]\ndedicated_node = 2\n"), KEYS, "dedicated_node", "unknown"
+    )
+    expect_config_error(write(tmp_path, MINIMAL + "\n[pools]\n"), KEYS, "[pools]", "unknown section")
+    expect_config_error(
+        write(tmp_path, MINIMAL), {**KEYS, "TOPN_POOL_DEDICATED_NODE": "2"}, "TOPN_POOL_DEDICATED_NODE"
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "toml_value", "fragment"),
+    [
+        ("run", "top", "0", "[run] top"),
+        ("run", "top", '"ten"', "whole number"),
+        ("run", "tokenizer", '"chars"', "'words'"),
+        ("run", "upload_concurrency", "-1", "more than 0"),
+        ("pool", "id", '"bad id!"', "[pool] id"),
+        ("pool", "task_slots_per_node", "0", "task_slots_per_node"),
+        ("pool", "delete_after_run", '"maybe"', "true or false"),
+        ("storage", "container_prefix", '"Topn"', "container_prefix"),
+        ("run", "poll_min_s", "50.0", "poll_min_s"),
+        ("retry", "jitter_fraction", "2.0", "[retry]"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_file(
+    tmp_path: Path, section: str, key: str, toml_value: str, fragment: str
+) -> None:
+    text = MINIMAL + f"\n[{section}]\n{key} = {toml_value}\n"
+    if section == "storage":
+        text = MINIMAL.replace(
+            'auth = "shared_key"\n\n[local]', f'auth = "shared_key"\n{key} = {toml_value}\n\n[local]'
+        )
+    expect_config_error(write(tmp_path, text), KEYS, fragment, "topn.toml")
+
+
+def test_a_bad_override_names_the_variable(tmp_path: Path) -> None:
+    expect_config_error(
+        write(tmp_path, MINIMAL), {**KEYS, "TOPN_RUN_TOP": "many"}, "TOPN_RUN_TOP", "whole number"
+    )
+
+
+def test_no_nodes_and_no_autoscale_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL + "\n[pool]\ndedicated_nodes = 0\nlow_priority_nodes = 0\n"
+    expect_config_error(write(tmp_path, text), KEYS, "dedicated_nodes", "autoscale_formula")
+
+
+def test_a_bad_endpoint_is_named(tmp_path: Path) -> None:
+    expect_config_error(
+        write(tmp_path, MINIMAL),
+        {**KEYS, "TOPN_BATCH_ENDPOINT": "acct.batch.azure.com"},
+        "TOPN_BATCH_ENDPOINT",
+    )
+
+
+@given(value=st.integers(1, 10_000))
+def test_any_positive_node_count_round_trips_through_the_environment(value: int) -> None:
+    settings = load_settings(PROJECT / "config" / "local.toml", {"TOPN_POOL_LOW_PRIORITY_NODES": str(value)})
+    assert settings.pool.low_priority_nodes == value
+
+
+def test_env_var_names() -> None:
+    assert env_var_name("pool", "dedicated_nodes") == "TOPN_POOL_DEDICATED_NODES"
