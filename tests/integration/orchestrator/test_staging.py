@@ -1,0 +1,144 @@
+"""Staging against a real Azurite: uploads, skip-on-same-MD5, SAS scopes, clean-up."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
+
+from orchestrator import naming, staging
+from orchestrator.inputs import discover_inputs
+from orchestrator.retry import SDK_RETRY_KWARGS, RetryPolicy
+from tests.conftest import StorageEndpoint
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.2, deadline_s=20)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def blob_service(azurite: StorageEndpoint) -> AsyncIterator[BlobServiceClient]:
+    async with BlobServiceClient.from_connection_string(
+        azurite.connection_string, **SDK_RETRY_KWARGS
+    ) as client:
+        yield client
+
+
+def make_tree(root: Path) -> None:
+    for relpath, text in {
+        "a.txt": "alpha beta",
+        "x/a.txt": "gamma",
+        "y/é #%.txt": "delta delta",
+        "empty.txt": "",
+    }.items():
+        path = root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+async def test_inputs_are_uploaded_under_their_relative_paths_and_skipped_when_unchanged(
+    blob_service: BlobServiceClient, tmp_path: Path
+) -> None:
+    make_tree(tmp_path / "t")
+    inputs = discover_inputs([tmp_path / "t"])
+    run_id = naming.new_run_id()
+    container = naming.input_container("topnstage")
+    await staging.ensure_containers(blob_service, [container, container], FAST_RETRY)
+    recorded: list[str] = []
+
+    async def record(item: staging.StagedInput) -> None:
+        recorded.append(item.relpath)
+
+    first = await staging.upload_inputs(
+        blob_service, container, run_id, inputs, concurrency=3, retry=FAST_RETRY, on_uploaded=record
+    )
+    assert sorted(recorded) == [item.relpath for item in inputs]
+    assert [item.skipped for item in first] == [False] * 4
+    for item, staged in zip(inputs, first, strict=True):
+        blob = blob_service.get_blob_client(container, f"runs/{run_id}/{item.relpath}")
+        body = await (await blob.download_blob()).readall()
+        assert body == item.path.read_bytes()
+        assert staged.md5_hex == hashlib.md5(body, usedforsecurity=False).hexdigest()
+
+    (tmp_path / "t" / "a.txt").write_text("changed", encoding="utf-8")
+    second = await staging.upload_inputs(
+        blob_service, container, run_id, discover_inputs([tmp_path / "t"]), concurrency=3, retry=FAST_RETRY
+    )
+    assert {item.relpath: item.skipped for item in second} == {
+        "a.txt": False,
+        "empty.txt": True,
+        "x/a.txt": True,
+        "y/é #%.txt": True,
+    }
+    changed = blob_service.get_blob_client(container, f"runs/{run_id}/a.txt")
+    assert await (await changed.download_blob()).readall() == b"changed"
+
+    deleted = await staging.delete_blobs_with_prefix(
+        blob_service, container, naming.run_input_prefix(run_id), FAST_RETRY
+    )
+    assert deleted == 4
+    remaining = [
+        b
+        async for b in blob_service.get_container_client(container).list_blobs(
+            name_starts_with=f"runs/{run_id}/"
+        )
+    ]
+    assert remaining == []
+
+
+async def test_sas_urls_grant_exactly_their_scope(
+    blob_service: BlobServiceClient, azurite: StorageEndpoint
+) -> None:
+    run_id = naming.new_run_id()
+    in_container, out_container = "topnsas-input", naming.output_container("topnsas", run_id)
+    await staging.ensure_containers(blob_service, [in_container, out_container], FAST_RETRY)
+    await blob_service.get_blob_client(in_container, "runs/r/a b#.txt").upload_blob(
+        b"secret text", overwrite=True
+    )
+    minter = await staging.make_sas_minter(
+        account_url=azurite.endpoint,
+        account_name=azurite.account_name,
+        account_key=azurite.account_key,
+        delegation_source=None,
+        run_timeout_s=60,
+        margin_s=60,
+    )
+    assert azurite.account_key not in repr(minter)
+
+    read_url = minter.blob_read_url(in_container, "runs/r/a b#.txt")
+    async with BlobClient.from_blob_url(read_url, retry_total=0) as reader:
+        assert await (await reader.download_blob()).readall() == b"secret text"
+        with pytest.raises(HttpResponseError) as refused:
+            await reader.upload_blob(b"overwrite", overwrite=True)
+        assert refused.value.status_code == 403
+
+    write_url = minter.container_write_url(out_container)
+    async with ContainerClient.from_container_url(write_url, retry_total=0) as writer:
+        await writer.upload_blob("result.txt", b"ok")
+        with pytest.raises(HttpResponseError) as cannot_read:
+            await (await writer.get_blob_client("result.txt").download_blob()).readall()
+        assert cannot_read.value.status_code == 403
+        with pytest.raises(HttpResponseError) as cannot_list:
+            _ = [b async for b in writer.list_blobs()]
+        assert cannot_list.value.status_code == 403
+    other_container_url = write_url.replace(out_container, in_container)
+    async with ContainerClient.from_container_url(other_container_url, retry_total=0) as elsewhere:
+        with pytest.raises(HttpResponseError) as wrong_scope:
+            await elsewhere.upload_blob("intruder.txt", b"no")
+        assert wrong_scope.value.status_code == 403
+
+    await staging.delete_container(blob_service, out_container, FAST_RETRY)
+    await staging.delete_container(blob_service, out_container, FAST_RETRY)  # absent: no error
+
+
+async def test_node_script_blob_is_keyed_by_content(blob_service: BlobServiceClient) -> None:
+    await staging.ensure_containers(blob_service, ["topnnode-app"], FAST_RETRY)
+    script = b"PK fake zipapp bytes"
+    first = await staging.stage_node_script(blob_service, "topnnode-app", script, FAST_RETRY)
+    again = await staging.stage_node_script(blob_service, "topnnode-app", script, FAST_RETRY)
+    assert first == again == naming.node_blob_name(hashlib.sha256(script).hexdigest())
