@@ -6,31 +6,21 @@ absent, and an upload whose blob already holds the same MD5 is skipped.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import quote
 
 import anyio
 import structlog
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import (
-    BlobSasPermissions,
-    ContainerSasPermissions,
-    ContentSettings,
-    UserDelegationKey,
-    generate_blob_sas,
-    generate_container_sas,
-)
+from azure.storage.blob import ContentSettings, UserDelegationKey
 from azure.storage.blob.aio import BlobServiceClient
 
-from orchestrator import naming
+from orchestrator import naming, sas
 from orchestrator.errors import InputError
 from orchestrator.inputs import InputFile
 from orchestrator.retry import RetryPolicy, retry_call
@@ -39,8 +29,6 @@ log = structlog.get_logger()
 
 # Files up to this size are read into memory in a worker thread; larger ones are streamed.
 IN_MEMORY_LIMIT_BYTES = 32 * 1024 * 1024
-# A SAS starts a little in the past, so a node whose clock runs behind can use it at once.
-SAS_CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -213,68 +201,44 @@ async def delete_container(blob_service: BlobServiceClient, container: str, retr
         await retry_call(retry, "delete_container", lambda: blob_service.delete_container(container))
 
 
-class DelegationKeySource(Protocol):
-    """What a user delegation SAS needs from the blob service (Microsoft Entra ID)."""
-
-    async def get_user_delegation_key(
-        self, key_start_time: datetime, key_expiry_time: datetime, **kwargs: Any
-    ) -> UserDelegationKey: ...
-
-
 @dataclass(frozen=True)
 class SasMinter:
-    """Mints the run's SAS URLs, signed with the account key or a user delegation key (Entra ID)."""
+    """Mints the run's SAS URLs (via orchestrator/sas.py) with the account key or a user delegation key."""
 
     account_url: str  # the blob endpoint, e.g. http://127.0.0.1:10000/devstoreaccount1
     account_name: str
-    expires_at: datetime
     starts_at: datetime
+    expires_at: datetime
     account_key: str | None = None
     delegation_key: UserDelegationKey | None = None
 
     def __repr__(self) -> str:  # never show signing material
         return f"SasMinter(account_url={self.account_url!r}, expires_at={self.expires_at.isoformat()})"
 
-    def _signing(self) -> dict[str, Any]:
-        if self.delegation_key is not None:
-            return {"user_delegation_key": self.delegation_key}
-        if self.account_key is not None:
-            return {"account_key": self.account_key}
-        raise ValueError("a SAS needs an account key or a user delegation key")
-
     def blob_read_url(self, container: str, blob_name: str) -> str:
         """A URL that can only read one blob, until the run's SAS expiry."""
-        token = generate_blob_sas(
-            self.account_name,
-            container,
-            blob_name,
-            permission=BlobSasPermissions(read=True),
-            expiry=self.expires_at,
+        token = sas.mint_blob_read_sas(
+            account_name=self.account_name,
+            container=container,
+            blob_name=blob_name,
             start=self.starts_at,
-            **self._signing(),
+            expiry=self.expires_at,
+            account_key=self.account_key,
+            user_delegation_key=self.delegation_key,
         )
-        return f"{self.blob_url(container, blob_name)}?{token}"
+        return sas.blob_url(self.account_url, container, blob_name, token)
 
     def container_write_url(self, container: str) -> str:
         """A URL that can only create and write blobs in one container (no read, list or delete)."""
-        token = generate_container_sas(
-            self.account_name,
-            container,
-            permission=ContainerSasPermissions(create=True, write=True),
-            expiry=self.expires_at,
+        token = sas.mint_container_write_sas(
+            account_name=self.account_name,
+            container=container,
             start=self.starts_at,
-            **self._signing(),
+            expiry=self.expires_at,
+            account_key=self.account_key,
+            user_delegation_key=self.delegation_key,
         )
-        return f"{self.account_url.rstrip('/')}/{container}?{token}"
-
-    def blob_url(self, container: str, blob_name: str) -> str:
-        """The blob's URL without any SAS (percent-encoded path)."""
-        return f"{self.account_url.rstrip('/')}/{container}/{quote(blob_name, safe='/~')}"
-
-
-def sas_expiry(now: datetime, run_timeout_s: float, margin_s: float) -> datetime:
-    """When the run's SAS expire: the run's deadline plus a margin, so none expires mid-run."""
-    return now + timedelta(seconds=run_timeout_s + margin_s)
+        return sas.container_url(self.account_url, container, token)
 
 
 async def make_sas_minter(
@@ -282,19 +246,16 @@ async def make_sas_minter(
     account_url: str,
     account_name: str,
     account_key: str | None,
-    delegation_source: DelegationKeySource | None,
+    delegation_source: sas.DelegationKeyProvider | None,
     run_timeout_s: float,
     margin_s: float,
     now: datetime | None = None,
 ) -> SasMinter:
     """Shared key when there is a key; otherwise a user delegation key from Entra ID (one request)."""
-    moment = now or datetime.now(UTC)
-    starts_at = moment - SAS_CLOCK_SKEW
-    expires_at = sas_expiry(moment, run_timeout_s, margin_s)
+    starts_at, expires_at = sas.sas_window(now or sas.utc_now(), run_timeout_s, margin_s)
     if account_key is not None:
-        base64.b64decode(account_key, validate=True)  # a clear error here beats a bad signature later
-        return SasMinter(account_url, account_name, expires_at, starts_at, account_key=account_key)
+        return SasMinter(account_url, account_name, starts_at, expires_at, account_key=account_key)
     if delegation_source is None:
-        raise ValueError("Entra ID SAS needs the blob service client to fetch a user delegation key")
-    key = await delegation_source.get_user_delegation_key(starts_at, expires_at)
-    return SasMinter(account_url, account_name, expires_at, starts_at, delegation_key=key)
+        raise ValueError("a user delegation SAS needs the blob service client to fetch its key")
+    key = await sas.fetch_user_delegation_key(delegation_source, starts_at, expires_at)
+    return SasMinter(account_url, account_name, starts_at, expires_at, delegation_key=key)
