@@ -1,0 +1,294 @@
+"""The Azure SDK clients a run uses, built once per process, with request counting and one retry layer.
+
+Every request on the wire is counted per service and per operation by a thin transport subclass,
+so `run.completed` and the benchmarks report what a run really cost, retries included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+from azure.batch.aio import BatchClient
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.transport import AioHttpTransport
+from azure.storage.blob.aio import BlobServiceClient
+
+from orchestrator.errors import ConfigError, CredentialError, ServiceUnavailableError
+from orchestrator.retry import SDK_RETRY_KWARGS, error_code_of, status_code_of
+from orchestrator.settings import Settings, env_var_name
+
+BATCH = "batch"
+STORAGE = "storage"
+
+# The credential check is one request per service; a healthy service answers in milliseconds.
+CHECK_TIMEOUT_S = 20.0
+
+
+class RequestCounter:
+    """Requests sent, per service and per operation (SDK method names where the request shows them)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, Counter[str]] = {BATCH: Counter(), STORAGE: Counter()}
+
+    def record(self, service: str, operation: str) -> None:
+        self._counts.setdefault(service, Counter())[operation] += 1
+
+    def total(self, service: str) -> int:
+        return sum(self._counts.get(service, Counter()).values())
+
+    def by_operation(self, service: str) -> dict[str, int]:
+        return dict(sorted(self._counts.get(service, Counter()).items()))
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {service: self.by_operation(service) for service in sorted(self._counts)}
+
+
+def _segments(path: str) -> list[str]:
+    return [segment for segment in path.split("/") if segment]
+
+
+def batch_operation(method: str, path: str) -> str:
+    """The SDK operation behind a Batch REST request (`GET /jobs/j/taskcounts` -> get_job_task_counts)."""
+    parts = _segments(path)
+    shape = tuple(part if index % 2 == 0 else "*" for index, part in enumerate(parts))
+    known: dict[tuple[str, tuple[str, ...]], str] = {
+        ("POST", ("pools",)): "create_pool",
+        ("GET", ("pools",)): "list_pools",
+        ("GET", ("pools", "*")): "get_pool",
+        ("HEAD", ("pools", "*")): "pool_exists",
+        ("DELETE", ("pools", "*")): "delete_pool",
+        ("PATCH", ("pools", "*")): "update_pool",
+        ("POST", ("pools", "*", "resize")): "resize_pool",
+        ("GET", ("pools", "*", "nodes")): "list_nodes",
+        ("GET", ("pools", "*", "nodes", "*")): "get_node",
+        ("GET", ("pools", "*", "nodes", "*", "files")): "list_node_files",
+        ("GET", ("pools", "*", "nodes", "*", "files", "*")): "get_node_file",
+        ("HEAD", ("pools", "*", "nodes", "*", "files", "*")): "get_node_file_properties",
+        ("GET", ("supportedimages",)): "list_supported_images",
+        ("POST", ("jobs",)): "create_job",
+        ("GET", ("jobs",)): "list_jobs",
+        ("GET", ("jobs", "*")): "get_job",
+        ("PATCH", ("jobs", "*")): "update_job",
+        ("PUT", ("jobs", "*")): "replace_job",
+        ("DELETE", ("jobs", "*")): "delete_job",
+        ("POST", ("jobs", "*", "terminate")): "terminate_job",
+        ("POST", ("jobs", "*", "addtaskcollection")): "create_task_collection",
+        ("POST", ("jobs", "*", "tasks")): "create_task",
+        ("GET", ("jobs", "*", "tasks")): "list_tasks",
+        ("GET", ("jobs", "*", "taskcounts")): "get_job_task_counts",
+        ("GET", ("jobs", "*", "tasks", "*")): "get_task",
+        ("POST", ("jobs", "*", "tasks", "*", "terminate")): "terminate_task",
+        ("GET", ("jobs", "*", "tasks", "*", "files")): "list_task_files",
+        ("GET", ("jobs", "*", "tasks", "*", "files", "*")): "get_task_file",
+        ("HEAD", ("jobs", "*", "tasks", "*", "files", "*")): "get_task_file_properties",
+    }
+    return known.get((method, shape), f"{method} /{'/'.join(shape)}")
+
+
+def storage_operation(method: str, path: str, query: str, account_in_path: bool) -> str:
+    """The SDK operation behind a Blob REST request (`PUT /c/b` -> upload_blob)."""
+    params = parse_qs(query, keep_blank_values=True)
+    restype = params.get("restype", [""])[0]
+    comp = params.get("comp", [""])[0]
+    parts = _segments(path)
+    if account_in_path:  # Azurite: /devstoreaccount1/container/blob
+        parts = parts[1:]
+    if restype == "service" and comp == "userdelegationkey":
+        return "get_user_delegation_key"
+    if not parts:
+        return {"list": "list_containers", "properties": "get_service_properties"}.get(
+            comp, f"{method} service"
+        )
+    if restype == "container" and len(parts) == 1:
+        if comp == "list":
+            return "list_blobs"
+        return {
+            "PUT": "create_container",
+            "DELETE": "delete_container",
+            "GET": "get_container_properties",
+            "HEAD": "get_container_properties",
+        }.get(method, f"{method} container")
+    blob_ops = {
+        ("PUT", ""): "upload_blob",
+        ("PUT", "block"): "stage_block",
+        ("PUT", "blocklist"): "commit_block_list",
+        ("PUT", "metadata"): "set_blob_metadata",
+        ("PUT", "properties"): "set_http_headers",
+        ("GET", ""): "download_blob",
+        ("HEAD", ""): "get_blob_properties",
+        ("DELETE", ""): "delete_blob",
+    }
+    return blob_ops.get((method, comp), f"{method} blob comp={comp}" if comp else f"{method} blob")
+
+
+class CountingTransport(AioHttpTransport):  # type: ignore[misc]
+    """aiohttp transport that records each request in a RequestCounter before sending it."""
+
+    def __init__(self, counter: RequestCounter, service: str, account_in_path: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._counter = counter
+        self._service = service
+        self._account_in_path = account_in_path
+
+    async def send(self, request: Any, **config: Any) -> Any:
+        parts = urlsplit(request.url)
+        if self._service == BATCH:
+            operation = batch_operation(request.method, parts.path)
+        else:
+            operation = storage_operation(request.method, parts.path, parts.query, self._account_in_path)
+        self._counter.record(self._service, operation)
+        return await super().send(request, **config)
+
+
+@dataclass
+class Clients:
+    """Everything a run talks to Azure with (see docs/contracts.md)."""
+
+    batch: BatchClient
+    blob_service: BlobServiceClient
+    storage_account_key: str | None = field(repr=False)
+    token_credential: AsyncTokenCredential | None = field(repr=False)
+    requests: RequestCounter
+
+
+def _storage_account_in_path(blob_endpoint: str, account_name: str) -> bool:
+    # Azurite (and other emulators) put the account in the path; Azure puts it in the host name.
+    return _segments(urlsplit(blob_endpoint).path)[:1] == [account_name]
+
+
+async def open_clients(settings: Settings, stack: AsyncExitStack) -> Clients:
+    """Build the Batch and Blob clients (shared key or Entra ID); `stack` closes them."""
+    counter = RequestCounter()
+    token_credential: AsyncTokenCredential | None = None
+    if "entra_id" in (settings.batch.auth, settings.storage.auth):
+        # Imported here: azure-identity is only needed, and only worth its import time, with Entra ID.
+        from azure.identity.aio import DefaultAzureCredential
+
+        token_credential = DefaultAzureCredential()
+        stack.push_async_callback(token_credential.close)
+
+    batch_credential: Any
+    if settings.batch.auth == "entra_id":
+        batch_credential = token_credential
+    else:
+        assert settings.batch.account_key is not None  # settings validation guarantees it
+        batch_credential = AzureNamedKeyCredential(settings.batch.account_name, settings.batch.account_key)
+    batch = BatchClient(
+        settings.batch.endpoint,
+        batch_credential,
+        transport=CountingTransport(counter, BATCH, account_in_path=False, **SDK_RETRY_KWARGS),
+        **SDK_RETRY_KWARGS,
+    )
+    await stack.enter_async_context(batch)
+
+    storage_credential: Any
+    if settings.storage.auth == "entra_id":
+        storage_credential = token_credential
+    else:
+        storage_credential = {
+            "account_name": settings.storage.account_name,
+            "account_key": settings.storage.account_key,
+        }
+    in_path = _storage_account_in_path(settings.storage.blob_endpoint, settings.storage.account_name)
+    sdk_kwargs: dict[str, Any] = dict(SDK_RETRY_KWARGS)
+    blob_service = BlobServiceClient(
+        settings.storage.blob_endpoint,
+        credential=storage_credential,
+        transport=CountingTransport(counter, STORAGE, account_in_path=in_path, **sdk_kwargs),
+        **sdk_kwargs,
+    )
+    await stack.enter_async_context(blob_service)
+    return Clients(
+        batch=batch,
+        blob_service=blob_service,
+        storage_account_key=settings.storage.account_key if settings.storage.auth == "shared_key" else None,
+        token_credential=token_credential,
+        requests=counter,
+    )
+
+
+def _credential_fix(settings: Settings, section: str, token_problem: bool = False) -> str:
+    auth = settings.batch.auth if section == "batch" else settings.storage.auth
+    if auth == "entra_id" or token_problem:
+        return (
+            "Sign in (az login) or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, "
+            "and give the identity "
+            + ("a Batch contributor role" if section == "batch" else "Storage Blob Data Contributor")
+            + " on the account."
+        )
+    return (
+        f"Check {env_var_name(section, 'account_key')} (it must be this account's key) and "
+        f"[{section}] account_name in {settings.source}."
+    )
+
+
+def _translate_check_error(exc: Exception, settings: Settings, section: str) -> Exception | None:
+    """The user-facing error for a failed credential check, or None if `exc` is not one we explain."""
+    if section == "batch":
+        account, endpoint, service = settings.batch.account_name, settings.batch.endpoint, "Batch"
+    else:
+        account, endpoint, service = settings.storage.account_name, settings.storage.blob_endpoint, "Storage"
+    endpoint_key = "endpoint" if section == "batch" else "blob_endpoint"
+    status = status_code_of(exc)
+    if isinstance(exc, ClientAuthenticationError) and status is None:
+        # No response at all: azure-identity could not get a token (no login, no managed identity).
+        reason = str(exc.message)[:300]
+        return CredentialError(
+            f"no Microsoft Entra ID token for the {service} account {account!r} ({reason}). "
+            + _credential_fix(settings, section, token_problem=True)
+        )
+    if isinstance(exc, HttpResponseError) and status in (401, 403):
+        code = error_code_of(exc) or f"HTTP {status}"
+        return CredentialError(
+            f"the {service} account {account!r} at {endpoint} refused the credentials ({code}). "
+            + _credential_fix(settings, section)
+        )
+    if isinstance(exc, ServiceRequestError) and "non-TLS" in str(exc):
+        return ConfigError(
+            f'[{section}] auth = "entra_id" needs an https endpoint, but {endpoint} is http '
+            f"(in {settings.source}). Use shared_key for local emulators."
+        )
+    if isinstance(exc, ServiceRequestError | ServiceResponseError | TimeoutError | ConnectionError):
+        return ServiceUnavailableError(
+            f"the {service} endpoint {endpoint} does not answer ({type(exc).__name__}). Check "
+            f"{env_var_name(section, endpoint_key)} / {settings.source}"
+            " and that the service is running (local mode: `topn local up`)."
+        )
+    return None
+
+
+async def check_credentials(clients: Clients, settings: Settings) -> None:
+    """One cheap request per service, no retries, before anything is created: fail fast on a bad key."""
+
+    async def probe_batch() -> None:
+        # A missing pool still proves the request was authenticated.
+        with contextlib.suppress(ResourceNotFoundError):
+            await clients.batch.get_pool(settings.pool.id)
+
+    async def probe_storage() -> None:
+        # HEAD on a container: authenticated even when the container is missing (404 -> False).
+        await clients.blob_service.get_container_client(f"{settings.storage.container_prefix}-input").exists()
+
+    for section, probe in (("batch", probe_batch), ("storage", probe_storage)):
+        try:
+            with anyio.fail_after(CHECK_TIMEOUT_S):
+                await probe()
+        except Exception as exc:
+            translated = _translate_check_error(exc, settings, section)
+            if translated is None:
+                raise
+            raise translated from None

@@ -1,0 +1,180 @@
+"""Request naming and counting, client construction for both auth modes, and credential-error wording."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+)
+
+from orchestrator.clients import (
+    BATCH,
+    STORAGE,
+    RequestCounter,
+    _translate_check_error,
+    batch_operation,
+    open_clients,
+    storage_operation,
+)
+from orchestrator.errors import ConfigError, CredentialError, ServiceUnavailableError
+from orchestrator.settings import Settings, load_settings
+
+PROJECT = Path(__file__).resolve().parents[3]
+
+
+def local_settings() -> Settings:
+    return load_settings(PROJECT / "config" / "local.toml", {})
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("POST", "/pools", "create_pool"),
+        ("GET", "/pools/topn-local", "get_pool"),
+        ("HEAD", "/pools/topn-local", "pool_exists"),
+        ("GET", "/pools/p/nodes", "list_nodes"),
+        ("POST", "/jobs", "create_job"),
+        ("PATCH", "/jobs/topn-r", "update_job"),
+        ("DELETE", "/jobs/topn-r", "delete_job"),
+        ("POST", "/jobs/topn-r/terminate", "terminate_job"),
+        ("POST", "/jobs/topn-r/addtaskcollection", "create_task_collection"),
+        ("GET", "/jobs/topn-r/tasks", "list_tasks"),
+        ("GET", "/jobs/topn-r/taskcounts", "get_job_task_counts"),
+        ("GET", "/jobs/topn-r/tasks/t000001", "get_task"),
+        ("GET", "/jobs/topn-r/tasks/t000001/files/stderr.txt", "get_task_file"),
+        ("GET", "/jobs/j/tasks/t/files/wd%2Fout.txt", "get_task_file"),
+        ("HEAD", "/jobs/j/tasks/t/files/stderr.txt", "get_task_file_properties"),
+        ("GET", "/supportedimages", "list_supported_images"),
+        ("GET", "/pools/p/nodes/n/files/startup%2Fstderr.txt", "get_node_file"),
+        ("OPTIONS", "/jobs/j", "OPTIONS /jobs/*"),
+    ],
+)
+def test_batch_requests_are_named_like_the_sdk_methods(method: str, path: str, expected: str) -> None:
+    assert batch_operation(method, path) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "in_path", "expected"),
+    [
+        ("PUT", "/devstoreaccount1/topn-input", "restype=container", True, "create_container"),
+        ("PUT", "/topn-input", "restype=container", False, "create_container"),
+        ("DELETE", "/topn-out-r", "restype=container", False, "delete_container"),
+        ("HEAD", "/devstoreaccount1/topn-input", "restype=container", True, "get_container_properties"),
+        ("GET", "/topn-out-r", "restype=container&comp=list&prefix=counts%2F", False, "list_blobs"),
+        ("PUT", "/devstoreaccount1/topn-input/runs/r/a%20b.txt", "", True, "upload_blob"),
+        ("PUT", "/topn-input/runs/r/big.txt", "comp=block&blockid=AAA", False, "stage_block"),
+        ("PUT", "/topn-input/runs/r/big.txt", "comp=blocklist", False, "commit_block_list"),
+        ("GET", "/topn-out-r/a_OUTPUT.txt", "", False, "download_blob"),
+        ("HEAD", "/topn-input/runs/r/a.txt", "", False, "get_blob_properties"),
+        ("DELETE", "/topn-input/runs/r/a.txt", "", False, "delete_blob"),
+        ("POST", "/", "restype=service&comp=userdelegationkey", False, "get_user_delegation_key"),
+        ("GET", "/devstoreaccount1", "comp=list", True, "list_containers"),
+    ],
+)
+def test_storage_requests_are_named_like_the_sdk_methods(
+    method: str, path: str, query: str, in_path: bool, expected: str
+) -> None:
+    assert storage_operation(method, path, query, in_path) == expected
+
+
+def test_the_counter_totals_per_service_and_operation() -> None:
+    counter = RequestCounter()
+    for operation in ("list_tasks", "get_job_task_counts", "list_tasks"):
+        counter.record(BATCH, operation)
+    counter.record(STORAGE, "upload_blob")
+    assert counter.total(BATCH) == 3
+    assert counter.total(STORAGE) == 1
+    assert counter.by_operation(BATCH) == {"get_job_task_counts": 1, "list_tasks": 2}
+    assert counter.snapshot() == {
+        "batch": {"get_job_task_counts": 1, "list_tasks": 2},
+        "storage": {"upload_blob": 1},
+    }
+
+
+async def test_shared_key_clients_are_built_without_any_request() -> None:
+    settings = replace(
+        local_settings(),
+        batch=replace(local_settings().batch, endpoint="http://127.0.0.1:9"),
+        storage=replace(local_settings().storage, blob_endpoint="http://127.0.0.1:9/devstoreaccount1"),
+    )
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        assert clients.token_credential is None
+        assert clients.storage_account_key == settings.storage.account_key
+        assert clients.requests.total(BATCH) == 0
+        assert settings.storage.account_key not in repr(clients)
+
+
+async def test_entra_id_clients_use_a_token_credential_and_no_key() -> None:
+    base = local_settings()
+    settings = replace(
+        base,
+        batch=replace(
+            base.batch, endpoint="https://acct.westeurope.batch.azure.com", auth="entra_id", account_key=None
+        ),
+        storage=replace(
+            base.storage,
+            blob_endpoint="https://store.blob.core.windows.net",
+            auth="entra_id",
+            account_key=None,
+        ),
+    )
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        assert clients.token_credential is not None
+        assert clients.storage_account_key is None
+        assert hasattr(clients.token_credential, "get_token")
+
+
+class FakeResponse:
+    def __init__(self, status_code: int, headers: dict[str, str]) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.reason = "Forbidden"
+
+    def text(self) -> str:
+        return ""
+
+
+def test_a_refused_key_names_the_account_and_the_variable_to_fix() -> None:
+    settings = local_settings()
+    refused = HttpResponseError(
+        message="Server failed to authenticate the request.",
+        response=FakeResponse(403, {"x-ms-error-code": "AuthenticationFailed"}),
+    )
+    error = _translate_check_error(refused, settings, "storage")
+    assert isinstance(error, CredentialError)
+    message = str(error)
+    assert "devstoreaccount1" in message and "TOPN_STORAGE_ACCOUNT_KEY" in message
+    assert "AuthenticationFailed" in message
+    assert settings.storage.account_key is not None and settings.storage.account_key not in message
+
+
+def test_a_missing_identity_is_a_credential_error() -> None:
+    error = _translate_check_error(
+        ClientAuthenticationError("no credential in the chain"), local_settings(), "batch"
+    )
+    assert isinstance(error, CredentialError)
+    assert "az login" in str(error)
+
+
+def test_a_dead_endpoint_is_service_unavailable_and_named() -> None:
+    error = _translate_check_error(ServiceRequestError("Cannot connect"), local_settings(), "batch")
+    assert isinstance(error, ServiceUnavailableError)
+    assert "http://127.0.0.1:0" in str(error) and "TOPN_BATCH_ENDPOINT" in str(error)
+
+
+def test_bearer_over_http_is_a_configuration_error() -> None:
+    refusal = ServiceRequestError("Bearer token authentication is not permitted for non-TLS protected URLs.")
+    error = _translate_check_error(refusal, local_settings(), "batch")
+    assert isinstance(error, ConfigError) and "https" in str(error)
+
+
+def test_other_errors_are_not_explained_away() -> None:
+    assert _translate_check_error(ValueError("bug"), local_settings(), "batch") is None
