@@ -7,7 +7,7 @@ interval backs off while nothing changes and snaps back to the minimum on progre
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -31,7 +31,7 @@ BACKOFF_FACTOR = 1.5
 class MonitorClient(Protocol):
     """The Batch operations monitoring needs (azure.batch.aio.BatchClient has them)."""
 
-    async def get_job_task_counts(self, job_id: str, **kwargs: Any) -> BatchTaskCountsResult: ...
+    def get_job_task_counts(self, job_id: str, **kwargs: Any) -> Awaitable[BatchTaskCountsResult]: ...
 
     def list_tasks(self, job_id: str, **kwargs: Any) -> AsyncIterator[BatchTask]: ...
 

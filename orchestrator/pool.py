@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -39,9 +39,9 @@ POOL_POLL_MAX_S = 5.0
 class PoolClient(Protocol):
     """The Batch operations pool provisioning needs (azure.batch.aio.BatchClient has them)."""
 
-    async def create_pool(self, pool: BatchPoolCreateOptions, **kwargs: Any) -> None: ...
+    def create_pool(self, pool: BatchPoolCreateOptions, **kwargs: Any) -> Awaitable[None]: ...
 
-    async def get_pool(self, pool_id: str, **kwargs: Any) -> BatchPool: ...
+    def get_pool(self, pool_id: str, **kwargs: Any) -> Awaitable[BatchPool]: ...
 
     def list_nodes(self, pool_id: str, **kwargs: Any) -> AsyncIterator[BatchNode]: ...
 

@@ -31,9 +31,9 @@ _ENVELOPE_BYTES = len('{"value":[]}')
 class TaskCollectionClient(Protocol):
     """The one Batch operation submission needs (azure.batch.aio.BatchClient has it)."""
 
-    async def create_task_collection(
+    def create_task_collection(
         self, job_id: str, task_collection: BatchTaskGroup, **kwargs: Any
-    ) -> BatchCreateTaskCollectionResult: ...
+    ) -> Awaitable[BatchCreateTaskCollectionResult]: ...
 
 
 def task_json_size(task: BatchTaskCreateOptions) -> int:

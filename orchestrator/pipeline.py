@@ -1,0 +1,634 @@
+"""The run state machine (DESIGN §3): one run from the user's files to results on disk.
+
+    CREATED → PREPARING { staging ‖ provisioning } → SUBMITTING → RUNNING (+ collecting as tasks finish)
+            → COLLECTING → CLEANING → SUCCEEDED | FAILED | CANCELLED
+
+Each transition is written to the journal before the next state's side effects start, and is
+emitted as `run.state_changed`. Every side effect is idempotent (see the stage modules), so a
+resumed state is safe to redo. Clean-up runs shielded, on success, failure and cancellation alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import anyio
+import structlog
+from azure.batch.models import (
+    AutoUserSpecification,
+    BatchJobConstraints,
+    BatchJobCreateOptions,
+    BatchJobUpdateOptions,
+    BatchPoolInfo,
+    BatchTaskConstraints,
+    BatchTaskCreateOptions,
+    EnvironmentSetting,
+    ResourceFile,
+    UserIdentity,
+)
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
+
+from orchestrator import collect, monitor, naming, pool, staging, submit
+from orchestrator.clients import BATCH, STORAGE, Clients
+from orchestrator.errors import InputError, RunFailedError, TopnError
+from orchestrator.inputs import InputFile
+from orchestrator.journal import Journal, JournalInput
+from orchestrator.results import (
+    RunCounts,
+    build_summary,
+    claim_results_folder,
+    failure_details,
+    file_entry,
+    top_of,
+    write_summary,
+)
+from orchestrator.retry import RetryPolicy, retry_call
+from orchestrator.sas import DelegationKeyProvider
+from orchestrator.settings import Settings
+
+log = structlog.get_logger()
+
+CLEANUP_TIMEOUT_S = 60.0
+
+
+class RunState(StrEnum):
+    """The states a run moves through (names as the journal stores them)."""
+
+    CREATED = "CREATED"
+    PREPARING = "PREPARING"
+    SUBMITTING = "SUBMITTING"
+    RUNNING = "RUNNING"
+    COLLECTING = "COLLECTING"
+    CLEANING = "CLEANING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+_FORWARD = [RunState.CREATED, RunState.PREPARING, RunState.SUBMITTING, RunState.RUNNING, RunState.COLLECTING]
+TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+ALLOWED: dict[RunState, frozenset[RunState]] = {
+    **{
+        state: frozenset({_FORWARD[index + 1], RunState.CLEANING})
+        for index, state in enumerate(_FORWARD[:-1])
+    },
+    RunState.COLLECTING: frozenset({RunState.CLEANING}),
+    RunState.CLEANING: TERMINAL,
+    **{state: frozenset() for state in TERMINAL},
+}
+
+
+class TransitionError(RuntimeError):
+    """A transition the state machine does not have (a bug, never a user error)."""
+
+
+def check_transition(current: RunState, target: RunState) -> None:
+    """Raise TransitionError unless `current → target` is an edge of the state machine."""
+    if target not in ALLOWED[current]:
+        raise TransitionError(f"a run cannot go from {current} to {target}")
+
+
+class StateRecorder(Protocol):
+    """Where transitions are made durable (the journal, or nothing)."""
+
+    async def record_state(self, run_id: str, state: str) -> None: ...
+
+
+class RunStateMachine:
+    """The current state; each move is journalled first, then announced."""
+
+    def __init__(self, run_id: str, journal: StateRecorder | None) -> None:
+        self.run_id = run_id
+        self.state = RunState.CREATED
+        self._journal = journal
+
+    async def move(self, target: RunState) -> None:
+        check_transition(self.state, target)
+        if self._journal is not None:
+            await self._journal.record_state(self.run_id, target.value)
+        log.info("run.state_changed", from_state=self.state.value, to_state=target.value)
+        self.state = target
+
+
+class ProgressSink(Protocol):
+    """Receives progress for a display (FRAME renders it with rich on a terminal)."""
+
+    def update(self, stage: str, done: int, total: int) -> None: ...
+
+
+def build_node_script() -> bytes:
+    """Pack the node script (node.pack builds the zipapp; no node code runs in this process)."""
+    import importlib
+
+    pack = importlib.import_module("node.pack")
+    with tempfile.TemporaryDirectory(prefix="topn-node-") as folder:
+        path: Path = pack.build_zipapp(Path(folder) / "node.pyz")
+        return path.read_bytes()
+
+
+def settings_snapshot(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON data for the journal (which strips the secrets again, to be sure)."""
+    data = dataclasses.asdict(settings)
+    for section in ("batch", "storage"):
+        data[section]["account_key"] = None
+    snapshot: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return snapshot
+
+
+async def run_pipeline(
+    settings: Settings,
+    inputs: Sequence[InputFile],
+    clients: Clients,
+    out_dir: Path,
+    *,
+    run_id: str | None = None,
+    journal: Journal | None = None,
+    progress: ProgressSink | None = None,
+    node_script: bytes | None = None,
+) -> dict[str, Any]:
+    """Run the whole workflow for `inputs`; returns summary.json's content (also written to out_dir)."""
+    if not inputs:
+        raise InputError("no input files to process")
+    run_id = run_id or naming.new_run_id()
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+    claim_results_folder(out_dir, run_id)  # before anything is created: exit 2 leaves no trace
+    run = _Run(settings, list(inputs), clients, out_dir, run_id, journal, progress, node_script)
+    return await run.execute()
+
+
+@dataclasses.dataclass
+class _FileResult:
+    entry: dict[str, Any]
+    succeeded: bool
+
+
+class _Run:
+    """One run's working state; methods are the states' side effects, in order."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        inputs: list[InputFile],
+        clients: Clients,
+        out_dir: Path,
+        run_id: str,
+        journal: Journal | None,
+        progress: ProgressSink | None,
+        node_script: bytes | None,
+    ) -> None:
+        self.settings = settings
+        self.inputs = inputs
+        self.clients = clients
+        self.batch = clients.batch
+        self.blobs = clients.blob_service
+        self.out_dir = out_dir
+        self.run_id = run_id
+        self.journal = journal
+        self.progress = progress
+        self.node_script = node_script
+        self.retry: RetryPolicy = settings.retry
+        self.machine = RunStateMachine(run_id, journal)
+        prefix = settings.storage.container_prefix
+        self.app_container = naming.app_container(prefix)
+        self.input_container = naming.input_container(prefix)
+        self.output_container = naming.output_container(prefix, run_id)
+        self.job_id = naming.job_id(run_id)
+        self.task_ids = [naming.task_id(index) for index in range(len(inputs))]
+        self.index_by_task = {task_id: index for index, task_id in enumerate(self.task_ids)}
+        self.stage_s: dict[str, float] = {}
+        self.pool_created = False
+        self.job_created = False
+        self.staged: list[staging.StagedInput] = []
+        self.results: dict[int, _FileResult] = {}
+        self.run_counts = RunCounts()
+        self.sas: staging.SasMinter | None = None
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ the flow
+
+    async def execute(self) -> dict[str, Any]:
+        if self.journal is not None:
+            await self.journal.create_run(
+                self.run_id, settings_snapshot(self.settings), self._journal_inputs()
+            )
+        log.info(
+            "run.started",
+            files=len(self.inputs),
+            bytes=sum(item.size_bytes for item in self.inputs),
+            config_path=str(self.settings.source),
+            local_mode=self.settings.local.enabled,
+        )
+        try:
+            with anyio.fail_after(self.settings.run.run_timeout_s):
+                await self.machine.move(RunState.PREPARING)
+                await self._prepare()
+                await self.machine.move(RunState.SUBMITTING)
+                await self._submit()
+                await self.machine.move(RunState.RUNNING)
+                await self._run_and_collect()
+        except BaseException as error:
+            await self._fail(error)
+            raise self._user_facing(error) from None
+        await self.machine.move(RunState.CLEANING)
+        await self._cleanup(failed=False)
+        failed = sum(1 for result in self.results.values() if not result.succeeded)
+        final = RunState.FAILED if failed else RunState.SUCCEEDED
+        summary = self._summary(final)
+        write_summary(self.out_dir, summary)
+        await self.machine.move(final)
+        log.info(
+            "run.completed",
+            state=final.value,
+            files_succeeded=len(self.results) - failed,
+            files_failed=failed,
+            duration_s=round(time.monotonic() - self.started, 3),
+            staging_s=self.stage_s.get("staging", 0.0),
+            provisioning_s=self.stage_s.get("provisioning", 0.0),
+            submitting_s=self.stage_s.get("submitting", 0.0),
+            running_s=self.stage_s.get("running", 0.0),
+            collecting_s=self.stage_s.get("collecting", 0.0),
+            batch_requests=self.clients.requests.total(BATCH),
+            storage_requests=self.clients.requests.total(STORAGE),
+        )
+        return summary
+
+    async def _prepare(self) -> None:
+        """Containers, SAS; then uploads ‖ (node script → pool → job → usable nodes)."""
+        self.sas = await staging.make_sas_minter(
+            account_url=self.settings.storage.blob_endpoint,
+            account_name=self.settings.storage.account_name,
+            account_key=self.clients.storage_account_key,
+            delegation_source=(
+                cast(DelegationKeyProvider, self.blobs) if self.clients.storage_account_key is None else None
+            ),
+            run_timeout_s=self.settings.run.run_timeout_s,
+            margin_s=self.settings.run.sas_margin_s,
+        )
+        if self.journal is not None:
+            await self.journal.record_sas_expiry(self.run_id, "input_read", self.sas.expires_at)
+            await self.journal.record_sas_expiry(self.run_id, "output_write", self.sas.expires_at)
+        await staging.ensure_containers(
+            self.blobs, [self.app_container, self.input_container, self.output_container], self.retry
+        )
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._stage_inputs)
+            group.start_soon(self._provision)
+
+    async def _stage_inputs(self) -> None:
+        started = time.monotonic()
+        done = 0
+
+        async def uploaded(item: staging.StagedInput) -> None:
+            nonlocal done
+            done += 1
+            if self.journal is not None:
+                await self.journal.record_upload(self.run_id, item.relpath, item.md5_hex, item.blob_name)
+            if self.progress is not None:
+                self.progress.update("staging", done, len(self.inputs))
+
+        self.staged = await staging.upload_inputs(
+            self.blobs,
+            self.input_container,
+            self.run_id,
+            self.inputs,
+            concurrency=self.settings.run.upload_concurrency,
+            retry=self.retry,
+            on_uploaded=uploaded,
+        )
+        self.stage_s["staging"] = round(time.monotonic() - started, 3)
+
+    async def _provision(self) -> None:
+        started = time.monotonic()
+        script = (
+            self.node_script
+            if self.node_script is not None
+            else await anyio.to_thread.run_sync(build_node_script)
+        )
+        blob_name = await staging.stage_node_script(self.blobs, self.app_container, script, self.retry)
+        assert self.sas is not None
+        script_url = self.sas.blob_read_url(self.app_container, blob_name)
+        pool_settings = self.settings.pool
+        start_command = pool_settings.start_task_command or naming.start_task_command_line()
+        self.pool_created = await pool.ensure_pool(
+            self.batch, pool_settings, script_url, start_command, self.retry
+        )
+        await self._create_job()  # tasks may queue while the nodes boot
+        await pool.wait_until_usable(
+            self.batch,
+            pool_settings.id,
+            timeout_s=pool_settings.ready_timeout_s,
+            retry=self.retry,
+            created=self.pool_created,
+        )
+        self.stage_s["provisioning"] = round(time.monotonic() - started, 3)
+
+    async def _create_job(self) -> None:
+        run = self.settings.run
+        job = BatchJobCreateOptions(
+            id=self.job_id,
+            pool_info=BatchPoolInfo(pool_id=self.settings.pool.id),
+            # noaction until every task is added: a job with zero tasks counts as complete.
+            all_tasks_complete_mode="noaction",
+            constraints=BatchJobConstraints(
+                max_wall_clock_time=timedelta(seconds=run.run_timeout_s),
+                max_task_retry_count=run.task_max_retries,
+            ),
+        )
+        # JobExists means a resumed run: the job is ours (its id holds our run id).
+        with contextlib.suppress(ResourceExistsError):
+            await retry_call(self.retry, "create_job", lambda: self.batch.create_job(job))
+        self.job_created = True
+
+    async def _submit(self) -> None:
+        started = time.monotonic()
+        tasks = [self._task(item) for item in self.staged]
+
+        async def added(task_ids: Sequence[str]) -> None:
+            if self.journal is not None:
+                await self.journal.record_tasks_submitted(self.run_id, task_ids)
+
+        report = await submit.submit_tasks(
+            self.batch,
+            self.job_id,
+            tasks,
+            concurrency=self.settings.run.submit_concurrency,
+            retry=self.retry,
+            on_chunk_added=added,
+        )
+        update = BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
+        await retry_call(self.retry, "update_job", lambda: self.batch.update_job(self.job_id, update))
+        duration = round(time.monotonic() - started, 3)
+        self.stage_s["submitting"] = duration
+        log.info(
+            "tasks.submitted",
+            job_id=self.job_id,
+            tasks=report.tasks_added,
+            requests=report.requests,
+            duration_s=duration,
+        )
+
+    def _task(self, item: staging.StagedInput) -> BatchTaskCreateOptions:
+        assert self.sas is not None
+        run = self.settings.run
+        node_input = naming.node_input_path(item.index, item.relpath)
+        return BatchTaskCreateOptions(
+            id=naming.task_id(item.index),
+            command_line=naming.task_command_line(
+                node_input, item.relpath, top=run.top, tokenizer=run.tokenizer
+            ),
+            resource_files=[
+                ResourceFile(
+                    http_url=self.sas.blob_read_url(self.input_container, item.blob_name),
+                    file_path=node_input,
+                )
+            ],
+            environment_settings=[
+                EnvironmentSetting(
+                    name=naming.OUTPUT_SAS_VARIABLE, value=self.sas.container_write_url(self.output_container)
+                )
+            ],
+            constraints=BatchTaskConstraints(
+                max_wall_clock_time=timedelta(seconds=run.task_max_wall_clock_s),
+                max_task_retry_count=run.task_max_retries,
+            ),
+            user_identity=UserIdentity(
+                auto_user=AutoUserSpecification(scope="pool", elevation_level="nonadmin")
+            ),
+        )
+
+    async def _run_and_collect(self) -> None:
+        """Watch the job; download each success the moment it is seen; then wait for the last downloads."""
+        started = time.monotonic()
+        send, receive = anyio.create_memory_object_stream[monitor.TaskOutcome](
+            max_buffer_size=len(self.task_ids)
+        )
+        limiter = anyio.CapacityLimiter(self.settings.run.download_concurrency)
+        total = len(self.task_ids)
+
+        def counts_moved(counts: monitor.Counts) -> None:
+            if self.progress is not None:
+                self.progress.update("running", counts.completed, total)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                lambda: monitor.watch_job(
+                    self.batch,
+                    self.job_id,
+                    self.task_ids,
+                    send,
+                    poll_min_s=self.settings.run.poll_min_s,
+                    poll_max_s=self.settings.run.poll_max_s,
+                    retry=self.retry,
+                    on_counts=counts_moved,
+                )
+            )
+            async with receive:
+                async for outcome in receive:
+                    group.start_soon(self._handle_outcome, outcome, limiter)
+            self.stage_s["running"] = round(time.monotonic() - started, 3)
+            collecting_started = time.monotonic()
+            await self.machine.move(RunState.COLLECTING)
+        self.stage_s["collecting"] = round(time.monotonic() - collecting_started, 3)
+
+    async def _handle_outcome(self, outcome: monitor.TaskOutcome, limiter: anyio.CapacityLimiter) -> None:
+        index = self.index_by_task[outcome.task_id]
+        relpath = self.inputs[index].relpath
+        async with limiter:
+            if outcome.succeeded:
+                log.info(
+                    "task.completed",
+                    task_id=outcome.task_id,
+                    file=relpath,
+                    exit_code=outcome.exit_code,
+                    duration_s=outcome.duration_s,
+                )
+                try:
+                    saved = await collect.download_outputs(
+                        self.blobs, self.output_container, relpath, self.out_dir, self.retry
+                    )
+                except collect.OutputMissingError as error:
+                    await self._record_failure(index, outcome, str(error), "")
+                    return
+                self.run_counts.add(index, saved.counts.counts)
+                top = top_of(saved.counts.counts, self.settings.run.top)
+                self.results[index] = _FileResult(
+                    file_entry(
+                        relpath,
+                        task_id=outcome.task_id,
+                        succeeded=True,
+                        top=top,
+                        words=saved.counts.words,
+                        output=naming.output_name(relpath),
+                    ),
+                    succeeded=True,
+                )
+                if self.journal is not None:
+                    await self.journal.record_task_completed(
+                        self.run_id, outcome.task_id, {"status": "succeeded", "exit_code": outcome.exit_code}
+                    )
+                    await self.journal.record_output_downloaded(
+                        self.run_id, relpath, str(saved.local_path), saved.size_bytes
+                    )
+                log.info("output.downloaded", task_id=outcome.task_id, file=relpath, bytes=saved.size_bytes)
+                if self.progress is not None:
+                    self.progress.update("collecting", len(self.results), len(self.task_ids))
+            else:
+                tail = await collect.task_stderr_tail(self.batch, self.job_id, outcome.task_id, self.retry)
+                message = outcome.failure_message or "the task failed"
+                await self._record_failure(index, outcome, message, tail)
+
+    async def _record_failure(
+        self, index: int, outcome: monitor.TaskOutcome, message: str, tail: str
+    ) -> None:
+        relpath = self.inputs[index].relpath
+        details = failure_details(
+            exit_code=outcome.exit_code, failure_code=outcome.failure_code, message=message, stderr_tail=tail
+        )
+        self.results[index] = _FileResult(
+            file_entry(relpath, task_id=outcome.task_id, succeeded=False, error=details), succeeded=False
+        )
+        if self.journal is not None:
+            await self.journal.record_task_completed(
+                self.run_id, outcome.task_id, {"status": "failed", **details}
+            )
+        log.warning(
+            "task.failed",
+            task_id=outcome.task_id,
+            file=relpath,
+            exit_code=outcome.exit_code,
+            failure_code=outcome.failure_code,
+            stderr_tail=tail,
+        )
+
+    # ------------------------------------------------------------------ endings
+
+    async def _fail(self, error: BaseException) -> None:
+        """Shielded: clean up what this run owns, record FAILED or CANCELLED, emit run.failed."""
+        cancelled = isinstance(error, (anyio.get_cancelled_exc_class(), KeyboardInterrupt))
+        with anyio.CancelScope(shield=True):
+            try:
+                if self.machine.state not in TERMINAL and self.machine.state != RunState.CLEANING:
+                    await self.machine.move(RunState.CLEANING)
+                await self._cleanup(failed=True)
+            except Exception as cleanup_error:  # clean-up must never hide the run's own error
+                log.warning(
+                    "cleanup.failed", error_type=type(cleanup_error).__name__, error=str(cleanup_error)[:300]
+                )
+            if self.machine.state == RunState.CLEANING:
+                await self.machine.move(RunState.CANCELLED if cancelled else RunState.FAILED)
+            reported = self._user_facing(error)
+            log.error(
+                "run.failed",
+                error_type=type(reported).__name__,
+                error=str(reported),
+                duration_s=round(time.monotonic() - self.started, 3),
+            )
+
+    def _user_facing(self, error: BaseException) -> BaseException:
+        """The error the user sees: ours as is, a deadline or an SDK error explained."""
+        if isinstance(error, (TopnError, anyio.get_cancelled_exc_class())):
+            return error
+        if isinstance(error, TimeoutError):
+            return RunFailedError(
+                f"the run did not finish within [run] run_timeout_s = {self.settings.run.run_timeout_s:.0f}"
+                " s; raise it, or add nodes to the pool"
+            )
+        if isinstance(error, HttpResponseError):
+            return RunFailedError(f"a Batch or Storage request failed: {submit.describe_http_error(error)}")
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                return self._user_facing(inner)
+        return error
+
+    async def _cleanup(self, *, failed: bool) -> None:
+        """Delete what config says to (job, run blobs, pool); a pool this run created and broke goes too."""
+        run = self.settings.run
+        with anyio.move_on_after(CLEANUP_TIMEOUT_S, shield=True):
+            async with anyio.create_task_group() as group:
+                if self.job_created and run.delete_job:
+                    group.start_soon(self._delete_job)
+                if run.delete_run_blobs:
+                    group.start_soon(self._delete_run_blobs)
+                if self.settings.pool.delete_after_run or (
+                    failed and self.pool_created and self._pool_broken
+                ):
+                    group.start_soon(self._delete_pool)
+
+    @property
+    def _pool_broken(self) -> bool:
+        return "provisioning" not in self.stage_s
+
+    async def _delete_job(self) -> None:
+        # Start the deletion and move on: the service finishes it, nobody needs to wait.
+        with contextlib.suppress(HttpResponseError):
+            await retry_call(self.retry, "delete_job", lambda: self.batch.begin_delete_job(self.job_id))
+
+    async def _delete_pool(self) -> None:
+        with contextlib.suppress(HttpResponseError):
+            await retry_call(
+                self.retry, "delete_pool", lambda: self.batch.begin_delete_pool(self.settings.pool.id)
+            )
+
+    async def _delete_run_blobs(self) -> None:
+        await staging.delete_blobs_with_prefix(
+            self.blobs, self.input_container, naming.run_input_prefix(self.run_id), self.retry
+        )
+        await staging.delete_container(self.blobs, self.output_container, self.retry)
+
+    # ------------------------------------------------------------------ data
+
+    def _journal_inputs(self) -> list[JournalInput]:
+        return [
+            JournalInput(
+                index=index,
+                relpath=item.relpath,
+                path=str(item.path),
+                size_bytes=item.size_bytes,
+                mtime_ns=_mtime_ns(item.path),
+                md5_hex=None,
+                blob_name=naming.input_blob_name(self.run_id, item.relpath),
+                task_id=naming.task_id(index),
+            )
+            for index, item in enumerate(self.inputs)
+        ]
+
+    def _summary(self, final: RunState) -> dict[str, Any]:
+        files = [result.entry for _, result in sorted(self.results.items())]
+        succeeded = [result for result in self.results.values() if result.succeeded]
+        totals: dict[str, Any] = {
+            "files": len(self.inputs),
+            "succeeded": len(succeeded),
+            "failed": len(self.results) - len(succeeded),
+            "words": sum(int(result.entry["words"] or 0) for result in succeeded),
+            "distinct_words": len(self.run_counts.totals),
+            "bytes": sum(item.size_bytes for item in self.inputs),
+            "duration_s": round(time.monotonic() - self.started, 3),
+            "stages_s": dict(self.stage_s),
+            "requests": self.clients.requests.snapshot(),
+            "job_id": self.job_id,
+            "pool_id": self.settings.pool.id,
+        }
+        return build_summary(
+            self.run_id, final.value, self.run_counts.top(self.settings.run.top), files, totals
+        )
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def summary_exit_status(summary: Mapping[str, Any]) -> int:
+    """0 when every file succeeded, 1 otherwise (DESIGN §4)."""
+    return 0 if summary.get("state") == RunState.SUCCEEDED.value else 1
