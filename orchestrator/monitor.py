@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any, Protocol
 
 import anyio
@@ -79,7 +80,7 @@ def outcome_of(task: BatchTask) -> TaskOutcome:
     """Success means result `success` and exit code 0; a node that never ran the task is a failure too."""
     info = task.execution_info
     exit_code = info.exit_code if info is not None else None
-    result = str(info.result) if info is not None and info.result is not None else None
+    result = wire_value(info.result) if info is not None else None
     failure = info.failure_info if info is not None else None
     duration = None
     if info is not None and info.start_time is not None and info.end_time is not None:
@@ -94,6 +95,13 @@ def outcome_of(task: BatchTask) -> TaskOutcome:
         node_id=task.node_info.node_id if task.node_info is not None else None,
         duration_s=duration,
     )
+
+
+def wire_value(value: object) -> str | None:
+    """An SDK enum or string as its wire text (`str()` of a str-Enum gives the member's name)."""
+    if value is None:
+        return None
+    return str(value.value) if isinstance(value, Enum) else str(value)
 
 
 def counts_of(result: BatchTaskCountsResult) -> Counts:

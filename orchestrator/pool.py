@@ -23,7 +23,7 @@ from azure.batch.models import (
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
 from orchestrator.errors import PoolError
-from orchestrator.monitor import next_poll_interval
+from orchestrator.monitor import next_poll_interval, wire_value
 from orchestrator.retry import RetryPolicy, error_code_of, retry_call
 from orchestrator.settings import PoolSettings
 
@@ -114,9 +114,9 @@ async def ensure_pool(
 
 def classify_nodes(nodes: Sequence[BatchNode]) -> tuple[list[BatchNode], list[BatchNode], list[BatchNode]]:
     """(usable, start task failed, unusable) nodes of a listing."""
-    usable = [node for node in nodes if str(node.state) in USABLE_STATES]
-    start_failed = [node for node in nodes if str(node.state) == "starttaskfailed"]
-    unusable = [node for node in nodes if str(node.state) == "unusable"]
+    usable = [node for node in nodes if wire_value(node.state) in USABLE_STATES]
+    start_failed = [node for node in nodes if wire_value(node.state) == "starttaskfailed"]
+    unusable = [node for node in nodes if wire_value(node.state) == "unusable"]
     return usable, start_failed, unusable
 
 
@@ -164,7 +164,7 @@ async def wait_until_usable(
                     )
                 if not nodes:
                     await _check_allocation(batch, pool_id, retry)
-                states = tuple(sorted(str(node.state) for node in nodes))
+                states = tuple(sorted(str(wire_value(node.state)) for node in nodes))
                 interval = next_poll_interval(
                     interval, states != last_states, POOL_POLL_MIN_S, POOL_POLL_MAX_S
                 )
@@ -180,11 +180,11 @@ async def wait_until_usable(
 async def _check_allocation(batch: PoolClient, pool_id: str, retry: RetryPolicy) -> None:
     """A pool with no nodes and a resize error will never get any: say why instead of waiting."""
     pool = await retry_call(retry, "get_pool", lambda: batch.get_pool(pool_id))
-    if pool.resize_errors and str(pool.allocation_state) == "steady":
+    if pool.resize_errors and wire_value(pool.allocation_state) == "steady":
         error = pool.resize_errors[0]
         raise PoolError(f"pool {pool_id} could not allocate nodes: {error.code}: {error.message}")
     if (
-        str(pool.allocation_state) == "steady"
+        wire_value(pool.allocation_state) == "steady"
         and not pool.enable_auto_scale
         and (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0) == 0
     ):

@@ -24,6 +24,7 @@ from orchestrator import naming, sas
 from orchestrator.errors import InputError
 from orchestrator.inputs import InputFile
 from orchestrator.retry import RetryPolicy, retry_call
+from orchestrator.submit import first_leaf
 
 log = structlog.get_logger()
 
@@ -142,9 +143,12 @@ async def upload_inputs(
             if on_uploaded is not None:
                 await on_uploaded(result)
 
-    async with anyio.create_task_group() as group:
-        for index, item in enumerate(inputs):
-            group.start_soon(upload, index, item)
+    try:
+        async with anyio.create_task_group() as group:
+            for index, item in enumerate(inputs):
+                group.start_soon(upload, index, item)
+    except BaseExceptionGroup as errors:
+        raise first_leaf(errors) from None
     return [item for item in staged if item is not None]
 
 

@@ -129,10 +129,19 @@ async def submit_tasks(
                     )
                 await sleep(backoff_delay_s(retry, attempt, rand()))
 
-    async with anyio.create_task_group() as group:
-        for chunk in plan_chunks(sizes):
-            group.start_soon(send, [tasks[index] for index in chunk])
+    try:
+        async with anyio.create_task_group() as group:
+            for chunk in plan_chunks(sizes):
+                group.start_soon(send, [tasks[index] for index in chunk])
+    except BaseExceptionGroup as errors:
+        raise first_leaf(errors) from None
     return report
+
+
+def first_leaf(errors: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error inside a (nested) exception group: what a task group's caller reports."""
+    first = errors.exceptions[0]
+    return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def check_results(

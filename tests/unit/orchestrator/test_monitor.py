@@ -1,0 +1,157 @@
+"""Monitoring: interval arithmetic (property-tested) and the polling loop against a fake job."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+from azure.batch.models import (
+    BatchTask,
+    BatchTaskCounts,
+    BatchTaskCountsResult,
+    BatchTaskExecutionInfo,
+    BatchTaskFailureInfo,
+    BatchTaskSlotCounts,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.monitor import TaskOutcome, completion_filter, next_poll_interval, outcome_of, watch_job
+from orchestrator.retry import RetryPolicy
+
+FAST = RetryPolicy(max_attempts=2, base_delay_s=0.0, max_delay_s=0.0, deadline_s=10)
+T0 = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
+
+
+@given(
+    current=st.floats(0.01, 100),
+    minimum=st.floats(0.01, 5),
+    spread=st.floats(0, 50),
+    moved=st.booleans(),
+)
+def test_interval_stays_in_bounds_snaps_back_and_never_shrinks_while_idle(
+    current: float, minimum: float, spread: float, moved: bool
+) -> None:
+    maximum = minimum + spread
+    interval = next_poll_interval(current, moved, minimum, maximum)
+    assert minimum <= interval <= maximum
+    if moved:
+        assert interval == minimum
+    elif minimum <= current <= maximum:
+        assert interval >= current
+
+
+def test_idle_polls_back_off_to_the_cap() -> None:
+    intervals = [0.5]
+    for _ in range(10):
+        intervals.append(next_poll_interval(intervals[-1], False, 0.5, 10.0))
+    assert intervals[1] == 0.75 and intervals[-1] == 10.0
+
+
+def test_completion_filter_uses_a_watermark_with_overlap() -> None:
+    assert completion_filter(None) == "state eq 'completed'"
+    text = completion_filter(T0 + timedelta(seconds=10))
+    assert text == "state eq 'completed' and stateTransitionTime ge datetime'2026-11-22T00:00:08.000000Z'"
+
+
+def task(
+    task_id: str, *, exit_code: int | None, result: str, when: datetime, failure: str | None = None
+) -> BatchTask:
+    return BatchTask(
+        id=task_id,
+        state="completed",
+        state_transition_time=when,
+        execution_info=BatchTaskExecutionInfo(
+            retry_count=0,
+            requeue_count=0,
+            exit_code=exit_code,
+            result=result,
+            start_time=when - timedelta(seconds=2),
+            end_time=when,
+            failure_info=BatchTaskFailureInfo(category="usererror", code=failure, message="boom")
+            if failure
+            else None,
+        ),
+    )
+
+
+def test_outcome_needs_success_and_exit_code_zero() -> None:
+    good = outcome_of(task("a", exit_code=0, result="success", when=T0))
+    bad = outcome_of(task("b", exit_code=42, result="failure", when=T0, failure="FailureExitCode"))
+    assert good.succeeded and good.duration_s == 2.0
+    assert not bad.succeeded and bad.exit_code == 42 and bad.failure_code == "FailureExitCode"
+
+
+class FakeJob:
+    """Tasks complete on a schedule of polls; records every request and filter."""
+
+    def __init__(self, schedule: list[list[BatchTask]]) -> None:
+        self.schedule = schedule
+        self.completed: list[BatchTask] = []
+        self.polls = 0
+        self.filters: list[str] = []
+        self.total = sum(len(step) for step in schedule)
+
+    def counts(self) -> BatchTaskCountsResult:
+        done = len(self.completed)
+        succeeded = sum(1 for t in self.completed if t.execution_info.result == "success")
+        counts = BatchTaskCounts(
+            active=self.total - done, running=0, completed=done, succeeded=succeeded, failed=done - succeeded
+        )
+        slots = BatchTaskSlotCounts(active=0, running=0, completed=0, succeeded=0, failed=0)
+        return BatchTaskCountsResult(task_counts=counts, task_slot_counts=slots)
+
+    async def get_job_task_counts(self, job_id: str, **kwargs: Any) -> BatchTaskCountsResult:
+        if self.polls < len(self.schedule):
+            self.completed.extend(self.schedule[self.polls])
+        self.polls += 1
+        return self.counts()
+
+    def list_tasks(self, job_id: str, **kwargs: Any) -> AsyncIterator[BatchTask]:
+        self.filters.append(kwargs["filter"])
+        assert "executionInfo" in kwargs["select"]
+        completed = list(self.completed)
+
+        async def pages() -> AsyncIterator[BatchTask]:
+            for item in completed:
+                yield item
+
+        return pages()
+
+
+async def run_watch(job: FakeJob, task_ids: list[str]) -> list[TaskOutcome]:
+    send, receive = anyio.create_memory_object_stream[TaskOutcome](100)
+    outcomes: list[TaskOutcome] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(
+            lambda: watch_job(job, "j", task_ids, send, poll_min_s=0.001, poll_max_s=0.004, retry=FAST)
+        )
+        async with receive:
+            async for outcome in receive:
+                outcomes.append(outcome)
+    return outcomes
+
+
+async def test_each_completion_is_sent_once_and_listing_happens_only_when_counts_move() -> None:
+    schedule = [
+        [task("t1", exit_code=0, result="success", when=T0)],
+        [],
+        [],
+        [
+            task(
+                "t2", exit_code=3, result="failure", when=T0 + timedelta(seconds=5), failure="FailureExitCode"
+            )
+        ],
+        [],
+        [task("t3", exit_code=0, result="success", when=T0 + timedelta(seconds=9))],
+    ]
+    job = FakeJob(schedule)
+    outcomes = await run_watch(job, ["t1", "t2", "t3"])
+    assert [outcome.task_id for outcome in outcomes] == ["t1", "t2", "t3"]
+    assert [outcome.succeeded for outcome in outcomes] == [True, False, True]
+    assert job.polls == 6
+    assert len(job.filters) == 3  # one listing per poll where the completed count moved
+    assert job.filters[0] == "state eq 'completed'"
+    assert "stateTransitionTime ge" in job.filters[1]
