@@ -36,7 +36,7 @@ from orchestrator.errors import TopnError
 T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # The states of DESIGN §3. The journal records any well-formed state name (the pipeline owns the
 # state machine); these names are what `describe_run` and the convenience properties understand.
@@ -136,6 +136,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (run_id, relpath)
         ) WITHOUT ROWID""",
     ),
+    # Version 2: bulk submissions check their task ids by index, not by scanning the run's inputs.
+    ("CREATE INDEX IF NOT EXISTS inputs_by_task ON inputs (run_id, task_id)",),
 )
 
 
@@ -632,10 +634,14 @@ class Journal:
                 raise JournalError(f"run {run_id} has no input {relpath!r} in the journal {self.path}")
 
     def _require_task_ids(self, connection: sqlite3.Connection, run_id: str, task_ids: Sequence[str]) -> None:
-        known = {
-            row[0] for row in connection.execute("SELECT task_id FROM inputs WHERE run_id = ?", (run_id,))
-        }
-        unknown = [task_id for task_id in task_ids if task_id not in known]
+        unknown = [
+            task_id
+            for task_id in task_ids
+            if connection.execute(
+                "SELECT 1 FROM inputs WHERE run_id = ? AND task_id = ? LIMIT 1", (run_id, task_id)
+            ).fetchone()
+            is None
+        ]
         if unknown:
             shown = ", ".join(repr(task_id) for task_id in unknown[:5])
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
@@ -854,6 +860,7 @@ def describe_run(record: RunRecord) -> dict[str, Any]:
                 "files": [item.relpath for item in inputs_by_task[task_id]],
                 "exit_code": outcome.get("exit_code"),
                 "failure_code": outcome.get("failure_code"),
+                "message": outcome.get("message"),
                 "stderr_tail": outcome.get("stderr_tail"),
             }
         )

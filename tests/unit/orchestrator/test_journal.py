@@ -676,6 +676,7 @@ def test_describe_run_counts_each_stage_and_lists_failures() -> None:
                 "status": "failed",
                 "exit_code": 42,
                 "failure_code": "FailureExitCode",
+                "message": "the task exited with code 42",
                 "stderr_tail": "boom",
             },
             "t000003": {"exit_code": 0},
@@ -703,6 +704,7 @@ def test_describe_run_counts_each_stage_and_lists_failures() -> None:
             "files": [inputs[0].relpath],
             "exit_code": 42,
             "failure_code": "FailureExitCode",
+            "message": "the task exited with code 42",
             "stderr_tail": "boom",
         }
     ]
@@ -712,3 +714,43 @@ def test_describe_run_counts_each_stage_and_lists_failures() -> None:
     assert [entry["state"] for entry in described["history"]] == ["CREATED", "PREPARING", "RUNNING"]
     assert record.undownloaded_relpaths == (inputs[4].relpath,)
     assert record.unsubmitted_task_ids == ("t000002",)
+
+
+async def test_a_journal_written_at_schema_1_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
+    """What an older topn left behind opens in this one: the migration adds, and nothing is lost."""
+    from orchestrator.journal import _MIGRATIONS
+
+    path = tmp_path / JOURNAL_FILENAME
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode = WAL")
+    old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+    for statement in _MIGRATIONS[0]:
+        old.execute(statement)
+    old.execute("INSERT INTO schema_version VALUES (1, '2026-11-01T00:00:00+00:00')")
+    old.execute("INSERT INTO runs VALUES ('old-run', '2026-11-01T00:00:00+00:00', 'RUNNING', '{}')")
+    old.execute(
+        "INSERT INTO state_changes (run_id, state, at)"
+        " VALUES ('old-run', 'RUNNING', '2026-11-01T00:00:00+00:00')"
+    )
+    old.execute(
+        "INSERT INTO inputs VALUES"
+        " ('old-run', 0, 'a.txt', '/data/a.txt', 5, 1, NULL, 'runs/old-run/a.txt', 't000000')"
+    )
+    old.close()
+
+    async with await Journal.open(path) as journal:
+        await journal.record_tasks_submitted("old-run", ["t000000"])
+        record = await journal.load_run("old-run")
+    assert record is not None
+    assert record.state == "RUNNING"
+    assert record.submitted_task_ids == {"t000000"}
+    reader = sqlite3.connect(path)
+    versions = [row[0] for row in reader.execute("SELECT version FROM schema_version ORDER BY version")]
+    indexes = {row[0] for row in reader.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    plan = reader.execute(
+        "EXPLAIN QUERY PLAN SELECT 1 FROM inputs WHERE run_id = 'old-run' AND task_id = 't000000'"
+    ).fetchall()
+    reader.close()
+    assert versions == [1, 2] == list(range(1, SCHEMA_VERSION + 1))
+    assert "inputs_by_task" in indexes
+    assert "inputs_by_task" in repr(plan)
