@@ -1,0 +1,207 @@
+"""`python -m emulator`: run the local Azure Batch service until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import anyio
+import structlog
+from aiohttp import web
+
+from emulator.auth import decode_account_key
+from emulator.faults import FaultInjector, FaultSettings
+from emulator.runner import Runner, write_python_wrappers
+from emulator.scheduler import Scheduler
+from emulator.server import Limits, Services, build_app
+from emulator.state import Account
+
+# Documented local defaults (the same as orchestrator.local). Not secrets: they open a loopback emulator only.
+DEFAULT_ACCOUNT_NAME = "topnlocal"
+DEFAULT_ACCOUNT_KEY = (
+    "Zym2mVjNK3UFfWmczha6+QroyGvPwo8CwiNdjvw6UuPd9UYiWHEWzwdOxXtd4H10lyMdrmmGsJxwO8FDTlJkVQ=="
+)
+HOST = "127.0.0.1"
+
+log = structlog.get_logger("emulator")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m emulator",
+        description="Local Azure Batch data-plane emulator (loopback only). See docs/emulator.md.",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="TCP port on 127.0.0.1; 0 picks a free one (default)"
+    )
+    parser.add_argument(
+        "--account-name", default=DEFAULT_ACCOUNT_NAME, help="Batch account name (default topnlocal)"
+    )
+    parser.add_argument(
+        "--account-key", default=DEFAULT_ACCOUNT_KEY, help="base64 account key (documented default)"
+    )
+    parser.add_argument("--root", type=Path, default=Path(".topn/emulator"), help="folder for node folders")
+    parser.add_argument(
+        "--nodes-max-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="task processes at once (default: CPUs)",
+    )
+    parser.add_argument(
+        "--max-tasks-per-request", type=int, default=100, help="addtaskcollection limit (413 above)"
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=1_048_576, help="request body limit (413 above)"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    faults = parser.add_argument_group("fault injection (off by default, deterministic for a seed)")
+    faults.add_argument("--fault-seed", type=int, default=0)
+    faults.add_argument(
+        "--fault-503", type=float, default=0.0, help="fraction of requests answered 503 ServerBusy"
+    )
+    faults.add_argument("--fault-500", type=float, default=0.0, help="fraction answered 500 InternalError")
+    faults.add_argument("--fault-429", type=float, default=0.0, help="fraction answered 429 with Retry-After")
+    faults.add_argument(
+        "--fault-retry-after-s", type=float, default=1.0, help="Retry-After of the 429s (seconds)"
+    )
+    faults.add_argument(
+        "--pool-allocation-delay-s", type=float, default=0.0, help="delay before nodes appear"
+    )
+    faults.add_argument(
+        "--fault-start-task-failures", type=int, default=0, help="first N nodes of a pool fail"
+    )
+    faults.add_argument("--fault-preempt", type=float, default=0.0, help="fraction of tasks preempted once")
+    faults.add_argument(
+        "--fault-task-fail-match", default=None, help="tasks whose command line contains TEXT fail"
+    )
+    faults.add_argument("--fault-task-fail-exit-code", type=int, default=42)
+    return parser.parse_args(argv)
+
+
+def configure_logging(level: str) -> None:
+    """structlog JSON lines on stderr; stdout carries only the start line."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def fault_settings(args: argparse.Namespace) -> FaultSettings:
+    return FaultSettings(
+        seed=args.fault_seed,
+        fraction_503=args.fault_503,
+        fraction_500=args.fault_500,
+        fraction_429=args.fault_429,
+        retry_after_s=args.fault_retry_after_s,
+        pool_allocation_delay_s=args.pool_allocation_delay_s,
+        start_task_failures=args.fault_start_task_failures,
+        preempt_fraction=args.fault_preempt,
+        task_fail_match=args.fault_task_fail_match,
+        task_fail_exit_code=args.fault_task_fail_exit_code,
+    )
+
+
+def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]:
+    problems = faults.problems()
+    if not 0 <= args.port <= 65535:
+        problems.append(f"--port must be from 0 to 65535, got {args.port}")
+    if args.nodes_max_processes < 1:
+        problems.append("--nodes-max-processes must be at least 1")
+    if args.max_tasks_per_request < 1 or args.max_body_bytes < 1024:
+        problems.append("--max-tasks-per-request must be >= 1 and --max-body-bytes >= 1024")
+    if not args.account_name:
+        problems.append("--account-name must not be empty")
+    return problems
+
+
+async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> None:
+    root: Path = args.root
+    python_bin = root / ".python-bin"
+    account = Account(args.account_name, root)
+    async with aiohttp.ClientSession() as session, anyio.create_task_group() as group:
+        runner_holder: list[web.AppRunner] = []
+        port_holder: list[int] = []
+        # The account URL is only known once the port is bound; tasks read it from the runner at start.
+        runner = Runner(account, FaultInjector(faults), session, "", python_bin, args.nodes_max_processes)
+        svc = Services(
+            account,
+            runner,
+            runner.faults,
+            key,
+            Limits(args.max_tasks_per_request, args.max_body_bytes, faults.pool_allocation_delay_s),
+            group,
+        )
+        app_runner = web.AppRunner(build_app(svc), access_log=None, handle_signals=False)
+        await app_runner.setup()
+        site = web.TCPSite(app_runner, HOST, args.port, backlog=1024)
+        await site.start()
+        runner_holder.append(app_runner)
+        port_holder.append(int(app_runner.addresses[0][1]))
+        endpoint = f"http://{HOST}:{port_holder[0]}"
+        runner.account_url = endpoint
+        scheduler = Scheduler(account, runner.run_attempt, args.nodes_max_processes)
+        group.start_soon(scheduler.run)
+        log.info("emulator.started", endpoint=endpoint, account_name=account.name, root=str(root))
+        announcement = {
+            "endpoint": endpoint,
+            "account_name": account.name,
+            "pid": os.getpid(),
+            "root": str(root),
+        }
+        sys.stdout.write(json.dumps(announcement) + "\n")
+        sys.stdout.flush()
+        try:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for received in signals:
+                    log.info("emulator.stopping", signal=signal.Signals(received).name)
+                    break
+        finally:
+            with anyio.CancelScope(shield=True):
+                await app_runner.cleanup()
+            # Cancelling the group cancels every attempt, and each kills its process group on the way out.
+            group.cancel_scope.cancel()
+    log.info("emulator.stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    faults = fault_settings(args)
+    problems = usage_problems(args, faults)
+    try:
+        key = decode_account_key(args.account_key)
+    except ValueError as exc:
+        problems.append(f"--account-key: {exc}")
+    if problems:
+        for problem in problems:
+            print(f"emulator: {problem}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
+    args.root = args.root.resolve()
+    args.root.mkdir(parents=True, exist_ok=True)
+    write_python_wrappers(args.root / ".python-bin")
+    try:
+        anyio.run(serve, args, key, faults)
+    except OSError as exc:
+        print(f"emulator: cannot listen on {HOST}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

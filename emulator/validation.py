@@ -1,0 +1,293 @@
+"""Request-body validation with the service's error codes (pure; raises wire.ServiceError)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+from emulator.wire import ServiceError, invalid_property, is_valid_id, missing_property, parse_duration
+
+ID_RULE = "ids are 1-64 characters: letters, digits, hyphens and underscores"
+UPLOAD_CONDITIONS = ("tasksuccess", "taskfailure", "taskcompletion")
+JOB_ACTIONS = ("none", "disable", "terminate")
+MAX_NODES = 1000
+
+
+def _require(body: Mapping[str, Any], name: str, prefix: str = "") -> Any:
+    value = body.get(name)
+    if value is None or value == "":
+        raise missing_property(prefix + name)
+    return value
+
+
+def _check_id(body: Mapping[str, Any]) -> str:
+    value = _require(body, "id")
+    if not is_valid_id(value):
+        raise invalid_property("id", ID_RULE)
+    return str(value)
+
+
+def _check_int(body: Mapping[str, Any], name: str, low: int, high: int, prefix: str = "") -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise invalid_property(prefix + name, f"must be an integer from {low} to {high}")
+
+
+def _check_duration(body: Mapping[str, Any], name: str, prefix: str = "") -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    try:
+        if not isinstance(value, str) or parse_duration(value) < 0:
+            raise ValueError
+    except ValueError:
+        raise invalid_property(prefix + name, "must be an ISO 8601 duration such as PT30M") from None
+
+
+def _check_object(body: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid_property(name, "must be a JSON object")
+    return value
+
+
+def _check_list(body: Mapping[str, Any], name: str) -> list[Any]:
+    value = body.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid_property(name, "must be a JSON array")
+    return value
+
+
+def check_relative_path(path: object, name: str) -> None:
+    """A path that must stay inside the task's working directory."""
+    if not isinstance(path, str):
+        raise invalid_property(name, "must be a string")
+    candidate = PurePosixPath(path)
+    if candidate.is_absolute() or ".." in candidate.parts or "\\" in path:
+        raise invalid_property(name, f"{path!r} must be a relative path inside the task's working directory")
+
+
+def check_environment(settings: list[Any], name: str) -> None:
+    for setting in settings:
+        if not isinstance(setting, dict):
+            raise invalid_property(name, "each setting must be an object with name and value")
+        if not setting.get("name") or not isinstance(setting["name"], str):
+            raise missing_property(f"{name}.name")
+
+
+def check_resource_files(files: list[Any], name: str = "resourceFiles") -> None:
+    for resource in files:
+        if not isinstance(resource, dict):
+            raise invalid_property(name, "each resource file must be an object")
+        sources = [
+            key for key in ("httpUrl", "storageContainerUrl", "autoStorageContainerName") if resource.get(key)
+        ]
+        if len(sources) != 1:
+            raise invalid_property(
+                name, "set exactly one of httpUrl, storageContainerUrl, autoStorageContainerName"
+            )
+        if sources[0] == "autoStorageContainerName":
+            raise invalid_property(
+                f"{name}.autoStorageContainerName", "auto-storage is not emulated; use a SAS URL"
+            )
+        if sources[0] == "httpUrl":
+            check_relative_path(_require(resource, "filePath", f"{name}."), f"{name}.filePath")
+        elif resource.get("filePath") is not None:
+            check_relative_path(resource["filePath"], f"{name}.filePath")
+        mode = resource.get("fileMode")
+        if mode is not None:
+            try:
+                int(str(mode), 8)
+            except ValueError:
+                raise invalid_property(f"{name}.fileMode", "must be an octal string such as 0755") from None
+
+
+def check_output_files(files: list[Any]) -> None:
+    for output in files:
+        if not isinstance(output, dict):
+            raise invalid_property("outputFiles", "each output file must be an object")
+        _require(output, "filePattern", "outputFiles.")
+        destination = output.get("destination")
+        container = destination.get("container") if isinstance(destination, dict) else None
+        if not isinstance(container, dict) or not container.get("containerUrl"):
+            raise missing_property("outputFiles.destination.container.containerUrl")
+        condition = (output.get("uploadOptions") or {}).get("uploadCondition", "taskcompletion")
+        if str(condition).lower() not in UPLOAD_CONDITIONS:
+            raise invalid_property(
+                "outputFiles.uploadOptions.uploadCondition", f"must be one of {UPLOAD_CONDITIONS}"
+            )
+
+
+def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A create-pool body, with the defaults the service fills in."""
+    _check_id(body)
+    _require(body, "vmSize")
+    if body.get("enableAutoScale"):
+        raise invalid_property("enableAutoScale", "autoscale is not emulated; set targetDedicatedNodes")
+    configuration = _check_object(body, "virtualMachineConfiguration")
+    if not configuration:
+        raise missing_property("virtualMachineConfiguration")
+    _require(configuration, "nodeAgentSKUId", "virtualMachineConfiguration.")
+    _require(configuration, "imageReference", "virtualMachineConfiguration.")
+    _check_int(body, "targetDedicatedNodes", 0, MAX_NODES)
+    _check_int(body, "targetLowPriorityNodes", 0, MAX_NODES)
+    _check_int(body, "taskSlotsPerNode", 1, 256)
+    _check_duration(body, "resizeTimeout")
+    spec = dict(body)
+    spec.setdefault("taskSlotsPerNode", 1)
+    spec.setdefault("targetDedicatedNodes", 0)
+    spec.setdefault("targetLowPriorityNodes", 0)
+    spec.setdefault("resizeTimeout", "PT15M")
+    spec.setdefault("enableAutoScale", False)
+    spec.setdefault("enableInterNodeCommunication", False)
+    spec.setdefault("taskSchedulingPolicy", {"nodeFillType": "spread"})
+    fill = str(spec["taskSchedulingPolicy"].get("nodeFillType", "spread")).lower()
+    if fill not in ("spread", "pack"):
+        raise invalid_property("taskSchedulingPolicy.nodeFillType", "must be spread or pack")
+    start_task = _check_object(body, "startTask")
+    if start_task:
+        _require(start_task, "commandLine", "startTask.")
+        check_resource_files(_check_list(start_task, "resourceFiles"), "startTask.resourceFiles")
+        check_environment(_check_list(start_task, "environmentSettings"), "startTask.environmentSettings")
+        _check_int(start_task, "maxTaskRetryCount", -1, 100, "startTask.")
+        spec["startTask"] = {
+            "maxTaskRetryCount": 0,
+            "waitForSuccess": False,
+            "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
+            **start_task,
+        }
+    return spec
+
+
+def _check_job_common(body: Mapping[str, Any]) -> None:
+    _check_int(body, "priority", -1000, 1000)
+    _check_int(body, "maxParallelTasks", -1, 1_000_000)
+    constraints = _check_object(body, "constraints")
+    _check_duration(constraints, "maxWallClockTime", "constraints.")
+    _check_int(constraints, "maxTaskRetryCount", -1, 100, "constraints.")
+    for name, allowed in (
+        ("onAllTasksComplete", ("noaction", "terminatejob")),
+        ("onTaskFailure", ("noaction", "performexitoptionsjobaction")),
+    ):
+        value = body.get(name)
+        if value is not None and str(value) not in allowed:
+            raise invalid_property(name, f"must be one of {', '.join(allowed)} (lowercase)")
+    pool_info = body.get("poolInfo")
+    if pool_info is not None:
+        if not isinstance(pool_info, dict) or pool_info.get("autoPoolSpecification"):
+            raise invalid_property("poolInfo", "give poolInfo.poolId; auto pools are not emulated")
+        if not pool_info.get("poolId"):
+            raise missing_property("poolInfo.poolId")
+    check_environment(_check_list(body, "commonEnvironmentSettings"), "commonEnvironmentSettings")
+
+
+def validate_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    _check_id(body)
+    _require(body, "poolInfo")
+    for unsupported in ("jobManagerTask", "jobPreparationTask", "jobReleaseTask"):
+        if body.get(unsupported):
+            raise invalid_property(unsupported, "job manager, preparation and release tasks are not emulated")
+    if body.get("usesTaskDependencies"):
+        raise invalid_property("usesTaskDependencies", "task dependencies are not emulated")
+    _check_job_common(body)
+    spec = dict(body)
+    spec.setdefault("priority", 0)
+    spec.setdefault("maxParallelTasks", -1)
+    spec.setdefault("allowTaskPreemption", False)
+    spec.setdefault("usesTaskDependencies", False)
+    spec.setdefault("onAllTasksComplete", "noaction")
+    spec.setdefault("onTaskFailure", "noaction")
+    return spec
+
+
+def validate_job_update(body: Mapping[str, Any]) -> dict[str, Any]:
+    allowed = {
+        "priority",
+        "allowTaskPreemption",
+        "maxParallelTasks",
+        "constraints",
+        "poolInfo",
+        "onAllTasksComplete",
+        "onTaskFailure",
+        "metadata",
+        "networkConfiguration",
+        "commonEnvironmentSettings",
+    }
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise invalid_property(unknown[0], "this property cannot be changed on an existing job")
+    _check_job_common(body)
+    return dict(body)
+
+
+def validate_task(body: Mapping[str, Any], job_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A task body; raises ServiceError with the code a per-task result or a 400 carries."""
+    _check_id(body)
+    _require(body, "commandLine")
+    if not isinstance(body["commandLine"], str):
+        raise invalid_property("commandLine", "must be a string")
+    for unsupported in (
+        "multiInstanceSettings",
+        "dependsOn",
+        "containerSettings",
+        "applicationPackageReferences",
+    ):
+        if body.get(unsupported):
+            raise invalid_property(unsupported, f"{unsupported} is not emulated")
+    check_resource_files(_check_list(body, "resourceFiles"))
+    check_output_files(_check_list(body, "outputFiles"))
+    check_environment(_check_list(body, "environmentSettings"), "environmentSettings")
+    constraints = _check_object(body, "constraints")
+    _check_duration(constraints, "maxWallClockTime", "constraints.")
+    _check_duration(constraints, "retentionTime", "constraints.")
+    _check_int(constraints, "maxTaskRetryCount", -1, 100, "constraints.")
+    _check_int(body, "requiredSlots", 1, 256)
+    exit_conditions = _check_object(body, "exitConditions")
+    if (
+        exit_conditions
+        and str(job_spec.get("onTaskFailure", "noaction")) == "noaction"
+        and _names_job_action(exit_conditions)
+    ):
+        raise invalid_property(
+            "exitConditions", "a jobAction needs the job's onTaskFailure=performexitoptionsjobaction"
+        )
+    spec = dict(body)
+    spec["constraints"] = {
+        "maxWallClockTime": constraints.get("maxWallClockTime", "P10675199DT2H48M5.4775807S"),
+        "retentionTime": constraints.get("retentionTime", "P7D"),
+        "maxTaskRetryCount": constraints.get(
+            "maxTaskRetryCount", (job_spec.get("constraints") or {}).get("maxTaskRetryCount", 0)
+        ),
+    }
+    spec.setdefault("requiredSlots", 1)
+    spec.setdefault("userIdentity", {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}})
+    return spec
+
+
+def _names_job_action(exit_conditions: Mapping[str, Any]) -> bool:
+    options: list[Any] = [
+        exit_conditions.get(key) for key in ("preProcessingError", "fileUploadError", "default")
+    ]
+    for key in ("exitCodes", "exitCodeRanges"):
+        options.extend(
+            entry.get("exitOptions") for entry in exit_conditions.get(key) or [] if isinstance(entry, dict)
+        )
+    for option in options:
+        if isinstance(option, dict) and option.get("jobAction") not in (None, "none"):
+            if str(option["jobAction"]) not in JOB_ACTIONS:
+                raise invalid_property("exitConditions.jobAction", f"must be one of {JOB_ACTIONS}")
+            return True
+    return False
+
+
+def require_object(body: object) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ServiceError(400, "InvalidRequestBody", "The request body must be a JSON object.")
+    return body
