@@ -36,7 +36,7 @@ from orchestrator.errors import TopnError
 T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 # The states of DESIGN §3. The journal records any well-formed state name (the pipeline owns the
 # state machine); these names are what `describe_run` and the convenience properties understand.
@@ -138,6 +138,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # Version 2: bulk submissions check their task ids by index, not by scanning the run's inputs.
     ("CREATE INDEX IF NOT EXISTS inputs_by_task ON inputs (run_id, task_id)",),
+    # Version 3: the results folder, so `topn resume` writes where the run started writing.
+    ("ALTER TABLE runs ADD COLUMN out_dir TEXT",),
 )
 
 
@@ -198,6 +200,7 @@ class RunRecord:
     submitted_task_ids: frozenset[str]
     completed: Mapping[str, Mapping[str, Any]]  # task outcome by task id
     downloads: Mapping[str, DownloadRecord]  # by relpath
+    out_dir: str | None = None  # the results folder (absolute), when create_run was told it
 
     @property
     def is_finished(self) -> bool:
@@ -397,10 +400,7 @@ class Journal:
     @classmethod
     async def open(cls, path: Path) -> Journal:
         """Open (creating if needed) the journal at `path`, a file or a state folder that holds one."""
-        path = Path(path)
-        if path.is_dir():
-            path = journal_path(path)
-        connection = await anyio.to_thread.run_sync(_connect, path)
+        path, connection = await anyio.to_thread.run_sync(_connect, Path(path))
         return cls(path, connection)
 
     async def close(self) -> None:
@@ -425,11 +425,17 @@ class Journal:
     # ----------------------------------------------------------------- writes
 
     async def create_run(
-        self, run_id: str, settings_snapshot: Mapping[str, Any], inputs: Sequence[JournalInput]
+        self,
+        run_id: str,
+        settings_snapshot: Mapping[str, Any],
+        inputs: Sequence[JournalInput],
+        *,
+        out_dir: Path | str | None = None,
     ) -> None:
-        """Record a new run in state CREATED with its settings (secrets stripped) and inputs.
+        """Record a new run in state CREATED with its settings (secrets stripped), inputs and results folder.
 
-        Creating the same run again with the same inputs is a no-op; different inputs are an error.
+        Creating the same run again with the same inputs is a no-op (the first results folder stays);
+        different inputs are an error.
         """
         if not run_id:
             raise ValueError("run_id must not be empty")
@@ -456,6 +462,7 @@ class Journal:
         at = _timestamp(_now())
 
         def write(connection: sqlite3.Connection) -> None:
+            results_folder = None if out_dir is None else str(Path(out_dir).absolute())
             existing = connection.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if existing is not None:
                 stored = connection.execute(
@@ -470,8 +477,9 @@ class Journal:
                     )
                 return
             connection.execute(
-                "INSERT INTO runs (run_id, created_at, state, settings_json) VALUES (?, ?, 'CREATED', ?)",
-                (run_id, at, snapshot_json),
+                "INSERT INTO runs (run_id, created_at, state, settings_json, out_dir)"
+                " VALUES (?, ?, 'CREATED', ?, ?)",
+                (run_id, at, snapshot_json, results_folder),
             )
             connection.execute(
                 "INSERT INTO state_changes (run_id, state, at) VALUES (?, 'CREATED', ?)", (run_id, at)
@@ -701,8 +709,10 @@ def _check_unique(run_id: str, what: str, values: Sequence[object]) -> None:
         seen.add(value)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path) -> tuple[Path, sqlite3.Connection]:
     """Open the database in WAL mode and bring its schema up to date (runs on a worker thread)."""
+    if path.is_dir():
+        path = journal_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -734,7 +744,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     except BaseException:
         connection.close()
         raise
-    return connection
+    return path, connection
 
 
 def _migrate(connection: sqlite3.Connection, path: Path) -> None:
@@ -768,11 +778,11 @@ def _load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[R
     records = []
     for run_id in run_ids:
         run = connection.execute(
-            "SELECT created_at, state, settings_json FROM runs WHERE run_id = ?", (run_id,)
+            "SELECT created_at, state, settings_json, out_dir FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
         if run is None:
             continue
-        created_at, state, settings_json = run
+        created_at, state, settings_json, out_dir = run
         history = tuple(
             StateChange(state=row[0], at=_parse_timestamp(row[1]))
             for row in connection.execute(
@@ -839,6 +849,7 @@ def _load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[R
                 submitted_task_ids=submitted,
                 completed=completed,
                 downloads=downloads,
+                out_dir=out_dir,
             )
         )
     return records

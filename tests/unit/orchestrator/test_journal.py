@@ -112,6 +112,20 @@ async def test_every_kind_of_record_survives_reopening(tmp_path: Path) -> None:
     assert record.undownloaded_relpaths == ()
 
 
+async def test_the_results_folder_is_kept_absolute_for_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with await Journal.open(tmp_path) as journal:
+        await journal.create_run(RUN, {}, make_inputs(1), out_dir=Path("results") / RUN)
+        await journal.create_run("other", {}, make_inputs(1))
+        record = await journal.load_run(RUN)
+        other = await journal.load_run("other")
+    assert record is not None and other is not None
+    assert record.out_dir == str(tmp_path / "results" / RUN)
+    assert other.out_dir is None
+
+
 async def test_a_state_folder_can_be_given_instead_of_the_file(tmp_path: Path) -> None:
     async with await Journal.open(tmp_path) as journal:
         await journal.create_run(RUN, {}, make_inputs(1))
@@ -751,6 +765,7 @@ async def test_a_journal_written_at_schema_1_is_migrated_and_keeps_its_runs(tmp_
         "EXPLAIN QUERY PLAN SELECT 1 FROM inputs WHERE run_id = 'old-run' AND task_id = 't000000'"
     ).fetchall()
     reader.close()
-    assert versions == [1, 2] == list(range(1, SCHEMA_VERSION + 1))
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    assert record.out_dir is None  # older journals did not know the results folder
     assert "inputs_by_task" in indexes
     assert "inputs_by_task" in repr(plan)
