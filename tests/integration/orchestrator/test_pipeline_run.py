@@ -1,0 +1,134 @@
+"""run_pipeline end to end against real Azurite and the real emulator, with a stand-in node script."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipapp
+from collections import Counter
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from orchestrator import naming
+from orchestrator.clients import open_clients
+from orchestrator.errors import InputError
+from orchestrator.inputs import discover_inputs
+from orchestrator.journal import Journal
+from orchestrator.pipeline import run_pipeline
+from orchestrator.settings import Settings, load_settings
+from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
+from tests.secret_scan import find_secrets, texts_under
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def stand_in_node() -> bytes:
+    buffer = io.BytesIO()
+    zipapp.create_archive(Path(__file__).parent / "stand_in_node", buffer, interpreter="/usr/bin/env python3")
+    return buffer.getvalue()
+
+
+def settings_for(batch: BatchEndpoint, storage: StorageEndpoint, state_dir: Path, **extra: str) -> Settings:
+    environ = {
+        "TOPN_BATCH_ENDPOINT": batch.endpoint,
+        "TOPN_BATCH_ACCOUNT_KEY": batch.account_key,
+        "TOPN_STORAGE_BLOB_ENDPOINT": storage.endpoint,
+        "TOPN_STORAGE_ACCOUNT_KEY": storage.account_key,
+        "TOPN_LOCAL_STATE_DIR": str(state_dir),
+        "TOPN_RUN_POLL_MIN_S": "0.1",
+        "TOPN_RUN_POLL_MAX_S": "0.5",
+        **extra,
+    }
+    return load_settings(ROOT / "config" / "local.toml", environ)
+
+
+def write_tree(root: Path) -> dict[str, str]:
+    texts = {
+        "a.txt": "The cat and the hat. The end!",
+        "x/a.txt": "Zoë and zoë met ZOË; the café was open.",
+        "y/b c #%.md": "dog dog cat",
+        "y/broken.txt": "this one says FAIL-THIS-FILE",
+    }
+    for relpath, text in texts.items():
+        path = root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return texts
+
+
+def words_of(text: str) -> list[str]:
+    return re.findall(r"[^\W_]+", text.casefold())
+
+
+async def test_a_run_collects_results_merges_them_and_reports_the_failed_file(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    batch = await start_emulator()
+    texts = write_tree(tmp_path / "in")
+    settings = settings_for(batch, azurite, tmp_path / "state", TOPN_RUN_TOP="3")
+    out_dir = tmp_path / "out"
+    inputs = discover_inputs([tmp_path / "in"])
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        journal = await Journal.open(tmp_path / "state" / "journal.sqlite3")
+        stack.push_async_callback(journal.close)
+        summary = await run_pipeline(
+            settings, inputs, clients, out_dir, journal=journal, node_script=stand_in_node()
+        )
+        record = await journal.load_run(summary["run_id"])
+
+    good = {relpath: text for relpath, text in texts.items() if "FAIL" not in text}
+    reference: Counter[str] = Counter()
+    for relpath in sorted(good):
+        reference.update(words_of(good[relpath]))
+    assert summary["state"] == "FAILED"
+    assert summary["top"] == [list(pair) for pair in reference.most_common(3)]
+    by_path = {entry["path"]: entry for entry in summary["files"]}
+    assert set(by_path) == set(texts)
+    for relpath, text in good.items():
+        assert by_path[relpath]["status"] == "succeeded"
+        assert by_path[relpath]["top"] == [list(pair) for pair in Counter(words_of(text)).most_common(3)]
+        assert (out_dir / naming.output_name(relpath)).is_file()
+    failed = by_path["y/broken.txt"]
+    assert failed["status"] == "failed"
+    assert failed["error"]["exit_code"] == 4
+    assert "asked to fail" in failed["error"]["stderr_tail"]
+    assert json.loads((out_dir / "summary.json").read_text(encoding="utf-8")) == summary
+    assert summary["totals"]["requests"]["batch"]["create_task_collection"] == 1
+
+    assert record is not None and record.state == "FAILED"
+    assert [change.state for change in record.state_history] == [
+        "CREATED",
+        "PREPARING",
+        "SUBMITTING",
+        "RUNNING",
+        "COLLECTING",
+        "CLEANING",
+        "FAILED",
+    ]
+    assert len(record.downloads) == 3 and len(record.completed) == 4
+
+    leaks = find_secrets(
+        texts_under(out_dir) + texts_under(tmp_path / "state"), [batch.account_key, azurite.account_key]
+    )
+    assert leaks == []
+
+
+async def test_a_results_folder_of_another_run_stops_the_run_before_anything_is_created(
+    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("x")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("mine")
+    settings = settings_for(batch_emulator, azurite, tmp_path / "state")
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        with pytest.raises(InputError, match="not empty"):
+            await run_pipeline(settings, discover_inputs([tmp_path / "in"]), clients, tmp_path / "out")
+        assert clients.requests.total("batch") == 0 and clients.requests.total("storage") == 0
