@@ -218,7 +218,7 @@ class _Run:
     async def execute(self) -> dict[str, Any]:
         if self.journal is not None:
             await self.journal.create_run(
-                self.run_id, settings_snapshot(self.settings), self._journal_inputs()
+                self.run_id, settings_snapshot(self.settings), self._journal_inputs(), out_dir=self.out_dir
             )
         log.info(
             "run.started",
