@@ -55,6 +55,16 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return event_dict
 
 
+_LEADING_KEYS = ("timestamp", "level", "event", "run_id")
+
+
+def put_standard_keys_first(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: timestamp, level, event and run_id lead each line, for people reading it."""
+    ordered = {key: event_dict.pop(key) for key in _LEADING_KEYS if key in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
 def _quiet_sdk_loggers() -> None:
     # The Azure SDKs log through stdlib logging (e.g. a traceback for every body-less 404); their
     # errors reach us as exceptions, so their log lines would only corrupt the JSON stream.
@@ -76,6 +86,7 @@ def configure_events(log_format: Literal["json", "console"], stream: TextIO, lev
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
         structlog.processors.format_exc_info,
         redact_secrets,
+        put_standard_keys_first,
     ]
     renderer: Processor
     if log_format == "json":

@@ -11,14 +11,14 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
-from anyio.abc import Process
 
 # The emulator's documented local default account. Not a secret: it only opens the loopback emulator.
 EMULATOR_ACCOUNT_NAME = "topnlocal"
@@ -39,13 +39,58 @@ class LocalServiceError(RuntimeError):
     """A local service could not be started; the message quotes its log."""
 
 
+class ServiceHandle(Protocol):
+    """What stopping a service needs from its process: anyio's Process and DetachedProcess both fit."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+class DetachedProcess:
+    """A service started with Popen in its own session, so it outlives this process.
+
+    asyncio kills the children it spawned when their transport is closed at interpreter exit, so a
+    service meant to keep running (`topn local up`) cannot be an anyio Process.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def terminate(self) -> None:
+        self._popen.terminate()
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+    async def wait(self) -> int:
+        # A worker thread waits; on cancellation it is abandoned (Popen.wait is safe to leave running).
+        return await anyio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)
+
+
 @dataclass
 class ServiceProcess:
     """A running local service and where its output goes."""
 
     name: str
     endpoint: str
-    process: Process
+    process: ServiceHandle
     log_dir: Path
     details: Mapping[str, Any]
 
@@ -146,17 +191,31 @@ async def start_service(
     await anyio.Path(log_dir).mkdir(parents=True, exist_ok=True)
     stdout_path = log_dir / f"{name}.stdout.log"
     stderr_path = log_dir / f"{name}.stderr.log"
+    process: ServiceHandle
     with stdout_path.open("wb") as stdout_file, stderr_path.open("wb") as stderr_file:
         try:
-            process = await anyio.open_process(
-                list(argv),
-                stdin=None,
-                stdout=stdout_file,
-                stderr=stderr_file,
-                cwd=cwd,
-                env=dict(env) if env is not None else None,
-                start_new_session=detached,
-            )
+            if detached:
+                popen = await anyio.to_thread.run_sync(
+                    lambda: subprocess.Popen(
+                        list(argv),
+                        stdin=subprocess.DEVNULL,
+                        stdout=stdout_file,
+                        stderr=stderr_file,
+                        cwd=cwd,
+                        env=dict(env) if env is not None else None,
+                        start_new_session=True,
+                    )
+                )
+                process = DetachedProcess(popen)
+            else:
+                process = await anyio.open_process(
+                    list(argv),
+                    stdin=None,
+                    stdout=stdout_file,
+                    stderr=stderr_file,
+                    cwd=cwd,
+                    env=dict(env) if env is not None else None,
+                )
         except FileNotFoundError as exc:
             raise LocalServiceError(
                 f"cannot start {name}: {argv[0]} not found. "
@@ -186,7 +245,7 @@ async def start_service(
         raise
 
 
-async def stop_service_process(process: Process, grace_s: float = 10.0) -> int | None:
+async def stop_service_process(process: ServiceHandle, grace_s: float = 10.0) -> int | None:
     """SIGTERM, wait up to `grace_s`, then SIGKILL; returns the exit status."""
     if process.returncode is None:
         process.terminate()

@@ -1,0 +1,315 @@
+"""`topn`: parse the command line, load settings, start local services if needed, run, report.
+
+stdout carries only results (a table, or the summary JSON with --json); events go to stderr.
+Exit status: 0 every file succeeded, 1 some failed (or the run failed), 2 usage or configuration
+error (nothing created), 128+N when stopped by signal N (Ctrl-C: 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import anyio
+import structlog
+
+from orchestrator import localmode
+from orchestrator.errors import ConfigError, TopnError, UsageError
+from orchestrator.events import LEVELS, configure_events, default_log_format, redact_text, register_secrets
+from orchestrator.local import project_root
+from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
+from orchestrator.settings import Settings, load_settings, secret_values
+
+log = structlog.get_logger()
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+CLEANUP_TIMEOUT_S = 60.0
+STDERR_TAIL_LINES = 5
+
+
+def default_config_path(cwd: Path) -> Path:
+    """`config/local.toml` of the working directory if there is one, else the one shipped with topn."""
+    here = cwd / "config" / "local.toml"
+    return here if here.is_file() else project_root() / "config" / "local.toml"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="topn",
+        description="Count the top N words of text files on Azure Batch (or its local emulator).",
+        epilog="Exit status: 0 all files succeeded, 1 some failed, 2 usage or configuration error.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="settings file (default: config/local.toml, local mode); TOPN_<SECTION>_<KEY> overrides it",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default=None,
+        help="events on stderr: JSON lines (default off a terminal) or readable lines (default on one)",
+    )
+    common.add_argument("--log-level", choices=LEVELS, default="info", help="lowest event level shown")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", parents=[common], help="process files and folders (recursively)")
+    run.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="text files or folders")
+    run.add_argument("--top", type=_positive_int, default=None, help="how many words to report (default 10)")
+    run.add_argument("--tokenizer", choices=("words", "tutorial"), default=None, help="how words are split")
+    run.add_argument("--out", type=Path, default=None, help="results folder (default results/<run_id>/)")
+    run.add_argument("--json", action="store_true", help="print summary.json to stdout instead of a table")
+
+    local_parser = commands.add_parser("local", help="the local emulators (Azurite and the Batch emulator)")
+    local_commands = local_parser.add_subparsers(dest="local_command", metavar="ACTION", required=True)
+    local_commands.add_parser("up", parents=[common], help="start them and keep them running across runs")
+    local_commands.add_parser("down", parents=[common], help="stop what `topn local up` started")
+    local_commands.add_parser("status", parents=[common], help="show what `topn local up` started")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    log_format: Literal["json", "console"] = args.log_format or default_log_format(sys.stderr)
+    # Events follow sys.stderr at write time, so a live progress bar can route them above itself.
+    configure_events(log_format, CurrentStderr(), args.log_level)  # type: ignore[arg-type]
+    try:
+        settings = _load(args, os.environ)
+        if args.command == "run":
+            return _run_command(args, settings, log_format)
+        return _local_command(args, settings)
+    except TopnError as error:
+        return _report(error, log_format)
+    except KeyboardInterrupt:  # Ctrl-C before the run's own signal handling was installed
+        return 128 + int(signal.SIGINT)
+    except Exception as error:  # a bug: show where, but never a secret that was in a message
+        log.error(
+            "command.failed", error_type=type(error).__name__, error=str(error)[:500], exit_code=EXIT_FAILED
+        )
+        trace = "".join(traceback.format_exception(error))
+        print(redact_text(f"topn: internal error (please report it):\n{trace}"), file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    path = args.config if args.config is not None else default_config_path(Path.cwd())
+    settings = load_settings(path, environ)
+    register_secrets(secret_values(settings))
+    overrides: dict[str, Any] = {}
+    if getattr(args, "top", None) is not None:
+        overrides["top"] = args.top
+    if getattr(args, "tokenizer", None) is not None:
+        overrides["tokenizer"] = args.tokenizer
+    if overrides:
+        settings = replace(settings, run=replace(settings.run, **overrides))
+    # Relative state folders are relative to where topn was started, resolved once here.
+    return replace(settings, local=replace(settings.local, state_dir=settings.local.state_dir.resolve()))
+
+
+def _report(error: TopnError, log_format: str, stream: TextIO | None = None) -> int:
+    """Say what went wrong on stderr, in the event format; secrets are redacted on the way out."""
+    message = redact_text(str(error))
+    if log_format == "json":
+        log.error("command.failed", error_type=type(error).__name__, error=message, exit_code=error.exit_code)
+    else:
+        print(f"topn: error: {message}", file=stream or sys.stderr)
+    return error.exit_code
+
+
+def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) -> int:
+    # Imported here so `topn local` and `--help` stay quick and independent of the run machinery.
+    from orchestrator import naming
+    from orchestrator.inputs import discover_inputs
+
+    if not args.paths:
+        raise UsageError("give at least one file or folder to process, e.g. `topn run examples/texts`")
+    inputs = discover_inputs(args.paths)  # InputError (exit 2) before anything is started
+    run_id = naming.new_run_id()
+    out_dir = args.out if args.out is not None else Path("results") / run_id
+    show_progress = log_format == "console" and sys.stderr.isatty()
+    progress: RichProgress | NullProgress = RichProgress() if show_progress else NullProgress()
+
+    async def body() -> int:
+        from orchestrator.pipeline import run_pipeline, summary_exit_status
+
+        summary = await _with_services(
+            settings,
+            lambda resolved, clients, journal: run_pipeline(
+                resolved,
+                inputs,
+                clients,
+                out_dir,
+                run_id=run_id,
+                journal=journal,
+                progress=progress,
+            ),
+        )
+        _print_summary(summary, out_dir, as_json=args.json)
+        return summary_exit_status(summary)
+
+    with progress:
+        return run_until_signalled(body, log_format)
+
+
+async def _with_services(
+    settings: Settings, work: Callable[[Settings, Any, Any], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Local services, clients, credential check and journal around `work`; all closed, shielded, after."""
+    from orchestrator.clients import check_credentials, open_clients
+    from orchestrator.journal import Journal, journal_path
+
+    stack = AsyncExitStack()
+    try:
+        resolved = await localmode.ensure_services(settings, stack)
+        clients = await open_clients(resolved, stack)
+        await check_credentials(clients, resolved)
+        resolved.local.state_dir.mkdir(parents=True, exist_ok=True)
+        journal = await Journal.open(journal_path(resolved.local.state_dir))
+        stack.push_async_callback(journal.close)
+        return await work(resolved, clients, journal)
+    finally:
+        # Clean-up runs even when the run is being cancelled (Ctrl-C), but never hangs forever.
+        with anyio.move_on_after(CLEANUP_TIMEOUT_S, shield=True):
+            await stack.aclose()
+
+
+def run_until_signalled(body: Callable[[], Awaitable[int]], log_format: str) -> int:
+    """Run `body` on an event loop; SIGINT/SIGTERM cancel it (shielded clean-up runs) and give 128+N."""
+    signalled: list[int] = []
+    outcome: list[int] = []
+
+    async def supervise() -> None:
+        async with anyio.create_task_group() as group:
+
+            async def watch_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for received in signals:
+                        signalled.append(int(received))
+                        group.cancel_scope.cancel()
+                        return
+
+            async def work() -> None:
+                try:
+                    outcome.append(await body())
+                except TopnError as error:
+                    outcome.append(_report(error, log_format))
+                finally:
+                    group.cancel_scope.cancel()
+
+            group.start_soon(watch_signals)
+            group.start_soon(work)
+
+    try:
+        anyio.run(supervise)
+    except BaseExceptionGroup as group_error:
+        # One task failed with something that is not a TopnError: show the innermost cause.
+        raise _first_leaf(group_error) from None
+    if signalled:
+        if log_format != "json":
+            print(f"topn: stopped by {signal.Signals(signalled[0]).name}", file=sys.stderr)
+        return 128 + signalled[0]
+    return outcome[0] if outcome else EXIT_FAILED
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_table(summary: Mapping[str, Any], out_dir: Path) -> str:
+    """The readable result for stdout: run line, top words, failed files with their stderr tails."""
+    totals = summary.get("totals", {})
+    lines = [
+        f"Run {summary.get('run_id')}: {summary.get('state')} - {totals.get('files', 0)} files, "
+        f"{totals.get('succeeded', 0)} succeeded, {totals.get('failed', 0)} failed, "
+        f"{totals.get('words', 0)} words in {totals.get('duration_s', 0)} s",
+        "",
+    ]
+    top = summary.get("top", [])
+    if top:
+        width = max(len("word"), *(len(str(word)) for word, _ in top))
+        count_width = max(len("count"), *(len(str(count)) for _, count in top))
+        lines.append(f"{'#':>3}  {'word':<{width}}  {'count':>{count_width}}")
+        for rank, (word, count) in enumerate(top, start=1):
+            lines.append(f"{rank:>3}  {word:<{width}}  {count:>{count_width}}")
+    else:
+        lines.append("No words counted.")
+    failed = [entry for entry in summary.get("files", []) if entry.get("status") != "succeeded"]
+    if failed:
+        lines += ["", f"Failed files ({len(failed)}):"]
+        for entry in failed:
+            error = entry.get("error") or {}
+            lines.append(
+                f"  {entry.get('path')}: exit code {error.get('exit_code')}, "
+                f"failure {error.get('failure_code') or '-'}: {error.get('message') or ''}".rstrip()
+            )
+            tail = str(error.get("stderr_tail") or "").strip().splitlines()[-STDERR_TAIL_LINES:]
+            lines += [f"    | {line}" for line in tail]
+    lines += ["", f"Results: {out_dir}"]
+    return redact_text("\n".join(lines)) + "\n"
+
+
+def _print_summary(summary: Mapping[str, Any], out_dir: Path, *, as_json: bool) -> None:
+    if as_json:
+        text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
+    else:
+        text = render_table(summary, out_dir)
+    sys.stdout.write(redact_text(text))
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- local up / down
+
+
+def _local_command(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.local.enabled:
+        raise ConfigError(
+            f"[local] enabled is false in {settings.source}: `topn local` manages the local emulators only. "
+            "Use config/local.toml (the default)."
+        )
+    action = args.local_command
+    if action == "up":
+        services = anyio.run(localmode.local_up, settings)
+        for service in services.values():
+            print(f"{service.name:<9} {service.endpoint}  (pid {service.pid})")
+        print(f"State: {localmode.services_file(settings)}  -  stop them with `topn local down`.")
+    elif action == "down":
+        stopped = anyio.run(localmode.local_down, settings)
+        for service in stopped:
+            print(f"stopped {service.name} (pid {service.pid})")
+        if not stopped:
+            print("nothing to stop")
+    else:
+        recorded = localmode.read_recorded(settings)
+        for service in recorded.values():
+            serving = anyio.run(localmode.is_serving, service.endpoint)
+            print(f"{service.name:<9} {service.endpoint}  (pid {service.pid}, {'up' if serving else 'down'})")
+        if not recorded:
+            print("no local services recorded (start them with `topn local up`)")
+    return EXIT_OK

@@ -1,0 +1,245 @@
+"""Local mode: make sure Azurite and the Batch emulator are serving, starting them when they are not.
+
+Two lifetimes:
+* for one run (`topn run`): services are children of this process, stopped when the run ends, by
+  any path (success, error, Ctrl-C, SIGTERM) through the caller's AsyncExitStack;
+* across runs (`topn local up` / `down`): services are detached, and `<state_dir>/local/services.json`
+  records their pids and endpoints so later runs find them and `down` stops them.
+An endpoint with port 0 in the config means "whatever local mode started"; a real port is used as
+is when something serves there, and otherwise a service is started on exactly that port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import structlog
+
+from orchestrator import local
+from orchestrator.errors import ServiceUnavailableError
+from orchestrator.settings import Settings
+
+log = structlog.get_logger()
+
+AZURITE = "azurite"
+EMULATOR = "emulator"
+SERVICES_FILE = "services.json"
+PROBE_TIMEOUT_S = 1.0
+STOP_GRACE_S = 10.0
+POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class RecordedService:
+    """A detached service as written in the state file."""
+
+    name: str
+    pid: int
+    endpoint: str
+
+
+def local_dir(settings: Settings) -> Path:
+    """Where local mode keeps service data, logs and the state file."""
+    return settings.local.state_dir / "local"
+
+
+def services_file(settings: Settings) -> Path:
+    return local_dir(settings) / SERVICES_FILE
+
+
+def read_recorded(settings: Settings) -> dict[str, RecordedService]:
+    """The services `topn local up` recorded; empty when there is no (readable) state file."""
+    try:
+        document = json.loads(services_file(settings).read_text(encoding="utf-8"))
+        return {
+            name: RecordedService(name, int(entry["pid"]), str(entry["endpoint"]))
+            for name, entry in document.get("services", {}).items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def write_recorded(settings: Settings, services: dict[str, RecordedService]) -> None:
+    """Write the state file atomically (a reader never sees half of it)."""
+    path = services_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "services": {
+            name: {"pid": service.pid, "endpoint": service.endpoint} for name, service in services.items()
+        }
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def endpoint_port(endpoint: str) -> int:
+    """The endpoint's port (0 means "not chosen yet")."""
+    parts = urlsplit(endpoint)
+    if parts.port is not None:
+        return parts.port
+    return 443 if parts.scheme == "https" else 80
+
+
+def with_port(endpoint: str, announced: str) -> str:
+    """`endpoint` with the scheme, host and port of the `announced` one, keeping the configured path."""
+    configured, actual = urlsplit(endpoint), urlsplit(announced)
+    return urlunsplit((actual.scheme, actual.netloc, configured.path, configured.query, ""))
+
+
+async def is_serving(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """True when something accepts TCP connections at the endpoint's host and port."""
+    parts = urlsplit(endpoint)
+    if not parts.hostname or endpoint_port(endpoint) == 0:
+        return False
+    with anyio.move_on_after(timeout_s):
+        try:
+            stream = await anyio.connect_tcp(parts.hostname, endpoint_port(endpoint))
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+async def _start(settings: Settings, name: str, port: int, detached: bool) -> local.ServiceProcess:
+    base = local_dir(settings)
+    try:
+        if name == AZURITE:
+            return await local.start_azurite(base / "azurite", base / "logs", port=port, detached=detached)
+        return await local.start_emulator(
+            base / "emulator",
+            base / "logs",
+            port=port,
+            account_name=settings.batch.account_name,
+            account_key=settings.batch.account_key or local.EMULATOR_ACCOUNT_KEY,
+            detached=detached,
+        )
+    except local.LocalServiceError as exc:
+        raise ServiceUnavailableError(f"local mode could not start {name}: {exc}") from None
+
+
+def _configured(settings: Settings, name: str) -> str:
+    return settings.storage.blob_endpoint if name == AZURITE else settings.batch.endpoint
+
+
+def _with_endpoint(settings: Settings, name: str, endpoint: str) -> Settings:
+    if name == AZURITE:
+        return replace(settings, storage=replace(settings.storage, blob_endpoint=endpoint))
+    return replace(settings, batch=replace(settings.batch, endpoint=endpoint))
+
+
+async def _find_serving(settings: Settings, name: str) -> str | None:
+    """An endpoint already serving for this service: the configured one, or the one `local up` recorded."""
+    configured = _configured(settings, name)
+    if endpoint_port(configured) != 0:
+        return configured if await is_serving(configured) else None
+    recorded = read_recorded(settings).get(name)
+    if recorded is not None and await is_serving(recorded.endpoint):
+        return with_port(configured, recorded.endpoint)
+    return None
+
+
+async def ensure_services(settings: Settings, stack: AsyncExitStack) -> Settings:
+    """Settings whose endpoints serve: reuse running services, start the missing ones as children.
+
+    What this starts is stopped when `stack` closes. Outside local mode, settings come back unchanged.
+    """
+    if not settings.local.enabled:
+        return settings
+    for name in (AZURITE, EMULATOR):
+        endpoint = await _find_serving(settings, name)
+        if endpoint is None:
+            configured = _configured(settings, name)
+            service = await _start(settings, name, endpoint_port(configured), detached=False)
+            stack.push_async_callback(_stop_child, service)
+            endpoint = with_port(configured, service.endpoint)
+            log.info(
+                "local.service_started", service=name, endpoint=endpoint, pid=service.pid, detached=False
+            )
+        settings = _with_endpoint(settings, name, endpoint)
+    return settings
+
+
+async def _stop_child(service: local.ServiceProcess) -> None:
+    status = await local.stop_service(service, STOP_GRACE_S)
+    log.info("local.service_stopped", service=service.name, pid=service.pid, exit_status=status)
+
+
+async def local_up(settings: Settings) -> dict[str, RecordedService]:
+    """Start detached services that keep running across runs; reuse the ones already up."""
+    recorded = read_recorded(settings)
+    result: dict[str, RecordedService] = {}
+    for name in (AZURITE, EMULATOR):
+        existing = recorded.get(name)
+        if existing is not None and await is_serving(existing.endpoint) and _is_our_process(existing):
+            result[name] = existing
+            continue
+        configured = _configured(settings, name)
+        if endpoint_port(configured) != 0 and await is_serving(configured):
+            raise ServiceUnavailableError(
+                f"{configured} (from {settings.source}) is already serving, but `topn local up` did not "
+                "start it. Stop it, or just use it: `topn run` will."
+            )
+        service = await _start(settings, name, endpoint_port(configured), detached=True)
+        result[name] = RecordedService(name, service.pid, with_port(configured, service.endpoint))
+        write_recorded(settings, {**recorded, **result})
+        log.info(
+            "local.service_started",
+            service=name,
+            endpoint=result[name].endpoint,
+            pid=service.pid,
+            detached=True,
+        )
+    write_recorded(settings, result)
+    return result
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_our_process(service: RecordedService) -> bool:
+    # A pid from an old state file may have been reused by an unrelated process: never signal that one.
+    marker = "azurite" if service.name == AZURITE else "emulator"
+    return marker in _command_line(service.pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def local_down(settings: Settings) -> list[RecordedService]:
+    """Stop the services `topn local up` started (SIGTERM, then SIGKILL after a grace period)."""
+    stopped: list[RecordedService] = []
+    for service in read_recorded(settings).values():
+        if not _alive(service.pid) or not _is_our_process(service):
+            continue
+        local.signal_pid(service.pid, signal.SIGTERM)
+        # Another process's pid gives no event to wait on: poll it, for at most the grace period.
+        for _ in range(int(STOP_GRACE_S / POLL_S)):
+            if not (_alive(service.pid) and _is_our_process(service)):
+                break
+            await anyio.sleep(POLL_S)
+        if _alive(service.pid) and _is_our_process(service):
+            local.signal_pid(service.pid, signal.SIGKILL)
+        stopped.append(service)
+        log.info("local.service_stopped", service=service.name, pid=service.pid, exit_status=None)
+    services_file(settings).unlink(missing_ok=True)
+    return stopped
