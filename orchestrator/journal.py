@@ -31,7 +31,7 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-from orchestrator.errors import TopnError
+from orchestrator.errors import TopnError, UsageError
 
 T = TypeVar("T")
 
@@ -144,7 +144,11 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 
 
 class JournalError(TopnError):
-    """The journal cannot be used or was asked for something inconsistent; the message says why."""
+    """The journal cannot be written or was asked for something inconsistent; the message says why."""
+
+
+class JournalUnusableError(JournalError, UsageError):
+    """The journal cannot even be opened (exit 2, before anything is created); the message has the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -716,7 +720,7 @@ def _connect(path: Path) -> tuple[Path, sqlite3.Connection]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise JournalError(
+        raise JournalUnusableError(
             f"cannot create the state folder {path.parent} for the journal: {error};"
             " set [local] state_dir (or TOPN_LOCAL_STATE_DIR) to a writable folder"
         ) from error
@@ -725,20 +729,26 @@ def _connect(path: Path) -> tuple[Path, sqlite3.Connection]:
             path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
     except sqlite3.Error as error:
-        raise JournalError(f"cannot open the journal {path}: {error}") from error
+        raise JournalUnusableError(f"cannot open the journal {path}: {error}") from error
     try:
         mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
-            raise JournalError(
+            raise JournalUnusableError(
                 f"the journal {path} cannot use write-ahead logging (got {mode!r});"
                 " put the state folder on a local file system"
             )
         connection.execute("PRAGMA foreign_keys = ON")
         connection.execute("PRAGMA synchronous = FULL")
         _migrate(connection, path)
+    except sqlite3.OperationalError as error:  # locked by another process, disk full, read-only...
+        connection.close()
+        raise JournalUnusableError(
+            f"cannot open the journal {path}: {error}; check that the state folder is writable"
+            " and that no other program holds the file"
+        ) from error
     except sqlite3.DatabaseError as error:
         connection.close()
-        raise JournalError(
+        raise JournalUnusableError(
             f"the journal {path} is not a usable topn journal ({error}); move it aside and start a new run"
         ) from error
     except BaseException:
@@ -756,7 +766,7 @@ def _migrate(connection: sqlite3.Connection, path: Path) -> None:
         )
         current = connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
         if current > SCHEMA_VERSION:
-            raise JournalError(
+            raise JournalUnusableError(
                 f"the journal {path} has schema version {current}, newer than this topn understands"
                 f" ({SCHEMA_VERSION}); upgrade topn or use another state folder"
             )

@@ -364,22 +364,25 @@ async def test_a_journal_from_a_newer_topn_is_refused_with_the_fix(tmp_path: Pat
     writer.execute("INSERT INTO schema_version VALUES (?, 'later')", (SCHEMA_VERSION + 1,))
     writer.commit()
     writer.close()
-    with pytest.raises(JournalError, match="upgrade topn"):
+    with pytest.raises(JournalError, match="upgrade topn") as raised:
         await Journal.open(tmp_path)
+    assert raised.value.exit_code == 2
 
 
 async def test_a_file_that_is_not_a_journal_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = tmp_path / JOURNAL_FILENAME
     path.write_bytes(b"this is a text file, not SQLite\n" * 200)
-    with pytest.raises(JournalError, match="move it aside"):
+    with pytest.raises(JournalError, match="move it aside") as raised:
         await Journal.open(path)
+    assert raised.value.exit_code == 2
 
 
 async def test_a_state_folder_that_cannot_be_created_names_the_setting(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder should be")
-    with pytest.raises(JournalError, match="state_dir"):
+    with pytest.raises(JournalError, match="state_dir") as raised:
         await Journal.open(blocker / "sub" / JOURNAL_FILENAME)
+    assert raised.value.exit_code == 2
 
 
 async def test_two_journals_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
