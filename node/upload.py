@@ -1,0 +1,143 @@
+"""Upload the node's blobs concurrently with azure.storage.blob.aio, using only a container SAS URL."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+UPLOAD_RETRIES = 4
+UPLOAD_CONCURRENCY = 8
+CONNECTION_TIMEOUT_S = 10
+READ_TIMEOUT_S = 60
+
+_SIGNATURE_RE = re.compile(r"(sig=)[^&\s'\"]+", re.IGNORECASE)
+_URL_QUERY_RE = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """Drop the query (the SAS) of every URL and any stray `sig=` value from text we print."""
+    return _SIGNATURE_RE.sub(r"\1REDACTED", _URL_QUERY_RE.sub(r"\1", text))
+
+
+def url_without_query(url: str) -> str:
+    """The URL with its query (a SAS) and fragment removed."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A container SAS URL; `container` and `safe_url` are what messages may show."""
+
+    container_url: str
+
+    @property
+    def safe_url(self) -> str:
+        return url_without_query(self.container_url)
+
+    @property
+    def container(self) -> str:
+        return urlsplit(self.container_url).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def check_container_url(url: str) -> Destination:
+    """Validate a container SAS URL, or raise ValueError saying what is wrong (without the SAS)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"--output-container-url must be an http(s) container URL with a SAS query, got {redact(url)!r}"
+        )
+    if not parts.path.strip("/"):
+        raise ValueError(f"--output-container-url {url_without_query(url)!r} names no container")
+    if "sig=" not in parts.query:
+        raise ValueError(
+            f"--output-container-url {url_without_query(url)!r} carries no SAS (no 'sig=' in its query); "
+            "pass the container URL with a write SAS appended"
+        )
+    return Destination(url)
+
+
+def seed_container_url(blob_endpoint: str, container: str, sas_token: str) -> Destination:
+    """The container URL of the seed's flags: endpoint + container + SAS token."""
+    if not container or "/" in container:
+        raise ValueError(f"--storagecontainer must be a container name, got {container!r}")
+    token = sas_token.lstrip("?")
+    return check_container_url(f"{blob_endpoint.rstrip('/')}/{container}?{token}")
+
+
+@dataclass(frozen=True)
+class Blob:
+    name: str
+    data: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class UploadFailure:
+    blob: str
+    message: str
+
+
+def _describe_error(error: BaseException) -> str:
+    """HTTP status and service error code when there is a response; the error's kind otherwise."""
+    status = getattr(error, "status_code", None)
+    code = getattr(error, "error_code", None)
+    if status is not None:
+        described = f"HTTP {status}" + (f" {code}" if code else "")
+        if status == 403:
+            described += " (the SAS must be valid and allow create and write on the container)"
+        return described
+    reason = redact(str(error)).splitlines()[0] if str(error) else ""
+    return f"no HTTP response ({type(error).__name__}{': ' + reason if reason else ''})"
+
+
+async def upload_blobs(
+    destination: Destination,
+    blobs: Sequence[Blob],
+    *,
+    retries: int = UPLOAD_RETRIES,
+    concurrency: int = UPLOAD_CONCURRENCY,
+) -> list[UploadFailure]:
+    """Upload every blob (overwriting: a retried task rewrites its own outputs); return the failures."""
+    # Imported here so that counting (and `--json`) never pays for the SDK's import time.
+    from azure.core.exceptions import AzureError
+    from azure.storage.blob import ContentSettings
+    from azure.storage.blob.aio import ContainerClient, ExponentialRetry
+
+    # The SDK's default retry can take 80+ s to give up; this one gives up after about 20 s.
+    retry_policy = ExponentialRetry(
+        initial_backoff=1, increment_base=2, retry_total=retries, random_jitter_range=1
+    )
+    limiter = asyncio.Semaphore(concurrency)
+    failures: list[UploadFailure] = []
+
+    async with ContainerClient.from_container_url(
+        destination.container_url,
+        retry_policy=retry_policy,
+        connection_timeout=CONNECTION_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+    ) as container:
+
+        async def upload_one(blob: Blob) -> None:
+            async with limiter:
+                try:
+                    await container.upload_blob(
+                        blob.name,
+                        blob.data,
+                        overwrite=True,
+                        content_settings=ContentSettings(content_type=blob.content_type),
+                    )
+                except AzureError as error:
+                    failures.append(
+                        UploadFailure(
+                            blob.name,
+                            f"upload of {blob.name!r} to container {destination.container!r} "
+                            f"at {destination.safe_url} failed: {_describe_error(error)}",
+                        )
+                    )
+
+        await asyncio.gather(*(upload_one(blob) for blob in blobs))
+    return failures
