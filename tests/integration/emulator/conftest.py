@@ -46,7 +46,9 @@ async def wait_for(
     """Poll `check` until it holds; fail with `what` after `timeout_s` (a deadline, not a speed check)."""
     try:
         with anyio.fail_after(timeout_s):
-            while not await check():
+            while True:
+                if await check():
+                    return
                 await anyio.sleep(0.05)
     except TimeoutError:
         pytest.fail(f"timed out waiting for {what}")
