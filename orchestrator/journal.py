@@ -593,7 +593,7 @@ class Journal:
         await self._write(write, durable=False)
 
     async def record_output_downloaded(
-        self, run_id: str, relpath: str, local_path: str, size_bytes: int
+        self, run_id: str, relpath: str, local_path: str | Path, size_bytes: int
     ) -> None:
         """Record that an input's output is saved (complete, renamed into place) at `local_path`."""
         if size_bytes < 0:
@@ -601,6 +601,8 @@ class Journal:
         at = _timestamp(_now())
 
         def write(connection: sqlite3.Connection) -> None:
+            # Absolute, so resume and status find the file whatever folder they are started from.
+            saved_at = str(Path(local_path).absolute())
             self._run_state(connection, run_id)
             self._require_relpaths(connection, run_id, [relpath])
             connection.execute(
@@ -608,7 +610,7 @@ class Journal:
                 " ON CONFLICT (run_id, relpath) DO UPDATE SET local_path = excluded.local_path,"
                 " size_bytes = excluded.size_bytes, at = excluded.at"
                 " WHERE local_path IS NOT excluded.local_path OR size_bytes IS NOT excluded.size_bytes",
-                (run_id, relpath, str(local_path), size_bytes, at),
+                (run_id, relpath, saved_at, size_bytes, at),
             )
 
         await self._write(write, durable=False)

@@ -112,17 +112,20 @@ async def test_every_kind_of_record_survives_reopening(tmp_path: Path) -> None:
     assert record.undownloaded_relpaths == ()
 
 
-async def test_the_results_folder_is_kept_absolute_for_resume(
+async def test_the_results_folder_and_saved_outputs_are_kept_absolute_for_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    (item,) = make_inputs(1)
     async with await Journal.open(tmp_path) as journal:
-        await journal.create_run(RUN, {}, make_inputs(1), out_dir=Path("results") / RUN)
-        await journal.create_run("other", {}, make_inputs(1))
+        await journal.create_run(RUN, {}, [item], out_dir=Path("results") / RUN)
+        await journal.create_run("other", {}, [item])
+        await journal.record_output_downloaded(RUN, item.relpath, f"results/{RUN}/x_OUTPUT.txt", 5)
         record = await journal.load_run(RUN)
         other = await journal.load_run("other")
     assert record is not None and other is not None
     assert record.out_dir == str(tmp_path / "results" / RUN)
+    assert record.downloads[item.relpath].local_path == str(tmp_path / "results" / RUN / "x_OUTPUT.txt")
     assert other.out_dir is None
 
 
