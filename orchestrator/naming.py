@@ -6,9 +6,11 @@ is always computed here and never spelled out anywhere else.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import shlex
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
@@ -96,32 +98,57 @@ OUTPUT_SAS_VARIABLE = "TOPN_OUTPUT_SAS_URL"
 
 
 def task_command_line(
-    node_input: str, relpath: str, *, top: int, tokenizer: str, python: str = "python3"
+    files: Sequence[tuple[str, str]], *, top: int, tokenizer: str, python: str = "python3"
 ) -> str:
-    """The task's command line (docs/contracts.md); Batch runs no shell, so `/bin/sh -c` expands variables.
+    """The command line of a work unit of (node input path, relpath) pairs (docs/contracts.md).
 
-    The output SAS URL is not in it: it reaches the node through the task's environment.
+    Batch runs no shell, so `/bin/sh -c` expands the variables. The output SAS URL is not in the
+    command line: it reaches the node through the task's environment.
     """
-    inner = " ".join(
-        [
-            "exec",
-            shlex.quote(python),
-            f'"{NODE_SCRIPT_PATH}"',
-            "--filepath",
-            shlex.quote(node_input),
-            "--top",
-            str(top),
-            "--tokenizer",
-            shlex.quote(tokenizer),
-            "--output-container-url",
-            f'"${OUTPUT_SAS_VARIABLE}"',
-            "--output-name",
-            shlex.quote(output_name(relpath)),
-            "--counts-name",
-            shlex.quote(counts_name(relpath)),
-        ]
-    )
-    return f"/bin/sh -c {shlex.quote(inner)}"
+    if not files:
+        raise ValueError("a work unit needs at least one input")
+    words = ["exec", shlex.quote(python), f'"{NODE_SCRIPT_PATH}"']
+    for node_input, _ in files:
+        words += ["--filepath", shlex.quote(node_input)]
+    words += ["--top", str(top), "--tokenizer", shlex.quote(tokenizer)]
+    words += ["--output-container-url", f'"${OUTPUT_SAS_VARIABLE}"']
+    for _, relpath in files:
+        words += ["--output-name", shlex.quote(output_name(relpath))]
+    for _, relpath in files:
+        words += ["--counts-name", shlex.quote(counts_name(relpath))]
+    return f"/bin/sh -c {shlex.quote(' '.join(words))}"
+
+
+def plan_work_units(
+    sizes: Sequence[int],
+    slots: int,
+    *,
+    units_per_slot: int = 4,
+    max_files_per_unit: int = 64,
+    max_unit_bytes: int = 16 * 1024 * 1024,
+) -> list[list[int]]:
+    """Group consecutive inputs (by index) into work units, one task each.
+
+    A task costs a process start and scheduling, so many small files share one, but there stay at
+    least `units_per_slot` units per task slot (when there are that many files) to keep every slot busy
+    and balanced. A unit never holds more than `max_files_per_unit` files, nor more than
+    `max_unit_bytes` unless it is a single file.
+    """
+    if not sizes:
+        return []
+    target_units = max(1, slots * units_per_slot)
+    per_unit = max(1, min(max_files_per_unit, math.ceil(len(sizes) / target_units)))
+    units: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for index, size in enumerate(sizes):
+        if current and (len(current) >= per_unit or current_bytes + size > max_unit_bytes):
+            units.append(current)
+            current, current_bytes = [], 0
+        current.append(index)
+        current_bytes += size
+    units.append(current)
+    return units
 
 
 def start_task_command_line() -> str:

@@ -202,8 +202,13 @@ class _Run:
         self.input_container = naming.input_container(prefix)
         self.output_container = naming.output_container(prefix, run_id)
         self.job_id = naming.job_id(run_id)
-        self.task_ids = [naming.task_id(index) for index in range(len(inputs))]
-        self.index_by_task = {task_id: index for index, task_id in enumerate(self.task_ids)}
+        pool_settings = settings.pool
+        slots = max(1, pool_settings.dedicated_nodes + pool_settings.low_priority_nodes)
+        self.units = naming.plan_work_units(
+            [item.size_bytes for item in inputs], slots * pool_settings.task_slots_per_node
+        )
+        self.task_ids = [naming.task_id(unit_index) for unit_index in range(len(self.units))]
+        self.unit_by_task = {task_id: unit_index for unit_index, task_id in enumerate(self.task_ids)}
         self.stage_s: dict[str, float] = {}
         self.pool_created = False
         self.job_created = False
@@ -350,7 +355,7 @@ class _Run:
 
     async def _submit(self) -> None:
         started = time.monotonic()
-        tasks = [self._task(item) for item in self.staged]
+        tasks = [self._task(unit_index, unit) for unit_index, unit in enumerate(self.units)]
 
         async def added(task_ids: Sequence[str]) -> None:
             if self.journal is not None:
@@ -376,20 +381,21 @@ class _Run:
             duration_s=duration,
         )
 
-    def _task(self, item: staging.StagedInput) -> BatchTaskCreateOptions:
+    def _task(self, unit_index: int, unit: Sequence[int]) -> BatchTaskCreateOptions:
+        """The task of one work unit: its inputs as resource files under safe names, one command."""
         assert self.sas is not None
         run = self.settings.run
-        node_input = naming.node_input_path(item.index, item.relpath)
+        staged = [self.staged[index] for index in unit]
+        files = [(naming.node_input_path(item.index, item.relpath), item.relpath) for item in staged]
         return BatchTaskCreateOptions(
-            id=naming.task_id(item.index),
-            command_line=naming.task_command_line(
-                node_input, item.relpath, top=run.top, tokenizer=run.tokenizer
-            ),
+            id=naming.task_id(unit_index),
+            command_line=naming.task_command_line(files, top=run.top, tokenizer=run.tokenizer),
             resource_files=[
                 ResourceFile(
                     http_url=self.sas.blob_read_url(self.input_container, item.blob_name),
                     file_path=node_input,
                 )
+                for item, (node_input, _) in zip(staged, files, strict=True)
             ],
             environment_settings=[
                 EnvironmentSetting(
@@ -440,51 +446,76 @@ class _Run:
         self.stage_s["collecting"] = round(time.monotonic() - collecting_started, 3)
 
     async def _handle_outcome(self, outcome: monitor.TaskOutcome, limiter: anyio.CapacityLimiter) -> None:
-        index = self.index_by_task[outcome.task_id]
+        """Collect every file of a finished work unit (each download bounded by `limiter`)."""
+        unit = self.units[self.unit_by_task[outcome.task_id]]
+        if self.journal is not None:
+            await self.journal.record_task_completed(
+                self.run_id,
+                outcome.task_id,
+                {
+                    "status": "succeeded" if outcome.succeeded else "failed",
+                    "exit_code": outcome.exit_code,
+                    "failure_code": outcome.failure_code,
+                    "message": outcome.failure_message,
+                },
+            )
+        tail = ""
+        message = ""
+        if not outcome.succeeded:
+            tail = await collect.task_stderr_tail(self.batch, self.job_id, outcome.task_id, self.retry)
+            message = outcome.failure_message or f"the task exited with code {outcome.exit_code}"
+            if len(unit) == 1:  # nothing to salvage: the node's only input failed
+                await self._record_failure(unit[0], outcome, message, tail)
+                return
+        async with anyio.create_task_group() as group:
+            for index in unit:
+                group.start_soon(self._collect_file, index, outcome, limiter, message, tail)
+
+    async def _collect_file(
+        self,
+        index: int,
+        outcome: monitor.TaskOutcome,
+        limiter: anyio.CapacityLimiter,
+        message: str,
+        tail: str,
+    ) -> None:
+        """One file of a finished unit: its outputs if the node wrote them, else a failure."""
         relpath = self.inputs[index].relpath
+        if outcome.succeeded:
+            log.info(
+                "task.completed",
+                task_id=outcome.task_id,
+                file=relpath,
+                exit_code=outcome.exit_code,
+                duration_s=outcome.duration_s,
+            )
         async with limiter:
-            if outcome.succeeded:
-                log.info(
-                    "task.completed",
-                    task_id=outcome.task_id,
-                    file=relpath,
-                    exit_code=outcome.exit_code,
-                    duration_s=outcome.duration_s,
+            try:
+                saved = await collect.download_outputs(
+                    self.blobs, self.output_container, relpath, self.out_dir, self.retry
                 )
-                try:
-                    saved = await collect.download_outputs(
-                        self.blobs, self.output_container, relpath, self.out_dir, self.retry
-                    )
-                except collect.OutputMissingError as error:
-                    await self._record_failure(index, outcome, str(error), "")
-                    return
-                self.run_counts.add(index, saved.counts.counts)
-                top = top_of(saved.counts.counts, self.settings.run.top)
-                self.results[index] = _FileResult(
-                    file_entry(
-                        relpath,
-                        task_id=outcome.task_id,
-                        succeeded=True,
-                        top=top,
-                        words=saved.counts.words,
-                        output=naming.output_name(relpath),
-                    ),
-                    succeeded=True,
-                )
-                if self.journal is not None:
-                    await self.journal.record_task_completed(
-                        self.run_id, outcome.task_id, {"status": "succeeded", "exit_code": outcome.exit_code}
-                    )
-                    await self.journal.record_output_downloaded(
-                        self.run_id, relpath, str(saved.local_path), saved.size_bytes
-                    )
-                log.info("output.downloaded", task_id=outcome.task_id, file=relpath, bytes=saved.size_bytes)
-                if self.progress is not None:
-                    self.progress.update("collecting", len(self.results), len(self.task_ids))
-            else:
-                tail = await collect.task_stderr_tail(self.batch, self.job_id, outcome.task_id, self.retry)
-                message = outcome.failure_message or "the task failed"
-                await self._record_failure(index, outcome, message, tail)
+            except collect.OutputMissingError as error:
+                await self._record_failure(index, outcome, message or str(error), tail)
+                return
+        self.run_counts.add(index, saved.counts.counts)
+        self.results[index] = _FileResult(
+            file_entry(
+                relpath,
+                task_id=outcome.task_id,
+                succeeded=True,
+                top=top_of(saved.counts.counts, self.settings.run.top),
+                words=saved.counts.words,
+                output=naming.output_name(relpath),
+            ),
+            succeeded=True,
+        )
+        if self.journal is not None:
+            await self.journal.record_output_downloaded(
+                self.run_id, relpath, str(saved.local_path), saved.size_bytes
+            )
+        log.info("output.downloaded", task_id=outcome.task_id, file=relpath, bytes=saved.size_bytes)
+        if self.progress is not None:
+            self.progress.update("collecting", len(self.results), len(self.inputs))
 
     async def _record_failure(
         self, index: int, outcome: monitor.TaskOutcome, message: str, tail: str
@@ -496,10 +527,6 @@ class _Run:
         self.results[index] = _FileResult(
             file_entry(relpath, task_id=outcome.task_id, succeeded=False, error=details), succeeded=False
         )
-        if self.journal is not None:
-            await self.journal.record_task_completed(
-                self.run_id, outcome.task_id, {"status": "failed", **details}
-            )
         log.warning(
             "task.failed",
             task_id=outcome.task_id,
@@ -587,6 +614,9 @@ class _Run:
     # ------------------------------------------------------------------ data
 
     def _journal_inputs(self) -> list[JournalInput]:
+        task_of_input = {
+            index: self.task_ids[unit_index] for unit_index, unit in enumerate(self.units) for index in unit
+        }
         return [
             JournalInput(
                 index=index,
@@ -596,7 +626,7 @@ class _Run:
                 mtime_ns=_mtime_ns(item.path),
                 md5_hex=None,
                 blob_name=naming.input_blob_name(self.run_id, item.relpath),
-                task_id=naming.task_id(index),
+                task_id=task_of_input[index],
             )
             for index, item in enumerate(self.inputs)
         ]

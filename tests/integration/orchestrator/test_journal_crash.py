@@ -12,6 +12,7 @@ next writer carry on from where the last one stopped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -20,13 +21,19 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import anyio
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
+from orchestrator.clients import open_clients
 from orchestrator.journal import Journal, JournalInput
+from orchestrator.settings import load_settings
+from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 
 RUN = "20261122t003000z-c0ffee"
 BATCHES = 6
@@ -303,6 +310,123 @@ def test_status_json_of_the_crashed_journal_is_readable(tmp_path: Path) -> None:
     assert status["state"] == state_for(2)
     assert status["stages"]["submitting"] == {"done": 2 * TASKS_PER_BATCH, "total": BATCHES * TASKS_PER_BATCH}
     assert status["finished"] is False
+
+
+# ----------------------------------------------------------------------------- the real orchestrator
+
+ROOT = Path(__file__).resolve().parents[3]
+SAMPLE_FILES = 10
+
+
+def _cli_environment(batch: BatchEndpoint, storage: StorageEndpoint, state_dir: Path) -> dict[str, str]:
+    return {
+        "TOPN_BATCH_ENDPOINT": batch.endpoint,
+        "TOPN_BATCH_ACCOUNT_KEY": batch.account_key,
+        "TOPN_STORAGE_BLOB_ENDPOINT": storage.endpoint,
+        "TOPN_STORAGE_ACCOUNT_KEY": storage.account_key,
+        "TOPN_LOCAL_STATE_DIR": str(state_dir),
+        "TOPN_RUN_POLL_MIN_S": "0.1",
+        "TOPN_RUN_POLL_MAX_S": "0.5",
+    }
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    """SIGKILL `topn run` once outputs start arriving; everything the journal holds must be true.
+
+    Resume trusts the journal, so it may lag behind the services (work done but not yet recorded is
+    redone idempotently) but must never claim work that did not happen.
+    """
+    batch = await start_emulator()
+    inputs_dir = tmp_path / "in"
+    for number in range(SAMPLE_FILES):
+        folder = inputs_dir / ("left" if number % 2 else "right")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"text {number}.txt").write_text(f"alpha beta {'gamma ' * number}delta\n", encoding="utf-8")
+    state_dir = tmp_path / "state"
+    out_dir = tmp_path / "out"
+    environment = _cli_environment(batch, azurite, state_dir)
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "run",
+        str(inputs_dir),
+        "--config",
+        str(ROOT / "config" / "local.toml"),
+        "--out",
+        str(out_dir),
+        "--log-format",
+        "json",
+    ]
+    announced: list[dict[str, Any]] = []
+    async with await anyio.open_process(
+        command, cwd=tmp_path, env={**os.environ, **environment}, stdout=subprocess.DEVNULL
+    ) as process:
+        assert process.stderr is not None
+        lines = BufferedByteReceiveStream(process.stderr)
+        with anyio.fail_after(READ_DEADLINE_S):
+            while True:
+                try:
+                    line = await lines.receive_until(b"\n", 1 << 20)
+                except anyio.EndOfStream:
+                    raise AssertionError(
+                        f"topn run ended before any output arrived: {announced[-3:]}"
+                    ) from None
+                event = json.loads(line)
+                announced.append(event)
+                if event["event"] == "output.downloaded":
+                    process.send_signal(signal.SIGKILL)
+                    break
+        assert await process.wait() == -signal.SIGKILL
+    run_id = next(event["run_id"] for event in announced if event["event"] == "run.started")
+
+    journal_file = state_dir / "journal.sqlite3"
+    raw = sqlite3.connect(journal_file)
+    try:
+        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        raw.close()
+    async with await Journal.open(journal_file) as journal:
+        record = await journal.load_run(run_id)
+    assert record is not None
+    assert not record.is_finished
+    assert record.state in {"RUNNING", "COLLECTING"}
+    assert len(record.inputs) == SAMPLE_FILES
+
+    # What the killed process announced, it had recorded first.
+    announced_downloads = {event["file"] for event in announced if event["event"] == "output.downloaded"}
+    assert announced_downloads <= set(record.downloads)
+
+    settings = load_settings(ROOT / "config" / "local.toml", environment)
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        # Every recorded upload is in Blob Storage with the recorded MD5, which is the local file's.
+        assert set(record.uploads) == {item.relpath for item in record.inputs}
+        for item in record.inputs:
+            blob = clients.blob_service.get_blob_client("topn-input", record.uploads[item.relpath].blob_name)
+            stored = await (await blob.download_blob()).readall()
+            local_md5 = hashlib.md5(Path(item.path).read_bytes(), usedforsecurity=False).hexdigest()
+            assert hashlib.md5(stored, usedforsecurity=False).hexdigest() == local_md5
+            assert record.uploads[item.relpath].md5_hex == local_md5
+        # The job holds exactly one task per input, and every recorded one is there.
+        tasks = {task.id: task async for task in clients.batch.list_tasks(f"topn-{run_id}")}
+        assert set(tasks) == set(record.task_ids) == set(record.submitted_task_ids)
+        # Every recorded completion happened, with the recorded exit code.
+        assert record.completed
+        for task_id, outcome in record.completed.items():
+            assert str(tasks[task_id].state).lower().endswith("completed")
+            assert tasks[task_id].execution_info.exit_code == outcome["exit_code"]
+
+    # Every recorded output is on disk whole; no output file anywhere is partial.
+    for relpath, download in record.downloads.items():
+        saved = Path(download.local_path)
+        assert saved.is_file(), relpath
+        assert saved.stat().st_size == download.size_bytes
+    for saved in out_dir.rglob("*_OUTPUT*"):
+        assert saved.read_text(encoding="utf-8").rstrip("\n").splitlines()[-1].startswith("Pool:")
 
 
 if __name__ == "__main__":

@@ -132,3 +132,39 @@ async def test_a_results_folder_of_another_run_stops_the_run_before_anything_is_
         with pytest.raises(InputError, match="not empty"):
             await run_pipeline(settings, discover_inputs([tmp_path / "in"]), clients, tmp_path / "out")
         assert clients.requests.total("batch") == 0 and clients.requests.total("storage") == 0
+
+
+async def test_small_files_share_tasks_and_a_failing_file_does_not_sink_its_unit(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    batch = await start_emulator()
+    texts = {f"f{number:02d}.txt": f"word{number % 3} common" for number in range(10)}
+    texts["f04.txt"] = "FAIL-THIS-FILE"
+    for relpath, text in texts.items():
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / relpath).write_text(text, encoding="utf-8")
+    settings = settings_for(
+        batch,
+        azurite,
+        tmp_path / "state",
+        TOPN_POOL_ID="packing-pool",
+        TOPN_POOL_DEDICATED_NODES="1",
+        TOPN_POOL_TASK_SLOTS_PER_NODE="1",
+    )
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        summary = await run_pipeline(
+            settings,
+            discover_inputs([tmp_path / "in"]),
+            clients,
+            tmp_path / "out",
+            node_script=stand_in_node(),
+        )
+    by_path = {entry["path"]: entry for entry in summary["files"]}
+    assert len({entry["task_id"] for entry in summary["files"]}) == 4  # 10 files in 4 work units
+    assert by_path["f04.txt"]["status"] == "failed"
+    assert "asked to fail" in by_path["f04.txt"]["error"]["stderr_tail"]
+    assert by_path["f03.txt"]["task_id"] == by_path["f04.txt"]["task_id"]
+    assert by_path["f03.txt"]["status"] == "succeeded"
+    assert sum(entry["status"] == "succeeded" for entry in summary["files"]) == 9
+    assert summary["top"][0] == ["common", 9]

@@ -75,7 +75,7 @@ relpaths = st.lists(
 
 @given(relpath=relpaths)
 def test_task_command_line_round_trips_through_two_shells(relpath: str) -> None:
-    command = naming.task_command_line("in/000001.txt", relpath, top=5, tokenizer="words")
+    command = naming.task_command_line([("in/000001.txt", relpath)], top=5, tokenizer="words")
     outer = shlex.split(command)
     assert outer[:2] == ["/bin/sh", "-c"] and len(outer) == 3
     inner = shlex.split(outer[2])
@@ -89,3 +89,39 @@ def test_task_command_line_round_trips_through_two_shells(relpath: str) -> None:
 def test_output_names_of_distinct_inputs_are_distinct_from_counts(relpath: str) -> None:
     assert naming.output_name(relpath) != naming.counts_name(relpath)
     assert naming.counts_name(relpath).startswith("counts/")
+
+
+def test_a_unit_of_several_files_passes_the_names_in_the_same_order() -> None:
+    files = [("in/000000.txt", "a b.txt"), ("in/000001", "x/it's")]
+    inner = shlex.split(shlex.split(naming.task_command_line(files, top=3, tokenizer="tutorial"))[2])
+    assert [inner[i + 1] for i, word in enumerate(inner) if word == "--filepath"] == [
+        "in/000000.txt",
+        "in/000001",
+    ]
+    assert [inner[i + 1] for i, word in enumerate(inner) if word == "--output-name"] == [
+        "a b_OUTPUT.txt",
+        "x/it's_OUTPUT",
+    ]
+    assert [inner[i + 1] for i, word in enumerate(inner) if word == "--counts-name"] == [
+        "counts/a b.txt.counts.json.gz",
+        "counts/x/it's.counts.json.gz",
+    ]
+
+
+@given(
+    sizes=st.lists(st.integers(0, 40 * 1024 * 1024), max_size=400),
+    slots=st.integers(1, 16),
+)
+def test_work_units_cover_inputs_in_order_within_limits(sizes: list[int], slots: int) -> None:
+    units = naming.plan_work_units(sizes, slots, max_files_per_unit=64, max_unit_bytes=16 * 1024 * 1024)
+    assert [index for unit in units for index in unit] == list(range(len(sizes)))
+    for unit in units:
+        assert 1 <= len(unit) <= 64
+        assert len(unit) == 1 or sum(sizes[i] for i in unit) <= 16 * 1024 * 1024
+    if len(sizes) <= slots * 4:
+        assert all(len(unit) == 1 for unit in units)
+
+
+def test_many_small_files_share_tasks_but_keep_every_slot_busy() -> None:
+    units = naming.plan_work_units([100] * 1000, slots=4)
+    assert len(units) == 16 and {len(unit) for unit in units} <= {63, 55}

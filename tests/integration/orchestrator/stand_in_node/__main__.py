@@ -24,32 +24,33 @@ def main() -> int:
     parser.add_argument("--output-name", action="append", required=True)
     parser.add_argument("--counts-name", action="append", required=True)
     args = parser.parse_args()
-    text = Path(args.filepath[0]).read_text(encoding="utf-8", errors="replace")
-    if "FAIL-THIS-FILE" in text:
-        print("stand-in node: asked to fail", file=sys.stderr)
-        return 4
-    counts = Counter(re.findall(r"[^\W_]+", text.casefold()))
-    rows = [f"{word}:\t{count}" for word, count in counts.most_common(args.top)]
-    output = (
-        "\n".join(["Word\tCount", "-" * 30, *rows, "-" * 30, "Node: n", "Task: t", "Job:  j", "Pool: p"])
-        + "\n"
-    )
-    document = {
-        "format": "topn.counts",
-        "version": 1,
-        "file": args.filepath[0],
-        "tokenizer": args.tokenizer,
-        "words": sum(counts.values()),
-        "distinct": len(counts),
-        "invalid_bytes": 0,
-        "counts": [[word, count] for word, count in counts.items()],
-    }
     container = ContainerClient.from_container_url(args.output_container_url)
-    container.upload_blob(args.output_name[0], output.encode("utf-8"), overwrite=True)
-    container.upload_blob(
-        args.counts_name[0], gzip.compress(json.dumps(document).encode("utf-8")), overwrite=True
-    )
-    return 0
+    status = 0
+    for filepath, output_name, counts_name in zip(
+        args.filepath, args.output_name, args.counts_name, strict=True
+    ):
+        text = Path(filepath).read_text(encoding="utf-8", errors="replace")
+        if "FAIL-THIS-FILE" in text:
+            print(f"stand-in node: asked to fail on {filepath}", file=sys.stderr)
+            status = 4
+            continue
+        counts = Counter(re.findall(r"[^\W_]+", text.casefold()))
+        rows = [f"{word}:\t{count}" for word, count in counts.most_common(args.top)]
+        lines = ["Word\tCount", "-" * 30, *rows, "-" * 30, "Node: n", "Task: t", "Job:  j", "Pool: p"]
+        document = {
+            "format": "topn.counts",
+            "version": 1,
+            "file": filepath,
+            "tokenizer": args.tokenizer,
+            "words": sum(counts.values()),
+            "distinct": len(counts),
+            "invalid_bytes": 0,
+            "counts": [[word, count] for word, count in counts.items()],
+        }
+        container.upload_blob(output_name, ("\n".join(lines) + "\n").encode("utf-8"), overwrite=True)
+        blob = gzip.compress(json.dumps(document).encode("utf-8"))
+        container.upload_blob(counts_name, blob, overwrite=True)
+    return status
 
 
 sys.exit(main())
