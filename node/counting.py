@@ -78,11 +78,17 @@ class WordCounter:
 
     def feed(self, block: bytes) -> None:
         """Count every token that is complete once `block` follows what was fed before."""
+        # A run that fits inside one block is never checked against the limit, so no block may be longer.
+        for start in range(0, len(block), self._max_run):
+            self._feed_block(block[start : start + self._max_run])
+
+    def _feed_block(self, block: bytes) -> None:
         had_carry = bool(self._carry)
         data = self._carry + block if had_carry else block
         if not data:
             return
-        text = data.translate(self._table).decode("utf-8", "surrogateescape")
+        translated = data if self._table is None else data.translate(self._table)
+        text = translated.decode("utf-8", "surrogateescape")
         tokens = text.split()
         partial = tokens.pop() if tokens and not text[-1].isspace() else ""
         if had_carry and tokens and len(tokens[0]) > self._max_run:
@@ -128,9 +134,6 @@ def count_range(
     max_run_chars: int = MAX_RUN_CHARS,
 ) -> FileCounts:
     """Count the words in bytes [start, end) of a file (to its end when `end` is None)."""
-    if block_bytes > max_run_chars:
-        # A run that fits in one block is never checked against the limit, so blocks must not be longer.
-        raise ValueError("block_bytes must not exceed max_run_chars")
     counter = WordCounter(tokenizer, max_run_chars=max_run_chars)
     with Path(path).open("rb", buffering=0) as stream:
         position = start

@@ -2,8 +2,8 @@
 
 The fast pass works in two steps, so that the per-word work stays in C:
 
-1. ``translate`` each block of bytes with a 256-byte table that turns every ASCII separator into a
-   space (and, for ``words``, ASCII upper case into lower case), decode it with
+1. for ``words``, ``translate`` each block of bytes with a 256-byte table that turns every ASCII
+   separator into a space and ASCII upper case into lower case; decode the block with
    ``surrogateescape`` (lossless: an undecodable byte becomes one lone surrogate) and ``split()`` it.
    The resulting *raw tokens* go straight into a ``Counter``.
 2. Once per distinct raw token, :func:`normalize_raw_token` turns it into the words the definition
@@ -34,22 +34,19 @@ _ESCAPED_BYTE_RE = re.compile("[\udc80-\udcff]")
 _ASCII_PUNCTUATION = string.punctuation
 
 
-def _translation_table(tokenizer: Tokenizer) -> bytes:
-    """256-byte table: ASCII separators become a space; `words` also lower-cases ASCII letters."""
+def _words_translation_table() -> bytes:
+    """256-byte table for `words`: ASCII letters lower-cased, every other ASCII non-alphanumeric a space."""
     table = bytearray(range(256))
     for code in range(128):
         char = chr(code)
-        if tokenizer == "words":
-            # Casefolding an ASCII letter is lower-casing it; every other ASCII non-alphanumeric
-            # (underscore included) ends a word.
-            table[code] = ord(char.lower()) if char.isalnum() else ord(" ")
-        elif char.isspace():
-            # str.split() also splits on \x1c-\x1f, which bytes.split() would not; a space is simpler.
-            table[code] = ord(" ")
+        # Casefolding an ASCII letter is lower-casing it; every other ASCII non-alphanumeric
+        # (underscore included) ends a word. Bytes >= 0x80 (the rest of UTF-8) stay as they are.
+        table[code] = ord(char.lower()) if char.isalnum() else ord(" ")
     return bytes(table)
 
 
-TRANSLATION_TABLES: dict[Tokenizer, bytes] = {name: _translation_table(name) for name in TOKENIZERS}
+# `tutorial` needs no table: str.split() after decoding already splits on every kind of whitespace.
+TRANSLATION_TABLES: dict[Tokenizer, bytes | None] = {"words": _words_translation_table(), "tutorial": None}
 
 
 def check_tokenizer(name: str) -> Tokenizer:
@@ -66,12 +63,6 @@ def words_of_text(text: str, tokenizer: Tokenizer) -> list[str]:
         return _WORD_RE.findall(text.casefold())
     stripped = (token.strip(_ASCII_PUNCTUATION) for token in text.split())
     return [word for word in stripped if word]
-
-
-def raw_tokens(block: bytes, tokenizer: Tokenizer) -> list[str]:
-    """Split a block of UTF-8 bytes into raw tokens (see the module docstring); lossless for bad bytes."""
-    translated = block.translate(TRANSLATION_TABLES[tokenizer])
-    return translated.decode("utf-8", "surrogateescape").split()
 
 
 def normalize_raw_token(token: str, tokenizer: Tokenizer) -> tuple[list[str], int]:
