@@ -1,0 +1,121 @@
+"""The CLI's pure parts: argument parsing, settings overrides, the result table, and the exit-2 paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import cli
+from orchestrator.local import project_root
+
+SUMMARY: dict[str, Any] = {
+    "run_id": "20261122t010203z-abcdef",
+    "state": "FAILED",
+    "top": [["the", 12], ["harbour", 3], ["é", 1]],
+    "files": [
+        {"path": "a.txt", "status": "succeeded", "top": [["the", 12]], "words": 20, "error": None},
+        {
+            "path": "dir/b c.txt",
+            "status": "failed",
+            "top": [],
+            "words": None,
+            "error": {
+                "exit_code": 42,
+                "failure_code": "FailureExitCode",
+                "message": "the task failed",
+                "stderr_tail": "line 1\nline 2\nemulator: injected task failure\n",
+            },
+        },
+    ],
+    "totals": {"files": 2, "succeeded": 1, "failed": 1, "words": 20, "duration_s": 1.5},
+}
+
+
+def test_the_table_shows_the_run_the_ranked_words_and_each_failure() -> None:
+    text = cli.render_table(SUMMARY, Path("results/r"))
+    lines = text.splitlines()
+    assert lines[0] == (
+        "Run 20261122t010203z-abcdef: FAILED - 2 files, 1 succeeded, 1 failed, 20 words in 1.5 s"
+    )
+    # Words padded to the longest ("harbour", 7), counts right-aligned under "count" (5).
+    assert lines[2:6] == [
+        "  #  word     count",
+        "  1  the         12",
+        "  2  harbour      3",
+        "  3  é            1",
+    ]
+    assert "  dir/b c.txt: exit code 42, failure FailureExitCode: the task failed" in lines
+    assert "    | emulator: injected task failure" in lines
+    assert lines[-1] == "Results: results/r"
+
+
+def test_the_table_never_prints_a_sas_signature() -> None:
+    leaky = json.loads(json.dumps(SUMMARY))
+    leaky["files"][1]["error"]["stderr_tail"] = "GET https://x/c/b?sv=1&sig=AbCdEf0123456789%3D failed"
+    text = cli.render_table(leaky, Path("out"))
+    assert "AbCdEf0123456789" not in text and "sig=REDACTED" in text
+
+
+def test_an_empty_run_says_so() -> None:
+    summary = {**SUMMARY, "top": [], "files": [], "state": "SUCCEEDED"}
+    assert "No words counted." in cli.render_table(summary, Path("out"))
+
+
+def test_top_and_tokenizer_flags_override_the_config(tmp_path: Path) -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "run",
+            "x",
+            "--top",
+            "3",
+            "--tokenizer",
+            "tutorial",
+            "--config",
+            str(project_root() / "config/local.toml"),
+        ]
+    )
+    settings = cli._load(args, {})
+    assert settings.run.top == 3 and settings.run.tokenizer == "tutorial"
+    assert settings.local.state_dir.is_absolute()
+
+
+@pytest.mark.parametrize("bad", [["run", "x", "--top", "0"], ["run", "x", "--top", "many"], ["local"], []])
+def test_bad_arguments_exit_2(bad: list[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        cli.build_parser().parse_args(bad)
+    assert raised.value.code == 2
+
+
+def test_the_default_config_prefers_the_working_folder(tmp_path: Path) -> None:
+    assert cli.default_config_path(tmp_path) == project_root() / "config" / "local.toml"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "local.toml").write_text("", encoding="utf-8")
+    assert cli.default_config_path(tmp_path) == tmp_path / "config" / "local.toml"
+
+
+def test_a_missing_input_exits_2_with_the_path_in_the_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    status = cli.main(["run", "absent.txt", "--log-format", "console"])
+    assert status == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("topn: error: ") and "absent.txt" in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_error_exits_2_in_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.toml"
+    config.write_text("[nonsense]\n", encoding="utf-8")
+    status = cli.main(["run", ".", "--config", str(config), "--log-format", "json"])
+    assert status == 2
+    (event,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert event["event"] == "command.failed" and event["level"] == "error"
+    assert "[nonsense]" in event["error"] and str(config) in event["error"]
