@@ -24,16 +24,18 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from orchestrator.clients import open_clients
-from orchestrator.journal import Journal, JournalInput
+from orchestrator.journal import Journal, JournalInput, RunRecord, describe_run
 from orchestrator.settings import load_settings
-from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
+
+if TYPE_CHECKING:  # this file also runs as a plain script (the writer), outside the tests package
+    from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 
 RUN = "20261122t003000z-c0ffee"
 BATCHES = 6
@@ -290,8 +292,6 @@ def test_kill_9_mid_write_leaves_a_consistent_journal_that_the_next_writer_conti
 
 def test_status_json_of_the_crashed_journal_is_readable(tmp_path: Path) -> None:
     """After a kill mid-submission, describe_run (what `topn status` shows) still works on the journal."""
-    from orchestrator.journal import describe_run
-
     journal_file = tmp_path / "journal.sqlite3"
     _follow(
         _start_writer(journal_file, "--pause", "submit", "--pause-batch", "2"),
@@ -408,7 +408,7 @@ async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
         for item in record.inputs:
             blob = clients.blob_service.get_blob_client("topn-input", record.uploads[item.relpath].blob_name)
             stored = await (await blob.download_blob()).readall()
-            local_md5 = hashlib.md5(Path(item.path).read_bytes(), usedforsecurity=False).hexdigest()
+            local_md5 = _md5_of_file(Path(item.path))
             assert hashlib.md5(stored, usedforsecurity=False).hexdigest() == local_md5
             assert record.uploads[item.relpath].md5_hex == local_md5
         # The job holds exactly one task per input, and every recorded one is there.
@@ -418,9 +418,19 @@ async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
         assert record.completed
         for task_id, outcome in record.completed.items():
             assert str(tasks[task_id].state).lower().endswith("completed")
-            assert tasks[task_id].execution_info.exit_code == outcome["exit_code"]
+            execution = tasks[task_id].execution_info
+            assert execution is not None and execution.exit_code == outcome["exit_code"]
 
-    # Every recorded output is on disk whole; no output file anywhere is partial.
+    _check_saved_outputs(record, out_dir)
+    print(f"killed in {record.state}:", describe_run(record)["stages"])
+
+
+def _md5_of_file(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def _check_saved_outputs(record: RunRecord, out_dir: Path) -> None:
+    """Every recorded output is on disk whole; no output file anywhere is partial."""
     for relpath, download in record.downloads.items():
         saved = Path(download.local_path)
         assert saved.is_file(), relpath
