@@ -1,0 +1,105 @@
+"""The emulator as a process: loopback only, clean stop, process limit, submission order."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import anyio
+import pytest
+from azure.batch import models
+
+from orchestrator import local
+from tests.conftest import BatchEndpoint, StartEmulator
+from tests.integration.emulator.conftest import batch_client, pool_options, wait_for, wait_job_done
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_sigterm_stops_the_emulator_and_kills_its_tasks(tmp_path: Path) -> None:
+    service = await local.start_emulator(tmp_path / "nodes", tmp_path / "logs")
+    assert service.endpoint.startswith("http://127.0.0.1:")
+    assert service.details["account_name"] == local.EMULATOR_ACCOUNT_NAME
+    emulator = BatchEndpoint(
+        service.endpoint,
+        local.EMULATOR_ACCOUNT_NAME,
+        local.EMULATOR_ACCOUNT_KEY,
+        tmp_path / "nodes",
+        tmp_path / "logs",
+        service.pid,
+    )
+    pid_file: list[Path] = []
+    try:
+        async with batch_client(emulator) as client:
+            await client.create_pool(pool_options("p"))
+            await client.create_job(
+                models.BatchJobCreateOptions(id="j", pool_info=models.BatchPoolInfo(pool_id="p"))
+            )
+            await client.create_task(
+                "j",
+                models.BatchTaskCreateOptions(
+                    id="long", command_line="/bin/sh -c 'echo $$ > pid; exec sleep 120'"
+                ),
+            )
+
+            async def pid_written() -> bool:
+                found = list((tmp_path / "nodes").glob("p/*/workitems/j/job-1/long/wd/pid"))
+                if found and found[0].read_text().strip():
+                    pid_file.extend(found)
+                    return True
+                return False
+
+            await wait_for(pid_written, what="the task to start")
+        task_pid = int(pid_file[0].read_text())
+        assert process_alive(task_pid)
+    finally:
+        status = await local.stop_service(service)
+    assert status == 0
+    assert not process_alive(task_pid)
+    assert '"event": "emulator.stopped"' in (tmp_path / "logs" / "emulator.stderr.log").read_text()
+
+
+async def test_process_limit_and_submission_order(start_emulator: StartEmulator) -> None:
+    emulator = await start_emulator(["--nodes-max-processes", "2"])
+    marker = f"run-{uuid.uuid4().hex[:6]}"
+    # Each task records how many tasks are running (marker files) while it runs, and its own id in order.
+    command = (
+        f"/bin/sh -c 'touch $AZ_BATCH_NODE_SHARED_DIR/{marker}.$AZ_BATCH_TASK_ID; "
+        f"ls $AZ_BATCH_NODE_SHARED_DIR | grep -c {marker} >> $AZ_BATCH_NODE_SHARED_DIR/concurrency; "
+        f"echo $AZ_BATCH_TASK_ID >> $AZ_BATCH_NODE_SHARED_DIR/order; sleep 0.2; "
+        f"rm $AZ_BATCH_NODE_SHARED_DIR/{marker}.$AZ_BATCH_TASK_ID'"
+    )
+    ids = [f"t{index:02d}" for index in range(10)]
+    async with batch_client(emulator) as client:
+        await client.create_job(
+            models.BatchJobCreateOptions(id="j", pool_info=models.BatchPoolInfo(pool_id="p"))
+        )
+        await client.create_task_collection(
+            "j",
+            models.BatchTaskGroup(
+                task_values=[
+                    models.BatchTaskCreateOptions(id=task_id, command_line=command) for task_id in ids
+                ]
+            ),
+        )
+        # The pool appears after the tasks, so all ten are queued when the first slot opens.
+        await client.create_pool(pool_options("p", nodes=1, slots=8))
+        await wait_job_done(client, "j", 10)
+        node = (await client.get_task("j", "t00")).node_info.node_id
+        shared = emulator.root / "p" / node / "shared"
+        concurrency = [int(line) for line in (await anyio.Path(shared / "concurrency").read_text()).split()]
+        order = (await anyio.Path(shared / "order").read_text()).split()
+    assert len(concurrency) == 10
+    assert max(concurrency) <= 2
+    assert order[:2] and sorted(order) == ids
+    # Starts follow submission order; the two slots may swap neighbours when they start together.
+    assert all(abs(order.index(task_id) - position) <= 1 for position, task_id in enumerate(ids))
