@@ -166,6 +166,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
                 progress=progress,
             ),
         )
+        progress.close()
         _print_summary(summary, out_dir, as_json=args.json)
         return summary_exit_status(summary)
 

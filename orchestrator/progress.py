@@ -52,6 +52,10 @@ class RichProgress:
             self._tasks[stage] = task
         self._progress.update(task, completed=done, total=max(total, 0))
 
+    def close(self) -> None:
+        """Stop redrawing (idempotent), so what is printed next is not interleaved with the bars."""
+        self._progress.stop()
+
     def __enter__(self) -> RichProgress:
         self._progress.start()
         return self
@@ -59,7 +63,7 @@ class RichProgress:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._progress.stop()
+        self.close()
 
 
 class NullProgress:
@@ -67,6 +71,9 @@ class NullProgress:
 
     def update(self, stage: str, done: int, total: int) -> None:
         """Ignore the update."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
 
     def __enter__(self) -> NullProgress:
         return self
