@@ -1,6 +1,6 @@
 """A real `kill -9` of a process that is writing the journal, then reopening it.
 
-The writer is this file run as a script. It records a run the way the pipeline does (states, bulk task
+The writer is this module run with `python -m`. It records a run the way the pipeline does (states, bulk task
 submissions, uploads) and prints `done ...` after each record call returns. To kill it *inside* a
 transaction rather than somewhere near one, it can pause in SQLite's statement trace hook — on the
 journal's own thread, with the transaction open and rows already written — and say `paused`; the
@@ -33,10 +33,13 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from orchestrator.clients import open_clients
 from orchestrator.journal import Journal, JournalInput, RunRecord, describe_run
 from orchestrator.settings import load_settings
+from tests.secret_scan import find_secrets, texts_under
 
-if TYPE_CHECKING:  # this file also runs as a plain script (the writer), outside the tests package
+if TYPE_CHECKING:
     from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 
+ROOT = Path(__file__).resolve().parents[3]
+WRITER_MODULE = "tests.integration.orchestrator.test_journal_crash"
 RUN = "20261122t003000z-c0ffee"
 BATCHES = 6
 TASKS_PER_BATCH = 2000
@@ -175,7 +178,8 @@ def _read_line(stream: IO[str], writer: subprocess.Popen[str]) -> str:
 
 def _start_writer(journal_file: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, __file__, str(journal_file), *extra],
+        [sys.executable, "-m", WRITER_MODULE, str(journal_file), *extra],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -314,7 +318,6 @@ def test_status_json_of_the_crashed_journal_is_readable(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- the real orchestrator
 
-ROOT = Path(__file__).resolve().parents[3]
 SAMPLE_FILES = 10
 
 
@@ -422,6 +425,11 @@ async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
             assert execution is not None and execution.exit_code == outcome["exit_code"]
 
     _check_saved_outputs(record, out_dir)
+    # Nothing the killed run left behind (journal, WAL, results) holds a key or a SAS signature.
+    assert (
+        find_secrets(texts_under(state_dir) + texts_under(out_dir), [batch.account_key, azurite.account_key])
+        == []
+    )
     print(f"killed in {record.state}:", describe_run(record)["stages"])
 
 
