@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -475,10 +476,16 @@ async def test_cancelling_a_caller_lets_the_write_in_progress_finish(tmp_path: P
         await journal.create_run(RUN, {}, make_inputs(3))
         other_process = sqlite3.connect(tmp_path / JOURNAL_FILENAME, isolation_level=None)
         other_process.execute("BEGIN IMMEDIATE")
+        # Know, rather than guess, that the journal's thread is inside its write: SQLite's trace
+        # hook fires when the journal starts its transaction (which then waits for the lock).
+        writing = threading.Event()
+        journal._connection.set_trace_callback(  # type: ignore[union-attr]
+            lambda statement: writing.set() if statement.startswith("BEGIN") else None
+        )
         with anyio.fail_after(20):
             async with anyio.create_task_group() as group:
                 group.start_soon(journal.record_tasks_submitted, RUN, ["t000000", "t000001", "t000002"])
-                await anyio.sleep(0.05)
+                assert await anyio.to_thread.run_sync(writing.wait, 10)
                 group.cancel_scope.cancel()
                 other_process.execute("ROLLBACK")
                 other_process.close()
