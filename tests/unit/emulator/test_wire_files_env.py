@@ -1,0 +1,195 @@
+"""Wire helpers, file ranges and listings, output-file planning, validation and the task environment."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from emulator import files, validation
+from emulator.runner import NodeContext, task_environment, user_identity_name
+from emulator.transfer import condition_applies, plan_uploads, resolve_inside
+from emulator.wire import (
+    ServiceError,
+    format_time,
+    is_valid_id,
+    new_etag,
+    parse_duration,
+    parse_time,
+    strip_query,
+)
+
+
+def test_durations_and_times() -> None:
+    assert parse_duration("PT15M00S") == 900
+    assert parse_duration("PT02H00M00S") == 7200
+    assert parse_duration("P7D") == 7 * 86400
+    assert parse_duration("P1DT1H1M1.5S") == 86400 + 3600 + 61.5
+    assert parse_duration("P10675199DT2H48M5.4775807S") == float("inf")
+    for bad in ("", "P", "PT", "15M", "PT-1S", "P1DT"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    moment = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    assert format_time(moment) == "2026-01-02T03:04:05.123456Z"
+    assert parse_time("2026-01-02T03:04:05.1234567Z") == moment
+    assert parse_time(format_time(moment)) == moment
+
+
+def test_ids_etags_and_urls() -> None:
+    assert is_valid_id("a-b_C9") and is_valid_id("x" * 64)
+    assert not any(is_valid_id(value) for value in ("", "x" * 65, "a b", "a/b", "ü", 5, None))
+    first, second = new_etag(), new_etag()
+    assert first != second and first.startswith("0x")
+    assert strip_query("http://h/c/b?sv=1&sig=secret") == "http://h/c/b"
+
+
+def test_ranges() -> None:
+    assert files.parse_range(None, 10) is None
+    assert files.parse_range("bytes=0-4", 10) == (0, 4)
+    assert files.parse_range("bytes=5-", 10) == (5, 9)
+    assert files.parse_range("bytes=-3", 10) == (7, 9)
+    assert files.parse_range("bytes=2-100", 10) == (2, 9)
+    for bad in ("bytes=9-2", "items=0-1", "bytes=20-30", "bytes=a-b"):
+        with pytest.raises(ServiceError) as error:
+            files.parse_range(bad, 10)
+        assert error.value.status == 416
+
+
+def test_file_paths_stay_inside(tmp_path: Path) -> None:
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "stdout.txt").write_text("x")
+    assert files.resolve_file(tmp_path, "stdout.txt") == tmp_path / "stdout.txt"
+    for bad in ("../etc/passwd", "/etc/passwd", "", "missing.txt"):
+        with pytest.raises(ServiceError) as error:
+            files.resolve_file(tmp_path, bad)
+        assert error.value.code == "FileNotFound"
+    names = [entry.name for entry in files.list_entries(tmp_path, recursive=False)]
+    assert names == ["stdout.txt", "wd"]
+    assert resolve_inside(tmp_path, "a/b.txt") == tmp_path / "a" / "b.txt"
+    with pytest.raises(ValueError):
+        resolve_inside(tmp_path, "../x")
+
+
+def test_output_plans_follow_the_service_naming_rules(tmp_path: Path) -> None:
+    task_dir = tmp_path / "task"
+    working_dir = task_dir / "wd"
+    (working_dir / "out" / "deep").mkdir(parents=True)
+    for name in ("out/a.txt", "out/deep/b.txt", "out/.hidden", "single.bin"):
+        (working_dir / name).write_text(name)
+    (task_dir / "stdout.txt").write_text("o")
+    (task_dir / "stderr.txt").write_text("e")
+
+    def plan(pattern: str, path: str | None) -> list[tuple[str, str]]:
+        return [
+            (p.source.relative_to(task_dir).as_posix(), p.blob_name)
+            for p in plan_uploads(pattern, path, working_dir)
+        ]
+
+    assert plan("single.bin", "dest/name.bin") == [("wd/single.bin", "dest/name.bin")]
+    assert plan("single.bin", None) == [("wd/single.bin", "single.bin")]
+    assert plan("missing.txt", "x") == []
+    assert plan("../std*.txt", "logs") == [
+        ("stderr.txt", "logs/stderr.txt"),
+        ("stdout.txt", "logs/stdout.txt"),
+    ]
+    assert plan("out/**/*.txt", "r") == [("wd/out/a.txt", "r/a.txt"), ("wd/out/deep/b.txt", "r/deep/b.txt")]
+    assert condition_applies("tasksuccess", True) and not condition_applies("tasksuccess", False)
+    assert condition_applies("taskfailure", False) and not condition_applies("taskfailure", True)
+    assert condition_applies("taskcompletion", True) and condition_applies("TaskCompletion", False)
+
+
+def test_task_validation_codes() -> None:
+    job = {"onTaskFailure": "noaction"}
+    spec = validation.validate_task({"id": "t", "commandLine": "x"}, job)
+    assert spec["constraints"]["maxTaskRetryCount"] == 0 and spec["requiredSlots"] == 1
+    inherited = validation.validate_task(
+        {"id": "t", "commandLine": "x"}, {"constraints": {"maxTaskRetryCount": 3}}
+    )
+    assert inherited["constraints"]["maxTaskRetryCount"] == 3
+    cases = {
+        "MissingRequiredProperty": [{"commandLine": "x"}, {"id": "t"}],
+        "InvalidPropertyValue": [
+            {"id": "t t", "commandLine": "x"},
+            {"id": "t", "commandLine": "x", "resourceFiles": [{"httpUrl": "http://h", "filePath": "../up"}]},
+            {
+                "id": "t",
+                "commandLine": "x",
+                "resourceFiles": [{"httpUrl": "http://h", "storageContainerUrl": "u"}],
+            },
+            {"id": "t", "commandLine": "x", "constraints": {"maxWallClockTime": "soon"}},
+            {"id": "t", "commandLine": "x", "constraints": {"maxTaskRetryCount": -2}},
+            {"id": "t", "commandLine": "x", "dependsOn": {"taskIds": ["a"]}},
+            {"id": "t", "commandLine": "x", "exitConditions": {"default": {"jobAction": "terminate"}}},
+            {
+                "id": "t",
+                "commandLine": "x",
+                "outputFiles": [
+                    {
+                        "filePattern": "*",
+                        "destination": {"container": {"containerUrl": "u"}},
+                        "uploadOptions": {"uploadCondition": "sometimes"},
+                    }
+                ],
+            },
+        ],
+    }
+    for code, bodies in cases.items():
+        for body in bodies:
+            with pytest.raises(ServiceError) as error:
+                validation.validate_task(body, job)
+            assert error.value.code == code, body
+            assert error.value.status == 400
+
+
+def test_pool_and_job_validation_fill_defaults() -> None:
+    pool = validation.validate_pool(
+        {
+            "id": "p",
+            "vmSize": "s",
+            "virtualMachineConfiguration": {"nodeAgentSKUId": "n", "imageReference": {"offer": "o"}},
+            "startTask": {"commandLine": "x"},
+        }
+    )
+    assert pool["taskSlotsPerNode"] == 1 and pool["targetDedicatedNodes"] == 0
+    assert pool["startTask"]["waitForSuccess"] is False and pool["startTask"]["maxTaskRetryCount"] == 0
+    with pytest.raises(ServiceError) as error:
+        validation.validate_pool({"id": "p", "vmSize": "s"})
+    assert (error.value.code, error.value.values["PropertyName"]) == (
+        "MissingRequiredProperty",
+        "virtualMachineConfiguration",
+    )
+    job = validation.validate_job({"id": "j", "poolInfo": {"poolId": "p"}})
+    assert job["onAllTasksComplete"] == "noaction" and job["priority"] == 0
+    with pytest.raises(ServiceError) as job_error:
+        validation.validate_job(
+            {"id": "j", "poolInfo": {"poolId": "p"}, "onAllTasksComplete": "TerminateJob"}
+        )
+    assert job_error.value.code == "InvalidPropertyValue"
+
+
+def test_task_environment_is_the_linux_node_layout() -> None:
+    root = Path("/nodes/p/n1")
+    context = NodeContext("acct", "http://127.0.0.1:9", "p", "n1", root, False, Path("/py/bin"))
+    task_dir = root / "workitems/j/job-1/t"
+    env = task_environment(
+        context,
+        task_dir,
+        task_dir / "wd",
+        [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}, {"name": "B"}],
+        job_id="j",
+        task_id="t",
+        identity=user_identity_name(
+            {"userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "admin"}}}, "task"
+        ),
+    )
+    assert env["PATH"].split(":")[0] == "/py/bin"
+    assert env["PATH"].split(":")[-2:] == ["/nodes/p/n1/shared", "/nodes/p/n1/workitems/j/job-1/t/wd"]
+    assert env["AZ_BATCH_NODE_IS_DEDICATED"] == "false"
+    assert env["AZ_BATCH_ACCOUNT_URL"] == "http://127.0.0.1:9/"
+    assert env["AZ_BATCH_TASK_USER_IDENTITY"] == "PoolAdmin"
+    assert (env["A"], env["B"]) == ("2", "")
+    assert env["AZ_BATCH_JOB_ID"] == "j" and env["AZ_BATCH_TASK_ID"] == "t"
+    start_env = task_environment(context, root / "startup", root / "startup/wd", [])
+    assert "AZ_BATCH_JOB_ID" not in start_env and "AZ_BATCH_TASK_ID" not in start_env
+    assert user_identity_name({}, "task") == "TaskNonAdmin"
