@@ -13,14 +13,11 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from azure.batch import models
 from azure.batch.aio import BatchClient
