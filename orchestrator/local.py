@@ -208,6 +208,8 @@ async def start_service(
                 )
                 process = DetachedProcess(popen)
             else:
+                # Its own session even as a child: Ctrl-C in a terminal signals the whole foreground
+                # group, and the services must outlive the run's clean-up, then be stopped by us.
                 process = await anyio.open_process(
                     list(argv),
                     stdin=None,
@@ -215,6 +217,7 @@ async def start_service(
                     stderr=stderr_file,
                     cwd=cwd,
                     env=dict(env) if env is not None else None,
+                    start_new_session=True,
                 )
         except FileNotFoundError as exc:
             raise LocalServiceError(

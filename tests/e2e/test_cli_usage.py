@@ -264,14 +264,17 @@ def test_a_signal_mid_run_stops_the_services_it_started(tmp_path: Path, sent: si
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, as a shell gives a foreground command
     )
     seen: list[dict[str, Any]] = []
     try:
         assert process.stderr is not None
         for line in process.stderr:
             seen.append(json.loads(line))
-            if seen[-1]["event"] == "run.started":
-                process.send_signal(sent)
+            if seen[-1]["event"] == "tasks.submitted":  # the job exists: clean-up has work to do
+                # To the whole group, as a terminal's Ctrl-C does: the services must survive it
+                # until the run's clean-up is done, and be stopped by topn afterwards.
+                os.killpg(process.pid, sent)
                 break
         remaining_stderr = process.stderr.read()
         status = process.wait(timeout=60)
@@ -287,3 +290,4 @@ def test_a_signal_mid_run_stops_the_services_it_started(tmp_path: Path, sent: si
     assert not any(pid_alive(pid) for pid in started)
     failed = [event for event in seen if event["event"] == "run.failed"]
     assert failed and failed[0]["error_type"] in ("CancelledError", "Cancelled")
+    assert not [event for event in seen if event["event"] == "cleanup.failed"]
