@@ -23,11 +23,13 @@ from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
+from emulator.__main__ import use_pidfd_child_watcher
 from orchestrator import local
 
 
 async def baseline_spawns(count: int, concurrency: int) -> float:
     """Processes per second when asyncio spawns `/bin/true` directly, `concurrency` at a time."""
+    use_pidfd_child_watcher()  # the same spawning machinery the emulator uses
     limiter = asyncio.Semaphore(concurrency)
 
     async def one() -> None:
