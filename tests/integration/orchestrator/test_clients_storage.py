@@ -12,7 +12,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
-from orchestrator.clients import STORAGE, open_clients
+from orchestrator.clients import STORAGE, check_credentials, open_clients
 from orchestrator.errors import CredentialError, ServiceUnavailableError
 from orchestrator.retry import SDK_RETRY_KWARGS
 from orchestrator.sas import (
@@ -24,7 +24,7 @@ from orchestrator.sas import (
     utc_now,
 )
 from orchestrator.settings import Settings, load_settings
-from tests.conftest import StorageEndpoint
+from tests.conftest import BatchEndpoint, StorageEndpoint
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -132,3 +132,31 @@ async def test_a_dead_storage_endpoint_is_reported_by_name(azurite: StorageEndpo
             await clients.blob_service.get_container_client("topn-input").exists()
         error = _translate_check_error(failed.value, settings, "storage")
         assert isinstance(error, ServiceUnavailableError) and dead in str(error)
+
+
+def both_settings(azurite: StorageEndpoint, batch_endpoint: str) -> Settings:
+    base = storage_settings(azurite)
+    return replace(base, batch=replace(base.batch, endpoint=batch_endpoint))
+
+
+async def test_the_credential_check_costs_one_request_per_service(
+    azurite: StorageEndpoint, batch_emulator: BatchEndpoint
+) -> None:
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(both_settings(azurite, batch_emulator.endpoint), stack)
+        await check_credentials(clients, both_settings(azurite, batch_emulator.endpoint))
+        assert clients.requests.snapshot() == {
+            "batch": {"get_pool": 1},
+            "storage": {"get_container_properties": 1},
+        }
+
+
+async def test_the_credential_check_names_a_dead_batch_endpoint(azurite: StorageEndpoint) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = both_settings(azurite, dead)
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        with pytest.raises(ServiceUnavailableError) as raised:
+            await check_credentials(clients, settings)
+    assert dead in str(raised.value) and "TOPN_BATCH_ENDPOINT" in str(raised.value)
+    assert clients.requests.total("batch") == 1  # refused once, not retried
