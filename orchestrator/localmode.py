@@ -11,19 +11,21 @@ is when something serves there, and otherwise a service is started on exactly th
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import structlog
 
 from orchestrator import local
-from orchestrator.errors import ServiceUnavailableError
+from orchestrator.errors import ServiceUnavailableError, UsageError
 from orchestrator.settings import Settings
 
 log = structlog.get_logger()
@@ -154,8 +156,11 @@ async def ensure_services(settings: Settings, stack: AsyncExitStack) -> Settings
     """
     if not settings.local.enabled:
         return settings
-    for name in (AZURITE, EMULATOR):
-        endpoint = await _find_serving(settings, name)
+    serving = {name: await _find_serving(settings, name) for name in (AZURITE, EMULATOR)}
+    if None in serving.values():
+        # Taken before starting and released after the services below are stopped.
+        stack.callback(acquire_start_lock(settings).close)
+    for name, endpoint in serving.items():
         if endpoint is None:
             configured = _configured(settings, name)
             service = await _start(settings, name, endpoint_port(configured), detached=False)
@@ -168,6 +173,32 @@ async def ensure_services(settings: Settings, stack: AsyncExitStack) -> Settings
     return settings
 
 
+def acquire_start_lock(settings: Settings) -> TextIO:
+    """Refuse a second process starting services on the same state folder while this one runs.
+
+    Two Azurite processes writing one `--location` would corrupt its database; `topn local up` is
+    how several runs share services. Closing the returned file releases the lock.
+    """
+    path = local_dir(settings) / "start.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UsageError(
+            f"another topn run (pid {owner}) is using local services it started from {local_dir(settings)}. "
+            "Wait for it to finish, or run `topn local up` once so that runs share the services."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 async def _stop_child(service: local.ServiceProcess) -> None:
     status = await local.stop_service(service, STOP_GRACE_S)
     log.info("local.service_stopped", service=service.name, pid=service.pid, exit_status=status)
@@ -175,6 +206,11 @@ async def _stop_child(service: local.ServiceProcess) -> None:
 
 async def local_up(settings: Settings) -> dict[str, RecordedService]:
     """Start detached services that keep running across runs; reuse the ones already up."""
+    with acquire_start_lock(settings):
+        return await _start_detached_services(settings)
+
+
+async def _start_detached_services(settings: Settings) -> dict[str, RecordedService]:
     recorded = read_recorded(settings)
     result: dict[str, RecordedService] = {}
     for name in (AZURITE, EMULATOR):

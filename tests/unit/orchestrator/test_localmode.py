@@ -1,0 +1,58 @@
+"""Local mode's pure parts: endpoint arithmetic, the state file, and the start lock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from orchestrator import localmode
+from orchestrator.errors import UsageError
+from orchestrator.local import project_root
+from orchestrator.settings import Settings, load_settings
+
+
+def settings_in(folder: Path) -> Settings:
+    base = load_settings(project_root() / "config" / "local.toml", {})
+    return replace(base, local=replace(base.local, state_dir=folder / ".topn"))
+
+
+def test_ports_and_endpoints() -> None:
+    assert localmode.endpoint_port("http://127.0.0.1:0/devstoreaccount1") == 0
+    assert localmode.endpoint_port("https://acct.blob.core.windows.net") == 443
+    assert localmode.endpoint_port("http://127.0.0.1:8123") == 8123
+    assert (
+        localmode.with_port("http://127.0.0.1:0/devstoreaccount1", "http://127.0.0.1:40123/devstoreaccount1")
+        == "http://127.0.0.1:40123/devstoreaccount1"
+    )
+    assert localmode.with_port("http://127.0.0.1:0", "http://127.0.0.1:40123") == "http://127.0.0.1:40123"
+
+
+def test_the_state_file_round_trips_and_tolerates_garbage(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path)
+    assert localmode.read_recorded(settings) == {}
+    services = {
+        "azurite": localmode.RecordedService("azurite", 11, "http://127.0.0.1:1/devstoreaccount1"),
+        "emulator": localmode.RecordedService("emulator", 12, "http://127.0.0.1:2"),
+    }
+    localmode.write_recorded(settings, services)
+    assert localmode.read_recorded(settings) == services
+    localmode.services_file(settings).write_text("{not json", encoding="utf-8")
+    assert localmode.read_recorded(settings) == {}
+
+
+async def test_nothing_serves_on_port_zero_or_a_closed_port() -> None:
+    assert not await localmode.is_serving("http://127.0.0.1:0")
+    assert not await localmode.is_serving("http://127.0.0.1:9")  # discard port: nothing listens here
+
+
+def test_a_second_starter_on_the_same_state_folder_is_refused(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path)
+    first = localmode.acquire_start_lock(settings)
+    try:
+        with pytest.raises(UsageError, match="topn local up"):
+            localmode.acquire_start_lock(settings)
+    finally:
+        first.close()
+    localmode.acquire_start_lock(settings).close()  # free again once the holder is done
