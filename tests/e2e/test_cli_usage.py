@@ -232,7 +232,8 @@ def test_local_up_serves_runs_until_local_down(tmp_path: Path) -> None:
         assert "local.service_started" not in names  # the run used what `local up` started
         assert "run.completed" in names
         leaks = find_secrets(
-            [("stdout", run.stdout), ("stderr", run.stderr), *texts_under(tmp_path / "out")],
+            # Everything the run printed and every file under the folder: results, journal, service logs.
+            [("stdout", run.stdout), ("stderr", run.stderr), *texts_under(tmp_path)],
             [EMULATOR_ACCOUNT_KEY, AZURITE_ACCOUNT_KEY],
         )
         assert leaks == []
