@@ -350,6 +350,16 @@ def _validate(settings: Settings) -> None:
     for section, value in (("batch", batch.account_name), ("storage", storage.account_name)):
         if not value.strip():
             raise ConfigError(f"{_origin(settings, section, 'account_name')}: must not be empty.")
+    for section, auth, url, key in (
+        ("batch", batch.auth, batch.endpoint, "endpoint"),
+        ("storage", storage.auth, storage.blob_endpoint, "blob_endpoint"),
+    ):
+        if auth == "entra_id" and urlsplit(url).scheme != "https":
+            # azure-core refuses to send a bearer token over plain http; say so before anything starts.
+            raise ConfigError(
+                f'{_origin(settings, section, key)}: auth = "entra_id" needs an https endpoint, got {url!r}. '
+                'Use auth = "shared_key" with the local emulators.'
+            )
     _check_account_key(settings, "batch", batch.auth, batch.account_key)
     _check_account_key(settings, "storage", storage.auth, storage.account_key)
     if not _CONTAINER_PREFIX.match(storage.container_prefix):

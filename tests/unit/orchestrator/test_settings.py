@@ -219,3 +219,9 @@ def test_any_positive_node_count_round_trips_through_the_environment(value: int)
 
 def test_env_var_names() -> None:
     assert env_var_name("pool", "dedicated_nodes") == "TOPN_POOL_DEDICATED_NODES"
+
+
+def test_entra_id_over_plain_http_is_refused_up_front(tmp_path: Path) -> None:
+    text = MINIMAL.replace('auth = "shared_key"', 'auth = "entra_id"')
+    environ = {"TOPN_STORAGE_BLOB_ENDPOINT": "http://127.0.0.1:10000/devstoreaccount1"}
+    expect_config_error(write(tmp_path, text), environ, "TOPN_STORAGE_BLOB_ENDPOINT", "https")
