@@ -24,7 +24,14 @@ import structlog
 
 from orchestrator import localmode
 from orchestrator.errors import ConfigError, TopnError, UsageError
-from orchestrator.events import LEVELS, configure_events, default_log_format, redact_text, register_secrets
+from orchestrator.events import (
+    LEVELS,
+    bound_context,
+    configure_events,
+    default_log_format,
+    redact_text,
+    register_secrets,
+)
 from orchestrator.local import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
 from orchestrator.settings import Settings, load_settings, secret_values
@@ -131,8 +138,13 @@ def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
 def _report(error: TopnError, log_format: str, stream: TextIO | None = None) -> int:
     """Say what went wrong on stderr, in the event format; secrets are redacted on the way out."""
     message = redact_text(str(error))
+    # A run that stopped has already said so in its own `run.failed` event; usage errors never start one.
+    reported_by_run = "run_id" in bound_context() and not isinstance(error, UsageError)
     if log_format == "json":
-        log.error("command.failed", error_type=type(error).__name__, error=message, exit_code=error.exit_code)
+        if not reported_by_run:
+            log.error(
+                "command.failed", error_type=type(error).__name__, error=message, exit_code=error.exit_code
+            )
     else:
         print(f"topn: error: {message}", file=stream or sys.stderr)
     return error.exit_code
