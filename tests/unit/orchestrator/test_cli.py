@@ -119,3 +119,26 @@ def test_a_config_error_exits_2_in_json(
     (event,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert event["event"] == "command.failed" and event["level"] == "error"
     assert "[nonsense]" in event["error"] and str(config) in event["error"]
+
+
+def test_a_failed_run_is_not_reported_twice(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    import structlog
+
+    from orchestrator.errors import InputError, RunFailedError
+    from orchestrator.events import configure_events
+
+    stream = io.StringIO()
+    configure_events("json", stream)
+    structlog.contextvars.bind_contextvars(run_id="20261122t010203z-abcdef")
+    try:
+        assert cli._report(RunFailedError("the pool broke"), "json") == 1
+        assert stream.getvalue() == ""  # the run's own run.failed event already said it
+        assert cli._report(InputError("results folder is not empty"), "json") == 2
+        (event,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert event["event"] == "command.failed" and event["run_id"] == "20261122t010203z-abcdef"
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert cli._report(RunFailedError("the pool broke"), "console") == 1
+    assert capsys.readouterr().err == "topn: error: the pool broke\n"
