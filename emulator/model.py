@@ -164,6 +164,7 @@ class Pool:
     allocation_state: AllocationState = AllocationState.RESIZING
     allocation_state_time: datetime | None = None
     nodes: dict[str, Node] = field(default_factory=dict)
+    resize_errors: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def task_slots_per_node(self) -> int:

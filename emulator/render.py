@@ -34,6 +34,7 @@ def pool_json(pool: Pool, base: str) -> dict[str, Any]:
             "allocationStateTransitionTime": _time(pool.allocation_state_time),
             "currentDedicatedNodes": dedicated,
             "currentLowPriorityNodes": len(pool.nodes) - dedicated,
+            "resizeErrors": pool.resize_errors or None,
         }
     )
 

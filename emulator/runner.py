@@ -236,9 +236,16 @@ class Runner:
 
     async def run_attempt(self, task: Task, node: Node, attempt: int) -> None:
         """One attempt of a task on a node: resource files, process, output files, then report."""
+        if not self.account.is_current(task, attempt):
+            return  # ended or requeued between dispatch and start
         with anyio.CancelScope() as scope:
             self.account.task_stoppers[task] = scope.cancel
-            outcome = await self._attempt(task, node)
+            try:
+                outcome = await self._attempt(task, node)
+            except Exception:
+                # A bug or an unexpected OS error fails this task; it must never stop the scheduler.
+                log.exception("task.attempt_crashed", job_id=task.job_id, task_id=task.id, node_id=node.id)
+                outcome = AttemptOutcome(None, EMULATOR_FAILURE, retryable=False)
             if outcome is not None:
                 self.account.finish_attempt(task, attempt, outcome)
 
@@ -295,6 +302,16 @@ class Runner:
     # -- pools, nodes and start tasks --------------------------------------------------------
     async def provision_pool(self, pool: Pool, allocation_delay_s: float) -> None:
         """Create the pool's nodes (after the configured delay) and run their start tasks."""
+        try:
+            await self._provision(pool, allocation_delay_s)
+        except Exception:
+            log.exception("pool.allocation_crashed", pool_id=pool.id)
+            pool.resize_errors.append(
+                {"code": "AllocationFailed", "message": "The emulator could not create nodes."}
+            )
+            pool.allocation_state, pool.allocation_state_time = AllocationState.STEADY, utc_now()
+
+    async def _provision(self, pool: Pool, allocation_delay_s: float) -> None:
         await anyio.sleep(allocation_delay_s)
         if pool.state != PoolState.ACTIVE or self.account.pools.get(pool.id.lower()) is not pool:
             return
@@ -326,6 +343,16 @@ class Runner:
             log.info("pool.resized", pool_id=pool.id, nodes=len(nodes))
 
     async def _bring_up(self, pool: Pool, node: Node) -> None:
+        try:
+            await self._bring_up_node(pool, node)
+        except Exception:
+            log.exception("node.start_crashed", pool_id=pool.id, node_id=node.id)
+            if node.start_task_info is not None:
+                node.start_task_info.state, node.start_task_info.failure = "completed", EMULATOR_FAILURE
+                node.start_task_info.result = TaskResult.FAILURE
+            self.account.set_node_state(node, NodeState.START_TASK_FAILED)
+
+    async def _bring_up_node(self, pool: Pool, node: Node) -> None:
         start_task = pool.spec.get("startTask")
         if not start_task:
             self.account.set_node_state(node, NodeState.IDLE)
@@ -401,8 +428,10 @@ class Runner:
 
     async def remove_pool(self, pool: Pool) -> None:
         """Finish a pool delete: drop its folders, then the pool itself (404 from then on)."""
-        await anyio.to_thread.run_sync(shutil.rmtree, self.account.root / pool.id, True)
-        self.account.forget_pool(pool)
+        try:
+            await anyio.to_thread.run_sync(shutil.rmtree, self.account.root / pool.id, True)
+        finally:
+            self.account.forget_pool(pool)
 
     async def remove_job(self, job_id: str) -> None:
         """Finish a job delete: drop the job's folders on every node, then the job."""
@@ -419,8 +448,13 @@ class Runner:
             for folder in folders:
                 shutil.rmtree(folder, ignore_errors=True)
 
-        await anyio.to_thread.run_sync(remove_all)
-        self.account.forget_job(job)
+        try:
+            await anyio.to_thread.run_sync(remove_all)
+        finally:
+            self.account.forget_job(job)
+
+
+EMULATOR_FAILURE = FailureInfo("servererror", "Unknown", "The emulator could not run this task; see its log.")
 
 
 def _launch_failure(code: str, detail: str) -> FailureInfo:

@@ -254,8 +254,12 @@ async def read_json(request: web.Request, limit: int) -> Any:
         raise ServiceError(
             413, "RequestBodyTooLarge", f"The request body is larger than the limit of {limit} bytes."
         )
-    raw = await request.read()
-    if len(raw) > limit:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raw = b""
+        length = limit + 1
+    if len(raw) > limit or (length is not None and length > limit):
         raise ServiceError(
             413, "RequestBodyTooLarge", f"The request body is larger than the limit of {limit} bytes."
         )

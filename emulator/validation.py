@@ -14,6 +14,26 @@ JOB_ACTIONS = ("none", "disable", "terminate")
 MAX_NODES = 1000
 
 
+def without_nulls(value: Any) -> Any:
+    """JSON nulls mean "not set" to the service; dropping them keeps every later lookup simple."""
+    if isinstance(value, dict):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value]
+    return value
+
+
+def _check_user_identity(body: Mapping[str, Any], prefix: str = "") -> None:
+    identity = body.get("userIdentity")
+    if identity is None:
+        return
+    auto_user = identity.get("autoUser", {}) if isinstance(identity, dict) else None
+    if not isinstance(auto_user, dict) or not all(isinstance(value, str) for value in auto_user.values()):
+        raise invalid_property(
+            prefix + "userIdentity", "must be {autoUser: {scope, elevationLevel}} or {username}"
+        )
+
+
 def _require(body: Mapping[str, Any], name: str, prefix: str = "") -> Any:
     value = body.get(name)
     if value is None or value == "":
@@ -93,6 +113,10 @@ def check_resource_files(files: list[Any], name: str = "resourceFiles") -> None:
             raise invalid_property(
                 name, "set exactly one of httpUrl, storageContainerUrl, autoStorageContainerName"
             )
+        if not isinstance(resource[sources[0]], str):
+            raise invalid_property(f"{name}.{sources[0]}", "must be a URL string")
+        if not isinstance(resource.get("blobPrefix", ""), str):
+            raise invalid_property(f"{name}.blobPrefix", "must be a string")
         if sources[0] == "autoStorageContainerName":
             raise invalid_property(
                 f"{name}.autoStorageContainerName", "auto-storage is not emulated; use a SAS URL"
@@ -113,12 +137,27 @@ def check_output_files(files: list[Any]) -> None:
     for output in files:
         if not isinstance(output, dict):
             raise invalid_property("outputFiles", "each output file must be an object")
-        _require(output, "filePattern", "outputFiles.")
+        if not isinstance(_require(output, "filePattern", "outputFiles."), str):
+            raise invalid_property("outputFiles.filePattern", "must be a string")
         destination = output.get("destination")
         container = destination.get("container") if isinstance(destination, dict) else None
         if not isinstance(container, dict) or not container.get("containerUrl"):
             raise missing_property("outputFiles.destination.container.containerUrl")
-        condition = (output.get("uploadOptions") or {}).get("uploadCondition", "taskcompletion")
+        if not isinstance(container["containerUrl"], str) or not isinstance(container.get("path", ""), str):
+            raise invalid_property(
+                "outputFiles.destination.container", "containerUrl and path must be strings"
+            )
+        headers = container.get("uploadHeaders") or []
+        if not isinstance(headers, list) or not all(
+            isinstance(header, dict) and isinstance(header.get("name"), str) for header in headers
+        ):
+            raise invalid_property(
+                "outputFiles.destination.container.uploadHeaders", "must be [{name, value}]"
+            )
+        options = output.get("uploadOptions") or {}
+        if not isinstance(options, dict):
+            raise invalid_property("outputFiles.uploadOptions", "must be a JSON object")
+        condition = options.get("uploadCondition", "taskcompletion")
         if str(condition).lower() not in UPLOAD_CONDITIONS:
             raise invalid_property(
                 "outputFiles.uploadOptions.uploadCondition", f"must be one of {UPLOAD_CONDITIONS}"
@@ -127,6 +166,7 @@ def check_output_files(files: list[Any]) -> None:
 
 def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
     """A create-pool body, with the defaults the service fills in."""
+    body = without_nulls(body)
     _check_id(body)
     _require(body, "vmSize")
     if body.get("enableAutoScale"):
@@ -156,6 +196,7 @@ def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
         _require(start_task, "commandLine", "startTask.")
         check_resource_files(_check_list(start_task, "resourceFiles"), "startTask.resourceFiles")
         check_environment(_check_list(start_task, "environmentSettings"), "startTask.environmentSettings")
+        _check_user_identity(start_task, "startTask.")
         _check_int(start_task, "maxTaskRetryCount", -1, 100, "startTask.")
         spec["startTask"] = {
             "maxTaskRetryCount": 0,
@@ -189,6 +230,7 @@ def _check_job_common(body: Mapping[str, Any]) -> None:
 
 
 def validate_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    body = without_nulls(body)
     _check_id(body)
     _require(body, "poolInfo")
     for unsupported in ("jobManagerTask", "jobPreparationTask", "jobReleaseTask"):
@@ -208,6 +250,7 @@ def validate_job(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def validate_job_update(body: Mapping[str, Any]) -> dict[str, Any]:
+    body = without_nulls(body)
     allowed = {
         "priority",
         "allowTaskPreemption",
@@ -229,6 +272,8 @@ def validate_job_update(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def validate_task(body: Mapping[str, Any], job_spec: Mapping[str, Any]) -> dict[str, Any]:
     """A task body; raises ServiceError with the code a per-task result or a 400 carries."""
+    body = without_nulls(body)
+    _check_user_identity(body)
     _check_id(body)
     _require(body, "commandLine")
     if not isinstance(body["commandLine"], str):

@@ -6,9 +6,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emulator import files, validation
+from emulator.model import exit_job_action, outcome_of_exit
 from emulator.runner import NodeContext, task_environment, user_identity_name
+from emulator.state import Account
 from emulator.transfer import condition_applies, plan_uploads, resolve_inside
 from emulator.wire import (
     ServiceError,
@@ -193,3 +197,52 @@ def test_task_environment_is_the_linux_node_layout() -> None:
     start_env = task_environment(context, root / "startup", root / "startup/wd", [])
     assert "AZ_BATCH_JOB_ID" not in start_env and "AZ_BATCH_TASK_ID" not in start_env
     assert user_identity_name({}, "task") == "TaskNonAdmin"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 300) | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+OPTIONAL_TASK_KEYS = [
+    "resourceFiles",
+    "outputFiles",
+    "environmentSettings",
+    "constraints",
+    "requiredSlots",
+    "exitConditions",
+    "userIdentity",
+    "displayName",
+]
+task_bodies = st.fixed_dictionaries(
+    {"id": st.just("t"), "commandLine": st.just("x")},
+    optional={key: json_values for key in OPTIONAL_TASK_KEYS},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    task_bodies,
+    st.sampled_from(["noaction", "performexitoptionsjobaction"]),
+)
+def test_any_task_body_is_accepted_or_rejected_with_a_service_error(
+    body: dict[str, object], mode: str
+) -> None:
+    """Whatever JSON arrives, validation answers with the service's codes, never a crash (500)."""
+    try:
+        spec = validation.validate_task(body, {"onTaskFailure": mode})
+    except ServiceError as error:
+        assert error.status == 400
+        assert error.code in {"MissingRequiredProperty", "InvalidPropertyValue"}
+        return
+    assert isinstance(spec["id"], str) and isinstance(spec["commandLine"], str)
+    assert isinstance(spec["requiredSlots"], int)
+    # What the runtime reads from an accepted spec must not crash either.
+    account = Account("acct", Path("/nonexistent"))
+    job = account.add_job({"id": "j", "poolInfo": {"poolId": "p"}, "onTaskFailure": mode})
+    task = account.add_task(job, spec)
+    assert task.max_task_retry_count >= -1
+    exit_job_action(spec, outcome_of_exit(3))
+    user_identity_name(spec, "task")
