@@ -1,0 +1,102 @@
+"""Run `topn` as a user would: a subprocess in a temporary folder, endpoints from TOPN_* variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import BatchEndpoint, StorageEndpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+# A hung run must fail the test, not stall the suite; runs here take seconds.
+RUN_TIMEOUT_S = 240
+
+
+@dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON event lines on stderr (every line must be one)."""
+        return [json.loads(line) for line in self.stderr.splitlines() if line.strip()]
+
+    def summary(self) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.stdout)
+        return document
+
+
+def topn_environment(
+    batch: BatchEndpoint, storage: StorageEndpoint, state_dir: Path, **overrides: str
+) -> dict[str, str]:
+    """The user's environment plus the endpoints of the services the fixtures started."""
+    keep = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
+    return {
+        **keep,
+        "TOPN_BATCH_ENDPOINT": batch.endpoint,
+        "TOPN_BATCH_ACCOUNT_KEY": batch.account_key,
+        "TOPN_STORAGE_BLOB_ENDPOINT": storage.endpoint,
+        "TOPN_STORAGE_ACCOUNT_KEY": storage.account_key,
+        "TOPN_LOCAL_STATE_DIR": str(state_dir),
+        "TOPN_RUN_POLL_MIN_S": "0.1",
+        "TOPN_RUN_POLL_MAX_S": "0.5",
+        **overrides,
+    }
+
+
+def run_topn(args: list[str], cwd: Path, env: dict[str, str]) -> CliResult:
+    """`python -m orchestrator ARGS` with JSON events, as `topn` would run."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args, "--config", str(ROOT / "config" / "local.toml")],
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+
+# Independent references for the two tokenizers (DESIGN §4), written from the spec, not from node/.
+def words_tokens(text: str) -> list[str]:
+    return re.findall(r"[^\W_]+", text.casefold())
+
+
+def tutorial_tokens(text: str) -> list[str]:
+    stripped = (token.strip(string.punctuation) for token in text.split())
+    return [token for token in stripped if token]
+
+
+TOKENIZERS = {"words": words_tokens, "tutorial": tutorial_tokens}
+
+
+def reference_top(texts: list[str], tokenizer: str, top: int) -> list[list[Any]]:
+    """Counter over the texts in the given order, then most_common: ties by first occurrence."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(TOKENIZERS[tokenizer](text))
+    return [[word, count] for word, count in counts.most_common(top)]
+
+
+def output_rows(path: Path) -> list[list[Any]]:
+    """The `word:<TAB>count` rows of an `_OUTPUT` file, between its two rules."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "Word\tCount"
+    rule = "-" * 30
+    body = lines[2 : lines.index(rule, 2)]
+    rows = []
+    for line in body:
+        word, count = line.rsplit("\t", 1)
+        assert word.endswith(":")
+        rows.append([word[:-1], int(count)])
+    return rows
