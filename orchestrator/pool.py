@@ -157,7 +157,7 @@ async def wait_until_usable(
                     )
                     return len(usable)
                 if start_failed and not usable:
-                    raise await _start_task_error(batch, pool_id, start_failed[0], retry)
+                    raise await _start_task_error(batch, pool_id, start_failed[0], retry, created)
                 if unusable and len(unusable) == len(nodes):
                     raise PoolError(
                         f"every node of pool {pool_id} is unusable; check the pool in the Batch account"
@@ -194,7 +194,7 @@ async def _check_allocation(batch: PoolClient, pool_id: str, retry: RetryPolicy)
 
 
 async def _start_task_error(
-    batch: PoolClient, pool_id: str, node: BatchNode, retry: RetryPolicy
+    batch: PoolClient, pool_id: str, node: BatchNode, retry: RetryPolicy, created: bool
 ) -> PoolError:
     """PoolError quoting the tail of the failed start task's stderr."""
     info = node.start_task_info
@@ -213,7 +213,11 @@ async def _start_task_error(
     return PoolError(
         f"the start task failed on node {node.id} of pool {pool_id} (exit code {exit_code}); "
         f"the end of its stderr:\n{quoted}\n"
-        "Fix the start task ([pool] start_task_command) and delete the pool so its nodes are recreated."
+        + (
+            "Fix the start task ([pool] start_task_command); topn deletes the pool it created for this run."
+            if created
+            else "Fix the start task ([pool] start_task_command), then delete the pool so its nodes restart."
+        )
     )
 
 
