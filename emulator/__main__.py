@@ -211,14 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     args.root = args.root.resolve()
     args.root.mkdir(parents=True, exist_ok=True)
     write_python_wrappers(args.root / ".python-bin")
+    status = 0
     try:
         anyio.run(serve, args, key, faults)
-    except OSError as exc:
-        print(f"emulator: cannot listen on {HOST}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    except* OSError as errors:
+        # Binding happens inside the task group, so a taken port arrives wrapped in a group.
+        reasons = "; ".join(
+            str(error.strerror or error) for error in errors.exceptions if isinstance(error, OSError)
+        )
+        print(f"emulator: cannot listen on {HOST}:{args.port}: {reasons}", file=sys.stderr)
+        status = 1
+    except* KeyboardInterrupt:
         pass
-    return 0
+    return status
 
 
 if __name__ == "__main__":

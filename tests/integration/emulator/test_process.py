@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import uuid
 from pathlib import Path
 
@@ -103,3 +105,38 @@ async def test_process_limit_and_submission_order(start_emulator: StartEmulator)
     assert order[:2] and sorted(order) == ids
     # Starts follow submission order; the two slots may swap neighbours when they start together.
     assert all(abs(order.index(task_id) - position) <= 1 for position, task_id in enumerate(ids))
+
+
+async def test_bad_flags_exit_2_naming_the_flag(tmp_path: Path) -> None:
+    result = await anyio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "emulator",
+            "--root",
+            str(tmp_path),
+            "--account-key",
+            "not base64!",
+            "--fault-503",
+            "1.5",
+        ],
+        check=False,
+    )
+    assert result.returncode == 2
+    message = result.stderr.decode()
+    assert "--account-key" in message and "base64" in message
+    assert "--fault-503" in message
+    assert result.stdout == b""
+
+
+async def test_taken_port_exits_1_with_a_clear_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await anyio.run_process(
+            [sys.executable, "-m", "emulator", "--root", str(tmp_path), "--port", str(port)], check=False
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
