@@ -210,9 +210,10 @@ def count_file(
     if len(ranges) == 1:
         return count_range(path, 0, None, tokenizer, block_bytes=block_bytes, max_run_chars=max_run_chars)
     # spawn: no inherited locks or threads, the same on every OS, and it works from a zipapp because
-    # children import `node.counting` by name from the parent's sys.path.
+    # children import `node.counting` by name from the parent's sys.path. This process counts the
+    # first range itself while the others start, which hides one process start-up.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(ranges), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=len(ranges) - 1, mp_context=context) as pool:
         futures = [
             pool.submit(
                 count_range,
@@ -223,10 +224,15 @@ def count_file(
                 block_bytes=block_bytes,
                 max_run_chars=max_run_chars,
             )
-            for start, end in ranges
+            for start, end in ranges[1:]
         ]
-        parts_counts = [future.result() for future in futures]
-    merged = parts_counts[0]
-    for later in parts_counts[1:]:
-        merged.extend(later)
+        try:
+            merged = count_range(
+                path, *ranges[0], tokenizer, block_bytes=block_bytes, max_run_chars=max_run_chars
+            )
+            for future in futures:
+                merged.extend(future.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return merged
