@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import itertools
 import json
 import time
 import uuid
@@ -346,12 +348,16 @@ def page_size(request: web.Request) -> int:
 
 def paged(
     request: web.Request,
-    items: Iterable[tuple[int, T]],
+    items: Iterable[tuple[int, T]] | Callable[[int], Iterable[tuple[int, T]]],
     getter: Callable[[T], FieldGetter],
     render: Callable[[T], dict[str, Any]],
     allowed_filter_fields: Sequence[str] | None,
 ) -> web.Response:
-    """One page of a list: filter, select and maxresults survive into `odata.nextLink` via `$skiptoken`."""
+    """One page of a list: filter, select and maxresults survive into `odata.nextLink` via `$skiptoken`.
+
+    `items` yields (position, item) in increasing position; a callable gets the token and may skip
+    straight past it (large task lists page in O(page), not O(all tasks)).
+    """
     node = parsed_filter(request, allowed_filter_fields)
     size = page_size(request)
     selected = select_properties(request)
@@ -365,7 +371,7 @@ def paged(
     page: list[dict[str, Any]] = []
     next_token: int | None = None
     last_position = after
-    for position, item in items:
+    for position, item in items(after) if callable(items) else items:
         if position <= after:
             continue
         if node is not None and not evaluate(node, getter(item)):
@@ -611,9 +617,14 @@ async def create_task(request: web.Request) -> web.StreamResponse:
 async def list_tasks(request: web.Request) -> web.StreamResponse:
     job = services(request).account.get_job(request.match_info["job_id"])
     base = base_url(request)
+
+    def tasks_after(after: int) -> Iterable[tuple[int, Task]]:
+        start = bisect.bisect_right(job.tasks_in_order, after, key=lambda task: task.sequence)
+        return ((task.sequence, task) for task in itertools.islice(job.tasks_in_order, start, None))
+
     return paged(
         request,
-        ((task.sequence, task) for task in job.tasks_in_order),
+        tasks_after,
         task_getter,
         lambda task: task_json(task, base),
         TASK_FILTER_FIELDS,

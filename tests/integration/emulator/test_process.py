@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -140,3 +141,39 @@ async def test_taken_port_exits_1_with_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.decode()
     assert "Traceback" not in result.stderr.decode()
+
+
+async def test_tasks_run_concurrently_across_every_free_slot(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """Four tasks that each wait for all four to have started can only finish if they run together."""
+    emulator = await start_emulator(["--nodes-max-processes", "4"])
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    command = (
+        '/bin/sh -c \'touch "$BARRIER/$AZ_BATCH_TASK_ID"; '
+        'while [ "$(ls "$BARRIER" | wc -l)" -lt 4 ]; do sleep 0.05; done\''
+    )
+    async with batch_client(emulator) as client:
+        await client.create_pool(pool_options("p", nodes=2, slots=2))
+        await client.create_job(
+            models.BatchJobCreateOptions(
+                id="j",
+                pool_info=models.BatchPoolInfo(pool_id="p"),
+                common_environment_settings=[models.EnvironmentSetting(name="BARRIER", value=str(barrier))],
+            )
+        )
+        tasks = [
+            models.BatchTaskCreateOptions(
+                id=f"t{index}",
+                command_line=command,
+                # A bound, so a scheduler that runs fewer than four at once fails instead of hanging.
+                constraints=models.BatchTaskConstraints(max_wall_clock_time=timedelta(seconds=20)),
+            )
+            for index in range(4)
+        ]
+        await client.create_tasks("j", tasks)
+        counts = await wait_job_done(client, "j", 4, timeout_s=60)
+        nodes = {task.node_info.node_id async for task in client.list_tasks("j")}
+    assert counts.succeeded == 4
+    assert len(nodes) == 2

@@ -330,3 +330,50 @@ async def test_task_processes_get_no_emulator_secrets(tmp_path: Path) -> None:
     assert leaks == []
     # The task echoes its resource URLs back as the service does; the failure report must not.
     assert "sig=" not in json.dumps(failed.as_dict()["executionInfo"])
+
+
+async def test_start_task_stages_a_script_that_tasks_run(
+    batch_emulator: BatchEndpoint, storage: Storage
+) -> None:
+    """The orchestrator's pattern: the start task copies a downloaded script to the shared dir."""
+    pool_id, job_id = unique("pool"), unique("job")
+    await storage.container.upload_blob(
+        "tool.py", b"import os, sys\nprint('tool', os.environ['GREETING'], *sys.argv[1:])\n"
+    )
+    start_task = models.BatchStartTask(
+        command_line='/bin/sh -c \'cp tool.py "$AZ_BATCH_NODE_SHARED_DIR/tool.py" && echo "$STAGE"\'',
+        resource_files=[models.ResourceFile(http_url=storage.blob_url("tool.py"), file_path="tool.py")],
+        environment_settings=[models.EnvironmentSetting(name="STAGE", value="staged")],
+        wait_for_success=True,
+        max_task_retry_count=1,
+    )
+    async with batch_client(batch_emulator) as client:
+        await client.create_pool(pool_options(pool_id, start_task=start_task))
+        await client.create_job(
+            models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id))
+        )
+        await client.create_task(
+            job_id,
+            models.BatchTaskCreateOptions(
+                id="use-tool",
+                command_line='/bin/sh -c \'exec python3 "$AZ_BATCH_NODE_SHARED_DIR/tool.py" "two words"\'',
+                environment_settings=[models.EnvironmentSetting(name="GREETING", value="hello")],
+            ),
+        )
+        await wait_job_done(client, job_id, 1)
+        task = await client.get_task(job_id, "use-tool")
+        printed = b"".join(
+            [chunk async for chunk in await client.download_task_file(job_id, "use-tool", "stdout.txt")]
+        )
+        node_id = task.node_info.node_id
+        staged = b"".join(
+            [chunk async for chunk in await client.download_node_file(pool_id, node_id, "startup/stdout.txt")]
+        )
+        startup_files = {
+            entry.name async for entry in client.list_node_files(pool_id, node_id, recursive=True)
+        }
+        await (await client.begin_delete_pool(pool_id, polling_interval=0.1)).result()
+    assert task.execution_info.exit_code == 0
+    assert printed == b"tool hello two words\n"
+    assert staged == b"staged\n"
+    assert {"startup/wd/tool.py", "shared/tool.py"} <= startup_files
