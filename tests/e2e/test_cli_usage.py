@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -199,6 +200,16 @@ async def test_a_wrong_storage_key_stops_before_anything_is_created(
 # --- local up / down around a run ---------------------------------------------------------------
 
 
+def catalogued_fields() -> dict[str, set[str]]:
+    """docs/events.md's table: event name -> its documented fields."""
+    fields: dict[str, set[str]] = {}
+    for line in (PROJECT / "docs" / "events.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`"):
+            fields[cells[0].strip("`")] = set(re.findall(r"`([^`]+)`", cells[2]))
+    return fields
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -228,9 +239,16 @@ def test_local_up_serves_runs_until_local_down(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         summary = json.loads(run.stdout)
         assert summary["state"] == "SUCCEEDED" and len(summary["files"]) == 3
-        names = [event["event"] for event in events(run.stderr)]
+        emitted = events(run.stderr)
+        names = [event["event"] for event in emitted]
         assert "local.service_started" not in names  # the run used what `local up` started
         assert "run.completed" in names
+        catalogue = catalogued_fields()
+        for event in emitted:
+            assert str(event["timestamp"]).endswith("Z") and event["level"] in ("info", "warning")
+            assert event["run_id"] == summary["run_id"]
+            fields = set(event) - {"timestamp", "level", "event", "run_id"}
+            assert fields == catalogue[event["event"]], event["event"]
         leaks = find_secrets(
             # Everything the run printed and every file under the folder: results, journal, service logs.
             [("stdout", run.stdout), ("stderr", run.stderr), *texts_under(tmp_path)],
