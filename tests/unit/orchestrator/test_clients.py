@@ -178,3 +178,55 @@ def test_bearer_over_http_is_a_configuration_error() -> None:
 
 def test_other_errors_are_not_explained_away() -> None:
     assert _translate_check_error(ValueError("bug"), local_settings(), "batch") is None
+
+
+class NoIdentity:
+    """Stands in for DefaultAzureCredential on a machine with no login and no managed identity."""
+
+    def __init__(self) -> None:
+        self.scopes: list[tuple[str, ...]] = []
+        self.closed = False
+
+    async def get_token(self, *scopes: str, **kwargs: object) -> object:
+        from azure.identity import CredentialUnavailableError
+
+        self.scopes.append(scopes)
+        raise CredentialUnavailableError("DefaultAzureCredential failed to retrieve a token")
+
+    async def get_token_info(self, *scopes: str, options: object = None) -> object:
+        return await self.get_token(*scopes)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_entra_id_without_an_identity_is_a_credential_error_before_any_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import azure.identity.aio
+
+    from orchestrator.clients import check_credentials
+
+    identity = NoIdentity()
+    monkeypatch.setattr(azure.identity.aio, "DefaultAzureCredential", lambda: identity)
+    base = local_settings()
+    settings = replace(
+        base,
+        batch=replace(
+            base.batch, endpoint="https://acct.westeurope.batch.azure.com", auth="entra_id", account_key=None
+        ),
+        storage=replace(
+            base.storage,
+            blob_endpoint="https://store.blob.core.windows.net",
+            auth="entra_id",
+            account_key=None,
+        ),
+    )
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        with pytest.raises(CredentialError) as raised:
+            await check_credentials(clients, settings)
+        assert clients.requests.total(BATCH) == 0  # the token was refused before anything was sent
+    assert "az login" in str(raised.value) and "'topnlocal'" in str(raised.value)
+    assert identity.scopes and identity.scopes[0][0].startswith("https://batch.core.windows.net")
+    assert identity.closed  # the stack closed the credential
