@@ -18,9 +18,10 @@ from aiohttp import web
 
 from emulator.auth import decode_account_key
 from emulator.faults import FaultInjector, FaultSettings
+from emulator.rest import Limits, Services
 from emulator.runner import Runner, write_python_wrappers
 from emulator.scheduler import Scheduler
-from emulator.server import Limits, Services, build_app
+from emulator.server import build_app
 from emulator.state import Account
 
 # Documented local defaults (the same as orchestrator.local). Not secrets: they open a loopback emulator only.
