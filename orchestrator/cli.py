@@ -154,12 +154,17 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
     # Imported here so `topn local` and `--help` stay quick and independent of the run machinery.
     from orchestrator import naming
     from orchestrator.inputs import discover_inputs
+    from orchestrator.results import claim_results_folder
 
     if not args.paths:
         raise UsageError("give at least one file or folder to process, e.g. `topn run examples/texts`")
     inputs = discover_inputs(args.paths)  # InputError (exit 2) before anything is started
     run_id = naming.new_run_id()
     out_dir = args.out if args.out is not None else Path("results") / run_id
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        # Refuse an occupied results folder now, before services start; for such a folder the
+        # pipeline's own check only raises (it writes nothing), so its message is reused here.
+        claim_results_folder(out_dir, run_id)
     show_progress = log_format == "console" and sys.stderr.isatty()
     progress: RichProgress | NullProgress = RichProgress() if show_progress else NullProgress()
 

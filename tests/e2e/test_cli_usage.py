@@ -118,6 +118,16 @@ def test_an_empty_folder_is_refused(tmp_path: Path) -> None:
     assert [path.name for path in tmp_path.iterdir()] == ["empty"]
 
 
+def test_an_occupied_results_folder_is_refused_before_services_start(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("someone's file", encoding="utf-8")
+    done = topn(tmp_path, "run", str(texts_folder(tmp_path)), "--out", "out")
+    assert done.returncode == 2
+    assert "not empty" in failure_message(done.stderr)
+    assert [event["event"] for event in events(done.stderr)] == ["command.failed"]  # nothing started
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
 def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
     done = topn(tmp_path, "run", "x", "--top", "0")
     assert done.returncode == 2 and "--top" in done.stderr
