@@ -21,7 +21,7 @@ MAX_RUN_CHARS = 1 << 20
 # Distinct raw tokens held before they are folded into words, so junk input cannot grow them forever.
 RAW_TOKEN_LIMIT = 1 << 20
 # Below this many bytes per process, starting another process costs more than it saves.
-PARALLEL_MIN_BYTES_PER_WORKER = 8 << 20
+PARALLEL_MIN_BYTES_PER_WORKER = 16 << 20
 
 _ASCII_WHITESPACE_RE = re.compile(rb"[\t\n\x0b\x0c\r\x1c-\x1f ]")
 # Bytes of a UTF-8 sequence that may still be incomplete at the end of a block.
