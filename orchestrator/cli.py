@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_format: Literal["json", "console"] = args.log_format or default_log_format(sys.stderr)
     # Events follow sys.stderr at write time, so a live progress bar can route them above itself.
-    configure_events(log_format, CurrentStderr(), args.log_level)  # type: ignore[arg-type]
+    configure_events(log_format, CurrentStderr(), args.log_level)
     try:
         settings = _load(args, os.environ)
         if args.command == "run":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, MutableMapping
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, Protocol, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -22,6 +22,14 @@ _SAS_SIGNATURE = re.compile(r"(sig=)[A-Za-z0-9%+/=_\-]+", re.IGNORECASE)
 REDACTED = "REDACTED"
 
 _secrets: set[str] = set()
+
+
+class TextSink(Protocol):
+    """Where event lines go: any text stream (sys.stderr, a StringIO, a stream that follows sys.stderr)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
@@ -75,7 +83,7 @@ def _quiet_sdk_loggers() -> None:
         sdk_logger.setLevel(logging.CRITICAL)
 
 
-def configure_events(log_format: Literal["json", "console"], stream: TextIO, level: str = "info") -> None:
+def configure_events(log_format: Literal["json", "console"], stream: TextSink, level: str = "info") -> None:
     """Configure structlog for this process; later calls replace the earlier configuration."""
     level = level.lower()
     if level not in LEVELS:
@@ -98,7 +106,8 @@ def configure_events(log_format: Literal["json", "console"], stream: TextIO, lev
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        # structlog's WriteLogger only calls write() and flush(), which every TextSink has.
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, stream)),
         context_class=dict,
         # Not cached: tests and the CLI reconfigure, and module-level loggers must follow.
         cache_logger_on_first_use=False,
@@ -106,14 +115,14 @@ def configure_events(log_format: Literal["json", "console"], stream: TextIO, lev
     _quiet_sdk_loggers()
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def _is_terminal(stream: TextSink) -> bool:
     try:
-        return stream.isatty()
+        return bool(stream.isatty())  # type: ignore[attr-defined]
     except (AttributeError, ValueError):
         return False
 
 
-def default_log_format(stream: TextIO) -> Literal["json", "console"]:
+def default_log_format(stream: TextSink) -> Literal["json", "console"]:
     """JSON lines unless `stream` is a terminal (DESIGN §4)."""
     return "console" if _is_terminal(stream) else "json"
 
