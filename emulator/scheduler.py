@@ -35,7 +35,7 @@ def pick_next(account: Account) -> tuple[Task, Node] | None:
     for pool in account.pools.values():
         if pool.state != PoolState.ACTIVE or not _has_free_slot(pool):
             continue
-        for job in runnable_jobs(account.jobs_for_pool(pool.id)):
+        for job in runnable_jobs(account.active_jobs_for_pool(pool.id)):
             if 0 <= job.max_parallel_tasks <= job.counts.running:
                 continue
             task = job.next_ready()

@@ -7,7 +7,7 @@ state change and wakes the scheduler. Nothing here blocks: process work lives in
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ class Account:
         # Cancel hooks of running attempts (tasks) and start tasks (nodes), set by the runner.
         self.task_stoppers: dict[Task, StopAttempt] = {}
         self.node_stoppers: dict[Node, StopAttempt] = {}
+        # Active jobs by lowercased pool id (dicts as ordered sets), maintained by _reindex.
+        self._active_jobs: dict[str, dict[Job, None]] = {}
+        self._indexed_pool: dict[Job, str] = {}
         self.tasks_added = 0
         self.tasks_completed = 0
         self.tasks_running = 0
@@ -133,11 +136,19 @@ class Account:
             raise ServiceError(404, "JobNotFound", "The specified job does not exist.")
         return job
 
-    def jobs_for_pool(self, pool_id: str) -> Iterator[Job]:
-        lowered = pool_id.lower()
-        for job in self.jobs.values():
-            if (job.pool_id or "").lower() == lowered:
-                yield job
+    def active_jobs_for_pool(self, pool_id: str) -> Iterable[Job]:
+        """Active jobs bound to a pool, from an index, so dispatch cost does not grow with old jobs."""
+        return self._active_jobs.get(pool_id.lower(), {}).keys()
+
+    def _reindex(self, job: Job) -> None:
+        """Keep the active-jobs index in step with a job's state and pool (call after every change)."""
+        previous = self._indexed_pool.pop(job, None)
+        if previous is not None:
+            self._active_jobs[previous].pop(job, None)
+        if job.state == JobState.ACTIVE and job.pool_id and self.jobs.get(job.id.lower()) is job:
+            key = job.pool_id.lower()
+            self._active_jobs.setdefault(key, {})[job] = None
+            self._indexed_pool[job] = key
 
     def add_job(self, spec: dict[str, Any]) -> Job:
         job_id = str(spec["id"])
@@ -146,6 +157,7 @@ class Account:
         now = utc_now()
         job = Job(job_id, spec, self.next_sequence(), now, last_modified=now, state_time=now)
         self.jobs[job_id.lower()] = job
+        self._reindex(job)
         log.info("job.created", job_id=job_id, pool_id=job.pool_id)
         self.check_job_completion(job)
         self.notify()
@@ -170,6 +182,7 @@ class Account:
         else:
             job.spec = {**job.spec, **changes}
         job.touch(utc_now())
+        self._reindex(job)
         log.info("job.updated", job_id=job.id, properties=sorted(changes))
         self.check_job_completion(job)
         self.notify()
@@ -179,6 +192,7 @@ class Account:
         self.require_job_open(job)
         now = utc_now()
         job.set_state(JobState.TERMINATING, now)
+        self._reindex(job)
         for task in [
             task for task in job.tasks_in_order if task.state in (TaskState.RUNNING, TaskState.PREPARING)
         ]:
@@ -192,6 +206,7 @@ class Account:
         if job.state == JobState.DELETING:
             raise ServiceError(409, "JobBeingDeleted", "The specified job has been marked for deletion.")
         job.set_state(JobState.DELETING, utc_now())
+        self._reindex(job)
         for task in job.tasks_in_order:
             if task.state in (TaskState.RUNNING, TaskState.PREPARING):
                 self._release_node(task)
@@ -204,6 +219,7 @@ class Account:
     def forget_job(self, job: Job) -> None:
         if self.jobs.get(job.id.lower()) is job:
             del self.jobs[job.id.lower()]
+            self._reindex(job)
             log.info("job.deleted", job_id=job.id, tasks=len(job.tasks))
 
     def check_job_completion(self, job: Job) -> None:

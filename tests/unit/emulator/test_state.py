@@ -276,3 +276,18 @@ def test_counts_always_match_a_recount(
         used = sum(node.used_slots for node in account.pools["p"].nodes.values())
         assert used == sum(1 for t in tasks if t.state == TaskState.RUNNING)
     assert account.tasks_running == sum(1 for t in tasks if t.state == TaskState.RUNNING)
+
+
+def test_active_job_index_follows_state_and_pool(tmp_path: Path) -> None:
+    account = Account("acct", tmp_path)
+    first = add_job(account, "first")
+    second = add_job(account, "second")
+    assert list(account.active_jobs_for_pool("P")) == [first, second]
+    account.update_job(second, {"poolInfo": {"poolId": "other"}}, replace=False)
+    assert list(account.active_jobs_for_pool("p")) == [first]
+    assert list(account.active_jobs_for_pool("other")) == [second]
+    account.terminate_job(first, "UserTerminate")
+    assert list(account.active_jobs_for_pool("p")) == []
+    account.begin_delete_job(second)
+    account.forget_job(second)
+    assert list(account.active_jobs_for_pool("other")) == []
