@@ -144,7 +144,8 @@ async def _find_serving(settings: Settings, name: str) -> str | None:
     if endpoint_port(configured) != 0:
         return configured if await is_serving(configured) else None
     recorded = read_recorded(settings).get(name)
-    if recorded is not None and await is_serving(recorded.endpoint):
+    # The recorded process must still be ours: after a reboot its port may belong to something else.
+    if recorded is not None and _is_our_process(recorded) and await is_serving(recorded.endpoint):
         return with_port(configured, recorded.endpoint)
     return None
 
