@@ -207,13 +207,11 @@ class Account:
             raise ServiceError(409, "JobBeingDeleted", "The specified job has been marked for deletion.")
         job.set_state(JobState.DELETING, utc_now())
         self._reindex(job)
-        for task in job.tasks_in_order:
-            if task.state in (TaskState.RUNNING, TaskState.PREPARING):
-                self._release_node(task)
-                stop = self.task_stoppers.pop(task, None)
-                if stop is not None:
-                    stop()
-                self.tasks_running -= 1
+        # Running tasks are killed; they end like a terminated task until the job disappears.
+        for task in [
+            task for task in job.tasks_in_order if task.state in (TaskState.RUNNING, TaskState.PREPARING)
+        ]:
+            self._end_by_user(task)
         log.info("job.deleting", job_id=job.id)
 
     def forget_job(self, job: Job) -> None:

@@ -291,3 +291,21 @@ def test_active_job_index_follows_state_and_pool(tmp_path: Path) -> None:
     account.begin_delete_job(second)
     account.forget_job(second)
     assert list(account.active_jobs_for_pool("other")) == []
+
+
+def test_deleting_a_job_stops_its_running_tasks_and_keeps_counters_right(tmp_path: Path) -> None:
+    account = account_with_nodes(tmp_path)
+    job = add_job(account)
+    running, waiting = add_tasks(account, job, 2)
+    node = account.pools["p"].nodes["n0"]
+    attempt = account.assign(running, node)
+    stopped: list[str] = []
+    account.task_stoppers[running] = lambda: stopped.append(running.id)
+    account.begin_delete_job(job)
+    assert stopped == ["t000"]
+    assert (node.used_slots, node.state, account.tasks_running) == (0, NodeState.IDLE, 0)
+    account.finish_attempt(running, attempt, outcome_of_exit(0))  # a late report changes nothing
+    assert running.state == TaskState.COMPLETED and running.result == TaskResult.FAILURE
+    assert waiting.state == TaskState.ACTIVE and pick_next(account) is None
+    account.forget_job(job)
+    assert "j" not in account.jobs
