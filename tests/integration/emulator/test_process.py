@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -9,6 +10,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
 from azure.batch import models
@@ -177,3 +179,38 @@ async def test_tasks_run_concurrently_across_every_free_slot(
         nodes = {task.node_info.node_id async for task in client.list_tasks("j")}
     assert counts.succeeded == 4
     assert len(nodes) == 2
+
+
+async def test_events_cover_every_request_and_task_state_change(start_emulator: StartEmulator) -> None:
+    emulator = await start_emulator()
+    async with batch_client(emulator) as client:
+        await client.create_pool(pool_options("p"))
+        await client.create_job(
+            models.BatchJobCreateOptions(id="j", pool_info=models.BatchPoolInfo(pool_id="p"))
+        )
+        await client.create_tasks(
+            "j", [models.BatchTaskCreateOptions(id="t", command_line="/bin/sh -c 'exit 3'")]
+        )
+        await wait_job_done(client, "j", 1)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{emulator.endpoint}/_emulator/stats") as response,
+        ):
+            stats = await response.json(content_type=None)
+    log_text = await anyio.Path(emulator.log_dir / "emulator.stderr.log").read_text()
+    events = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    requests = [event for event in events if event["event"] == "request.completed"]
+    by_operation: dict[str, int] = {}
+    for event in requests:
+        assert {"operation", "status", "duration_s", "method", "path", "timestamp", "level"} <= event.keys()
+        by_operation[event["operation"]] = by_operation.get(event["operation"], 0) + 1
+    assert by_operation == stats["requests"]
+    assert sum(by_operation.values()) == stats["requests_total"]
+    changes = [
+        (event["from_state"], event["to_state"])
+        for event in events
+        if event["event"] == "task.state_changed" and event["task_id"] == "t"
+    ]
+    assert changes == [("active", "running"), ("running", "completed")]
+    final = [event for event in events if event["event"] == "task.state_changed"][-1]
+    assert (final["exit_code"], final["result"], final["failure_code"]) == (3, "failure", "FailureExitCode")
