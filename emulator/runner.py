@@ -334,32 +334,34 @@ class Runner:
             )
         for node in nodes:
             self.account.set_node_state(node, NodeState.STARTING)
+        start_task = pool.spec.get("startTask")
+        wait = bool(start_task and start_task.get("waitForSuccess", False))
+        for node in nodes:
+            # Every node leaves `starting` before the pool reports `steady`, as on the service.
+            if start_task:
+                node.start_task_info = StartTaskInfo(start_time=utc_now())
+            self.account.set_node_state(node, NodeState.WAITING_FOR_START_TASK if wait else NodeState.IDLE)
         async with anyio.create_task_group() as group:
-            for node in nodes:
-                group.start_soon(self._bring_up, pool, node)
+            if start_task:
+                for node in nodes:
+                    group.start_soon(self._bring_up, node, start_task, wait)
             now = utc_now()
             pool.allocation_state, pool.allocation_state_time = AllocationState.STEADY, now
             pool.touch(now)
             log.info("pool.resized", pool_id=pool.id, nodes=len(nodes))
 
-    async def _bring_up(self, pool: Pool, node: Node) -> None:
+    async def _bring_up(self, node: Node, start_task: Mapping[str, Any], wait: bool) -> None:
         try:
-            await self._bring_up_node(pool, node)
+            await self._bring_up_node(node, start_task, wait)
         except Exception:
-            log.exception("node.start_crashed", pool_id=pool.id, node_id=node.id)
+            log.exception("node.start_crashed", pool_id=node.pool_id, node_id=node.id)
             if node.start_task_info is not None:
                 node.start_task_info.state, node.start_task_info.failure = "completed", EMULATOR_FAILURE
                 node.start_task_info.result = TaskResult.FAILURE
             self.account.set_node_state(node, NodeState.START_TASK_FAILED)
 
-    async def _bring_up_node(self, pool: Pool, node: Node) -> None:
-        start_task = pool.spec.get("startTask")
-        if not start_task:
-            self.account.set_node_state(node, NodeState.IDLE)
-            return
-        wait = bool(start_task.get("waitForSuccess", False))
-        node.start_task_info = StartTaskInfo(start_time=utc_now())
-        self.account.set_node_state(node, NodeState.WAITING_FOR_START_TASK if wait else NodeState.IDLE)
+    async def _bring_up_node(self, node: Node, start_task: Mapping[str, Any], wait: bool) -> None:
+        """Run the start task; with `waitForSuccess` its result decides idle or starttaskfailed."""
         with anyio.CancelScope() as scope:
             self.account.node_stoppers[node] = scope.cancel
             succeeded = await self._run_start_task(node, start_task)
