@@ -16,6 +16,7 @@ from emulator.model import NodeState, Task
 from emulator.odata import dict_getter
 from emulator.render import TASK_FILTER_FIELDS, job_json, node_json, pool_json, task_getter, task_json
 from emulator.rest import (
+    REQUEST_ID,
     apply_select,
     base_url,
     created,
@@ -204,7 +205,7 @@ def _task_result(request: web.Request, task: Task) -> dict[str, Any]:
 
 
 def _task_error(request: web.Request, task_id: object, error: ServiceError) -> dict[str, Any]:
-    body = error_body(base_url(request), error.code, error.message, "addtaskcollection", error.values)
+    body = error_body(base_url(request), error.code, error.message, request[REQUEST_ID], error.values)
     body.pop("odata.metadata", None)
     result: dict[str, Any] = {"status": "clienterror", "error": body}
     if isinstance(task_id, str):

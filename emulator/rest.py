@@ -61,6 +61,7 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+REQUEST_ID = web.RequestKey("request_id", str)
 OPERATIONS: dict[Handler, str] = {}
 ROUTES: list[tuple[str, str, Handler]] = []
 

@@ -14,6 +14,7 @@ from emulator import handlers  # noqa: F401 (importing it registers every route)
 from emulator.auth import verify_shared_key
 from emulator.rest import (
     OPERATIONS,
+    REQUEST_ID,
     ROUTES,
     SERVICES,
     STATS_PATH,
@@ -45,6 +46,7 @@ async def service_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Auth, faults, error mapping, request counting and one event per request."""
     started = time.perf_counter()
     request_id = str(uuid.uuid4())
+    request[REQUEST_ID] = request_id
     svc = services(request)
     route_info = request.match_info.route
     operation = (
