@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import zlib
 from collections.abc import Mapping, Sequence
@@ -196,7 +197,7 @@ class Runner:
                         argv,
                         cwd=working_dir,
                         env=env,
-                        stdin=None,
+                        stdin=subprocess.DEVNULL,  # a node task has no terminal to read from
                         stdout=stdout,
                         stderr=stderr,
                         start_new_session=True,

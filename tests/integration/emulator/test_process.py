@@ -214,3 +214,24 @@ async def test_events_cover_every_request_and_task_state_change(start_emulator: 
     assert changes == [("active", "running"), ("running", "completed")]
     final = [event for event in events if event["event"] == "task.state_changed"][-1]
     assert (final["exit_code"], final["result"], final["failure_code"]) == (3, "failure", "FailureExitCode")
+
+
+async def test_tasks_read_no_stdin(batch_emulator: BatchEndpoint) -> None:
+    """A node task has no terminal: reading stdin ends at once instead of stealing the parent's input."""
+    job_id = f"stdin-{uuid.uuid4().hex[:6]}"
+    pool_id = f"pool-{job_id}"
+    async with batch_client(batch_emulator) as client:
+        await client.create_pool(pool_options(pool_id))
+        await client.create_job(
+            models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id))
+        )
+        await client.create_task(
+            job_id,
+            models.BatchTaskCreateOptions(id="reader", command_line="/bin/sh -c 'cat; echo read-done'"),
+        )
+        await wait_job_done(client, job_id, 1)
+        printed = b"".join(
+            [chunk async for chunk in await client.download_task_file(job_id, "reader", "stdout.txt")]
+        )
+        await (await client.begin_delete_pool(pool_id, polling_interval=0.1)).result()
+    assert printed == b"read-done\n"
