@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import uuid
 from datetime import timedelta
@@ -216,22 +217,44 @@ async def test_events_cover_every_request_and_task_state_change(start_emulator: 
     assert (final["exit_code"], final["result"], final["failure_code"]) == (3, "failure", "FailureExitCode")
 
 
-async def test_tasks_read_no_stdin(batch_emulator: BatchEndpoint) -> None:
-    """A node task has no terminal: reading stdin ends at once instead of stealing the parent's input."""
-    job_id = f"stdin-{uuid.uuid4().hex[:6]}"
-    pool_id = f"pool-{job_id}"
-    async with batch_client(batch_emulator) as client:
-        await client.create_pool(pool_options(pool_id))
-        await client.create_job(
-            models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id))
+async def test_tasks_read_no_stdin(tmp_path: Path) -> None:
+    """A node task has no terminal: reading stdin ends at once, even when the emulator's stdin stays open."""
+    command = local.emulator_command(tmp_path / "nodes")
+    async with await anyio.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        announced = b""
+        with anyio.fail_after(30):
+            while not announced.endswith(b"\n"):
+                announced += await process.stdout.receive(1)
+        endpoint = json.loads(announced)["endpoint"]
+        emulator = BatchEndpoint(
+            endpoint,
+            local.EMULATOR_ACCOUNT_NAME,
+            local.EMULATOR_ACCOUNT_KEY,
+            tmp_path / "nodes",
+            tmp_path,
+            process.pid,
         )
-        await client.create_task(
-            job_id,
-            models.BatchTaskCreateOptions(id="reader", command_line="/bin/sh -c 'cat; echo read-done'"),
-        )
-        await wait_job_done(client, job_id, 1)
-        printed = b"".join(
-            [chunk async for chunk in await client.download_task_file(job_id, "reader", "stdout.txt")]
-        )
-        await (await client.begin_delete_pool(pool_id, polling_interval=0.1)).result()
+        try:
+            async with batch_client(emulator) as client:
+                await client.create_pool(pool_options("p"))
+                await client.create_job(
+                    models.BatchJobCreateOptions(id="j", pool_info=models.BatchPoolInfo(pool_id="p"))
+                )
+                reader = models.BatchTaskCreateOptions(
+                    id="reader",
+                    command_line="/bin/sh -c 'cat; echo read-done'",
+                    # A bound, so an inherited open stdin fails the test instead of hanging it.
+                    constraints=models.BatchTaskConstraints(max_wall_clock_time=timedelta(seconds=10)),
+                )
+                await client.create_task("j", reader)
+                await wait_job_done(client, "j", 1)
+                task = await client.get_task("j", "reader")
+                printed = b"".join(
+                    [chunk async for chunk in await client.download_task_file("j", "reader", "stdout.txt")]
+                )
+        finally:
+            process.terminate()
+            await process.wait()
+    assert task.execution_info.exit_code == 0
     assert printed == b"read-done\n"
