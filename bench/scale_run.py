@@ -1,0 +1,227 @@
+"""Scale figure (issue 4, point 9): N small generated files, run by topn and the seed tutorial's way.
+
+Both runs use the same freshly started Azurite and Batch emulator, each with its own pool of the
+same shape. Printed side by side: wall time and Batch requests per operation (from the emulator's
+GET /_emulator/stats), and their ratios (seed / topn). Nothing is asserted: benchmarks report.
+
+    .venv/bin/python -m bench.scale_run --files 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bench.seed_baseline import SeedEndpoints, run_seed_baseline
+from orchestrator import local
+from orchestrator.pipeline import build_node_script
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCABULARY = (
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "that",
+    "for",
+    "it",
+    "with",
+    "as",
+    "his",
+    "on",
+    "be",
+    "at",
+    "by",
+    "had",
+    "are",
+    "but",
+    "from",
+    "or",
+    "have",
+    "an",
+    "they",
+    "which",
+    "one",
+    "you",
+    "were",
+    "her",
+    "all",
+    "she",
+    "there",
+    "would",
+    "their",
+    "we",
+    "him",
+    "been",
+    "has",
+    "when",
+    "who",
+    "will",
+    "more",
+    "no",
+    "if",
+    "out",
+    "so",
+    "said",
+    "what",
+    "up",
+    "its",
+    "about",
+    "into",
+    "than",
+    "them",
+    "can",
+    "only",
+    "other",
+    "new",
+    "some",
+    "could",
+    "time",
+    "these",
+    "two",
+    "may",
+    "then",
+    "do",
+    "first",
+    "any",
+    "my",
+    "now",
+    "such",
+    "like",
+)
+
+
+def generate_files(folder: Path, count: int, seed: int = 4) -> None:
+    """`count` small text files (30-120 words) in 10 sub-folders, deterministic for a seed."""
+    chooser = random.Random(seed)
+    for number in range(count):
+        path = folder / f"part{number % 10}" / f"doc{number:05d}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        words = chooser.choices(VOCABULARY, k=chooser.randint(30, 120))
+        path.write_text(" ".join(words) + "\n", encoding="utf-8")
+
+
+def emulator_stats(endpoint: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{endpoint}/_emulator/stats", timeout=10) as response:  # noqa: S310 - loopback
+        stats: dict[str, Any] = json.loads(response.read())
+        return stats
+
+
+def requests_between(before: dict[str, Any], after: dict[str, Any]) -> Counter[str]:
+    delta = Counter(after["requests"])
+    delta.subtract(before["requests"])
+    return Counter({operation: count for operation, count in delta.items() if count})
+
+
+def run_topn(
+    files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path
+) -> tuple[float, dict[str, Any]]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
+    env.update(
+        {
+            "TOPN_BATCH_ENDPOINT": batch,
+            "TOPN_STORAGE_BLOB_ENDPOINT": blob,
+            "TOPN_LOCAL_STATE_DIR": str(state_dir),
+            "TOPN_POOL_ID": "topn-scale",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(files_dir), "--out", str(out_dir), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=3600,
+    )
+    wall = time.monotonic() - started
+    if completed.returncode != 0:
+        raise SystemExit(f"topn run failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    summary: dict[str, Any] = json.loads(completed.stdout)
+    return wall, summary
+
+
+def print_report(
+    count: int, topn_wall: float, topn_requests: Counter[str], seed_wall: float, seed_requests: Counter[str]
+) -> None:
+    print(f"\n{count} files, same Azurite + emulator, pools of 2 nodes x 2 slots")
+    print(f"{'':28}{'topn':>10}{'seed way':>12}{'seed/topn':>12}")
+    print(f"{'wall time (s)':28}{topn_wall:>10.1f}{seed_wall:>12.1f}{seed_wall / topn_wall:>12.1f}")
+    total_topn, total_seed = sum(topn_requests.values()), sum(seed_requests.values())
+    ratio_total = total_seed / max(1, total_topn)
+    print(f"{'Batch requests (total)':28}{total_topn:>10}{total_seed:>12}{ratio_total:>12.1f}")
+    for operation in sorted(set(topn_requests) | set(seed_requests)):
+        ours, theirs = topn_requests.get(operation, 0), seed_requests.get(operation, 0)
+        ratio = f"{theirs / ours:.1f}" if ours else "-"
+        print(f"  {operation:26}{ours:>10}{theirs:>12}{ratio:>12}")
+
+
+async def measure(count: int, skip_seed: bool, base: Path) -> None:
+    """Start the services, run topn (as a CLI subprocess), then the seed way, and report."""
+    generate_files(base / "texts", count)
+    azurite = await local.start_azurite(base / "azurite", base / "logs")
+    try:
+        emulator = await local.start_emulator(base / "emulator", base / "logs")
+        try:
+            await compare(count, skip_seed, base, azurite.endpoint, emulator.endpoint)
+        finally:
+            await local.stop_service(emulator)
+    finally:
+        await local.stop_service(azurite)
+
+
+async def compare(count: int, skip_seed: bool, base: Path, blob_endpoint: str, batch_endpoint: str) -> None:
+    before = await anyio.to_thread.run_sync(emulator_stats, batch_endpoint)
+    topn_wall, summary = await anyio.to_thread.run_sync(
+        run_topn, base / "texts", base / "topn-out", batch_endpoint, blob_endpoint, base / "state"
+    )
+    middle = await anyio.to_thread.run_sync(emulator_stats, batch_endpoint)
+    topn_requests = requests_between(before, middle)
+    totals = summary["totals"]
+    print(f"topn: {totals['succeeded']}/{count} files in {topn_wall:.1f} s (stages {totals['stages_s']})")
+    if skip_seed:
+        print(json.dumps(dict(topn_requests), indent=1))
+        return
+    endpoints = SeedEndpoints(
+        batch_endpoint,
+        local.EMULATOR_ACCOUNT_NAME,
+        local.EMULATOR_ACCOUNT_KEY,
+        blob_endpoint,
+        local.AZURITE_ACCOUNT_NAME,
+        local.AZURITE_ACCOUNT_KEY,
+    )
+    files = sorted((base / "texts").rglob("*.txt"))
+    node_script = await anyio.to_thread.run_sync(build_node_script)
+    seed = await run_seed_baseline(endpoints, files, node_script, base / "seed-out", pool_id="seed-scale")
+    seed_requests = requests_between(middle, await anyio.to_thread.run_sync(emulator_stats, batch_endpoint))
+    print(f"seed way: {seed.succeeded}/{seed.tasks} tasks succeeded, {seed.outputs_downloaded} outputs")
+    print_report(count, topn_wall, topn_requests, seed.wall_s, seed_requests)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--skip-seed", action="store_true", help="only the topn run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="topn-scale-") as folder:
+        anyio.run(measure, args.files, args.skip_seed, Path(folder))
+
+
+if __name__ == "__main__":
+    main()
