@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -130,24 +129,7 @@ def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]
     return problems
 
 
-def use_pidfd_child_watcher() -> None:
-    """Python 3.11's default child watcher starts a thread per subprocess; pidfds need none.
-
-    (3.12 picks the pidfd watcher by itself.) Spawning is the emulator's hot path, so this matters.
-    """
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:
-        return  # kernel without pidfd support: keep the default watcher
-    watcher = asyncio.PidfdChildWatcher()
-    asyncio.set_child_watcher(watcher)
-    watcher.attach_loop(asyncio.get_running_loop())
-
-
 async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> None:
-    use_pidfd_child_watcher()
     root: Path = args.root
     python_bin = root / ".python-bin"
     account = Account(args.account_name, root)

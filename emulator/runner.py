@@ -157,6 +157,8 @@ class Runner:
         self.account_url = account_url
         self.python_bin_dir = python_bin_dir
         self.process_limiter = anyio.CapacityLimiter(max_processes)
+        # Threads that may be inside fork/exec at once; more than the cores only adds contention.
+        self.spawn_limiter = anyio.CapacityLimiter(max(2, min(max_processes, os.cpu_count() or 2)))
         self.preemptions = 0
 
     def context(self, node: Node) -> NodeContext:
@@ -191,25 +193,21 @@ class Runner:
                 None, launch_failure=_launch_failure("CommandLaunchFailed", "the command line is empty")
             )
         async with self.process_limiter:
-            with (log_dir / "stdout.txt").open("wb") as stdout, (log_dir / "stderr.txt").open("wb") as stderr:
+            # Spawning runs in a worker thread: fork/exec releases the GIL, so the event loop keeps
+            # serving requests meanwhile. Shielded, so a process that did start is always waited for.
+            with anyio.CancelScope(shield=True):
                 try:
-                    process = await anyio.open_process(
-                        argv,
-                        cwd=working_dir,
-                        env=env,
-                        stdin=subprocess.DEVNULL,  # a node task has no terminal to read from
-                        stdout=stdout,
-                        stderr=stderr,
-                        start_new_session=True,
+                    process = await anyio.to_thread.run_sync(
+                        _spawn, argv, working_dir, env, log_dir, limiter=self.spawn_limiter
                     )
                 except FileNotFoundError:
-                    stderr.write(f"emulator: program not found: {argv[0]}\n".encode())
+                    _append(log_dir / "stderr.txt", f"emulator: program not found: {argv[0]}\n")
                     return ProcessResult(
                         None,
                         launch_failure=_launch_failure("CommandProgramNotFound", f"{argv[0]} was not found"),
                     )
                 except OSError as exc:
-                    stderr.write(f"emulator: cannot start {argv[0]}: {exc.strerror}\n".encode())
+                    _append(log_dir / "stderr.txt", f"emulator: cannot start {argv[0]}: {exc.strerror}\n")
                     return ProcessResult(
                         None,
                         launch_failure=_launch_failure("CommandLaunchFailed", f"{argv[0]}: {exc.strerror}"),
@@ -219,18 +217,18 @@ class Runner:
                     _kill_group(process.pid)
                 remaining = deadline - anyio.current_time()
                 with anyio.move_on_after(max(remaining, 0.0)) as timer:
-                    await process.wait()
+                    await _wait_for_exit(process)
                 if timer.cancelled_caught:
                     _kill_group(process.pid)
                     with anyio.CancelScope(shield=True):
-                        await process.wait()
+                        await _wait_for_exit(process)
                     return ProcessResult(KILLED_EXIT_CODE, timed_out=True)
             finally:
                 if process.returncode is None:
                     # Cancelled from outside (terminate, requeue, shutdown): never leave the process behind.
                     _kill_group(process.pid)
                     with anyio.CancelScope(shield=True):
-                        await process.wait()
+                        await _wait_for_exit(process)
             returncode = process.returncode
             assert returncode is not None
             return ProcessResult(returncode if returncode >= 0 else 128 - returncode)
@@ -462,6 +460,42 @@ EMULATOR_FAILURE = FailureInfo("servererror", "Unknown", "The emulator could not
 
 def _launch_failure(code: str, detail: str) -> FailureInfo:
     return FailureInfo("usererror", code, f"The task command could not be started: {detail}")
+
+
+def _spawn(argv: list[str], working_dir: Path, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    """Start a task process (blocking; runs in a worker thread): no shell, no stdin, own session."""
+    with (log_dir / "stdout.txt").open("wb") as stdout, (log_dir / "stderr.txt").open("wb") as stderr:
+        return subprocess.Popen(
+            argv,
+            cwd=working_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,  # a node task has no terminal to read from
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # so the whole group (/bin/sh -c children too) can be killed
+        )
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a") as file:
+        file.write(text)
+
+
+async def _wait_for_exit(process: subprocess.Popen[bytes]) -> None:
+    """Wait without a thread: a pidfd becomes readable when the process exits (Linux 5.3+)."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        pidfd = None  # no pidfd support (or already reaped): fall back to polling
+    try:
+        while process.poll() is None:
+            if pidfd is not None:
+                await anyio.wait_readable(pidfd)
+            else:
+                await anyio.sleep(0.02)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _kill_group(pid: int) -> None:
