@@ -91,3 +91,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     except ValueError:
         raise ServiceError(416, "InvalidRange", f"The range {header!r} cannot be satisfied.") from None
     return start, min(end, size - 1)
+
+
+def read_range(path: Path, start: int, end: int) -> bytes:
+    """Bytes `start`..`end` inclusive (blocking; call it from a worker thread)."""
+    if end < start:
+        return b""
+    with path.open("rb") as file:
+        file.seek(start)
+        return file.read(end - start + 1)

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
+import anyio
 from aiohttp import web
 
 from emulator import files, validation
@@ -327,7 +328,9 @@ def _list_files(request: web.Request, root_and_url: tuple[Any, str]) -> web.Stre
     )
 
 
-def _file_response(request: web.Request, root_and_url: tuple[Any, str], head: bool) -> web.StreamResponse:
+async def _file_response(
+    request: web.Request, root_and_url: tuple[Any, str], head: bool
+) -> web.StreamResponse:
     root, url_prefix = root_and_url
     relative = request.match_info["file_path"]
     path = files.resolve_file(root, relative)
@@ -345,10 +348,9 @@ def _file_response(request: web.Request, root_and_url: tuple[Any, str], head: bo
         return web.Response(status=200, headers=headers)
     if entry.is_directory:
         raise ServiceError(404, "FileNotFound", "The path names a directory; list it instead.")
-    data = path.read_bytes()
-    byte_range = files.parse_range(request.headers.get("ocp-range"), len(data))
-    if byte_range is not None:
-        data = data[byte_range[0] : byte_range[1] + 1]
+    start, end = files.parse_range(request.headers.get("ocp-range"), entry.size) or (0, entry.size - 1)
+    # Reading happens off the event loop: a task's stdout can be large.
+    data = await anyio.to_thread.run_sync(files.read_range, path, start, end)
     # 200 even for a range: the SDK's download methods accept no other status.
     return web.Response(status=200, body=data, headers=headers)
 
@@ -360,12 +362,12 @@ async def list_task_files(request: web.Request) -> web.StreamResponse:
 
 @route("GET", "/jobs/{job_id}/tasks/{task_id}/files/{file_path:.+}", "get_task_file")
 async def get_task_file(request: web.Request) -> web.StreamResponse:
-    return _file_response(request, _task_root(request), head=False)
+    return await _file_response(request, _task_root(request), head=False)
 
 
 @route("HEAD", "/jobs/{job_id}/tasks/{task_id}/files/{file_path:.+}", "get_task_file_properties")
 async def get_task_file_properties(request: web.Request) -> web.StreamResponse:
-    return _file_response(request, _task_root(request), head=True)
+    return await _file_response(request, _task_root(request), head=True)
 
 
 @route("GET", "/pools/{pool_id}/nodes/{node_id}/files", "list_node_files")
@@ -375,9 +377,9 @@ async def list_node_files(request: web.Request) -> web.StreamResponse:
 
 @route("GET", "/pools/{pool_id}/nodes/{node_id}/files/{file_path:.+}", "get_node_file")
 async def get_node_file(request: web.Request) -> web.StreamResponse:
-    return _file_response(request, _node_root(request), head=False)
+    return await _file_response(request, _node_root(request), head=False)
 
 
 @route("HEAD", "/pools/{pool_id}/nodes/{node_id}/files/{file_path:.+}", "get_node_file_properties")
 async def get_node_file_properties(request: web.Request) -> web.StreamResponse:
-    return _file_response(request, _node_root(request), head=True)
+    return await _file_response(request, _node_root(request), head=True)

@@ -252,6 +252,8 @@ async def test_task_files_node_files_and_terminate(batch_emulator: BatchEndpoint
         assert await read_task_file("stdout.txt") == b"out-line\n"
         assert await read_task_file("stderr.txt") == b"err-line\n"
         assert await read_task_file("wd/result.txt") == b"data\n"
+        ranged = await client.download_task_file(job_id, "writer", "stdout.txt", ocp_range="bytes=4-7")
+        assert b"".join([chunk async for chunk in ranged]) == b"line"
         names = {entry.name async for entry in client.list_task_files(job_id, "writer", recursive=True)}
         assert {"stdout.txt", "stderr.txt", "wd", "wd/result.txt"} <= names
         properties = await client.get_task_file_properties(job_id, "writer", "stdout.txt")
