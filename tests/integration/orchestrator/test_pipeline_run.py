@@ -9,8 +9,13 @@ import zipapp
 from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import anyio
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
+from structlog.testing import capture_logs
 
 from orchestrator import naming
 from orchestrator.clients import open_clients
@@ -168,3 +173,99 @@ async def test_small_files_share_tasks_and_a_failing_file_does_not_sink_its_unit
     assert by_path["f03.txt"]["status"] == "succeeded"
     assert sum(entry["status"] == "succeeded" for entry in summary["files"]) == 9
     assert summary["top"][0] == ["common", 9]
+
+
+async def test_a_run_rides_out_throttling_and_server_errors(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    batch = await start_emulator(
+        ["--fault-seed", "11", "--fault-503", "0.15", "--fault-429", "0.1", "--fault-retry-after-s", "0.2"]
+    )
+    texts = {f"d{number}/same.txt": f"alpha beta{number % 2} beta{number % 2}" for number in range(6)}
+    for relpath, text in texts.items():
+        (tmp_path / "in" / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / relpath).write_text(text, encoding="utf-8")
+    settings = settings_for(batch, azurite, tmp_path / "state", TOPN_POOL_ID="faulty-pool")
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        summary = await run_pipeline(
+            settings,
+            discover_inputs([tmp_path / "in"]),
+            clients,
+            tmp_path / "out",
+            node_script=stand_in_node(),
+        )
+    stats = await emulator_stats(batch)
+    assert stats["faults_injected"]["503"] + stats["faults_injected"]["429"] > 0
+    assert summary["state"] == "SUCCEEDED"
+    assert summary["top"] == [["alpha", 6], ["beta0", 6], ["beta1", 6]]  # ties: first seen first
+
+
+async def emulator_stats(batch: BatchEndpoint) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{batch.endpoint}/_emulator/stats") as response,
+    ):
+        stats: dict[str, Any] = await response.json()
+        return stats
+
+
+class RunningSignal:
+    """A progress sink that tells the test when the run is watching its tasks."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage == "running":
+            self.event.set()
+
+
+async def test_a_cancelled_run_cleans_up_and_says_so(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    batch = await start_emulator()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "slow.txt").write_text("SLEEP-THIS-FILE", encoding="utf-8")
+    settings = settings_for(batch, azurite, tmp_path / "state", TOPN_POOL_ID="cancel-pool")
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        journal = await Journal.open(tmp_path / "state" / "journal.sqlite3")
+        stack.push_async_callback(journal.close)
+        with capture_logs() as logs, anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                running = RunningSignal()
+                group.start_soon(
+                    lambda: run_pipeline(
+                        settings,
+                        discover_inputs([tmp_path / "in"]),
+                        clients,
+                        tmp_path / "out",
+                        journal=journal,
+                        progress=running,
+                        node_script=stand_in_node(),
+                    )
+                )
+                with anyio.fail_after(60):
+                    await running.event.wait()
+                scope.cancel()
+        assert scope.cancelled_caught
+        record = await journal.load_run((await journal.list_runs())[0].run_id)
+        assert record is not None and record.state == "CANCELLED"
+        job_id = naming.job_id(record.run_id)
+        assert await job_state(clients, job_id) in {"gone", "deleting"}
+    names = [entry["event"] for entry in logs]
+    assert names[-1] == "run.failed"
+    assert [entry["to_state"] for entry in logs if entry["event"] == "run.state_changed"][-2:] == [
+        "CLEANING",
+        "CANCELLED",
+    ]
+
+
+async def job_state(clients: Any, job_id: str) -> str:
+    """The job's state, or "gone" once the service no longer knows it."""
+    try:
+        job = await clients.batch.get_job(job_id)
+    except ResourceNotFoundError:
+        return "gone"
+    return str(getattr(job.state, "value", job.state))

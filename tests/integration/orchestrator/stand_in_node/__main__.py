@@ -9,6 +9,7 @@ import gzip
 import json
 import re
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def main() -> int:
         args.filepath, args.output_name, args.counts_name, strict=True
     ):
         text = Path(filepath).read_text(encoding="utf-8", errors="replace")
+        if "SLEEP-THIS-FILE" in text:
+            time.sleep(600)  # a task still running when the run is cancelled
         if "FAIL-THIS-FILE" in text:
             print(f"stand-in node: asked to fail on {filepath}", file=sys.stderr)
             status = 4
