@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
 from collections.abc import Iterable
@@ -53,11 +54,11 @@ async def create_pool(request: web.Request) -> web.StreamResponse:
 
 @route("GET", "/pools", "list_pools")
 async def list_pools(request: web.Request) -> web.StreamResponse:
-    pools = list(services(request).account.pools.values())
+    pools = sorted(services(request).account.pools.values(), key=lambda pool: pool.sequence)
     base = base_url(request)
     return paged(
         request,
-        enumerate(pools, 1),
+        [(pool.sequence, pool) for pool in pools],
         lambda pool: dict_getter(pool_json(pool, base)),
         lambda pool: pool_json(pool, base),
         None,
@@ -116,8 +117,15 @@ async def get_node(request: web.Request) -> web.StreamResponse:
 
 @route("GET", "/supportedimages", "list_supported_images")
 async def list_supported_images(request: web.Request) -> web.StreamResponse:
-    images = json.loads(resources.files("emulator").joinpath("supported_images.json").read_text())
-    return paged(request, enumerate(images, 1), dict_getter, lambda image: image, None)
+    return paged(request, enumerate(_supported_images(), 1), dict_getter, lambda image: image, None)
+
+
+@functools.cache
+def _supported_images() -> list[dict[str, Any]]:
+    images: list[dict[str, Any]] = json.loads(
+        resources.files("emulator").joinpath("supported_images.json").read_text()
+    )
+    return images
 
 
 # -- jobs ---------------------------------------------------------------------------------------

@@ -157,6 +157,7 @@ class Pool:
     id: str
     spec: dict[str, Any]
     created: datetime
+    sequence: int = 0  # creation order; list paging uses it as a stable cursor
     etag: str = field(default_factory=new_etag)
     last_modified: datetime | None = None
     state: PoolState = PoolState.ACTIVE

@@ -90,7 +90,15 @@ class Account:
                 )
             raise ServiceError(409, "PoolExists", "The specified pool already exists.")
         now = utc_now()
-        pool = Pool(pool_id, spec, now, last_modified=now, state_time=now, allocation_state_time=now)
+        pool = Pool(
+            pool_id,
+            spec,
+            now,
+            sequence=self.next_sequence(),
+            last_modified=now,
+            state_time=now,
+            allocation_state_time=now,
+        )
         self.pools[pool_id.lower()] = pool
         log.info("pool.created", pool_id=pool_id, target_nodes=_target_nodes(spec))
         return pool
@@ -152,7 +160,10 @@ class Account:
 
     def add_job(self, spec: dict[str, Any]) -> Job:
         job_id = str(spec["id"])
-        if job_id.lower() in self.jobs:
+        existing = self.jobs.get(job_id.lower())
+        if existing is not None:
+            if existing.state == JobState.DELETING:
+                raise ServiceError(409, "JobBeingDeleted", "The specified job has been marked for deletion.")
             raise ServiceError(409, "JobExists", "The specified job already exists.")
         now = utc_now()
         job = Job(job_id, spec, self.next_sequence(), now, last_modified=now, state_time=now)
