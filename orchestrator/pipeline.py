@@ -487,7 +487,7 @@ class _Run:
                 task_id=outcome.task_id,
                 file=relpath,
                 exit_code=outcome.exit_code,
-                duration_s=outcome.duration_s,
+                duration_s=round(outcome.duration_s, 3) if outcome.duration_s is not None else None,
             )
         async with limiter:
             try:
