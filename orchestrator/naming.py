@@ -107,7 +107,7 @@ def task_command_line(
     """
     if not files:
         raise ValueError("a work unit needs at least one input")
-    words = ["exec", shlex.quote(python), f'"{NODE_SCRIPT_PATH}"']
+    words = ["exec", interpreter_word(python), f'"{NODE_SCRIPT_PATH}"']
     for node_input, _ in files:
         words += ["--filepath", shlex.quote(node_input)]
     words += ["--top", str(top), "--tokenizer", shlex.quote(tokenizer)]
@@ -117,6 +117,16 @@ def task_command_line(
     for _, relpath in files:
         words += ["--counts-name", shlex.quote(counts_name(relpath))]
     return f"/bin/sh -c {shlex.quote(' '.join(words))}"
+
+
+_EXPANDABLE_PATH = re.compile(r"^[A-Za-z0-9_./${}-]+$")
+
+
+def interpreter_word(python: str) -> str:
+    """The interpreter as a shell word: double-quoted so `$AZ_BATCH_*` expands, otherwise fully quoted."""
+    if "$" in python and _EXPANDABLE_PATH.match(python):
+        return f'"{python}"'
+    return shlex.quote(python)
 
 
 def plan_work_units(

@@ -389,7 +389,9 @@ class _Run:
         files = [(naming.node_input_path(item.index, item.relpath), item.relpath) for item in staged]
         return BatchTaskCreateOptions(
             id=naming.task_id(unit_index),
-            command_line=naming.task_command_line(files, top=run.top, tokenizer=run.tokenizer),
+            command_line=naming.task_command_line(
+                files, top=run.top, tokenizer=run.tokenizer, python=self.settings.pool.node_python
+            ),
             resource_files=[
                 ResourceFile(
                     http_url=self.sas.blob_read_url(self.input_container, item.blob_name),

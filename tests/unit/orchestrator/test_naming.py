@@ -125,3 +125,12 @@ def test_work_units_cover_inputs_in_order_within_limits(sizes: list[int], slots:
 def test_many_small_files_share_tasks_but_keep_every_slot_busy() -> None:
     units = naming.plan_work_units([100] * 1000, slots=4)
     assert len(units) == 16 and {len(unit) for unit in units} <= {63, 55}
+
+
+def test_the_node_python_may_live_under_a_batch_variable() -> None:
+    venv = "$AZ_BATCH_NODE_SHARED_DIR/topn-venv/bin/python"
+    command = naming.task_command_line([("in/000000", "a")], top=1, tokenizer="words", python=venv)
+    inner = shlex.split(command)[2]
+    assert inner.startswith(f'exec "{venv}" ')  # double quotes: the shell expands the variable
+    assert naming.interpreter_word("python3") == "python3"
+    assert naming.interpreter_word("$(rm -rf ~)") == "'$(rm -rf ~)'"  # anything else stays literal
