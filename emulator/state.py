@@ -36,6 +36,16 @@ from emulator.wire import ServiceError, new_etag, parse_duration, utc_now
 log = structlog.get_logger("emulator")
 
 StopAttempt = Callable[[], None]
+# What a job replace (PUT) falls back to for properties it leaves out.
+UPDATABLE_JOB_DEFAULTS: dict[str, Any] = {
+    "priority": 0,
+    "maxParallelTasks": -1,
+    "allowTaskPreemption": False,
+    "constraints": {},
+    "onAllTasksComplete": "noaction",
+    "onTaskFailure": "noaction",
+    "metadata": [],
+}
 
 
 class Account:
@@ -186,10 +196,9 @@ class Account:
     def update_job(self, job: Job, changes: dict[str, Any], replace: bool) -> None:
         self.require_job_open(job)
         if replace:
-            kept = {
-                key: job.spec[key] for key in ("id", "displayName", "jobManagerTask", "usesTaskDependencies")
-            }
-            job.spec = {**{k: v for k, v in kept.items()}, **changes}
+            # PUT resets every updatable property it does not name; fixed properties stay.
+            fixed = {key: value for key, value in job.spec.items() if key not in UPDATABLE_JOB_DEFAULTS}
+            job.spec = {**fixed, **UPDATABLE_JOB_DEFAULTS, **changes}
         else:
             job.spec = {**job.spec, **changes}
         job.touch(utc_now())

@@ -86,6 +86,11 @@ async def test_job_lifecycle_update_terminate_delete(batch_emulator: BatchEndpoi
         job = await client.get_job(job_id)
         assert job.priority == 7
         assert job.state == models.BatchJobState.ACTIVE
+        await client.replace_job(
+            job_id, models.BatchJob(pool_info=models.BatchPoolInfo(pool_id="elsewhere"), max_parallel_tasks=3)
+        )
+        job = await client.get_job(job_id)
+        assert (job.priority, job.max_parallel_tasks, job.pool_info.pool_id) == (0, 3, "elsewhere")
         poller = await client.begin_terminate_job(
             job_id, BatchJobTerminateOptions(termination_reason="stopped by test"), polling_interval=0.1
         )
