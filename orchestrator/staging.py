@@ -29,7 +29,7 @@ from orchestrator.submit import first_leaf
 log = structlog.get_logger()
 
 # Files up to this size are read into memory in a worker thread; larger ones are streamed.
-IN_MEMORY_LIMIT_BYTES = 32 * 1024 * 1024
+IN_MEMORY_LIMIT_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,22 @@ async def test_node_script_blob_is_keyed_by_content(blob_service: BlobServiceCli
     first = await staging.stage_node_script(blob_service, "topnnode-app", script, FAST_RETRY)
     again = await staging.stage_node_script(blob_service, "topnnode-app", script, FAST_RETRY)
     assert first == again == naming.node_blob_name(hashlib.sha256(script).hexdigest())
+
+
+async def test_files_over_the_in_memory_limit_are_streamed_with_their_md5(
+    blob_service: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(staging, "IN_MEMORY_LIMIT_BYTES", 1024)
+    body = b"".join(f"line {number} of a larger file\n".encode() for number in range(5000))
+    (tmp_path / "big.txt").write_bytes(body)
+    await staging.ensure_containers(blob_service, ["topnbig-input"], FAST_RETRY)
+    md5_hex, skipped = await staging.upload_file(
+        blob_service, "topnbig-input", "runs/r/big.txt", tmp_path / "big.txt", FAST_RETRY
+    )
+    assert not skipped and md5_hex == hashlib.md5(body, usedforsecurity=False).hexdigest()
+    blob = blob_service.get_blob_client("topnbig-input", "runs/r/big.txt")
+    assert await (await blob.download_blob()).readall() == body
+    again = await staging.upload_file(
+        blob_service, "topnbig-input", "runs/r/big.txt", tmp_path / "big.txt", FAST_RETRY
+    )
+    assert again == (md5_hex, True)
