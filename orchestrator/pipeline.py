@@ -35,11 +35,16 @@ from azure.batch.models import (
     ResourceFile,
     UserIdentity,
 )
-from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 
 from orchestrator import collect, monitor, naming, pool, staging, submit
 from orchestrator.clients import BATCH, STORAGE, Clients
-from orchestrator.errors import InputError, RunFailedError, TopnError
+from orchestrator.errors import InputError, RunFailedError, ServiceUnavailableError, TopnError
 from orchestrator.inputs import InputFile
 from orchestrator.journal import Journal, JournalInput
 from orchestrator.results import (
@@ -240,15 +245,15 @@ class _Run:
                 await self._submit()
                 await self.machine.move(RunState.RUNNING)
                 await self._run_and_collect()
+            await self.machine.move(RunState.CLEANING)
+            await self._cleanup(failed=False)
+            failed = sum(1 for result in self.results.values() if not result.succeeded)
+            final = RunState.FAILED if failed else RunState.SUCCEEDED
+            summary = self._summary(final)
+            write_summary(self.out_dir, summary)
         except BaseException as error:
             await self._fail(error)
             raise self._user_facing(error) from None
-        await self.machine.move(RunState.CLEANING)
-        await self._cleanup(failed=False)
-        failed = sum(1 for result in self.results.values() if not result.succeeded)
-        final = RunState.FAILED if failed else RunState.SUCCEEDED
-        summary = self._summary(final)
-        write_summary(self.out_dir, summary)
         await self.machine.move(final)
         log.info(
             "run.completed",
@@ -567,9 +572,20 @@ class _Run:
         if isinstance(error, (TopnError, anyio.get_cancelled_exc_class())):
             return error
         if isinstance(error, TimeoutError):
-            return RunFailedError(
-                f"the run did not finish within [run] run_timeout_s = {self.settings.run.run_timeout_s:.0f}"
-                " s; raise it, or add nodes to the pool"
+            run_timeout_s = self.settings.run.run_timeout_s
+            if time.monotonic() - self.started >= run_timeout_s:
+                return RunFailedError(
+                    f"the run did not finish within [run] run_timeout_s = {run_timeout_s:.0f} s; "
+                    "raise it, or add nodes to the pool"
+                )
+            return ServiceUnavailableError(
+                "a Batch or Storage request got no answer within its retry deadline "
+                f"([retry] deadline_s = {self.retry.deadline_s:.0f} s); check the endpoints and try again"
+            )
+        if isinstance(error, ServiceRequestError | ServiceResponseError):
+            return ServiceUnavailableError(
+                f"lost the connection to Batch or Storage ({type(error).__name__}); check the endpoints "
+                "and try again"
             )
         if isinstance(error, HttpResponseError):
             return RunFailedError(f"a Batch or Storage request failed: {submit.describe_http_error(error)}")
