@@ -94,6 +94,12 @@ def check_relative_path(path: object, name: str) -> None:
         raise invalid_property(name, f"{path!r} must be a relative path inside the task's working directory")
 
 
+def check_metadata(body: Mapping[str, Any]) -> None:
+    for item in _check_list(body, "metadata"):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid_property("metadata", "each item must be an object with a name and a value")
+
+
 def check_environment(settings: list[Any], name: str) -> None:
     for setting in settings:
         if not isinstance(setting, dict):
@@ -175,7 +181,10 @@ def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
     if not configuration:
         raise missing_property("virtualMachineConfiguration")
     _require(configuration, "nodeAgentSKUId", "virtualMachineConfiguration.")
-    _require(configuration, "imageReference", "virtualMachineConfiguration.")
+    if not isinstance(_require(configuration, "imageReference", "virtualMachineConfiguration."), dict):
+        raise invalid_property("virtualMachineConfiguration.imageReference", "must be a JSON object")
+    if not isinstance(configuration["nodeAgentSKUId"], str):
+        raise invalid_property("virtualMachineConfiguration.nodeAgentSKUId", "must be a string")
     _check_int(body, "targetDedicatedNodes", 0, MAX_NODES)
     _check_int(body, "targetLowPriorityNodes", 0, MAX_NODES)
     _check_int(body, "taskSlotsPerNode", 1, 256)
@@ -187,13 +196,16 @@ def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
     spec.setdefault("resizeTimeout", "PT15M")
     spec.setdefault("enableAutoScale", False)
     spec.setdefault("enableInterNodeCommunication", False)
-    spec.setdefault("taskSchedulingPolicy", {"nodeFillType": "spread"})
-    fill = str(spec["taskSchedulingPolicy"].get("nodeFillType", "spread")).lower()
+    policy = _check_object(body, "taskSchedulingPolicy")
+    fill = policy.get("nodeFillType", "spread")
     if fill not in ("spread", "pack"):
-        raise invalid_property("taskSchedulingPolicy.nodeFillType", "must be spread or pack")
+        raise invalid_property("taskSchedulingPolicy.nodeFillType", "must be spread or pack (lowercase)")
+    spec["taskSchedulingPolicy"] = {**policy, "nodeFillType": fill}
+    check_metadata(body)
     start_task = _check_object(body, "startTask")
     if start_task:
-        _require(start_task, "commandLine", "startTask.")
+        if not isinstance(_require(start_task, "commandLine", "startTask."), str):
+            raise invalid_property("startTask.commandLine", "must be a string")
         check_resource_files(_check_list(start_task, "resourceFiles"), "startTask.resourceFiles")
         check_environment(_check_list(start_task, "environmentSettings"), "startTask.environmentSettings")
         _check_user_identity(start_task, "startTask.")
@@ -227,6 +239,10 @@ def _check_job_common(body: Mapping[str, Any]) -> None:
         if not pool_info.get("poolId"):
             raise missing_property("poolInfo.poolId")
     check_environment(_check_list(body, "commonEnvironmentSettings"), "commonEnvironmentSettings")
+    check_metadata(body)
+    for flag in ("allowTaskPreemption", "usesTaskDependencies"):
+        if flag in body and not isinstance(body[flag], bool):
+            raise invalid_property(flag, "must be true or false")
 
 
 def validate_job(body: Mapping[str, Any]) -> dict[str, Any]:

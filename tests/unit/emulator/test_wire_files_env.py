@@ -246,3 +246,68 @@ def test_any_task_body_is_accepted_or_rejected_with_a_service_error(
     assert task.max_task_retry_count >= -1
     exit_job_action(spec, outcome_of_exit(3))
     user_identity_name(spec, "task")
+
+
+pool_bodies = st.fixed_dictionaries(
+    {
+        "id": st.just("p"),
+        "vmSize": st.just("s"),
+        "virtualMachineConfiguration": st.one_of(
+            json_values, st.just({"nodeAgentSKUId": "n", "imageReference": {"offer": "o"}})
+        ),
+    },
+    optional={
+        key: json_values
+        for key in [
+            "targetDedicatedNodes",
+            "targetLowPriorityNodes",
+            "taskSlotsPerNode",
+            "resizeTimeout",
+            "taskSchedulingPolicy",
+            "startTask",
+            "enableAutoScale",
+            "metadata",
+        ]
+    },
+)
+job_bodies = st.fixed_dictionaries(
+    {"id": st.just("j"), "poolInfo": st.one_of(json_values, st.just({"poolId": "p"}))},
+    optional={
+        key: json_values
+        for key in [
+            "priority",
+            "maxParallelTasks",
+            "constraints",
+            "onAllTasksComplete",
+            "onTaskFailure",
+            "commonEnvironmentSettings",
+            "usesTaskDependencies",
+            "jobManagerTask",
+        ]
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pool_bodies, job_bodies)
+def test_any_pool_or_job_body_is_accepted_or_rejected_with_a_service_error(
+    pool_body: dict[str, object], job_body: dict[str, object]
+) -> None:
+    account = Account("acct", Path("/nonexistent"))
+    try:
+        pool = account.add_pool(validation.validate_pool(pool_body))
+        assert pool.task_slots_per_node >= 1 and pool.fill_type in ("spread", "pack")
+        start_task = pool.spec.get("startTask")
+        if start_task:
+            user_identity_name(start_task, "pool")
+    except ServiceError as error:
+        assert error.status == 400
+    try:
+        job = account.add_job(validation.validate_job(job_body))
+        account.update_job(
+            job, validation.validate_job_update({k: v for k, v in job_body.items() if k != "id"}), True
+        )
+        assert job.priority in range(-1000, 1001)
+        assert isinstance(job.max_parallel_tasks, int)
+    except ServiceError as error:
+        assert error.status in (400, 409)
