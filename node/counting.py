@@ -9,23 +9,32 @@ import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
-from node.tokenizers import TRANSLATION_TABLES, UTF8_BOM, Tokenizer, chop, fold_raw_counts
+from node.tokenizers import (
+    ASCII_PUNCTUATION,
+    NO_BREAK_SPACE,
+    TRANSLATION_TABLES,
+    UTF8_BOM,
+    Tokenizer,
+    chop,
+    fold_raw_counts,
+)
 
 BLOCK_BYTES = 1 << 18
-# A run of characters with no whitespace (and, for `words`, no ASCII separator) longer than this is
-# cut into pieces of this many characters: a word that long is not a word, and it would otherwise
-# have to be held in memory whole (a 2 GB file of NUL bytes is one such "word" for `tutorial`).
-MAX_RUN_CHARS = 1 << 20
+# A run of bytes with no ASCII whitespace or no-break space (and, for `words`, no ASCII separator)
+# longer than this is cut into pieces of about this many bytes (see tokenizers.chop): a word that long
+# is not a word, and it would otherwise be held in memory whole (a 2 GB file of NUL bytes is one
+# such "word" for `tutorial`).
+MAX_RUN_BYTES = 1 << 20
 # Distinct raw tokens held before they are folded into words, so junk input cannot grow them forever.
 RAW_TOKEN_LIMIT = 1 << 20
 # Below this many bytes per process, starting another process costs more than it saves.
 PARALLEL_MIN_BYTES_PER_WORKER = 16 << 20
 
 _ASCII_WHITESPACE_RE = re.compile(rb"[\t\n\x0b\x0c\r\x1c-\x1f ]")
-# Bytes of a UTF-8 sequence that may still be incomplete at the end of a block.
-_LONGEST_INCOMPLETE_SEQUENCE = 3
+_SPACE = ord(" ")
 
 
 @dataclass
@@ -62,14 +71,15 @@ class WordCounter:
         self,
         tokenizer: Tokenizer,
         *,
-        max_run_chars: int = MAX_RUN_CHARS,
+        max_run_bytes: int = MAX_RUN_BYTES,
         raw_token_limit: int = RAW_TOKEN_LIMIT,
     ) -> None:
-        if max_run_chars < 1:
-            raise ValueError("max_run_chars must be at least 1")
+        if max_run_bytes < 1:
+            raise ValueError("max_run_bytes must be at least 1")
         self._tokenizer = tokenizer
         self._table = TRANSLATION_TABLES[tokenizer]
-        self._max_run = max_run_chars
+        self._strip_punctuation = tokenizer == "tutorial"
+        self._max_run = max_run_bytes
         self._raw_token_limit = raw_token_limit
         self._raw: Counter[str] = Counter()
         self._result = FileCounts()
@@ -87,27 +97,37 @@ class WordCounter:
         data = self._carry + block if had_carry else block
         if not data:
             return
-        translated = data if self._table is None else data.translate(self._table)
-        text = translated.decode("utf-8", "surrogateescape")
-        tokens = text.split()
-        partial = tokens.pop() if tokens and not text[-1].isspace() else ""
+        translated = data.translate(self._table)
+        if NO_BREAK_SPACE in translated:
+            translated = translated.replace(NO_BREAK_SPACE, b" ")
+        if translated.isascii():
+            tokens = translated.decode("ascii").split()
+            partial = tokens.pop() if tokens and translated[-1] != _SPACE else ""
+        else:
+            # Latin-1 keeps one code point per byte, so no UTF-8 decoding happens per token; split(" ")
+            # because str.split() would also split on the bytes 0x85 and 0xA0 inside UTF-8 sequences.
+            tokens = translated.decode("latin-1").split(" ")
+            partial = tokens.pop()  # "" when the block ends with a space
         if had_carry and tokens and len(tokens[0]) > self._max_run:
             tokens[0:1] = chop(tokens[0], self._max_run)
-        self._raw.update(tokens)
+        if self._strip_punctuation:
+            # Stripping here (in C, through map) rather than once per distinct token in the fold costs
+            # a little per token but folds "word," "word." '"word' into one key, and a smaller Counter
+            # stays in the CPU caches: about 20% faster overall on English text.
+            self._raw.update(map(str.strip, tokens, repeat(ASCII_PUNCTUATION)))
+        else:
+            self._raw.update(tokens)
         self._carry = self._keep_partial(partial)
         if len(self._raw) > self._raw_token_limit:
             self._fold()
 
     def _keep_partial(self, partial: str) -> bytes:
         """Count the whole pieces of an overlong unfinished run now; return the rest as bytes to carry."""
-        # The last few characters may be an incomplete UTF-8 sequence that the next block completes,
-        # so pieces are cut only where every character before the cut is final.
-        settled = len(partial) - _LONGEST_INCOMPLETE_SEQUENCE
-        if settled >= self._max_run:
-            whole = settled // self._max_run * self._max_run
-            self._raw.update(chop(partial[:whole], self._max_run))
-            partial = partial[whole:]
-        return partial.encode("utf-8", "surrogateescape")
+        if len(partial) > self._max_run:
+            pieces = chop(partial, self._max_run)
+            self._raw.update(pieces[:-1])
+            partial = pieces[-1]
+        return partial.encode("latin-1")
 
     def _fold(self) -> None:
         self._result.invalid_bytes += fold_raw_counts(self._raw, self._result.counts, self._tokenizer)
@@ -116,10 +136,8 @@ class WordCounter:
     def finish(self) -> FileCounts:
         """Count what is left and return the counts; the counter must not be fed afterwards."""
         if self._carry:
-            text = self._carry.decode("utf-8", "surrogateescape")
+            self._raw.update(chop(self._carry.decode("latin-1"), self._max_run))
             self._carry = b""
-            for token in text.split():
-                self._raw.update(chop(token, self._max_run))
         self._fold()
         return self._result
 
@@ -131,10 +149,10 @@ def count_range(
     tokenizer: Tokenizer,
     *,
     block_bytes: int = BLOCK_BYTES,
-    max_run_chars: int = MAX_RUN_CHARS,
+    max_run_bytes: int = MAX_RUN_BYTES,
 ) -> FileCounts:
     """Count the words in bytes [start, end) of a file (to its end when `end` is None)."""
-    counter = WordCounter(tokenizer, max_run_chars=max_run_chars)
+    counter = WordCounter(tokenizer, max_run_bytes=max_run_bytes)
     with Path(path).open("rb", buffering=0) as stream:
         position = start
         stream.seek(start)
@@ -200,7 +218,7 @@ def count_file(
     *,
     workers: int = 1,
     block_bytes: int = BLOCK_BYTES,
-    max_run_chars: int = MAX_RUN_CHARS,
+    max_run_bytes: int = MAX_RUN_BYTES,
     parallel_min_bytes: int = PARALLEL_MIN_BYTES_PER_WORKER,
 ) -> FileCounts:
     """Count a whole file, over byte ranges in up to `workers` processes when it is large enough."""
@@ -208,7 +226,7 @@ def count_file(
     parts = max(1, min(workers, size // max(1, parallel_min_bytes)))
     ranges = plan_ranges(path, size, parts) if parts > 1 else [(0, size)]
     if len(ranges) == 1:
-        return count_range(path, 0, None, tokenizer, block_bytes=block_bytes, max_run_chars=max_run_chars)
+        return count_range(path, 0, None, tokenizer, block_bytes=block_bytes, max_run_bytes=max_run_bytes)
     # spawn: no inherited locks or threads, the same on every OS, and it works from a zipapp because
     # children import `node.counting` by name from the parent's sys.path. This process counts the
     # first range itself while the others start, which hides one process start-up.
@@ -222,13 +240,13 @@ def count_file(
                 end,
                 tokenizer,
                 block_bytes=block_bytes,
-                max_run_chars=max_run_chars,
+                max_run_bytes=max_run_bytes,
             )
             for start, end in ranges[1:]
         ]
         try:
             merged = count_range(
-                path, *ranges[0], tokenizer, block_bytes=block_bytes, max_run_chars=max_run_chars
+                path, *ranges[0], tokenizer, block_bytes=block_bytes, max_run_bytes=max_run_bytes
             )
             for future in futures:
                 merged.extend(future.result())

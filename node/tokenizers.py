@@ -2,17 +2,19 @@
 
 The fast pass works in two steps, so that the per-word work stays in C:
 
-1. for ``words``, ``translate`` each block of bytes with a 256-byte table that turns every ASCII
-   separator into a space and ASCII upper case into lower case; decode the block with
-   ``surrogateescape`` (lossless: an undecodable byte becomes one lone surrogate) and ``split()`` it.
-   The resulting *raw tokens* go straight into a ``Counter``.
+1. Each block of bytes is translated with a 256-byte table (ASCII whitespace, and for ``words`` every
+   ASCII non-alphanumeric, becomes a space; for ``words`` ASCII letters are lower-cased), no-break
+   spaces become spaces, and the block is split on spaces into *raw tokens*. A raw token is a ``str``
+   whose code points are the token's bytes (decoded as Latin-1: lossless and nearly free, whatever
+   the bytes are). Raw tokens go straight into a ``Counter``.
 2. Once per distinct raw token, :func:`normalize_raw_token` turns it into the words the definition
-   asks for (stripping punctuation, case folding non-ASCII text, splitting on non-ASCII punctuation,
-   replacing undecodable bytes with U+FFFD).
+   asks for: UTF-8 decoding (bad bytes become U+FFFD), splitting on other Unicode whitespace,
+   stripping punctuation, casefolding and splitting non-ASCII text.
 
-Raw tokens are cut only at whitespace or ASCII separators, which both tokenizers treat as the end of
-a word, so counting raw tokens first and normalizing them afterwards gives exactly the counts of the
-text-level definition (:func:`words_of_text`), in the same first-occurrence order.
+Raw tokens are cut only where both tokenizers end a word (whitespace or, for ``words``, an ASCII
+separator), and an ASCII byte or a no-break space is never part of another UTF-8 sequence, so
+counting raw tokens first and normalizing them afterwards gives exactly the counts of the text-level
+definition (:func:`words_of_text`), in the same first-occurrence order.
 """
 
 from __future__ import annotations
@@ -31,22 +33,28 @@ UTF8_BOM = b"\xef\xbb\xbf"
 _WORD_RE = re.compile(r"[^\W_]+")
 # One undecodable byte after decoding with surrogateescape.
 _ESCAPED_BYTE_RE = re.compile("[\udc80-\udcff]")
-_ASCII_PUNCTUATION = string.punctuation
+ASCII_PUNCTUATION = string.punctuation
 
 
-def _words_translation_table() -> bytes:
-    """256-byte table for `words`: ASCII letters lower-cased, every other ASCII non-alphanumeric a space."""
+def _translation_table(tokenizer: Tokenizer) -> bytes:
+    """256-byte table: separators become a space; for `words`, ASCII letters are lower-cased."""
     table = bytearray(range(256))
     for code in range(128):
         char = chr(code)
-        # Casefolding an ASCII letter is lower-casing it; every other ASCII non-alphanumeric
-        # (underscore included) ends a word. Bytes >= 0x80 (the rest of UTF-8) stay as they are.
-        table[code] = ord(char.lower()) if char.isalnum() else ord(" ")
+        if tokenizer == "words":
+            # Casefolding an ASCII letter is lower-casing it; every other ASCII non-alphanumeric
+            # (underscore included) ends a word. Bytes >= 0x80 (the rest of UTF-8) stay as they are.
+            table[code] = ord(char.lower()) if char.isalnum() else ord(" ")
+        elif char.isspace():
+            # str.split() would also split on \x1c-\x1f; so must we.
+            table[code] = ord(" ")
     return bytes(table)
 
 
-# `tutorial` needs no table: str.split() after decoding already splits on every kind of whitespace.
-TRANSLATION_TABLES: dict[Tokenizer, bytes | None] = {"words": _words_translation_table(), "tutorial": None}
+TRANSLATION_TABLES: dict[Tokenizer, bytes] = {name: _translation_table(name) for name in TOKENIZERS}
+# U+00A0 NO-BREAK SPACE, the commonest non-ASCII whitespace; C2 is never a continuation byte, so these
+# two bytes are always this character. (Rarer Unicode whitespace is split off in normalize_raw_token.)
+NO_BREAK_SPACE = "\u00a0".encode()
 
 
 def check_tokenizer(name: str) -> Tokenizer:
@@ -61,24 +69,23 @@ def words_of_text(text: str, tokenizer: Tokenizer) -> list[str]:
     """The definition: the words of already-decoded text, in order (DESIGN §4)."""
     if tokenizer == "words":
         return _WORD_RE.findall(text.casefold())
-    stripped = (token.strip(_ASCII_PUNCTUATION) for token in text.split())
+    stripped = (token.strip(ASCII_PUNCTUATION) for token in text.split())
     return [word for word in stripped if word]
 
 
 def normalize_raw_token(token: str, tokenizer: Tokenizer) -> tuple[list[str], int]:
-    """The words of one raw token and the number of undecodable bytes it holds."""
+    """The words of one raw token (its bytes as Latin-1) and the number of undecodable bytes in it."""
     if token.isascii():
         # Already split on every ASCII separator and, for `words`, lower-cased.
-        if tokenizer == "words":
-            return [token], 0
-        word = token.strip(_ASCII_PUNCTUATION)
+        word = token if tokenizer == "words" else token.strip(ASCII_PUNCTUATION)
         return ([word] if word else []), 0
-    invalid_bytes = 0
-    if _ESCAPED_BYTE_RE.search(token):
-        invalid_bytes = len(_ESCAPED_BYTE_RE.findall(token))
-        # Back to the original bytes, then the replacement the user sees (one U+FFFD per bad sequence).
-        token = token.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return words_of_text(token, tokenizer), invalid_bytes
+    data = token.encode("latin-1")
+    text = data.decode("utf-8", "surrogateescape")
+    invalid_bytes = len(_ESCAPED_BYTE_RE.findall(text))
+    if invalid_bytes:
+        # The replacement the user sees: one U+FFFD per maximal bad sequence, as str.decode does.
+        text = data.decode("utf-8", "replace")
+    return words_of_text(text, tokenizer), invalid_bytes
 
 
 def fold_raw_counts(raw: Counter[str], into: Counter[str], tokenizer: Tokenizer) -> int:
@@ -96,8 +103,23 @@ def fold_raw_counts(raw: Counter[str], into: Counter[str], tokenizer: Tokenizer)
     return invalid_total
 
 
-def chop(token: str, max_chars: int) -> list[str]:
-    """Cut a run longer than `max_chars` into pieces of `max_chars` (so memory stays bounded)."""
-    if len(token) <= max_chars:
-        return [token]
-    return [token[start : start + max_chars] for start in range(0, len(token), max_chars)]
+def chop(run: str, max_bytes: int) -> list[str]:
+    """Cut a raw token longer than `max_bytes` into pieces of at most `max_bytes` (bounded memory).
+
+    Each cut moves back over at most three UTF-8 continuation bytes so it falls between characters.
+    Cuts depend only on the run's own bytes, so cutting a run as it streams in (emitting all pieces
+    but the last, which carries on) gives the same pieces as cutting it whole.
+    """
+    pieces: list[str] = []
+    start = 0
+    while len(run) - start > max_bytes:
+        cut = start + max_bytes
+        back = cut
+        while back > start and back > cut - 3 and "\x80" <= run[back] <= "\xbf":
+            back -= 1
+        if back == start:
+            back = cut
+        pieces.append(run[start:back])
+        start = back
+    pieces.append(run[start:])
+    return pieces

@@ -57,7 +57,7 @@ def reference(data: bytes, tokenizer: Tokenizer) -> tuple[list[tuple[str, int]],
 def count_in_blocks(
     data: bytes, tokenizer: Tokenizer, sizes: list[int], max_run: int = 1 << 20
 ) -> FileCounts:
-    counter = WordCounter(tokenizer, max_run_chars=max_run)
+    counter = WordCounter(tokenizer, max_run_bytes=max_run)
     data = data.removeprefix(codecs.BOM_UTF8)
     position, index = 0, 0
     while position < len(data):
