@@ -36,7 +36,7 @@ from orchestrator.errors import TopnError, UsageError
 T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 # The states of DESIGN §3. The journal records any well-formed state name (the pipeline owns the
 # state machine); these names are what `describe_run` and the convenience properties understand.
@@ -140,6 +140,16 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ("CREATE INDEX IF NOT EXISTS inputs_by_task ON inputs (run_id, task_id)",),
     # Version 3: the results folder, so `topn resume` writes where the run started writing.
     ("ALTER TABLE runs ADD COLUMN out_dir TEXT",),
+    # Version 4: a file can fail on its own (a work unit of many files salvages the others).
+    (
+        """CREATE TABLE file_failures (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            relpath TEXT NOT NULL,
+            error_json TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, relpath)
+        ) WITHOUT ROWID""",
+    ),
 )
 
 
@@ -205,6 +215,7 @@ class RunRecord:
     completed: Mapping[str, Mapping[str, Any]]  # task outcome by task id
     downloads: Mapping[str, DownloadRecord]  # by relpath
     out_dir: str | None = None  # the results folder (absolute), when create_run was told it
+    file_failures: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # by relpath
 
     @property
     def is_finished(self) -> bool:
@@ -273,13 +284,54 @@ class RunRecord:
 
     @property
     def undownloaded_relpaths(self) -> tuple[str, ...]:
-        """Inputs whose task succeeded but whose output is not recorded as downloaded, in input order."""
-        succeeded = set(self.succeeded_task_ids)
+        """Inputs of finished tasks with no recorded result yet (neither saved nor failed), in input order.
+
+        These are what a resumed run still has to collect: a succeeded task's outputs, or what a
+        failed unit of several files may have written for its other files. A failed single-file
+        task has nothing to collect (its file is in `failed_relpaths`).
+        """
+        settled = set(self._failed_without_salvage())
         return tuple(
             item.relpath
             for item in self.inputs
-            if item.task_id in succeeded and item.relpath not in self.downloads
+            if item.task_id in self.completed
+            and item.relpath not in self.downloads
+            and item.relpath not in self.file_failures
+            and item.relpath not in settled
         )
+
+    @property
+    def failed_relpaths(self) -> tuple[str, ...]:
+        """Inputs without a result: recorded as failed, or in a failed task that can save nothing more."""
+        settled = set(self._failed_without_salvage())
+        return tuple(
+            item.relpath
+            for item in self.inputs
+            if item.relpath in self.file_failures or item.relpath in settled
+        )
+
+    def _failed_without_salvage(self) -> list[str]:
+        """Unsaved inputs of failed tasks that can yield nothing more (single-file, or the run is over)."""
+        by_task = self.inputs_by_task
+        failed = set(self.failed_task_ids)
+        return [
+            item.relpath
+            for item in self.inputs
+            if item.task_id in failed
+            and item.relpath not in self.downloads
+            and (self.is_finished or len(by_task[item.task_id]) == 1)
+        ]
+
+    def file_error(self, relpath: str) -> dict[str, Any]:
+        """Why a file failed: its own recorded error, else its task's outcome."""
+        item = next(item for item in self.inputs if item.relpath == relpath)
+        recorded = self.file_failures.get(relpath) or self.completed.get(item.task_id, {})
+        return {
+            "exit_code": recorded.get("exit_code"),
+            "failure_code": recorded.get("failure_code"),
+            "message": recorded.get("message"),
+            "stderr_tail": recorded.get("stderr_tail"),
+        }
 
 
 def outcome_succeeded(outcome: Mapping[str, Any]) -> bool:
@@ -606,11 +658,36 @@ class Journal:
             self._run_state(connection, run_id)
             self._require_relpaths(connection, run_id, [relpath])
             connection.execute(
+                "DELETE FROM file_failures WHERE run_id = ? AND relpath = ?", (run_id, relpath)
+            )
+            connection.execute(
                 "INSERT INTO downloads (run_id, relpath, local_path, size_bytes, at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_id, relpath) DO UPDATE SET local_path = excluded.local_path,"
                 " size_bytes = excluded.size_bytes, at = excluded.at"
                 " WHERE local_path IS NOT excluded.local_path OR size_bytes IS NOT excluded.size_bytes",
                 (run_id, relpath, saved_at, size_bytes, at),
+            )
+
+        await self._write(write, durable=False)
+
+    async def record_file_failed(self, run_id: str, relpath: str, error: Mapping[str, Any]) -> None:
+        """Record that one input has no result (e.g. exit_code, failure_code, message, stderr_tail).
+
+        A later download of the same input replaces this record, and this replaces an earlier
+        download record. SAS signatures inside the error's text are redacted.
+        """
+        error_json = json.dumps(_jsonable(error), sort_keys=True, ensure_ascii=False)
+        at = _timestamp(_now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            self._require_relpaths(connection, run_id, [relpath])
+            connection.execute("DELETE FROM downloads WHERE run_id = ? AND relpath = ?", (run_id, relpath))
+            connection.execute(
+                "INSERT INTO file_failures (run_id, relpath, error_json, at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (run_id, relpath) DO UPDATE SET error_json = excluded.error_json,"
+                " at = excluded.at WHERE error_json IS NOT excluded.error_json",
+                (run_id, relpath, error_json, at),
             )
 
         await self._write(write, durable=False)
@@ -848,6 +925,12 @@ def _load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[R
                 (run_id,),
             )
         }
+        file_failures = {
+            row[0]: json.loads(row[1])
+            for row in connection.execute(
+                "SELECT relpath, error_json FROM file_failures WHERE run_id = ? ORDER BY relpath", (run_id,)
+            )
+        }
         records.append(
             RunRecord(
                 run_id=run_id,
@@ -862,31 +945,24 @@ def _load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[R
                 completed=completed,
                 downloads=downloads,
                 out_dir=out_dir,
+                file_failures=file_failures,
             )
         )
     return records
 
 
 def describe_run(record: RunRecord) -> dict[str, Any]:
-    """What `topn status` shows for a run: its state, progress per stage and its failed tasks."""
+    """What `topn status` shows for a run: its state, progress per stage and its failed files."""
     task_ids = record.task_ids
     succeeded = record.succeeded_task_ids
     failed = record.failed_task_ids
-    expected_downloads = sum(len(record.inputs_by_task[task_id]) for task_id in succeeded)
-    inputs_by_task = record.inputs_by_task
-    failures = []
-    for task_id in failed:
-        outcome = record.completed[task_id]
-        failures.append(
-            {
-                "task_id": task_id,
-                "files": [item.relpath for item in inputs_by_task[task_id]],
-                "exit_code": outcome.get("exit_code"),
-                "failure_code": outcome.get("failure_code"),
-                "message": outcome.get("message"),
-                "stderr_tail": outcome.get("stderr_tail"),
-            }
-        )
+    finished_inputs = [item for item in record.inputs if item.task_id in record.completed]
+    task_of = {item.relpath: item.task_id for item in record.inputs}
+    failed_files = record.failed_relpaths
+    failures = [
+        {"file": relpath, "task_id": task_of[relpath], **record.file_error(relpath)}
+        for relpath in failed_files
+    ]
     updated_at = record.state_history[-1].at if record.state_history else record.created_at
     return {
         "run_id": record.run_id,
@@ -894,6 +970,7 @@ def describe_run(record: RunRecord) -> dict[str, Any]:
         "finished": record.is_finished,
         "created_at": _timestamp(record.created_at),
         "updated_at": _timestamp(updated_at),
+        "out_dir": record.out_dir,
         "files": len(record.inputs),
         "bytes": sum(item.size_bytes for item in record.inputs),
         "tasks": len(task_ids),
@@ -905,10 +982,12 @@ def describe_run(record: RunRecord) -> dict[str, Any]:
             "submitting": {"done": len(task_ids) - len(record.unsubmitted_task_ids), "total": len(task_ids)},
             "running": {"done": len(succeeded) + len(failed), "total": len(task_ids)},
             "collecting": {
-                "done": expected_downloads - len(record.undownloaded_relpaths),
-                "total": expected_downloads,
+                "done": len(finished_inputs) - len(record.undownloaded_relpaths),
+                "total": len(finished_inputs),
             },
         },
+        "files_succeeded": sum(1 for item in record.inputs if item.relpath in record.downloads),
+        "files_failed": len(failed_files),
         "tasks_succeeded": len(succeeded),
         "tasks_failed": len(failed),
         "tasks_in_flight": len(record.incomplete_task_ids),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 import tempfile
 import threading
@@ -309,6 +311,36 @@ async def test_a_reupload_with_a_new_md5_replaces_the_old_one(tmp_path: Path) ->
     assert record.uploaded_md5 == {item.relpath: md5_of(2)}
 
 
+async def test_a_file_failure_and_a_later_download_replace_each_other(tmp_path: Path) -> None:
+    """A resumed run may salvage a file recorded as failed, or learn that a saved file is bad."""
+    first, second = (JournalInput(**{**item.__dict__, "task_id": "t000000"}) for item in make_inputs(2))
+    error = {"exit_code": 3, "message": "upload to https://x/o?sv=1&sig=SeCrEtSiGnAtUrE123 failed"}
+    async with await Journal.open(tmp_path) as journal:
+        await journal.create_run(RUN, {}, [first, second])
+        await journal.record_task_completed(RUN, "t000000", {"status": "failed", "exit_code": 3})
+        await journal.record_file_failed(RUN, second.relpath, error)
+        await journal.record_file_failed(RUN, second.relpath, error)
+        failed = await journal.load_run(RUN)
+        await journal.record_output_downloaded(RUN, second.relpath, "/out/second", 7)
+        salvaged = await journal.load_run(RUN)
+        await journal.record_file_failed(RUN, second.relpath, {"message": "the saved file was truncated"})
+        failed_again = await journal.load_run(RUN)
+        with pytest.raises(JournalError, match="no input"):
+            await journal.record_file_failed(RUN, "elsewhere.txt", {})
+    assert failed is not None and salvaged is not None and failed_again is not None
+    assert failed.file_failures == {
+        second.relpath: {"exit_code": 3, "message": "upload to https://x/o?sv=1&sig=REDACTED failed"}
+    }
+    assert failed.failed_relpaths == (second.relpath,)
+    assert failed.undownloaded_relpaths == (first.relpath,)
+    assert salvaged.file_failures == {}
+    assert salvaged.downloads == {second.relpath: DownloadRecord("/out/second", 7)}
+    assert salvaged.failed_relpaths == ()
+    assert failed_again.downloads == {}
+    assert failed_again.failed_relpaths == (second.relpath,)
+    assert "SeCrEtSiGnAtUrE123" not in journal_bytes(tmp_path / JOURNAL_FILENAME)
+
+
 async def test_an_upload_whose_md5_differs_from_the_known_one_is_still_pending(tmp_path: Path) -> None:
     known = JournalInput(**{**make_inputs(1)[0].__dict__, "md5_hex": md5_of(7)})
     async with await Journal.open(tmp_path) as journal:
@@ -607,12 +639,21 @@ def record_plans(draw: st.DrawFn) -> tuple[list[tuple[Any, ...]], dict[str, Any]
         )
     )
     downloads = draw(st.dictionaries(st.sampled_from(PROPERTY_RELPATHS), st.integers(0, 10**9)))
+    file_failures = draw(
+        st.dictionaries(
+            st.sampled_from([relpath for relpath in PROPERTY_RELPATHS if relpath not in downloads] or [""]),
+            st.fixed_dictionaries(
+                {"exit_code": st.integers(1, 9), "message": st.text(alphabet="abc xyz", max_size=20)}
+            ),
+        ).map(lambda failures: {relpath: error for relpath, error in failures.items() if relpath})
+    )
     operations: list[tuple[Any, ...]] = [
         *(("upload", relpath, md5_of(number)) for relpath, number in uploads.items()),
         *(("sas", purpose, moment) for purpose, moment in expiries.items()),
         *(("submitted", batch) for batch in batches),
         *(("completed", task_id, outcome) for task_id, outcome in completed.items()),
         *(("downloaded", relpath, size) for relpath, size in downloads.items()),
+        *(("file_failed", relpath, error) for relpath, error in file_failures.items()),
     ]
     repeated = [op for op in operations for _ in range(draw(st.integers(1, 3)))]
     shuffled = draw(st.permutations(repeated))
@@ -628,6 +669,7 @@ def record_plans(draw: st.DrawFn) -> tuple[list[tuple[Any, ...]], dict[str, Any]
         "downloads": {
             relpath: DownloadRecord(f"/out/{relpath}", size) for relpath, size in downloads.items()
         },
+        "file_failures": file_failures,
     }
     return list(shuffled), expected
 
@@ -650,6 +692,8 @@ async def _apply(journal: Journal, operations: Sequence[tuple[Any, ...]]) -> Non
                 await journal.record_task_completed(RUN, task_id, outcome)
             case ("downloaded", relpath, size):
                 await journal.record_output_downloaded(RUN, relpath, f"/out/{relpath}", size)
+            case ("file_failed", relpath, error):
+                await journal.record_file_failed(RUN, relpath, error)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -673,16 +717,24 @@ def test_any_order_of_repeated_records_yields_the_same_run_record(
     assert record.submitted_task_ids == expected["submitted"]
     assert record.completed == expected["completed"]
     assert record.downloads == expected["downloads"]
+    assert record.file_failures == expected["file_failures"]
     assert [change.state for change in record.state_history] == ["CREATED"]
 
 
 # ----------------------------------------------------------------------------- describe_run (pure)
 
 
-def test_describe_run_counts_each_stage_and_lists_failures() -> None:
-    """A hand-built record: 5 files in 4 work units, one unit failed, one in flight, one unsubmitted."""
-    inputs = make_inputs(5, files_per_task=1)
-    inputs[4] = JournalInput(**{**inputs[4].__dict__, "task_id": "t000003"})  # t000003 holds files 3 and 4
+def test_describe_run_counts_each_stage_and_lists_failed_files() -> None:
+    """A hand-built record: 6 files in 5 work units, in every condition a run can hold.
+
+    t000000 (file 0) failed; t000001 (file 1) runs; t000002 (file 2) is not submitted; t000003
+    (files 3 and 4) failed but file 3 was salvaged and file 4 recorded as failed; t000004 (file 5)
+    succeeded and its output is not saved yet.
+    """
+    inputs = make_inputs(6)
+    unit_of = {0: "t000000", 1: "t000001", 2: "t000002", 3: "t000003", 4: "t000003", 5: "t000004"}
+    inputs = [JournalInput(**{**item.__dict__, "task_id": unit_of[item.index]}) for item in inputs]
+    relpath = [item.relpath for item in inputs]
     created = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
     record = RunRecord(
         run_id=RUN,
@@ -695,9 +747,9 @@ def test_describe_run_counts_each_stage_and_lists_failures() -> None:
         ),
         settings_snapshot={},
         inputs=tuple(inputs),
-        uploads={item.relpath: UploadRecord(md5_of(item.index), item.blob_name) for item in inputs[:4]},
+        uploads={item.relpath: UploadRecord(md5_of(item.index), item.blob_name) for item in inputs[:5]},
         sas_expiries={"output": created + timedelta(hours=3)},
-        submitted_task_ids=frozenset({"t000000", "t000001", "t000003"}),
+        submitted_task_ids=frozenset({"t000000", "t000001", "t000003", "t000004"}),
         completed={
             "t000000": {
                 "status": "failed",
@@ -706,41 +758,93 @@ def test_describe_run_counts_each_stage_and_lists_failures() -> None:
                 "message": "the task exited with code 42",
                 "stderr_tail": "boom",
             },
-            "t000003": {"exit_code": 0},
+            "t000003": {"status": "failed", "exit_code": 3},
+            "t000004": {"exit_code": 0},
         },
-        downloads={inputs[3].relpath: DownloadRecord("/out/3", 10)},
+        downloads={relpath[3]: DownloadRecord("/out/3", 10)},
+        out_dir="/out",
+        file_failures={relpath[4]: {"exit_code": 3, "message": "its output is missing"}},
     )
     described = describe_run(record)
     assert described["state"] == "RUNNING"
     assert described["finished"] is False
-    assert described["files"] == 5
-    assert described["tasks"] == 4
-    assert described["bytes"] == 100 + 101 + 102 + 103 + 104
+    assert described["out_dir"] == "/out"
+    assert described["files"] == 6
+    assert described["tasks"] == 5
+    assert described["bytes"] == sum(range(100, 106))
     assert described["stages"] == {
-        "staging": {"done": 4, "total": 5},
-        "submitting": {"done": 3, "total": 4},
-        "running": {"done": 2, "total": 4},
-        "collecting": {"done": 1, "total": 2},
+        "staging": {"done": 5, "total": 6},
+        "submitting": {"done": 4, "total": 5},
+        "running": {"done": 3, "total": 5},
+        "collecting": {"done": 3, "total": 4},
     }
-    assert described["tasks_succeeded"] == 1
-    assert described["tasks_failed"] == 1
-    assert described["tasks_in_flight"] == 1
+    assert described["files_succeeded"] == 1
+    assert described["files_failed"] == 2
+    assert (described["tasks_succeeded"], described["tasks_failed"], described["tasks_in_flight"]) == (
+        1,
+        2,
+        1,
+    )
     assert described["failures"] == [
         {
+            "file": relpath[0],
             "task_id": "t000000",
-            "files": [inputs[0].relpath],
             "exit_code": 42,
             "failure_code": "FailureExitCode",
             "message": "the task exited with code 42",
             "stderr_tail": "boom",
-        }
+        },
+        {
+            "file": relpath[4],
+            "task_id": "t000003",
+            "exit_code": 3,
+            "failure_code": None,
+            "message": "its output is missing",
+            "stderr_tail": None,
+        },
     ]
     assert described["created_at"] == "2026-11-22T00:00:00.000000+00:00"
     assert described["updated_at"] == "2026-11-22T00:00:09.000000+00:00"
     assert described["sas_expiries"] == {"output": "2026-11-22T03:00:00.000000+00:00"}
     assert [entry["state"] for entry in described["history"]] == ["CREATED", "PREPARING", "RUNNING"]
-    assert record.undownloaded_relpaths == (inputs[4].relpath,)
+    assert record.undownloaded_relpaths == (relpath[5],)
     assert record.unsubmitted_task_ids == ("t000002",)
+    assert record.incomplete_task_ids == ("t000001",)
+    json.dumps(described)
+
+
+def test_once_finished_a_failed_units_unsaved_files_count_as_failed() -> None:
+    """While running, a failed unit of two files may still yield the second; once finished, it has not."""
+    first, second = (JournalInput(**{**item.__dict__, "task_id": "t000000"}) for item in make_inputs(2))
+    created = datetime(2026, 11, 22, tzinfo=UTC)
+    running = RunRecord(
+        run_id=RUN,
+        created_at=created,
+        state="RUNNING",
+        state_history=(StateChange("RUNNING", created),),
+        settings_snapshot={},
+        inputs=(first, second),
+        uploads={},
+        sas_expiries={},
+        submitted_task_ids=frozenset({"t000000"}),
+        completed={"t000000": {"status": "failed", "exit_code": 3, "message": "one input was unreadable"}},
+        downloads={first.relpath: DownloadRecord("/out/first", 1)},
+    )
+    finished = dataclasses.replace(running, state="FAILED")
+    assert running.undownloaded_relpaths == (second.relpath,)
+    assert running.failed_relpaths == ()
+    assert finished.undownloaded_relpaths == ()
+    assert finished.failed_relpaths == (second.relpath,)
+    assert describe_run(finished)["failures"] == [
+        {
+            "file": second.relpath,
+            "task_id": "t000000",
+            "exit_code": 3,
+            "failure_code": None,
+            "message": "one input was unreadable",
+            "stderr_tail": None,
+        }
+    ]
 
 
 async def test_a_journal_written_at_schema_1_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
