@@ -87,6 +87,16 @@ async def delete_pool(request: web.Request) -> web.StreamResponse:
     return web.Response(status=202)
 
 
+@route("POST", "/pools/{pool_id}/resize", "resize_pool")
+async def resize_pool(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    pool = svc.account.get_pool(request.match_info["pool_id"])
+    targets = validation.validate_resize(await read_body(request))
+    svc.account.begin_resize_pool(pool, *targets)
+    svc.background.start_soon(svc.runner.resize_pool, pool)
+    return web.Response(status=202, headers=entity_headers(pool.etag, pool.last_modified))
+
+
 @route("GET", "/pools/{pool_id}/nodes", "list_nodes")
 async def list_nodes(request: web.Request) -> web.StreamResponse:
     pool = services(request).account.get_pool(request.match_info["pool_id"])

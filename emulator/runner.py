@@ -312,27 +312,41 @@ class Runner:
 
     async def _provision(self, pool: Pool, allocation_delay_s: float) -> None:
         await anyio.sleep(allocation_delay_s)
+        await self._reach_targets(pool)
+
+    async def resize_pool(self, pool: Pool) -> None:
+        """Grow or shrink the pool to the targets in its spec (set by Account.begin_resize_pool)."""
+        try:
+            await self._reach_targets(pool)
+        except Exception:
+            log.exception("pool.allocation_crashed", pool_id=pool.id)
+            pool.resize_errors.append(
+                {"code": "Unknown", "message": "The emulator could not resize the pool."}
+            )
+            pool.allocation_state, pool.allocation_state_time = AllocationState.STEADY, utc_now()
+
+    async def _reach_targets(self, pool: Pool) -> None:
         if pool.state != PoolState.ACTIVE or self.account.pools.get(pool.id.lower()) is not pool:
             return
-        spec = pool.spec
-        dedicated = int(spec.get("targetDedicatedNodes", 0))
-        total = dedicated + int(spec.get("targetLowPriorityNodes", 0))
-        stamp = utc_now().strftime("%Y%m%dt%H%M%Sz")
-        nodes: list[Node] = []
-        for index in range(total):
-            node_id = node_id_for(pool.id, index, stamp)
-            root = self.account.node_dir(pool, node_id)
-            for folder in NODE_FOLDERS:
-                (root / folder).mkdir(parents=True, exist_ok=True)
-            node = Node(node_id, pool.id, index, index < dedicated, root, pool.task_slots_per_node, utc_now())
-            node.state_time = node.created
-            pool.nodes[node_id] = node
-            nodes.append(node)
-            log.info(
-                "node.state_changed", pool_id=pool.id, node_id=node_id, from_state=None, to_state=node.state
-            )
-        for node in nodes:
-            self.account.set_node_state(node, NodeState.STARTING)
+        targets = {
+            True: int(pool.spec.get("targetDedicatedNodes", 0)),
+            False: int(pool.spec.get("targetLowPriorityNodes", 0)),
+        }
+        leaving: list[Node] = []
+        missing: list[bool] = []
+        for dedicated, target in targets.items():
+            current = [node for node in pool.nodes.values() if node.is_dedicated == dedicated]
+            # Shrinking takes idle nodes first, then the newest, as the service prefers.
+            current.sort(key=lambda node: (node.state == NodeState.RUNNING, -node.index))
+            leaving.extend(current[: max(len(current) - target, 0)])
+            missing.extend([dedicated] * max(target - len(current), 0))
+        for node in leaving:
+            self.account.remove_node(node)
+        if leaving:
+            await anyio.to_thread.run_sync(_remove_folders, [node.root for node in leaving])
+            for node in leaving:
+                pool.nodes.pop(node.id, None)
+        nodes = self._create_nodes(pool, missing)
         start_task = pool.spec.get("startTask")
         wait = bool(start_task and start_task.get("waitForSuccess", False))
         for node in nodes:
@@ -347,7 +361,29 @@ class Runner:
             now = utc_now()
             pool.allocation_state, pool.allocation_state_time = AllocationState.STEADY, now
             pool.touch(now)
-            log.info("pool.resized", pool_id=pool.id, nodes=len(nodes))
+            log.info("pool.resized", pool_id=pool.id, nodes=len(pool.nodes))
+
+    def _create_nodes(self, pool: Pool, dedicated_flags: list[bool]) -> list[Node]:
+        """New node folders and records (`creating`, then `starting`); indices continue the pool's."""
+        stamp = utc_now().strftime("%Y%m%dt%H%M%Sz")
+        first_index = max((node.index for node in pool.nodes.values()), default=-1) + 1
+        nodes: list[Node] = []
+        for offset, dedicated in enumerate(dedicated_flags):
+            index = first_index + offset
+            node_id = node_id_for(pool.id, index, stamp)
+            root = self.account.node_dir(pool, node_id)
+            for folder in NODE_FOLDERS:
+                (root / folder).mkdir(parents=True, exist_ok=True)
+            node = Node(node_id, pool.id, index, dedicated, root, pool.task_slots_per_node, utc_now())
+            node.state_time = node.created
+            pool.nodes[node_id] = node
+            nodes.append(node)
+            log.info(
+                "node.state_changed", pool_id=pool.id, node_id=node_id, from_state=None, to_state=node.state
+            )
+        for node in nodes:
+            self.account.set_node_state(node, NodeState.STARTING)
+        return nodes
 
     async def _bring_up(self, node: Node, start_task: Mapping[str, Any], wait: bool) -> None:
         try:
@@ -460,6 +496,11 @@ EMULATOR_FAILURE = FailureInfo("servererror", "Unknown", "The emulator could not
 
 def _launch_failure(code: str, detail: str) -> FailureInfo:
     return FailureInfo("usererror", code, f"The task command could not be started: {detail}")
+
+
+def _remove_folders(folders: list[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _spawn(argv: list[str], working_dir: Path, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:

@@ -16,6 +16,7 @@ import structlog
 
 from emulator.model import (
     TASK_ENDED_BY_USER,
+    AllocationState,
     AttemptOutcome,
     FailureInfo,
     Job,
@@ -135,12 +136,31 @@ class Account:
         pool.touch(now)
         log.info("pool.deleting", pool_id=pool.id)
         for node in pool.nodes.values():
-            for task in list(node.running_tasks):
-                self.requeue(task)
-            stop = self.node_stoppers.pop(node, None)
-            if stop is not None:
-                stop()
-            self.set_node_state(node, NodeState.LEAVING_POOL)
+            self.remove_node(node)
+
+    def begin_resize_pool(self, pool: Pool, dedicated: int, low_priority: int) -> None:
+        """New targets; the runner then adds or removes nodes and reports `steady`."""
+        if pool.state == PoolState.DELETING:
+            raise ServiceError(409, "PoolBeingDeleted", "The specified pool has been marked for deletion.")
+        if pool.allocation_state != AllocationState.STEADY:
+            raise ServiceError(
+                409, "OperationInvalidForCurrentState", "The pool is resizing; wait until it is steady."
+            )
+        now = utc_now()
+        pool.spec = {**pool.spec, "targetDedicatedNodes": dedicated, "targetLowPriorityNodes": low_priority}
+        pool.allocation_state, pool.allocation_state_time = AllocationState.RESIZING, now
+        pool.resize_errors.clear()
+        pool.touch(now)
+        log.info("pool.resizing", pool_id=pool.id, target_nodes=dedicated + low_priority)
+
+    def remove_node(self, node: Node) -> None:
+        """A node leaves its pool: its running tasks are requeued and its start task is stopped."""
+        for task in list(node.running_tasks):
+            self.requeue(task)
+        stop = self.node_stoppers.pop(node, None)
+        if stop is not None:
+            stop()
+        self.set_node_state(node, NodeState.LEAVING_POOL)
 
     def forget_pool(self, pool: Pool) -> None:
         if self.pools.get(pool.id.lower()) is pool:

@@ -219,6 +219,19 @@ def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def validate_resize(body: Mapping[str, Any]) -> tuple[int, int]:
+    """A resize body: the new dedicated and low-priority targets (both default to 0)."""
+    body = without_nulls(body)
+    _check_int(body, "targetDedicatedNodes", 0, MAX_NODES)
+    _check_int(body, "targetLowPriorityNodes", 0, MAX_NODES)
+    _check_duration(body, "resizeTimeout")
+    if body.get("nodeDeallocationOption", "requeue") != "requeue":
+        raise invalid_property(
+            "nodeDeallocationOption", "only requeue is emulated (running tasks are requeued)"
+        )
+    return int(body.get("targetDedicatedNodes", 0)), int(body.get("targetLowPriorityNodes", 0))
+
+
 def _check_job_common(body: Mapping[str, Any]) -> None:
     _check_int(body, "priority", -1000, 1000)
     _check_int(body, "maxParallelTasks", -1, 1_000_000)

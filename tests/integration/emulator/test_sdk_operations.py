@@ -276,3 +276,37 @@ async def test_task_files_node_files_and_terminate(batch_emulator: BatchEndpoint
         node_files = {entry.name async for entry in client.list_node_files(pool_id, node, recursive=True)}
         assert {"startup/stdout.txt", "startup/stderr.txt", "shared"} <= node_files
         await (await client.begin_delete_pool(pool_id, polling_interval=0.1)).result()
+
+
+async def test_resize_grows_and_shrinks_idle_nodes_first(batch_emulator: BatchEndpoint) -> None:
+    pool_id, job_id = unique("pool"), unique("job")
+    async with batch_client(batch_emulator) as client:
+        await client.create_pool(pool_options(pool_id, nodes=1, slots=1))
+        await client.create_job(
+            models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id))
+        )
+        await client.create_task(job_id, models.BatchTaskCreateOptions(id="busy", command_line="sleep 60"))
+
+        async def busy_running() -> bool:
+            return bool((await client.get_task(job_id, "busy")).state == models.BatchTaskState.RUNNING)
+
+        await wait_for(busy_running, what="the busy task to run")
+        grow = await client.begin_resize_pool(
+            pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=3), polling_interval=0.1
+        )
+        await grow.result()
+        nodes = [node async for node in client.list_nodes(pool_id)]
+        assert len(nodes) == 3
+        busy_node = (await client.get_task(job_id, "busy")).node_info.node_id
+        shrink = await client.begin_resize_pool(
+            pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=1), polling_interval=0.1
+        )
+        await shrink.result()
+        remaining = [node async for node in client.list_nodes(pool_id)]
+        assert [node.id for node in remaining] == [busy_node]
+        busy = await client.get_task(job_id, "busy")
+        assert (busy.state, busy.execution_info.requeue_count) == (models.BatchTaskState.RUNNING, 0)
+        pool = await client.get_pool(pool_id)
+        assert (pool.target_dedicated_nodes, pool.current_dedicated_nodes) == (1, 1)
+        await client.terminate_task(job_id, "busy")
+        await (await client.begin_delete_pool(pool_id, polling_interval=0.1)).result()

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emulator.model import (
+    AllocationState,
     AttemptOutcome,
     FailureInfo,
     JobState,
@@ -309,3 +310,21 @@ def test_deleting_a_job_stops_its_running_tasks_and_keeps_counters_right(tmp_pat
     assert waiting.state == TaskState.ACTIVE and pick_next(account) is None
     account.forget_job(job)
     assert "j" not in account.jobs
+
+
+def test_resize_needs_a_steady_pool_and_removing_a_node_requeues_its_tasks(tmp_path: Path) -> None:
+    account = account_with_nodes(tmp_path)
+    pool = account.pools["p"]
+    job = add_job(account)
+    (task,) = add_tasks(account, job, 1)
+    node = pool.nodes["n0"]
+    account.assign(task, node)
+    pool.allocation_state = AllocationState.STEADY
+    account.begin_resize_pool(pool, 5, 1)
+    assert (pool.allocation_state, pool.spec["targetDedicatedNodes"]) == (AllocationState.RESIZING, 5)
+    with pytest.raises(ServiceError) as error:
+        account.begin_resize_pool(pool, 1, 0)
+    assert (error.value.status, error.value.code) == (409, "OperationInvalidForCurrentState")
+    account.remove_node(node)
+    assert (task.state, task.requeue_count, node.state) == (TaskState.ACTIVE, 1, NodeState.LEAVING_POOL)
+    assert pick_next(account) == (task, pool.nodes["n1"])
