@@ -697,16 +697,22 @@ async def _apply(journal: Journal, operations: Sequence[tuple[Any, ...]]) -> Non
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(record_plans())
+@given(record_plans(), st.booleans())
 def test_any_order_of_repeated_records_yields_the_same_run_record(
-    plan: tuple[list[tuple[Any, ...]], dict[str, Any]],
+    plan: tuple[list[tuple[Any, ...]], dict[str, Any]], concurrently: bool
 ) -> None:
+    """In sequence, or all at once from one task group (as the pipeline's concurrent stages do)."""
     operations, expected = plan
 
     async def scenario(folder: Path) -> RunRecord | None:
         async with await Journal.open(folder) as journal:
             await journal.create_run(RUN, {"run": {"top": 5}}, PROPERTY_INPUTS)
-            await _apply(journal, operations)
+            if concurrently:
+                async with anyio.create_task_group() as group:
+                    for operation in operations:
+                        group.start_soon(_apply, journal, [operation])
+            else:
+                await _apply(journal, operations)
             return await journal.load_run(RUN)
 
     with tempfile.TemporaryDirectory() as folder:
