@@ -504,6 +504,10 @@ class _Run:
             except collect.OutputMissingError as error:
                 await self._record_failure(index, outcome, message or str(error), tail)
                 return
+            except HttpResponseError as error:  # retries spent: this file fails, the run goes on
+                reason = f"its outputs could not be downloaded: {submit.describe_http_error(error)}"
+                await self._record_failure(index, outcome, message or reason, tail)
+                return
         self.run_counts.add(index, saved.counts.counts)
         self.results[index] = _FileResult(
             file_entry(
