@@ -85,6 +85,7 @@ def _describe_error(error: BaseException) -> str:
     """HTTP status and service error code when there is a response; the error's kind otherwise."""
     status = getattr(error, "status_code", None)
     code = getattr(error, "error_code", None)
+    code = getattr(code, "value", code)  # the SDK gives a StorageErrorCode enum for known codes
     if status is not None:
         described = f"HTTP {status}" + (f" {code}" if code else "")
         if status == 403:
@@ -107,9 +108,10 @@ async def upload_blobs(
     from azure.storage.blob import ContentSettings
     from azure.storage.blob.aio import ContainerClient, ExponentialRetry
 
-    # The SDK's default retry can take 80+ s to give up; this one gives up after about 20 s.
+    # The SDK's default retry can take 80+ s to give up. This one waits about 2, 4, 8, 16 s (±1 s) before
+    # retries 1-4 (the SDK waits initial + base**attempt), so four retries give up after about 30 s.
     retry_policy = ExponentialRetry(
-        initial_backoff=1, increment_base=2, retry_total=retries, random_jitter_range=1
+        initial_backoff=0, increment_base=2, retry_total=retries, random_jitter_range=1
     )
     limiter = asyncio.Semaphore(concurrency)
     failures: list[UploadFailure] = []
