@@ -19,6 +19,7 @@ Rules the rest of topn relies on:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import sqlite3
@@ -227,12 +228,15 @@ class RunRecord:
         """The MD5 recorded for each uploaded input, by relpath."""
         return {relpath: upload.md5_hex for relpath, upload in self.uploads.items()}
 
-    @property
+    # The derived views below are computed once per record (records are immutable snapshots), so
+    # status and resume stay linear in the number of inputs.
+
+    @functools.cached_property
     def task_ids(self) -> tuple[str, ...]:
         """Every task id of the run once, in input order."""
         return tuple(dict.fromkeys(item.task_id for item in self.inputs))
 
-    @property
+    @functools.cached_property
     def inputs_by_task(self) -> dict[str, tuple[JournalInput, ...]]:
         """The inputs of each task (a work unit may hold several), in input order."""
         grouped: dict[str, list[JournalInput]] = {}
@@ -322,10 +326,14 @@ class RunRecord:
             and (self.is_finished or len(by_task[item.task_id]) == 1)
         ]
 
+    @functools.cached_property
+    def task_of_relpath(self) -> dict[str, str]:
+        """The task id of each input, by relpath."""
+        return {item.relpath: item.task_id for item in self.inputs}
+
     def file_error(self, relpath: str) -> dict[str, Any]:
         """Why a file failed: its own recorded error, else its task's outcome."""
-        item = next(item for item in self.inputs if item.relpath == relpath)
-        recorded = self.file_failures.get(relpath) or self.completed.get(item.task_id, {})
+        recorded = self.file_failures.get(relpath) or self.completed.get(self.task_of_relpath[relpath], {})
         return {
             "exit_code": recorded.get("exit_code"),
             "failure_code": recorded.get("failure_code"),
@@ -957,7 +965,7 @@ def describe_run(record: RunRecord) -> dict[str, Any]:
     succeeded = record.succeeded_task_ids
     failed = record.failed_task_ids
     finished_inputs = [item for item in record.inputs if item.task_id in record.completed]
-    task_of = {item.relpath: item.task_id for item in record.inputs}
+    task_of = record.task_of_relpath
     failed_files = record.failed_relpaths
     failures = [
         {"file": relpath, "task_id": task_of[relpath], **record.file_error(relpath)}
