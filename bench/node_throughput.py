@@ -28,7 +28,7 @@ from pathlib import Path
 from node.counting import available_cpus
 
 CORPUS_DIR = Path(__file__).resolve().parent / ".corpus"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MB = 1_000_000
 
 # --- corpora -------------------------------------------------------------------------------------
@@ -92,7 +92,10 @@ def _vocabulary(
         words.add(
             "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(syllables))
         )
-    return sorted(words)
+    # Short words first, then shuffled: the most frequent words (rank 1, 2, ...) are short, as in real text.
+    ordered = sorted(words)
+    rng.shuffle(ordered)
+    return sorted(ordered, key=len)
 
 
 def _surface_forms(word: str, opening: list[str], closing: list[str]) -> list[tuple[str, float]]:

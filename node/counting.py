@@ -102,6 +102,13 @@ class WordCounter:
         data = self._carry + block if had_carry else block
         if not data:
             return
+        if self._strip_punctuation and data.isascii():
+            # `tutorial` on ASCII needs no table: str.split() finds every kind of whitespace itself.
+            text = data.decode("ascii")
+            tokens = text.split()
+            partial = tokens.pop() if tokens and not text[-1].isspace() else ""
+            self._count(tokens, had_carry, partial)
+            return
         translated = data.translate(self._table)
         if NO_BREAK_SPACE in translated:
             translated = translated.replace(NO_BREAK_SPACE, b" ")
@@ -115,6 +122,10 @@ class WordCounter:
             # because str.split() would also split on the bytes 0x85 and 0xA0 inside UTF-8 sequences.
             tokens = translated.decode("latin-1").split(" ")
             partial = tokens.pop()  # "" when the block ends with a space
+        self._count(tokens, had_carry, partial)
+
+    def _count(self, tokens: list[str], had_carry: bool, partial: str) -> None:
+        """Count a block's complete raw tokens; keep the unfinished last one for the next block."""
         if had_carry and tokens and len(tokens[0]) > self._max_run:
             tokens[0:1] = chop(tokens[0], self._max_run)
         if self._strip_punctuation:
