@@ -131,50 +131,44 @@ def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]
 
 async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> None:
     root: Path = args.root
-    python_bin = root / ".python-bin"
     account = Account(args.account_name, root)
-    async with aiohttp.ClientSession() as session, anyio.create_task_group() as group:
-        runner_holder: list[web.AppRunner] = []
-        port_holder: list[int] = []
-        # The account URL is only known once the port is bound; tasks read it from the runner at start.
-        runner = Runner(account, FaultInjector(faults), session, "", python_bin, args.nodes_max_processes)
-        svc = Services(
-            account,
-            runner,
-            runner.faults,
-            key,
-            Limits(args.max_tasks_per_request, args.max_body_bytes, faults.pool_allocation_delay_s),
-            group,
-        )
-        app_runner = web.AppRunner(build_app(svc), access_log=None, handle_signals=False)
-        await app_runner.setup()
-        site = web.TCPSite(app_runner, HOST, args.port, backlog=1024)
-        await site.start()
-        runner_holder.append(app_runner)
-        port_holder.append(int(app_runner.addresses[0][1]))
-        endpoint = f"http://{HOST}:{port_holder[0]}"
-        runner.account_url = endpoint
-        scheduler = Scheduler(account, runner.run_attempt, args.nodes_max_processes)
-        group.start_soon(scheduler.run)
-        log.info("emulator.started", endpoint=endpoint, account_name=account.name, root=str(root))
-        announcement = {
-            "endpoint": endpoint,
-            "account_name": account.name,
-            "pid": os.getpid(),
-            "root": str(root),
-        }
-        sys.stdout.write(json.dumps(announcement) + "\n")
-        sys.stdout.flush()
-        try:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # Signals are caught before the start line is printed, so a parent that stops the emulator
+    # right after reading it still gets a clean shutdown.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with aiohttp.ClientSession() as session, anyio.create_task_group() as group:
+            # The account URL is only known once the port is bound; it is filled in below.
+            runner = Runner(
+                account, FaultInjector(faults), session, "", root / ".python-bin", args.nodes_max_processes
+            )
+            limits = Limits(args.max_tasks_per_request, args.max_body_bytes, faults.pool_allocation_delay_s)
+            app_runner = web.AppRunner(
+                build_app(Services(account, runner, runner.faults, key, limits, group)),
+                access_log=None,
+                handle_signals=False,
+            )
+            await app_runner.setup()
+            try:
+                await web.TCPSite(app_runner, HOST, args.port, backlog=1024).start()
+                endpoint = f"http://{HOST}:{app_runner.addresses[0][1]}"
+                runner.account_url = endpoint
+                group.start_soon(Scheduler(account, runner.run_attempt, args.nodes_max_processes).run)
+                log.info("emulator.started", endpoint=endpoint, account_name=account.name, root=str(root))
+                announcement = {
+                    "endpoint": endpoint,
+                    "account_name": account.name,
+                    "pid": os.getpid(),
+                    "root": str(root),
+                }
+                sys.stdout.write(json.dumps(announcement) + "\n")
+                sys.stdout.flush()
                 async for received in signals:
                     log.info("emulator.stopping", signal=signal.Signals(received).name)
                     break
-        finally:
-            with anyio.CancelScope(shield=True):
-                await app_runner.cleanup()
-            # Cancelling the group cancels every attempt, and each kills its process group on the way out.
-            group.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await app_runner.cleanup()
+                # Cancelling the group cancels every attempt, and each kills its process group on the way out.
+                group.cancel_scope.cancel()
     log.info("emulator.stopped")
 
 
