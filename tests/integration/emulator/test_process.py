@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -258,3 +259,17 @@ async def test_tasks_read_no_stdin(tmp_path: Path) -> None:
             await process.wait()
     assert task.execution_info.exit_code == 0
     assert printed == b"read-done\n"
+
+
+async def test_sigint_also_stops_cleanly(tmp_path: Path) -> None:
+    service = await local.start_emulator(tmp_path / "nodes", tmp_path / "logs")
+    try:
+        os.kill(service.pid, signal.SIGINT)
+        with anyio.fail_after(20):
+            status = await service.process.wait()
+    finally:
+        await local.stop_service(service)
+    assert status == 0
+    log_text = await anyio.Path(tmp_path / "logs" / "emulator.stderr.log").read_text()
+    assert '"signal": "SIGINT"' in log_text and '"event": "emulator.stopped"' in log_text
+    assert "Traceback" not in log_text
