@@ -2,7 +2,8 @@
 
 One database file per state folder (`.topn/journal.sqlite3` by default) holds every run: its
 settings snapshot (secrets stripped), its inputs, every state transition, SAS expiries (never the SAS
-itself), the task ids submitted, the task outcomes and the outputs downloaded.
+itself), the task ids submitted, the task outcomes, the outputs downloaded and the files that failed.
+docs/journal.md describes the guarantees and how `topn resume` and `topn status` use them.
 
 Rules the rest of topn relies on:
 
@@ -39,21 +40,8 @@ T = TypeVar("T")
 JOURNAL_FILENAME: Final = "journal.sqlite3"
 SCHEMA_VERSION: Final = 4
 
-# The states of DESIGN §3. The journal records any well-formed state name (the pipeline owns the
-# state machine); these names are what `describe_run` and the convenience properties understand.
-RUN_STATES: Final = (
-    "CREATED",
-    "PREPARING",
-    "STAGING",
-    "PROVISIONING",
-    "SUBMITTING",
-    "RUNNING",
-    "COLLECTING",
-    "CLEANING",
-    "SUCCEEDED",
-    "FAILED",
-    "CANCELLED",
-)
+# The journal records any well-formed state name (the pipeline owns the state machine of DESIGN §3);
+# it only needs to know which states end a run.
 TERMINAL_STATES: Final = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 _STATE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -503,29 +491,12 @@ class Journal:
         """
         if not run_id:
             raise ValueError("run_id must not be empty")
-        for item in inputs:
-            _check_input(item, run_id)
-        snapshot_json = json.dumps(strip_secrets(settings_snapshot), sort_keys=True, ensure_ascii=False)
-        rows = [
-            (
-                run_id,
-                item.index,
-                item.relpath,
-                item.path,
-                item.size_bytes,
-                item.mtime_ns,
-                None if item.md5_hex is None else item.md5_hex.lower(),
-                item.blob_name,
-                item.task_id,
-            )
-            for item in inputs
-        ]
-        _check_unique(run_id, "index", [row[1] for row in rows])
-        _check_unique(run_id, "relpath", [row[2] for row in rows])
-        _check_unique(run_id, "blob_name", [row[7] for row in rows])
         at = _timestamp(_now())
 
         def write(connection: sqlite3.Connection) -> None:
+            # Validating and encoding thousands of inputs happens here, on the journal's thread.
+            rows = _input_rows(run_id, inputs)
+            snapshot_json = json.dumps(strip_secrets(settings_snapshot), sort_keys=True, ensure_ascii=False)
             results_folder = None if out_dir is None else str(Path(out_dir).absolute())
             existing = connection.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if existing is not None:
@@ -790,6 +761,30 @@ class Journal:
                 raise JournalError(f"cannot read the journal {self.path}: {error}") from error
 
         return await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
+
+
+def _input_rows(run_id: str, inputs: Sequence[JournalInput]) -> list[tuple[Any, ...]]:
+    """The `inputs` table rows of a run, after checking every input and their uniqueness."""
+    for item in inputs:
+        _check_input(item, run_id)
+    rows = [
+        (
+            run_id,
+            item.index,
+            item.relpath,
+            item.path,
+            item.size_bytes,
+            item.mtime_ns,
+            None if item.md5_hex is None else item.md5_hex.lower(),
+            item.blob_name,
+            item.task_id,
+        )
+        for item in inputs
+    ]
+    _check_unique(run_id, "index", [row[1] for row in rows])
+    _check_unique(run_id, "relpath", [row[2] for row in rows])
+    _check_unique(run_id, "blob_name", [row[7] for row in rows])
+    return rows
 
 
 def _check_unique(run_id: str, what: str, values: Sequence[object]) -> None:
