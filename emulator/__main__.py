@@ -8,7 +8,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anyio
@@ -22,6 +24,7 @@ from emulator.runner import Runner, write_python_wrappers
 from emulator.scheduler import Scheduler
 from emulator.server import build_app
 from emulator.state import Account
+from emulator.wire import redact
 
 # Documented local defaults (the same as orchestrator.local). Not secrets: they open a loopback emulator only.
 DEFAULT_ACCOUNT_NAME = "topnlocal"
@@ -85,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """No event ever carries a SAS signature, even inside an unexpected exception's text."""
+    return {key: redact(value) if isinstance(value, str) else value for key, value in event.items()}
+
+
 def configure_logging(level: str) -> None:
     """structlog JSON lines on stderr; stdout carries only the start line."""
     structlog.configure(
@@ -93,6 +101,7 @@ def configure_logging(level: str) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_secrets,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

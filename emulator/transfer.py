@@ -217,7 +217,7 @@ async def upload_output_files(
                     "One of the specified Azure container(s) was not found "
                     "while attempting to upload an output file",
                 ) from None
-            except (AzureError, OSError) as exc:
+            except (AzureError, OSError, ValueError) as exc:
                 status = getattr(exc, "status_code", None)
                 error_lines.append(
                     f"upload to {strip_query(container_url)} failed: {type(exc).__name__} {status or ''}"

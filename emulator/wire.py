@@ -100,6 +100,14 @@ def error_body(
     return body
 
 
+_SAS_SIGNATURE = re.compile(r"(?i)\bsig=[^&\s\"']+")
+
+
+def redact(text: str) -> str:
+    """Text with SAS signatures hidden: defence in depth for anything that quotes a URL."""
+    return _SAS_SIGNATURE.sub("sig=REDACTED", text)
+
+
 def strip_query(url: str) -> str:
     """A URL without its query string, safe to log: SAS tokens live in the query."""
     return url.split("?", 1)[0]

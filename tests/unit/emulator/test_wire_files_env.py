@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -311,3 +312,13 @@ def test_any_pool_or_job_body_is_accepted_or_rejected_with_a_service_error(
         assert isinstance(job.max_parallel_tasks, int)
     except ServiceError as error:
         assert error.status in (400, 409)
+
+
+def test_log_events_never_carry_a_sas_signature() -> None:
+    from emulator.__main__ import redact_secrets
+
+    url = "http://127.0.0.1:10000/devstoreaccount1/c/b?sv=2025-01-01&sp=r&sig=c2VjcmV0%2Bc2ln%3D&st=x"
+    event = redact_secrets(None, "info", {"event": "x", "error": f"GET {url} failed", "count": 3})
+    assert "c2VjcmV0" not in json.dumps(event)
+    assert event["error"] == f"GET {url.split('sig=')[0]}sig=REDACTED&st=x failed"
+    assert event["count"] == 3
