@@ -161,9 +161,10 @@ def select_properties(request: web.Request) -> list[str] | None:
 
 
 def apply_select(body: dict[str, Any], selected: list[str] | None) -> dict[str, Any]:
+    """Keep the selected top-level properties; `executionInfo/exitCode` keeps all of `executionInfo`."""
     if selected is None:
         return body
-    wanted = {name.lower() for name in selected}
+    wanted = {name.split("/", 1)[0].lower() for name in selected}
     return {key: value for key, value in body.items() if key.lower() in wanted}
 
 
