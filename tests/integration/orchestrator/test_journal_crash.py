@@ -21,6 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
+from azure.core.exceptions import ResourceNotFoundError
 
 from orchestrator.journal import Journal, JournalInput, RunRecord, describe_run
 from tests.secret_scan import find_secrets, texts_under
@@ -331,11 +333,27 @@ def _cli_environment(batch: BatchEndpoint, storage: StorageEndpoint, state_dir: 
     }
 
 
+def _after_uploads(count: int) -> Callable[[dict[str, Any]], bool]:
+    """True at the `count`-th input upload (a debug event), so the kill lands while staging."""
+    seen: list[str] = []
+
+    def check(event: dict[str, Any]) -> bool:
+        if event["event"] == "blob.uploaded" and not str(event["blob"]).endswith(".pyz"):
+            seen.append(event["blob"])
+        return len(seen) == count
+
+    return check
+
+
+def _is_first_output(event: dict[str, Any]) -> bool:
+    return bool(event["event"] == "output.downloaded")
+
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
     start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
-    """SIGKILL `topn run` once outputs start arriving; everything the journal holds must be true.
+    """SIGKILL `topn run` while it uploads, and a second run once outputs arrive: what is journalled is true.
 
     Resume trusts the journal, so it may lag behind the services (work done but not yet recorded is
     redone idempotently) but must never claim work that did not happen.
@@ -347,8 +365,54 @@ async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"text {number}.txt").write_text(f"alpha beta {'gamma ' * number}delta\n", encoding="utf-8")
     state_dir = tmp_path / "state"
-    out_dir = tmp_path / "out"
     environment = _cli_environment(batch, azurite, state_dir)
+
+    # Imported here, not at the top: the writer process runs this module and needs neither.
+    from orchestrator.clients import open_clients
+    from orchestrator.settings import load_settings
+
+    settings = load_settings(ROOT / "config" / "local.toml", environment)
+    killed: dict[str, RunRecord] = {}
+    for name, kill_when in [("staging", _after_uploads(3)), ("collecting", _is_first_output)]:
+        out_dir = tmp_path / f"out-{name}"
+        announced = await _run_topn_until(inputs_dir, out_dir, environment, tmp_path, kill_when)
+        run_id = next(event["run_id"] for event in announced if event["event"] == "run.started")
+        record = await _load_after_crash(state_dir / "journal.sqlite3", run_id)
+        assert not record.is_finished
+        assert len(record.inputs) == SAMPLE_FILES
+        # What the killed process announced, it had recorded first.
+        announced_states = [event["to_state"] for event in announced if event["event"] == "run.state_changed"]
+        assert [change.state for change in record.state_history][1:] == announced_states
+        announced_downloads = {event["file"] for event in announced if event["event"] == "output.downloaded"}
+        assert announced_downloads <= set(record.downloads)
+        async with AsyncExitStack() as stack:
+            await _check_never_ahead(record, await open_clients(settings, stack))
+        _check_saved_outputs(record, out_dir)
+        killed[name] = record
+        print(f"killed while {name}, in {record.state}:", describe_run(record)["stages"])
+
+    # Once outputs arrive, every task is submitted and recorded, and some completions are recorded.
+    late = killed["collecting"]
+    assert late.state in {"RUNNING", "COLLECTING"}
+    assert late.unsubmitted_task_ids == ()
+    assert late.completed
+    # Nothing the killed runs left behind (journal, WAL, results) holds a key or a SAS signature.
+    left_behind = (
+        texts_under(state_dir)
+        + texts_under(tmp_path / "out-staging")
+        + texts_under(tmp_path / "out-collecting")
+    )
+    assert find_secrets(left_behind, [batch.account_key, azurite.account_key]) == []
+
+
+async def _run_topn_until(
+    inputs_dir: Path,
+    out_dir: Path,
+    environment: dict[str, str],
+    cwd: Path,
+    kill_when: Callable[[dict[str, Any]], bool],
+) -> list[dict[str, Any]]:
+    """Run `topn run` as a user would and SIGKILL it at the first event matching `kill_when`."""
     command = [
         sys.executable,
         "-m",
@@ -361,10 +425,12 @@ async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
         str(out_dir),
         "--log-format",
         "json",
+        "--log-level",
+        "debug",
     ]
     announced: list[dict[str, Any]] = []
     async with await anyio.open_process(
-        command, cwd=tmp_path, env={**os.environ, **environment}, stdout=subprocess.DEVNULL
+        command, cwd=cwd, env={**os.environ, **environment}, stdout=subprocess.DEVNULL
     ) as process:
         assert process.stderr is not None
         lines = BufferedByteReceiveStream(process.stderr)
@@ -373,18 +439,17 @@ async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
                 try:
                     line = await lines.receive_until(b"\n", 1 << 20)
                 except anyio.EndOfStream:
-                    raise AssertionError(
-                        f"topn run ended before any output arrived: {announced[-3:]}"
-                    ) from None
+                    raise AssertionError(f"topn run ended before the kill point: {announced[-3:]}") from None
                 event = json.loads(line)
                 announced.append(event)
-                if event["event"] == "output.downloaded":
+                if kill_when(event):
                     process.send_signal(signal.SIGKILL)
                     break
         assert await process.wait() == -signal.SIGKILL
-    run_id = next(event["run_id"] for event in announced if event["event"] == "run.started")
+    return announced
 
-    journal_file = state_dir / "journal.sqlite3"
+
+async def _load_after_crash(journal_file: Path, run_id: str) -> RunRecord:
     raw = sqlite3.connect(journal_file)
     try:
         assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -393,46 +458,28 @@ async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
     async with await Journal.open(journal_file) as journal:
         record = await journal.load_run(run_id)
     assert record is not None
-    assert not record.is_finished
-    assert record.state in {"RUNNING", "COLLECTING"}
-    assert len(record.inputs) == SAMPLE_FILES
+    return record
 
-    # What the killed process announced, it had recorded first.
-    announced_downloads = {event["file"] for event in announced if event["event"] == "output.downloaded"}
-    assert announced_downloads <= set(record.downloads)
 
-    # Imported here, not at the top: the writer process runs this module and needs neither.
-    from orchestrator.clients import open_clients
-    from orchestrator.settings import load_settings
-
-    settings = load_settings(ROOT / "config" / "local.toml", environment)
-    async with AsyncExitStack() as stack:
-        clients = await open_clients(settings, stack)
-        # Every recorded upload is in Blob Storage with the recorded MD5, which is the local file's.
-        assert set(record.uploads) == {item.relpath for item in record.inputs}
-        for item in record.inputs:
-            blob = clients.blob_service.get_blob_client("topn-input", record.uploads[item.relpath].blob_name)
-            stored = await (await blob.download_blob()).readall()
-            local_md5 = _md5_of_file(Path(item.path))
-            assert hashlib.md5(stored, usedforsecurity=False).hexdigest() == local_md5
-            assert record.uploads[item.relpath].md5_hex == local_md5
-        # The job holds exactly one task per input, and every recorded one is there.
-        tasks = {task.id: task async for task in clients.batch.list_tasks(f"topn-{run_id}")}
-        assert set(tasks) == set(record.task_ids) == set(record.submitted_task_ids)
-        # Every recorded completion happened, with the recorded exit code.
-        assert record.completed
-        for task_id, outcome in record.completed.items():
-            assert str(tasks[task_id].state).lower().endswith("completed")
-            execution = tasks[task_id].execution_info
-            assert execution is not None and execution.exit_code == outcome["exit_code"]
-
-    _check_saved_outputs(record, out_dir)
-    # Nothing the killed run left behind (journal, WAL, results) holds a key or a SAS signature.
-    assert (
-        find_secrets(texts_under(state_dir) + texts_under(out_dir), [batch.account_key, azurite.account_key])
-        == []
-    )
-    print(f"killed in {record.state}:", describe_run(record)["stages"])
+async def _check_never_ahead(record: RunRecord, clients: Any) -> None:
+    """Every upload, task and completion the journal records is true of Azurite and the emulator."""
+    for relpath, upload in record.uploads.items():
+        blob = clients.blob_service.get_blob_client("topn-input", upload.blob_name)
+        stored = await (await blob.download_blob()).readall()
+        item = next(item for item in record.inputs if item.relpath == relpath)
+        local_md5 = _md5_of_file(Path(item.path))
+        assert hashlib.md5(stored, usedforsecurity=False).hexdigest() == local_md5 == upload.md5_hex
+    try:
+        tasks = {task.id: task async for task in clients.batch.list_tasks(f"topn-{record.run_id}")}
+    except ResourceNotFoundError:  # killed before the job was created
+        tasks = {}
+    # Task ids are the run's work units: the job never holds a stranger, nor misses a recorded one.
+    assert set(tasks) <= set(record.task_ids)
+    assert record.submitted_task_ids <= set(tasks)
+    for task_id, outcome in record.completed.items():
+        assert str(tasks[task_id].state).lower().endswith("completed")
+        execution = tasks[task_id].execution_info
+        assert execution is not None and execution.exit_code == outcome["exit_code"]
 
 
 def _md5_of_file(path: Path) -> str:
