@@ -225,3 +225,10 @@ def test_worker_processes_give_the_single_process_result(tmp_path: Path) -> None
     assert list(multi.counts.items()) == list(single.counts.items())
     assert multi.top(10) == single.top(10)
     assert multi.counts["latecomer"] == 3
+
+
+def test_cuts_in_an_overlong_run_never_split_a_character() -> None:
+    # With a 2-byte limit, "aéaé" (6 bytes) is cut between characters only: no U+FFFD appears.
+    result = count_in_blocks("aéaé".encode(), "tutorial", [1], max_run=2)
+    assert list(result.counts.items()) == [("a", 2), ("é", 2)]
+    assert result.invalid_bytes == 0
