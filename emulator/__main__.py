@@ -144,7 +144,9 @@ async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> 
     # Signals are caught before the start line is printed, so a parent that stops the emulator
     # right after reading it still gets a clean shutdown.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with aiohttp.ClientSession() as session, anyio.create_task_group() as group:
+        # Downloads of any size are fine while bytes keep flowing; a stalled server fails the task.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+        async with aiohttp.ClientSession(timeout=timeout) as session, anyio.create_task_group() as group:
             # The account URL is only known once the port is bound; it is filled in below.
             runner = Runner(
                 account, FaultInjector(faults), session, "", root / ".python-bin", args.nodes_max_processes

@@ -266,10 +266,14 @@ class Runner:
             identity=user_identity_name(spec, "task"),
         )
         try:
-            await download_resource_files(self.session, spec.get("resourceFiles") or [], working_dir)
+            # The wall clock runs from the start of the attempt, downloads included.
+            with anyio.move_on_after(task.max_wall_clock_s) as download_timer:
+                await download_resource_files(self.session, spec.get("resourceFiles") or [], working_dir)
         except TransferError as exc:
             (task_dir / "stderr.txt").write_text(f"emulator: {exc.failure.message}\n")
             return AttemptOutcome(None, exc.failure, retryable=False)
+        if download_timer.cancelled_caught:
+            return AttemptOutcome(None, WALL_CLOCK_EXCEEDED, retryable=False)
         preempt = self.faults.should_preempt(task.job_id, task.id)
         if self.faults.task_fails(task.command_line):
             (task_dir / "stdout.txt").write_bytes(b"")

@@ -75,6 +75,10 @@ async def _download_http(session: aiohttp.ClientSession, url: str, target: Path)
             async with await anyio.open_file(target, "wb") as output:
                 async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
                     await output.write(chunk)
+    except TimeoutError:
+        raise _download_failure(
+            "BlobDownloadTimedOut", url, f"timed out reading {strip_query(url)}"
+        ) from None
     except aiohttp.ClientError as exc:
         raise _download_failure(
             "BlobDownloadMiscError", url, f"{type(exc).__name__} for {strip_query(url)}"

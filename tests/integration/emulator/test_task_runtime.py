@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -377,3 +378,33 @@ async def test_start_task_stages_a_script_that_tasks_run(
     assert printed == b"tool hello two words\n"
     assert staged == b"staged\n"
     assert {"startup/wd/tool.py", "shared/tool.py"} <= startup_files
+
+
+async def test_wall_clock_covers_a_stalled_resource_download(batch_emulator: BatchEndpoint) -> None:
+    pool_id, job_id = unique("pool"), unique("job")
+    with socket.socket() as silent:
+        # Accepts connections (the kernel's backlog) but never answers: a stalled storage server.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/c/blob.txt?sv=1&sig=c2lnbmF0dXJlc2lnbmF0dXJl"
+        task = models.BatchTaskCreateOptions(
+            id="stalled",
+            command_line="/bin/true",
+            resource_files=[models.ResourceFile(http_url=url, file_path="blob.txt")],
+            constraints=models.BatchTaskConstraints(max_wall_clock_time=timedelta(seconds=1)),
+        )
+        async with batch_client(batch_emulator) as client:
+            await client.create_pool(pool_options(pool_id))
+            await client.create_job(
+                models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id))
+            )
+            await client.create_task(job_id, task)
+            await wait_job_done(client, job_id, 1, timeout_s=30)
+            finished = await client.get_task(job_id, "stalled")
+            await (await client.begin_delete_pool(pool_id, polling_interval=0.1)).result()
+    info = finished.execution_info
+    assert (info.result, info.failure_info.code, info.retry_count) == (
+        models.BatchTaskExecutionResult.FAILURE,
+        "TaskEnded",
+        0,
+    )
