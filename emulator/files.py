@@ -28,7 +28,8 @@ def resolve_file(root: Path, relative: str) -> Path:
     if candidate.is_absolute() or ".." in candidate.parts or not relative:
         raise ServiceError(404, "FileNotFound", "The specified file does not exist.")
     path = root.joinpath(*candidate.parts)
-    if not path.exists():
+    # A symlink a task made must not turn the files API into a window on the whole machine.
+    if not path.exists() or not path.resolve().is_relative_to(root.resolve()):
         raise ServiceError(404, "FileNotFound", "The specified file does not exist.")
     return path
 

@@ -69,6 +69,13 @@ def test_file_paths_stay_inside(tmp_path: Path) -> None:
         with pytest.raises(ServiceError) as error:
             files.resolve_file(tmp_path, bad)
         assert error.value.code == "FileNotFound"
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    outside.write_text("not yours")
+    (tmp_path / "wd" / "link.txt").symlink_to(outside)
+    with pytest.raises(ServiceError):
+        files.resolve_file(tmp_path, "wd/link.txt")
+    outside.unlink()
+    (tmp_path / "wd" / "link.txt").unlink()
     names = [entry.name for entry in files.list_entries(tmp_path, recursive=False)]
     assert names == ["stdout.txt", "wd"]
     assert resolve_inside(tmp_path, "a/b.txt") == tmp_path / "a" / "b.txt"
