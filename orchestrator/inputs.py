@@ -24,7 +24,11 @@ class InputFile:
 
 
 def discover_inputs(paths: Sequence[Path]) -> list[InputFile]:
-    """Files and folders (recursively) to a list sorted by relpath; InputError names any bad path."""
+    """Files and folders (recursively) to a list sorted by relpath; InputError names any bad path.
+
+    Inside folders, hidden entries (names starting with ".") are skipped; a file named explicitly is
+    always taken.
+    """
     if not paths:
         raise InputError("no input given: name at least one file or folder, e.g. `topn run ./texts`")
     found: list[InputFile] = []
@@ -66,7 +70,7 @@ def _walk_argument(argument: Path) -> Iterator[tuple[Path, str, os.stat_result]]
         count += 1
         yield path, relpath, file_info
     if count == 0:
-        raise InputError(f"folder has no files to process: {argument}")
+        raise InputError(f"folder has no files to process (hidden ones are skipped): {argument}")
 
 
 def _walk_folder(
@@ -78,6 +82,8 @@ def _walk_folder(
     except OSError as error:
         raise InputError(f"cannot list folder {folder}: {error.strerror}") from None
     for entry in entries:
+        if entry.name.startswith("."):
+            continue  # hidden files and folders (.git, .topn state) are never inputs unless named
         path = Path(entry.path)
         try:
             info = path.stat()  # follows symlinks, as a user who linked a file in expects

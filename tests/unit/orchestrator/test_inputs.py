@@ -90,3 +90,11 @@ def test_unique_relpaths_keep_first_names_and_never_collide(relpaths: list[str])
     for relpath, position in first_positions.items():
         assert unique[position] == relpath
     assert make_relpaths_unique(relpaths) == unique
+
+
+def test_hidden_entries_inside_folders_are_skipped_unless_named(tmp_path: Path) -> None:
+    write(tmp_path / "t" / "a.txt")
+    write(tmp_path / "t" / ".git" / "config")
+    hidden = write(tmp_path / "t" / ".notes.txt")
+    assert [item.relpath for item in discover_inputs([tmp_path / "t"])] == ["a.txt"]
+    assert [item.relpath for item in discover_inputs([hidden])] == [".notes.txt"]
