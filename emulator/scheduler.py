@@ -39,6 +39,10 @@ def pick_next(account: Account) -> tuple[Task, Node] | None:
             if 0 <= job.max_parallel_tasks <= job.counts.running:
                 continue
             task = job.next_ready()
+            while task is not None and task.required_slots > pool.task_slots_per_node:
+                # It could never fit on any node of this pool; failing it keeps the queue moving.
+                account.fail_unschedulable(task, pool.task_slots_per_node)
+                task = job.next_ready()
             if task is None:
                 continue
             node = choose_node(pool.nodes.values(), task.required_slots, pool.fill_type)

@@ -440,6 +440,17 @@ class Account:
         task.failure = failure
         self._set_task_state(task, TaskState.COMPLETED, TaskResult.FAILURE)
 
+    def fail_unschedulable(self, task: Task, slots_per_node: int) -> None:
+        """Complete a task that needs more slots than any node of its pool has."""
+        failure = FailureInfo(
+            "usererror",
+            "TaskSchedulingConstraintFailed",
+            f"The task needs {task.required_slots} slots but the pool's nodes have {slots_per_node}.",
+        )
+        task.end_time, task.failure = utc_now(), failure
+        self._set_task_state(task, TaskState.COMPLETED, TaskResult.FAILURE)
+        self.check_job_completion(self.jobs[task.job_id.lower()])
+
     def terminate_task(self, job: Job, task: Task) -> None:
         if task.state == TaskState.COMPLETED:
             raise ServiceError(409, "TaskCompleted", "The specified task is already completed.")

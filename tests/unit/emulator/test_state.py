@@ -328,3 +328,13 @@ def test_resize_needs_a_steady_pool_and_removing_a_node_requeues_its_tasks(tmp_p
     account.remove_node(node)
     assert (task.state, task.requeue_count, node.state) == (TaskState.ACTIVE, 1, NodeState.LEAVING_POOL)
     assert pick_next(account) == (task, pool.nodes["n1"])
+
+
+def test_a_task_that_can_never_fit_fails_instead_of_blocking_its_job(tmp_path: Path) -> None:
+    account = account_with_nodes(tmp_path, nodes=1, slots=2)
+    job = add_job(account)
+    too_big = account.add_task(job, {"id": "big", "commandLine": "x", "requiredSlots": 3})
+    small = account.add_task(job, {"id": "small", "commandLine": "x"})
+    assert pick_next(account) == (small, account.pools["p"].nodes["n0"])
+    assert (too_big.state, too_big.result) == (TaskState.COMPLETED, TaskResult.FAILURE)
+    assert too_big.failure is not None and too_big.failure.code == "TaskSchedulingConstraintFailed"
