@@ -32,6 +32,7 @@ from emulator.model import (
     exit_job_action,
     retries_left,
 )
+from emulator.validation import DEFAULT_JOB_CONSTRAINTS
 from emulator.wire import ServiceError, new_etag, parse_duration, utc_now
 
 log = structlog.get_logger("emulator")
@@ -42,7 +43,7 @@ UPDATABLE_JOB_DEFAULTS: dict[str, Any] = {
     "priority": 0,
     "maxParallelTasks": -1,
     "allowTaskPreemption": False,
-    "constraints": {},
+    "constraints": DEFAULT_JOB_CONSTRAINTS,
     "onAllTasksComplete": "noaction",
     "onTaskFailure": "noaction",
     "metadata": [],

@@ -6,12 +6,21 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from emulator.wire import ServiceError, invalid_property, is_valid_id, missing_property, parse_duration
+from emulator.wire import (
+    UNLIMITED_DURATION,
+    ServiceError,
+    invalid_property,
+    is_valid_id,
+    missing_property,
+    parse_duration,
+)
 
 ID_RULE = "ids are 1-64 characters: letters, digits, hyphens and underscores"
 UPLOAD_CONDITIONS = ("tasksuccess", "taskfailure", "taskcompletion")
 JOB_ACTIONS = ("none", "disable", "terminate")
 MAX_NODES = 1000
+# What the service reports for a job created without constraints.
+DEFAULT_JOB_CONSTRAINTS = {"maxWallClockTime": UNLIMITED_DURATION, "maxTaskRetryCount": 0}
 
 
 def without_nulls(value: Any) -> Any:
@@ -275,6 +284,7 @@ def validate_job(body: Mapping[str, Any]) -> dict[str, Any]:
     spec.setdefault("usesTaskDependencies", False)
     spec.setdefault("onAllTasksComplete", "noaction")
     spec.setdefault("onTaskFailure", "noaction")
+    spec["constraints"] = {**DEFAULT_JOB_CONSTRAINTS, **(spec.get("constraints") or {})}
     return spec
 
 
