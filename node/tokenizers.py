@@ -80,9 +80,11 @@ def normalize_raw_token(token: str, tokenizer: Tokenizer) -> tuple[list[str], in
         word = token if tokenizer == "words" else token.strip(ASCII_PUNCTUATION)
         return ([word] if word else []), 0
     data = token.encode("latin-1")
-    text = data.decode("utf-8", "surrogateescape")
-    invalid_bytes = len(_ESCAPED_BYTE_RE.findall(text))
-    if invalid_bytes:
+    try:
+        text = data.decode("utf-8")
+        invalid_bytes = 0
+    except UnicodeDecodeError:
+        invalid_bytes = len(_ESCAPED_BYTE_RE.findall(data.decode("utf-8", "surrogateescape")))
         # The replacement the user sees: one U+FFFD per maximal bad sequence, as str.decode does.
         text = data.decode("utf-8", "replace")
     return words_of_text(text, tokenizer), invalid_bytes
@@ -95,11 +97,18 @@ def fold_raw_counts(raw: Counter[str], into: Counter[str], tokenizer: Tokenizer)
     inserts every word at its first occurrence in the text, so `into` keeps first-occurrence order.
     """
     invalid_total = 0
+    strip = tokenizer == "tutorial"
+    current = into.get  # plain dict access: Counter's __missing__ is a Python call per new word
     for token, count in raw.items():
+        if token.isascii():  # the common case, inlined: one word or none
+            word = token.strip(ASCII_PUNCTUATION) if strip else token
+            if word:
+                into[word] = current(word, 0) + count
+            continue
         words, invalid_bytes = normalize_raw_token(token, tokenizer)
         invalid_total += invalid_bytes * count
         for word in words:
-            into[word] += count
+            into[word] = current(word, 0) + count
     return invalid_total
 
 
