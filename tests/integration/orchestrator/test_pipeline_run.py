@@ -269,3 +269,46 @@ async def job_state(clients: Any, job_id: str) -> str:
     except ResourceNotFoundError:
         return "gone"
     return str(getattr(job.state, "value", job.state))
+
+
+async def test_clean_up_follows_the_config_and_never_asks(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    batch = await start_emulator()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("tidy tidy up", encoding="utf-8")
+    settings = settings_for(
+        batch,
+        azurite,
+        tmp_path / "state",
+        TOPN_POOL_ID="tidy-pool",
+        TOPN_POOL_DELETE_AFTER_RUN="true",
+        TOPN_RUN_DELETE_RUN_BLOBS="true",
+        TOPN_RUN_DELETE_JOB="true",
+    )
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        summary = await run_pipeline(
+            settings,
+            discover_inputs([tmp_path / "in"]),
+            clients,
+            tmp_path / "out",
+            node_script=stand_in_node(),
+        )
+        run_id = summary["run_id"]
+        assert summary["state"] == "SUCCEEDED" and (tmp_path / "out" / "a_OUTPUT.txt").is_file()
+        assert await job_state(clients, naming.job_id(run_id)) in {"gone", "deleting"}
+        assert await pool_state(clients, "tidy-pool") in {"gone", "deleting"}
+        inputs = clients.blob_service.get_container_client("topn-input")
+        assert [blob.name async for blob in inputs.list_blobs(name_starts_with=f"runs/{run_id}/")] == []
+        containers = [container.name async for container in clients.blob_service.list_containers()]
+        assert naming.output_container("topn", run_id) not in containers
+
+
+async def pool_state(clients: Any, pool_id: str) -> str:
+    """The pool's state, or "gone" once the service no longer knows it."""
+    try:
+        pool = await clients.batch.get_pool(pool_id)
+    except ResourceNotFoundError:
+        return "gone"
+    return str(getattr(pool.state, "value", pool.state))
