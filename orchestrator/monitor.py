@@ -16,8 +16,9 @@ from typing import Any, Protocol
 import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
-from azure.batch.models import BatchTask, BatchTaskCountsResult
+from azure.batch.models import BatchJob, BatchTask, BatchTaskCountsResult
 
+from orchestrator.errors import RunFailedError
 from orchestrator.retry import RetryPolicy, retry_call
 
 log = structlog.get_logger()
@@ -27,6 +28,9 @@ TASK_SELECT = ["id", "state", "stateTransitionTime", "executionInfo", "nodeInfo"
 # Listings overlap the previous watermark by this much, in case the service's clock steps backwards.
 WATERMARK_OVERLAP = timedelta(seconds=2)
 BACKOFF_FACTOR = 1.5
+# After this many polls without progress, check that the job itself is still active.
+IDLE_POLLS_BEFORE_JOB_CHECK = 5
+JOB_STATES_THAT_RUN_TASKS = frozenset({"active", "enabling", "disabling"})
 
 
 class MonitorClient(Protocol):
@@ -35,6 +39,8 @@ class MonitorClient(Protocol):
     def get_job_task_counts(self, job_id: str, **kwargs: Any) -> Awaitable[BatchTaskCountsResult]: ...
 
     def list_tasks(self, job_id: str, **kwargs: Any) -> AsyncIterator[BatchTask]: ...
+
+    def get_job(self, job_id: str, **kwargs: Any) -> Awaitable[BatchJob]: ...
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,7 @@ async def watch_job(
     watermark: datetime | None = None
     interval = poll_min_s
     last: Counts | None = None
+    idle_polls = 0
     async with completions:
         while len(seen) < len(expected):
             counts = counts_of(
@@ -151,8 +158,26 @@ async def watch_job(
                     batch, job_id, expected, seen, watermark, completions, retry
                 )
             if len(seen) < len(expected):
+                idle_polls = 0 if moved else idle_polls + 1
+                if idle_polls and idle_polls % IDLE_POLLS_BEFORE_JOB_CHECK == 0:
+                    await _check_job_still_runs(batch, job_id, len(expected) - len(seen), retry)
                 interval = next_poll_interval(interval, moved, poll_min_s, poll_max_s)
                 await anyio.sleep(interval)
+
+
+async def _check_job_still_runs(batch: MonitorClient, job_id: str, waiting: int, retry: RetryPolicy) -> None:
+    """A job that was terminated, disabled or deleted will never finish its tasks: say so, do not wait."""
+    job = await retry_call(
+        retry, "get_job", lambda: batch.get_job(job_id, select=["id", "state", "executionInfo"])
+    )
+    state = wire_value(job.state)
+    if state in JOB_STATES_THAT_RUN_TASKS:
+        return
+    reason = job.execution_info.termination_reason if job.execution_info is not None else None
+    raise RunFailedError(
+        f"job {job_id} is {state}{f' ({reason})' if reason else ''} with {waiting} task(s) not finished; "
+        "they will never run. Check who stopped it, then run again"
+    )
 
 
 async def _collect_completed(

@@ -7,7 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import pytest
 from azure.batch.models import (
+    BatchJob,
+    BatchJobExecutionInfo,
     BatchTask,
     BatchTaskCounts,
     BatchTaskCountsResult,
@@ -18,6 +21,7 @@ from azure.batch.models import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.errors import RunFailedError
 from orchestrator.monitor import TaskOutcome, completion_filter, next_poll_interval, outcome_of, watch_job
 from orchestrator.retry import RetryPolicy
 
@@ -87,12 +91,15 @@ def test_outcome_needs_success_and_exit_code_zero() -> None:
 class FakeJob:
     """Tasks complete on a schedule of polls; records every request and filter."""
 
-    def __init__(self, schedule: list[list[BatchTask]]) -> None:
+    def __init__(self, schedule: list[list[BatchTask]], total: int | None = None) -> None:
         self.schedule = schedule
         self.completed: list[BatchTask] = []
         self.polls = 0
         self.filters: list[str] = []
-        self.total = sum(len(step) for step in schedule)
+        self.total = total if total is not None else sum(len(step) for step in schedule)
+        self.job_state = "active"
+        self.terminate_reason: str | None = None
+        self.job_checks = 0
 
     def counts(self) -> BatchTaskCountsResult:
         done = len(self.completed)
@@ -108,6 +115,14 @@ class FakeJob:
             self.completed.extend(self.schedule[self.polls])
         self.polls += 1
         return self.counts()
+
+    async def get_job(self, job_id: str, **kwargs: Any) -> BatchJob:
+        self.job_checks += 1
+        return BatchJob(
+            id=job_id,
+            state=self.job_state,
+            execution_info=BatchJobExecutionInfo(start_time=T0, termination_reason=self.terminate_reason),
+        )
 
     def list_tasks(self, job_id: str, **kwargs: Any) -> AsyncIterator[BatchTask]:
         self.filters.append(kwargs["filter"])
@@ -155,3 +170,21 @@ async def test_each_completion_is_sent_once_and_listing_happens_only_when_counts
     assert len(job.filters) == 3  # one listing per poll where the completed count moved
     assert job.filters[0] == "state eq 'completed'"
     assert "stateTransitionTime ge" in job.filters[1]
+
+
+async def test_a_job_stopped_under_the_run_ends_the_watch_with_the_reason() -> None:
+    job = FakeJob([[task("t1", exit_code=0, result="success", when=T0)]], total=2)
+    job.job_state = "completed"
+    job.terminate_reason = "MaxWallClockTimeExpiry"
+    with pytest.raises(RunFailedError, match=r"completed \(MaxWallClockTimeExpiry\) with 1 task"):
+        send, _receive = anyio.create_memory_object_stream[TaskOutcome](10)
+        await watch_job(job, "j", ["t1", "t2"], send, poll_min_s=0.001, poll_max_s=0.004, retry=FAST)
+    assert job.job_checks == 1
+
+
+async def test_an_active_job_is_checked_only_now_and_then_while_idle() -> None:
+    schedule: list[list[BatchTask]] = [[]] * 12 + [[task("t1", exit_code=0, result="success", when=T0)]]
+    job = FakeJob(schedule)
+    outcomes = await run_watch(job, ["t1"])
+    assert [outcome.task_id for outcome in outcomes] == ["t1"]
+    assert job.job_checks == 2  # after 5 and 10 idle polls
