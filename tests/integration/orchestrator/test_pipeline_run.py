@@ -14,12 +14,13 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+from azure.batch.models._models import BatchJobTerminateOptions  # not exported (SDK quirk)
 from azure.core.exceptions import ResourceNotFoundError
 from structlog.testing import capture_logs
 
 from orchestrator import naming
 from orchestrator.clients import open_clients
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, RunFailedError
 from orchestrator.inputs import discover_inputs
 from orchestrator.journal import Journal
 from orchestrator.pipeline import run_pipeline
@@ -312,3 +313,49 @@ async def pool_state(clients: Any, pool_id: str) -> str:
     except ResourceNotFoundError:
         return "gone"
     return str(getattr(pool.state, "value", pool.state))
+
+
+async def test_a_job_terminated_under_the_run_fails_it_promptly_with_the_reason(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    batch = await start_emulator()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("SLEEP-THIS-FILE", encoding="utf-8")
+    (tmp_path / "in" / "b.txt").write_text("waits behind a", encoding="utf-8")
+    settings = settings_for(
+        batch,
+        azurite,
+        tmp_path / "state",
+        TOPN_POOL_ID="terminated-pool",
+        TOPN_POOL_DEDICATED_NODES="1",
+        TOPN_POOL_TASK_SLOTS_PER_NODE="1",
+        TOPN_RUN_TASK_MAX_RETRIES="0",
+    )
+    running = RunningSignal()
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        failures: list[RunFailedError] = []
+        async with anyio.create_task_group() as group:
+
+            async def run() -> None:
+                try:
+                    await run_pipeline(
+                        settings,
+                        discover_inputs([tmp_path / "in"]),
+                        clients,
+                        tmp_path / "out",
+                        progress=running,
+                        node_script=stand_in_node(),
+                    )
+                except RunFailedError as error:
+                    failures.append(error)
+
+            group.start_soon(run)
+            with anyio.fail_after(60):
+                await running.event.wait()
+            jobs = [job async for job in clients.batch.list_jobs()]
+            assert len(jobs) == 1
+            options = BatchJobTerminateOptions(termination_reason="StoppedByOperator")
+            await clients.batch.begin_terminate_job(jobs[0].id, options)
+    assert len(failures) == 1
+    assert re.search(r"is completed \(StoppedByOperator\) with 1 task\(s\) not finished", str(failures[0]))
