@@ -24,6 +24,8 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,84 +33,19 @@ import anyio
 
 from bench.seed_baseline import SeedEndpoints, run_seed_baseline
 from orchestrator import local
-from orchestrator.pipeline import build_node_script
+from orchestrator.clients import open_clients
+from orchestrator.events import configure_events
+from orchestrator.inputs import discover_inputs
+from orchestrator.pipeline import build_node_script, run_pipeline
+from orchestrator.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-VOCABULARY = (
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "was",
-    "that",
-    "for",
-    "it",
-    "with",
-    "as",
-    "his",
-    "on",
-    "be",
-    "at",
-    "by",
-    "had",
-    "are",
-    "but",
-    "from",
-    "or",
-    "have",
-    "an",
-    "they",
-    "which",
-    "one",
-    "you",
-    "were",
-    "her",
-    "all",
-    "she",
-    "there",
-    "would",
-    "their",
-    "we",
-    "him",
-    "been",
-    "has",
-    "when",
-    "who",
-    "will",
-    "more",
-    "no",
-    "if",
-    "out",
-    "so",
-    "said",
-    "what",
-    "up",
-    "its",
-    "about",
-    "into",
-    "than",
-    "them",
-    "can",
-    "only",
-    "other",
-    "new",
-    "some",
-    "could",
-    "time",
-    "these",
-    "two",
-    "may",
-    "then",
-    "do",
-    "first",
-    "any",
-    "my",
-    "now",
-    "such",
-    "like",
-)
+# Common English words; generated texts need realistic repetition, not meaning.
+VOCABULARY = """
+the of and to in is was that for it with as his on be at by had are but from or have an they which one you
+were her all she there would their we him been has when who will more no if out so said what up its about
+into than them can only other new some could time these two may then do first any my now such like
+""".split()  # noqa: SIM905 - a word list reads better as text
 
 
 def generate_files(folder: Path, count: int, seed: int = 4) -> None:
@@ -162,70 +99,116 @@ def run_topn(
     return wall, summary
 
 
-def print_report(
-    count: int, topn_wall: float, topn_requests: Counter[str], seed_wall: float, seed_requests: Counter[str]
-) -> None:
+@dataclass(frozen=True)
+class Measured:
+    label: str
+    wall_s: float
+    requests: Counter[str]
+
+
+def print_report(count: int, runs: list[Measured]) -> None:
+    """One column per run; the last column divides the last run's figures by the first (topn's)."""
+    ours, seed = runs[0], runs[-1]
     print(f"\n{count} files, same Azurite + emulator, pools of 2 nodes x 2 slots")
-    print(f"{'':28}{'topn':>10}{'seed way':>12}{'seed/topn':>12}")
-    print(f"{'wall time (s)':28}{topn_wall:>10.1f}{seed_wall:>12.1f}{seed_wall / topn_wall:>12.1f}")
-    total_topn, total_seed = sum(topn_requests.values()), sum(seed_requests.values())
-    ratio_total = total_seed / max(1, total_topn)
-    print(f"{'Batch requests (total)':28}{total_topn:>10}{total_seed:>12}{ratio_total:>12.1f}")
-    for operation in sorted(set(topn_requests) | set(seed_requests)):
-        ours, theirs = topn_requests.get(operation, 0), seed_requests.get(operation, 0)
-        ratio = f"{theirs / ours:.1f}" if ours else "-"
-        print(f"  {operation:26}{ours:>10}{theirs:>12}{ratio:>12}")
+    print(f"{'':28}" + "".join(f"{run.label:>18}" for run in runs) + f"{'last/first':>11}")
+    print(
+        f"{'wall time (s)':28}"
+        + "".join(f"{run.wall_s:>18.1f}" for run in runs)
+        + f"{seed.wall_s / ours.wall_s:>11.1f}"
+    )
+    totals = [sum(run.requests.values()) for run in runs]
+    ratio = totals[-1] / max(1, totals[0])
+    print(f"{'Batch requests (total)':28}" + "".join(f"{total:>18}" for total in totals) + f"{ratio:>11.1f}")
+    for operation in sorted(set().union(*(run.requests for run in runs))):
+        counts = [run.requests.get(operation, 0) for run in runs]
+        ratio_text = f"{counts[-1] / counts[0]:.1f}" if counts[0] else "-"
+        print(f"  {operation:26}" + "".join(f"{value:>18}" for value in counts) + f"{ratio_text:>11}")
 
 
-async def measure(count: int, skip_seed: bool, base: Path) -> None:
+async def measure(count: int, skip_seed: bool, one_task_per_file: bool, base: Path) -> None:
     """Start the services, run topn (as a CLI subprocess), then the seed way, and report."""
     generate_files(base / "texts", count)
     azurite = await local.start_azurite(base / "azurite", base / "logs")
     try:
         emulator = await local.start_emulator(base / "emulator", base / "logs")
         try:
-            await compare(count, skip_seed, base, azurite.endpoint, emulator.endpoint)
+            await compare(count, skip_seed, one_task_per_file, base, azurite.endpoint, emulator.endpoint)
         finally:
             await local.stop_service(emulator)
     finally:
         await local.stop_service(azurite)
 
 
-async def compare(count: int, skip_seed: bool, base: Path, blob_endpoint: str, batch_endpoint: str) -> None:
+async def compare(
+    count: int, skip_seed: bool, one_task_per_file: bool, base: Path, blob_endpoint: str, batch_endpoint: str
+) -> None:
     before = await anyio.to_thread.run_sync(emulator_stats, batch_endpoint)
     topn_wall, summary = await anyio.to_thread.run_sync(
         run_topn, base / "texts", base / "topn-out", batch_endpoint, blob_endpoint, base / "state"
     )
-    middle = await anyio.to_thread.run_sync(emulator_stats, batch_endpoint)
-    topn_requests = requests_between(before, middle)
+    after = await anyio.to_thread.run_sync(emulator_stats, batch_endpoint)
+    runs = [Measured("topn", topn_wall, requests_between(before, after))]
     totals = summary["totals"]
     print(f"topn: {totals['succeeded']}/{count} files in {topn_wall:.1f} s (stages {totals['stages_s']})")
-    if skip_seed:
-        print(json.dumps(dict(topn_requests), indent=1))
-        return
-    endpoints = SeedEndpoints(
-        batch_endpoint,
-        local.EMULATOR_ACCOUNT_NAME,
-        local.EMULATOR_ACCOUNT_KEY,
-        blob_endpoint,
-        local.AZURITE_ACCOUNT_NAME,
-        local.AZURITE_ACCOUNT_KEY,
-    )
     files = sorted((base / "texts").rglob("*.txt"))
-    node_script = await anyio.to_thread.run_sync(build_node_script)
-    seed = await run_seed_baseline(endpoints, files, node_script, base / "seed-out", pool_id="seed-scale")
-    seed_requests = requests_between(middle, await anyio.to_thread.run_sync(emulator_stats, batch_endpoint))
-    print(f"seed way: {seed.succeeded}/{seed.tasks} tasks succeeded, {seed.outputs_downloaded} outputs")
-    print_report(count, topn_wall, topn_requests, seed.wall_s, seed_requests)
+    if one_task_per_file:
+        before = after
+        wall = await run_topn_one_task_per_file(files, base, batch_endpoint, blob_endpoint)
+        after = await anyio.to_thread.run_sync(emulator_stats, batch_endpoint)
+        runs.append(Measured("topn 1 file/task", wall, requests_between(before, after)))
+    if not skip_seed:
+        endpoints = SeedEndpoints(
+            batch_endpoint,
+            local.EMULATOR_ACCOUNT_NAME,
+            local.EMULATOR_ACCOUNT_KEY,
+            blob_endpoint,
+            local.AZURITE_ACCOUNT_NAME,
+            local.AZURITE_ACCOUNT_KEY,
+        )
+        node_script = await anyio.to_thread.run_sync(build_node_script)
+        before = after
+        seed = await run_seed_baseline(endpoints, files, node_script, base / "seed-out", pool_id="seed-scale")
+        after = await anyio.to_thread.run_sync(emulator_stats, batch_endpoint)
+        print(f"seed way: {seed.succeeded}/{seed.tasks} tasks succeeded, {seed.outputs_downloaded} outputs")
+        runs.append(Measured("seed way", seed.wall_s, requests_between(before, after)))
+    print_report(count, runs)
+
+
+async def run_topn_one_task_per_file(
+    files: list[Path], base: Path, batch_endpoint: str, blob_endpoint: str
+) -> float:
+    """topn's orchestration with packing off: one task per file, like the seed (in-process run)."""
+    environ = {
+        "TOPN_BATCH_ENDPOINT": batch_endpoint,
+        "TOPN_STORAGE_BLOB_ENDPOINT": blob_endpoint,
+        "TOPN_LOCAL_STATE_DIR": str(base / "state-single"),
+        "TOPN_POOL_ID": "topn-scale-single",
+    }
+    settings = load_settings(ROOT / "config" / "local.toml", environ)
+    configure_events("json", sys.stderr, level="warning")  # the run's own events would flood the report
+    started = time.monotonic()
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        summary = await run_pipeline(
+            settings, discover_inputs([base / "texts"]), clients, base / "single-out", max_files_per_task=1
+        )
+    wall = time.monotonic() - started
+    print(f"topn, one task per file: {summary['totals']['succeeded']}/{len(files)} files in {wall:.1f} s")
+    return wall
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=1000)
-    parser.add_argument("--skip-seed", action="store_true", help="only the topn run")
+    parser.add_argument("--skip-seed", action="store_true", help="no seed-way run")
+    parser.add_argument(
+        "--one-task-per-file",
+        action="store_true",
+        help="also run topn with packing off (orchestration alone)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="topn-scale-") as folder:
-        anyio.run(measure, args.files, args.skip_seed, Path(folder))
+        anyio.run(measure, args.files, args.skip_seed, args.one_task_per_file, Path(folder))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,8 @@ def task_command_line(
     return f"/bin/sh -c {shlex.quote(' '.join(words))}"
 
 
+MAX_FILES_PER_UNIT = 64
+
 _EXPANDABLE_PATH = re.compile(r"^[A-Za-z0-9_./${}-]+$")
 
 
@@ -134,7 +136,7 @@ def plan_work_units(
     slots: int,
     *,
     units_per_slot: int = 4,
-    max_files_per_unit: int = 64,
+    max_files_per_unit: int = MAX_FILES_PER_UNIT,
     max_unit_bytes: int = 16 * 1024 * 1024,
 ) -> list[list[int]]:
     """Group consecutive inputs (by index) into work units, one task each.

@@ -159,14 +159,20 @@ async def run_pipeline(
     journal: Journal | None = None,
     progress: ProgressSink | None = None,
     node_script: bytes | None = None,
+    max_files_per_task: int = naming.MAX_FILES_PER_UNIT,
 ) -> dict[str, Any]:
-    """Run the whole workflow for `inputs`; returns summary.json's content (also written to out_dir)."""
+    """Run the whole workflow for `inputs`; returns summary.json's content (also written to out_dir).
+
+    `node_script` replaces the packed node (tests); `max_files_per_task` = 1 gives one task per file.
+    """
     if not inputs:
         raise InputError("no input files to process")
     run_id = run_id or naming.new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
     claim_results_folder(out_dir, run_id)  # before anything is created: exit 2 leaves no trace
-    run = _Run(settings, list(inputs), clients, out_dir, run_id, journal, progress, node_script)
+    run = _Run(
+        settings, list(inputs), clients, out_dir, run_id, journal, progress, node_script, max_files_per_task
+    )
     return await run.execute()
 
 
@@ -189,6 +195,7 @@ class _Run:
         journal: Journal | None,
         progress: ProgressSink | None,
         node_script: bytes | None,
+        max_files_per_task: int,
     ) -> None:
         self.settings = settings
         self.inputs = inputs
@@ -210,7 +217,9 @@ class _Run:
         pool_settings = settings.pool
         slots = max(1, pool_settings.dedicated_nodes + pool_settings.low_priority_nodes)
         self.units = naming.plan_work_units(
-            [item.size_bytes for item in inputs], slots * pool_settings.task_slots_per_node
+            [item.size_bytes for item in inputs],
+            slots * pool_settings.task_slots_per_node,
+            max_files_per_unit=max_files_per_task,
         )
         self.task_ids = [naming.task_id(unit_index) for unit_index in range(len(self.units))]
         self.unit_by_task = {task_id: unit_index for unit_index, task_id in enumerate(self.task_ids)}
