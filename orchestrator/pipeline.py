@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import tempfile
 import time
@@ -125,15 +126,17 @@ class RunStateMachine:
 
 
 class ProgressSink(Protocol):
-    """Receives progress for a display (FRAME renders it with rich on a terminal)."""
+    """Receives progress for a display (the CLI renders it with rich on a terminal).
+
+    Stages: "staging" (files uploaded of all files), "running" (tasks completed of all tasks),
+    "collecting" (files whose results are saved, of all files).
+    """
 
     def update(self, stage: str, done: int, total: int) -> None: ...
 
 
 def build_node_script() -> bytes:
     """Pack the node script (node.pack builds the zipapp; no node code runs in this process)."""
-    import importlib
-
     pack = importlib.import_module("node.pack")
     with tempfile.TemporaryDirectory(prefix="topn-node-") as folder:
         path: Path = pack.build_zipapp(Path(folder) / "node.pyz")
