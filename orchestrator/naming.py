@@ -120,6 +120,8 @@ def task_command_line(
 
 
 MAX_FILES_PER_UNIT = 64
+# Batch limits a command line's length; stay well under the smallest limit (Windows: 8,191).
+MAX_COMMAND_CHARS = 8000
 
 _EXPANDABLE_PATH = re.compile(r"^[A-Za-z0-9_./${}-]+$")
 
@@ -135,32 +137,45 @@ def plan_work_units(
     sizes: Sequence[int],
     slots: int,
     *,
+    command_chars: Sequence[int] | None = None,
     units_per_slot: int = 4,
     max_files_per_unit: int = MAX_FILES_PER_UNIT,
     max_unit_bytes: int = 16 * 1024 * 1024,
+    max_command_chars: int = MAX_COMMAND_CHARS,
 ) -> list[list[int]]:
     """Group consecutive inputs (by index) into work units, one task each.
 
     A task costs a process start and scheduling, so many small files share one, but there stay at
     least `units_per_slot` units per task slot (when there are that many files) to keep every slot busy
-    and balanced. A unit never holds more than `max_files_per_unit` files, nor more than
-    `max_unit_bytes` unless it is a single file.
+    and balanced. A unit of several files never holds more than `max_files_per_unit` files, more than
+    `max_unit_bytes`, or more than `max_command_chars` of command line (`command_chars` per file).
     """
     if not sizes:
         return []
+    chars = command_chars if command_chars is not None else [0] * len(sizes)
     target_units = max(1, slots * units_per_slot)
     per_unit = max(1, min(max_files_per_unit, math.ceil(len(sizes) / target_units)))
     units: list[list[int]] = []
     current: list[int] = []
-    current_bytes = 0
+    current_bytes = current_chars = 0
     for index, size in enumerate(sizes):
-        if current and (len(current) >= per_unit or current_bytes + size > max_unit_bytes):
+        if current and (
+            len(current) >= per_unit
+            or current_bytes + size > max_unit_bytes
+            or current_chars + chars[index] > max_command_chars
+        ):
             units.append(current)
-            current, current_bytes = [], 0
+            current, current_bytes, current_chars = [], 0, 0
         current.append(index)
         current_bytes += size
+        current_chars += chars[index]
     units.append(current)
     return units
+
+
+def command_chars(relpath: str) -> int:
+    """Characters one input adds to a work unit's command line (its flags and quoted names)."""
+    return 2 * len(relpath) + 100
 
 
 def start_task_command_line() -> str:

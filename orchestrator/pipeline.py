@@ -222,6 +222,7 @@ class _Run:
         self.units = naming.plan_work_units(
             [item.size_bytes for item in inputs],
             slots * pool_settings.task_slots_per_node,
+            command_chars=[naming.command_chars(item.relpath) for item in inputs],
             max_files_per_unit=max_files_per_task,
         )
         self.task_ids = [naming.task_id(unit_index) for unit_index in range(len(self.units))]

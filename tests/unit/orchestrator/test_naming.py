@@ -134,3 +134,21 @@ def test_the_node_python_may_live_under_a_batch_variable() -> None:
     assert inner.startswith(f'exec "{venv}" ')  # double quotes: the shell expands the variable
     assert naming.interpreter_word("python3") == "python3"
     assert naming.interpreter_word("$(rm -rf ~)") == "'$(rm -rf ~)'"  # anything else stays literal
+
+
+@given(
+    relpaths=st.lists(
+        st.lists(st.text(alphabet="abé #%", min_size=1, max_size=60), min_size=1, max_size=5).map("/".join),
+        min_size=1,
+        max_size=200,
+    ),
+    slots=st.integers(1, 4),
+)
+def test_several_file_units_keep_their_command_line_under_the_limit(relpaths: list[str], slots: int) -> None:
+    chars = [naming.command_chars(relpath) for relpath in relpaths]
+    units = naming.plan_work_units([10] * len(relpaths), slots, command_chars=chars)
+    for unit in units:
+        if len(unit) > 1:
+            files = [(naming.node_input_path(i, relpaths[i]), relpaths[i]) for i in unit]
+            command = naming.task_command_line(files, top=10, tokenizer="tutorial")
+            assert len(command) <= naming.MAX_COMMAND_CHARS + 200
