@@ -115,6 +115,26 @@ async def test_server_errors_and_throttling_cost_time_not_results(
     assert find_secrets([("stdout", run.stdout), ("stderr", run.stderr)], keys) == []
 
 
+async def test_a_server_error_on_the_very_first_request_is_retried_too(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    # With seed 21 and these fractions the emulator answers its first request (topn's credential
+    # check, get_pool) with a 500: a busy service at start is as transient as one mid-run.
+    batch = await start_emulator(["--fault-seed", "21", *REQUEST_FAULTS])
+    texts = write_corpus(tmp_path / "in", 4, seed=21)
+    run = await run_topn_live(
+        ["run", "in", "--out", "out", "--json"], tmp_path, run_environment(batch, azurite, tmp_path)
+    )
+    stats = await emulator_stats(batch.endpoint)
+    assert (
+        stats["faults_injected"]["500"] + stats["faults_injected"]["503"] + stats["faults_injected"]["429"]
+        > 0
+    )
+    assert "internal error (please report it)" not in run.stderr, run.stderr[-3000:]
+    assert run.exit_code == 0, run.stderr[-3000:]
+    assert check_summary(run.summary(), texts) == []
+
+
 async def test_preempted_tasks_are_requeued_and_never_counted_as_failures(
     start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
