@@ -24,11 +24,11 @@ from node.upload import (
     UPLOAD_RETRIES,
     Blob,
     Destination,
+    Uploader,
     UploadFailure,
     check_container_url,
     redact,
     seed_container_url,
-    upload_blobs,
 )
 
 EXIT_OK = 0
@@ -218,6 +218,13 @@ def _count(job: Job, plan: Plan) -> FileCounts | None:
 
 async def run(plan: Plan, environ: Mapping[str, str]) -> int:
     """Count every input (each in a thread, so earlier uploads proceed) and upload as results arrive."""
+    if plan.destination is None:
+        return await _count_all(plan, environ, None)
+    async with Uploader(plan.destination, retries=plan.upload_retries) as uploader:
+        return await _count_all(plan, environ, uploader)
+
+
+async def _count_all(plan: Plan, environ: Mapping[str, str], uploader: Uploader | None) -> int:
     status = EXIT_OK
     uploads: list[asyncio.Task[list[UploadFailure]]] = []
     for job in plan.jobs:
@@ -225,7 +232,7 @@ async def run(plan: Plan, environ: Mapping[str, str]) -> int:
         if result is None:
             status = max(status, EXIT_USAGE)
             continue
-        if plan.destination is None:
+        if uploader is None:
             _print_stdout(json_line(job.filepath, plan.tokenizer, result, plan.top))
             continue
         blobs = [
@@ -240,10 +247,9 @@ async def run(plan: Plan, environ: Mapping[str, str]) -> int:
                 "application/json",
             ),
         ]
-        # Started now, awaited at the end: the next input is counted while these upload.
-        uploads.append(
-            asyncio.create_task(upload_blobs(plan.destination, blobs, retries=plan.upload_retries))
-        )
+        # Started now, awaited at the end: the next input is counted while these upload (the
+        # uploader bounds how many requests are in flight, however many inputs there are).
+        uploads.append(asyncio.create_task(uploader.upload(blobs)))
     for failures in await asyncio.gather(*uploads):
         for failure in failures:
             _say(failure.message)

@@ -105,6 +105,17 @@ def fold_raw_counts(raw: Counter[str], into: Counter[str], tokenizer: Tokenizer)
             if word:
                 into[word] = current(word, 0) + count
             continue
+        if strip:
+            # Also common (`tutorial`, any non-English text): valid UTF-8, no Unicode whitespace inside.
+            try:
+                parts = token.encode("latin-1").decode("utf-8").split()
+            except UnicodeDecodeError:
+                parts = []
+            if len(parts) == 1:
+                word = parts[0].strip(ASCII_PUNCTUATION)
+                if word:
+                    into[word] = current(word, 0) + count
+                continue
         words, invalid_bytes = normalize_raw_token(token, tokenizer)
         invalid_total += invalid_bytes * count
         for word in words:

@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 UPLOAD_RETRIES = 4
@@ -95,38 +96,56 @@ def _describe_error(error: BaseException) -> str:
     return f"no HTTP response ({type(error).__name__}{': ' + reason if reason else ''})"
 
 
-async def upload_blobs(
-    destination: Destination,
-    blobs: Sequence[Blob],
-    *,
-    retries: int = UPLOAD_RETRIES,
-    concurrency: int = UPLOAD_CONCURRENCY,
-) -> list[UploadFailure]:
-    """Upload every blob (overwriting: a retried task rewrites its own outputs); return the failures."""
-    # Imported here so that counting (and `--json`) never pays for the SDK's import time.
-    from azure.core.exceptions import AzureError
-    from azure.storage.blob import ContentSettings
-    from azure.storage.blob.aio import ContainerClient, ExponentialRetry
+class Uploader:
+    """One container client for all of a task's uploads, at most `concurrency` requests at a time.
 
-    # The SDK's default retry can take 80+ s to give up. This one waits about 2, 4, 8, 16 s (±1 s) before
-    # retries 1-4 (the SDK waits initial + base**attempt), so four retries give up after about 30 s.
-    retry_policy = ExponentialRetry(
-        initial_backoff=0, increment_base=2, retry_total=retries, random_jitter_range=1
-    )
-    limiter = asyncio.Semaphore(concurrency)
-    failures: list[UploadFailure] = []
+    Use as `async with Uploader(destination) as uploader: failures = await uploader.upload(blobs)`.
+    """
 
-    async with ContainerClient.from_container_url(
-        destination.container_url,
-        retry_policy=retry_policy,
-        connection_timeout=CONNECTION_TIMEOUT_S,
-        read_timeout=READ_TIMEOUT_S,
-    ) as container:
+    def __init__(
+        self,
+        destination: Destination,
+        *,
+        retries: int = UPLOAD_RETRIES,
+        concurrency: int = UPLOAD_CONCURRENCY,
+    ) -> None:
+        self._destination = destination
+        self._retries = retries
+        self._limiter = asyncio.Semaphore(concurrency)
+        self._container: Any = None
+
+    async def __aenter__(self) -> Uploader:
+        # Imported here so that counting (and `--json`) never pays for the SDK's import time.
+        from azure.storage.blob.aio import ContainerClient, ExponentialRetry
+
+        # The SDK's default retry can take 80+ s to give up. This one waits about 2, 4, 8, 16 s (±1 s)
+        # before retries 1-4 (the SDK waits initial + base**attempt): four retries give up after ~30 s.
+        retry_policy = ExponentialRetry(
+            initial_backoff=0, increment_base=2, retry_total=self._retries, random_jitter_range=1
+        )
+        self._container = ContainerClient.from_container_url(
+            self._destination.container_url,
+            retry_policy=retry_policy,
+            connection_timeout=CONNECTION_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
+        )
+        await self._container.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._container.__aexit__(*exc_info)
+
+    async def upload(self, blobs: Sequence[Blob]) -> list[UploadFailure]:
+        """Upload blobs concurrently (overwriting: a retried task rewrites its own outputs); the failures."""
+        from azure.core.exceptions import AzureError
+        from azure.storage.blob import ContentSettings
+
+        failures: list[UploadFailure] = []
 
         async def upload_one(blob: Blob) -> None:
-            async with limiter:
+            async with self._limiter:
                 try:
-                    await container.upload_blob(
+                    await self._container.upload_blob(
                         blob.name,
                         blob.data,
                         overwrite=True,
@@ -136,10 +155,10 @@ async def upload_blobs(
                     failures.append(
                         UploadFailure(
                             blob.name,
-                            f"upload of {blob.name!r} to container {destination.container!r} "
-                            f"at {destination.safe_url} failed: {_describe_error(error)}",
+                            f"upload of {blob.name!r} to container {self._destination.container!r} "
+                            f"at {self._destination.safe_url} failed: {_describe_error(error)}",
                         )
                     )
 
         await asyncio.gather(*(upload_one(blob) for blob in blobs))
-    return failures
+        return failures
