@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ EXIT_USAGE = 2
 EXIT_UPLOAD_FAILED = 3
 DEFAULT_TOP = 10
 BLOB_ENDPOINT_VARIABLE = "TOPN_BLOB_ENDPOINT"
+# Read when no destination flag is given, so the SAS need not appear in the process's argv.
+OUTPUT_URL_VARIABLE = "TOPN_OUTPUT_SAS_URL"
+EXIT_INTERNAL_ERROR = 1
 
 
 class UsageError(Exception):
@@ -94,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per input; upload nothing")
     destination = parser.add_argument_group("output destination")
-    destination.add_argument("--output-container-url", help="container URL with a write SAS")
+    destination.add_argument(
+        "--output-container-url", help=f"container URL with a write SAS (default: ${OUTPUT_URL_VARIABLE})"
+    )
     destination.add_argument("--storageaccount", help="storage account name (seed form)")
     destination.add_argument("--storagecontainer", help="container name (seed form)")
     destination.add_argument("--sastoken", help="container SAS token (seed form)")
@@ -149,9 +155,16 @@ def _choose_destination(args: argparse.Namespace, environ: Mapping[str, str]) ->
             return seed_container_url(endpoint, args.storagecontainer, args.sastoken)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    from_environment = environ.get(OUTPUT_URL_VARIABLE)
+    if from_environment:
+        try:
+            return check_container_url(from_environment)
+        except ValueError as error:
+            raise UsageError(f"${OUTPUT_URL_VARIABLE}: {error}") from error
     raise UsageError(
         "no output destination: pass --output-container-url URL (a container SAS URL), "
-        "or --storageaccount/--storagecontainer/--sastoken, or --json to print the result"
+        f"or --storageaccount/--storagecontainer/--sastoken, or set ${OUTPUT_URL_VARIABLE}, "
+        "or pass --json to print the result"
     )
 
 
@@ -265,7 +278,7 @@ def _quiet_azure_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 usage or unreadable input, 3 upload failed)."""
+    """Entry point; returns the exit status (0 ok, 2 usage or unreadable input, 3 upload failed, 1 bug)."""
     environ = os.environ
     try:
         plan = plan_from_args(argv, environ)
@@ -273,4 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(str(error))
         return EXIT_USAGE
     _quiet_azure_logging()
-    return asyncio.run(run(plan, environ))
+    try:
+        return asyncio.run(run(plan, environ))
+    except Exception:
+        # A bug or an unforeseen failure: show where, but never a SAS that an error message carried.
+        print(redact(traceback.format_exc()), file=sys.stderr, end="", flush=True)
+        return EXIT_INTERNAL_ERROR

@@ -25,6 +25,15 @@ from node.report import (
 from node.upload import check_container_url, redact, seed_container_url
 
 SIGNATURE = "sig=AbCdEf0123456789%2Bsecret%3D"
+
+
+@pytest.fixture(autouse=True)
+def _no_node_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line tests must not see a destination from the environment they run in."""
+    monkeypatch.delenv("TOPN_OUTPUT_SAS_URL", raising=False)
+    monkeypatch.delenv("TOPN_BLOB_ENDPOINT", raising=False)
+
+
 SAS_URL = f"https://acct.blob.core.windows.net/results?sv=2025-01-05&sp=cw&{SIGNATURE}"
 
 
@@ -253,3 +262,32 @@ def test_zipapp_is_reproducible_and_runs_with_json(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)["top"] == [["b", 2]]
+
+
+def test_the_output_url_can_come_from_the_environment_so_argv_never_holds_the_sas() -> None:
+    plan = _plan("--filepath", "f.txt", environ={"TOPN_OUTPUT_SAS_URL": SAS_URL})
+    assert plan.destination is not None
+    assert plan.destination.container_url == SAS_URL
+
+
+def test_a_bad_output_url_in_the_environment_names_the_variable_not_the_signature(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOPN_OUTPUT_SAS_URL", f"ftp://acct/results?{SIGNATURE}")
+    assert cli.main(["--filepath", "f.txt"]) == 2
+    error = capsys.readouterr().err
+    assert "$TOPN_OUTPUT_SAS_URL" in error
+    assert "AbCdEf0123456789" not in error
+
+
+def test_an_unexpected_error_exits_1_with_a_redacted_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_run(plan: cli.Plan, environ: object) -> int:
+        raise RuntimeError(f"request to {SAS_URL} went wrong")
+
+    monkeypatch.setattr(cli, "run", broken_run)
+    assert cli.main(["--filepath", str(tmp_path / "f.txt"), "--output-container-url", SAS_URL]) == 1
+    error = capsys.readouterr().err
+    assert "RuntimeError: request to https://acct.blob.core.windows.net/results went wrong" in error
+    assert "AbCdEf0123456789" not in error
