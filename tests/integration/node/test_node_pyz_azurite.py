@@ -140,11 +140,12 @@ async def test_large_file_counted_by_worker_processes_from_the_zipapp(
     completed = await _run(
         node_pyz,
         [
-            *("--filepath", str(big), "--top", "3", "--workers", "2", "--output-container-url", sas_url),
+            *("--filepath", str(big), "--top", "3", "--workers", "2"),
             *("--output-name", "runs/big_OUTPUT.txt", "--counts-name", "counts/runs/big.txt.counts.json.gz"),
         ],
         cwd=tmp_path,
-        env={},
+        # The orchestrator's way: the SAS URL in the task's environment, never on the command line.
+        env={"TOPN_OUTPUT_SAS_URL": sas_url},
     )
     assert completed.returncode == 0, completed.stderr
     _no_secrets(completed, azurite)
