@@ -45,12 +45,17 @@ REQUEST_FAULTS = ["--fault-503", "0.10", "--fault-500", "0.10", "--fault-429", "
 def run_environment(
     batch: BatchEndpoint, storage: StorageEndpoint, root: Path, **overrides: str
 ) -> dict[str, str]:
-    """The CLI's environment: the job is kept so its tasks can be read back through the API."""
+    """The CLI's environment: the job is kept so its tasks can be read back through the API.
+
+    One node of two slots: topn then packs the files into about 8 tasks, which keeps these runs
+    cheap on a 2-core machine (each task is a Python process).
+    """
     return topn_environment(
         batch,
         storage,
         root / ".topn",
         TOPN_RUN_DELETE_JOB="false",
+        TOPN_POOL_DEDICATED_NODES="1",
         TOPN_POOL_ID=f"faults-{root.name[-20:].replace('_', '-')}",
         **overrides,
     )
@@ -165,8 +170,8 @@ async def test_uploads_survive_azurite_restarting_on_the_same_data(
     port = int(first.endpoint.rsplit(":", 1)[1].split("/", 1)[0])
     storage = StorageEndpoint(first.endpoint, local.AZURITE_ACCOUNT_NAME, local.AZURITE_ACCOUNT_KEY)
     # Nodes appear after the outage, so the start task's download of node.pyz is not part of it.
-    batch = await start_emulator(["--pool-allocation-delay-s", "6"])
-    texts = write_corpus(tmp_path / "in", 40, seed=16)
+    batch = await start_emulator(["--pool-allocation-delay-s", "5"])
+    texts = write_corpus(tmp_path / "in", 30, seed=16)
     env = run_environment(
         batch,
         storage,
@@ -226,28 +231,25 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_a_dead_batch_endpoint_is_a_clear_error_not_a_retry_loop(
-    azurite: StorageEndpoint, tmp_path: Path
+@pytest.mark.parametrize("dead_service", ["batch", "storage"])
+async def test_a_dead_endpoint_at_start_is_a_clear_error_not_a_retry_loop(
+    dead_service: str, azurite: StorageEndpoint, batch_emulator: BatchEndpoint, tmp_path: Path
 ) -> None:
     dead = f"http://127.0.0.1:{closed_port()}"
     write_corpus(tmp_path / "in", 2)
     env = {
-        **topn_environment(
-            BatchEndpoint(
-                dead, local.EMULATOR_ACCOUNT_NAME, local.EMULATOR_ACCOUNT_KEY, tmp_path, tmp_path, 0
-            ),
-            azurite,
-            tmp_path / ".topn",
-        ),
-        "TOPN_LOCAL_ENABLED": "false",  # local mode would start an emulator on the dead port
+        **topn_environment(batch_emulator, azurite, tmp_path / ".topn"),
+        "TOPN_LOCAL_ENABLED": "false",  # local mode would start a service on the dead port
         "TOPN_RETRY_DEADLINE_S": "5",
         "TOPN_RETRY_MAX_ATTEMPTS": "1000",
     }
+    variable = "TOPN_BATCH_ENDPOINT" if dead_service == "batch" else "TOPN_STORAGE_BLOB_ENDPOINT"
+    env[variable] = dead if dead_service == "batch" else f"{dead}/devstoreaccount1"
     run = await run_topn_live(["run", "in", "--out", "out"], tmp_path, env)
     assert run.exit_code != 0
     failed = [event for event in run.events() if event["event"] == "command.failed"]
     assert len(failed) == 1, run.stderr
-    assert dead in failed[0]["error"] and "TOPN_BATCH_ENDPOINT" in failed[0]["error"]
+    assert dead in failed[0]["error"] and variable in failed[0]["error"], failed[0]["error"]
     assert not (tmp_path / "out").exists()
 
 
@@ -287,3 +289,48 @@ async def test_an_emulator_that_dies_mid_run_ends_the_run_within_the_retry_deadl
     # A clear error says which service stopped answering, and where: the user has two endpoints.
     host_and_port = service.endpoint.split("//", 1)[1]
     assert "Batch" in message and host_and_port in message, message
+
+
+async def test_azurite_gone_for_good_mid_upload_ends_the_run_within_the_retry_deadline(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    service = await local.start_azurite(tmp_path / "azurite-data", tmp_path / "azurite-logs")
+    storage = StorageEndpoint(service.endpoint, local.AZURITE_ACCOUNT_NAME, local.AZURITE_ACCOUNT_KEY)
+    # Nodes would need Azurite for the start task too; keep them away so the uploads meet the outage first.
+    batch = await start_emulator(["--pool-allocation-delay-s", "60"])
+    write_corpus(tmp_path / "in", 30)
+    env = run_environment(
+        batch,
+        storage,
+        tmp_path,
+        TOPN_RUN_UPLOAD_CONCURRENCY="1",
+        TOPN_RETRY_DEADLINE_S="4",
+        TOPN_RETRY_MAX_ATTEMPTS="1000",
+    )
+    stopped = anyio.Event()
+
+    async def stop_after_first_upload(event: dict[str, Any]) -> None:
+        if (
+            event["event"] == "blob.uploaded"
+            and str(event["blob"]).startswith("runs/")
+            and not stopped.is_set()
+        ):
+            stopped.set()
+            await local.stop_service(service)
+
+    try:
+        run = await run_topn_live(
+            ["run", "in", "--out", "out", "--json", "--log-level", "debug"],
+            tmp_path,
+            env,
+            on_event=stop_after_first_upload,
+        )
+    finally:
+        await local.stop_service(service)
+    assert stopped.is_set(), run.stderr[-3000:]
+    assert run.exit_code == 1, run.stderr[-3000:]
+    failed = [event for event in run.events() if event["event"] == "run.failed"]
+    assert len(failed) == 1, run.stderr[-3000:]
+    message = failed[0]["error"]
+    host_and_port = service.endpoint.split("//", 1)[1].split("/", 1)[0]
+    assert "Storage" in message and host_and_port in message, message
