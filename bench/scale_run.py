@@ -6,10 +6,14 @@ GET /_emulator/stats), and their ratios (seed / topn). Nothing is asserted: benc
 
     .venv/bin/python -m bench.scale_run --files 1000
 
-First figure (2026-11-22, this 2-core machine, shared with other work, run under `nice`):
+First figures (2026-11-22, this 2-core machine, shared with other work, runs under `nice`):
 1,000 files of 30-120 words: topn 34.8 s, the seed way 462.5 s (13.3x); Batch requests 48 vs 310
 (list_tasks 7 vs 297, each of the seed's listing all 1,000 tasks; create_task_collection 1 vs 10).
 Most of the wall-time gain is work units: topn packs the small files into 16 tasks, one process each.
+With packing off (`--one-task-per-file`, later run: topn 18.9 s, one task per file 407.7 s) the
+node's process start dominates, as for the seed; topn then polls at poll_min_s (0.2 s in
+config/local.toml) while tasks keep completing, 2,204 small requests (1,416 task counts, 772
+filtered listings returning about 1,000 tasks in all) against the seed's 310 full listings.
 """
 
 from __future__ import annotations
