@@ -9,7 +9,6 @@ import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 
 from node.tokenizers import (
@@ -23,10 +22,10 @@ from node.tokenizers import (
 )
 
 BLOCK_BYTES = 1 << 18
-# A run of bytes with no ASCII whitespace or no-break space (and, for `words`, no ASCII separator)
-# longer than this is cut into pieces of about this many bytes (see tokenizers.chop): a word that long
-# is not a word, and it would otherwise be held in memory whole (a 2 GB file of NUL bytes is one
-# such "word" for `tutorial`).
+# A run of bytes with no ASCII whitespace or no-break space (and, for `words`, no ASCII separator or
+# General Punctuation) longer than this is cut into pieces of at most this many bytes (see
+# tokenizers.chop): a word that long is not a word, and it would otherwise be held in memory whole
+# (a 2 GB file of NUL bytes is one such "word" for `tutorial`).
 MAX_RUN_BYTES = 1 << 20
 # Distinct raw tokens held before they are folded into words, so junk input cannot grow them forever.
 RAW_TOKEN_LIMIT = 1 << 20
@@ -132,7 +131,7 @@ class WordCounter:
             # Stripping here (in C, through map) rather than once per distinct token in the fold costs
             # a little per token but folds "word," "word." '"word' into one key, and a smaller Counter
             # stays in the CPU caches: about 20% faster overall on English text.
-            self._raw.update(map(str.strip, tokens, repeat(ASCII_PUNCTUATION)))
+            self._raw.update(map(str.strip, tokens, itertools.repeat(ASCII_PUNCTUATION)))
         else:
             self._raw.update(tokens)
         self._carry = self._keep_partial(partial)
