@@ -7,13 +7,13 @@ so `run.completed` and the benchmarks report what a run really cost, retries inc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import anyio
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.credentials_async import AsyncTokenCredential
@@ -28,7 +28,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob.aio import BlobServiceClient
 
 from orchestrator.errors import ConfigError, CredentialError, ServiceUnavailableError
-from orchestrator.retry import SDK_RETRY_KWARGS, error_code_of, status_code_of
+from orchestrator.retry import SDK_RETRY_KWARGS, error_code_of, retry_call, status_code_of
 from orchestrator.settings import Settings, env_var_name
 
 BATCH = "batch"
@@ -272,7 +272,14 @@ def _translate_check_error(exc: Exception, settings: Settings, section: str) -> 
 
 
 async def check_credentials(clients: Clients, settings: Settings) -> None:
-    """One cheap request per service, no retries, before anything is created: fail fast on a bad key."""
+    """One cheap request per service before anything is created: fail fast on a bad key.
+
+    A refused credential is never retried; a busy or briefly unreachable service is, under the
+    run's own retry policy but within CHECK_TIMEOUT_S, so a dead endpoint is reported promptly.
+    """
+    check_policy = dataclasses.replace(
+        settings.retry, deadline_s=min(settings.retry.deadline_s, CHECK_TIMEOUT_S)
+    )
 
     async def probe_batch() -> None:
         # A missing pool still proves the request was authenticated.
@@ -285,8 +292,7 @@ async def check_credentials(clients: Clients, settings: Settings) -> None:
 
     for section, probe in (("batch", probe_batch), ("storage", probe_storage)):
         try:
-            with anyio.fail_after(CHECK_TIMEOUT_S):
-                await probe()
+            await retry_call(check_policy, f"check_credentials.{section}", probe)
         except Exception as exc:
             translated = _translate_check_error(exc, settings, section)
             if translated is None:
