@@ -21,6 +21,7 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
 
 import anyio
 import structlog
@@ -64,6 +65,7 @@ from orchestrator.settings import Settings
 log = structlog.get_logger()
 
 CLEANUP_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 3.0
 
 
 class RunState(StrEnum):
@@ -265,8 +267,10 @@ class _Run:
             summary = self._summary(final)
             write_summary(self.out_dir, summary)
         except BaseException as error:
-            await self._fail(error)
-            raise self._user_facing(error) from None
+            reported = await self._fail(error)
+            if reported is error:
+                raise
+            raise reported from None
         await self.machine.move(final)
         log.info(
             "run.completed",
@@ -562,9 +566,13 @@ class _Run:
 
     # ------------------------------------------------------------------ endings
 
-    async def _fail(self, error: BaseException) -> None:
-        """Shielded: clean up what this run owns, record FAILED or CANCELLED, emit run.failed."""
-        cancelled = isinstance(error, (anyio.get_cancelled_exc_class(), KeyboardInterrupt))
+    async def _fail(self, error: BaseException) -> BaseException:
+        """Shielded: clean up what this run owns, record FAILED or CANCELLED, emit run.failed.
+
+        Returns the error to raise: ours as is, anything else explained (which service, which endpoint).
+        """
+        leaf = submit.first_leaf(error) if isinstance(error, BaseExceptionGroup) else error
+        cancelled = isinstance(leaf, (anyio.get_cancelled_exc_class(), KeyboardInterrupt))
         with anyio.CancelScope(shield=True):
             try:
                 if self.machine.state not in TERMINAL and self.machine.state != RunState.CLEANING:
@@ -576,40 +584,69 @@ class _Run:
                 )
             if self.machine.state == RunState.CLEANING:
                 await self.machine.move(RunState.CANCELLED if cancelled else RunState.FAILED)
-            reported = self._user_facing(error)
+            reported = error if cancelled else await self._explain(leaf)
             log.error(
                 "run.failed",
                 error_type=type(reported).__name__,
                 error=str(reported),
                 duration_s=round(time.monotonic() - self.started, 3),
             )
+        return reported
 
-    def _user_facing(self, error: BaseException) -> BaseException:
-        """The error the user sees: ours as is, a deadline or an SDK error explained."""
-        if isinstance(error, (TopnError, anyio.get_cancelled_exc_class())):
+    async def _explain(self, error: BaseException) -> BaseException:
+        """The error the user sees: ours as is; a deadline, a dead endpoint or a service error explained."""
+        if isinstance(error, TopnError):
             return error
-        if isinstance(error, TimeoutError):
-            run_timeout_s = self.settings.run.run_timeout_s
-            if time.monotonic() - self.started >= run_timeout_s:
-                return RunFailedError(
-                    f"the run did not finish within [run] run_timeout_s = {run_timeout_s:.0f} s; "
-                    "raise it, or add nodes to the pool"
+        run_timeout_s = self.settings.run.run_timeout_s
+        if isinstance(error, TimeoutError) and time.monotonic() - self.started >= run_timeout_s:
+            return RunFailedError(
+                f"the run did not finish within [run] run_timeout_s = {run_timeout_s:.0f} s; "
+                "raise it, or add nodes to the pool"
+            )
+        if isinstance(error, TimeoutError | ServiceRequestError | ServiceResponseError):
+            named = self._service_named_in(str(error)) or await self._unreachable_service()
+            if named is not None:
+                service, endpoint = named
+                return ServiceUnavailableError(
+                    f"the {service} endpoint {endpoint} stopped answering ({type(error).__name__}) within "
+                    f"the retry deadline ([retry] deadline_s = {self.retry.deadline_s:.0f} s); check that it "
+                    "is running and reachable, then run again"
                 )
             return ServiceUnavailableError(
-                "a Batch or Storage request got no answer within its retry deadline "
-                f"([retry] deadline_s = {self.retry.deadline_s:.0f} s); check the endpoints and try again"
-            )
-        if isinstance(error, ServiceRequestError | ServiceResponseError):
-            return ServiceUnavailableError(
-                f"lost the connection to Batch or Storage ({type(error).__name__}); check the endpoints "
-                "and try again"
+                f"a request got no answer within the retry deadline ({type(error).__name__}); check the "
+                f"Batch endpoint {self.settings.batch.endpoint} and the Storage endpoint "
+                f"{self.settings.storage.blob_endpoint}, then run again"
             )
         if isinstance(error, HttpResponseError):
-            return RunFailedError(f"a Batch or Storage request failed: {submit.describe_http_error(error)}")
-        if isinstance(error, BaseExceptionGroup):
-            for inner in error.exceptions:
-                return self._user_facing(inner)
+            request = getattr(error.response, "request", None)
+            named = self._service_named_in(str(getattr(request, "url", "")))
+            service = named[0] if named is not None else "Batch or Storage"
+            return RunFailedError(f"a {service} request failed: {submit.describe_http_error(error)}")
         return error
+
+    def _services(self) -> list[tuple[str, str]]:
+        return [("Batch", self.settings.batch.endpoint), ("Storage", self.settings.storage.blob_endpoint)]
+
+    def _service_named_in(self, text: str) -> tuple[str, str] | None:
+        """The service whose host:port appears in `text` (connection errors quote the address)."""
+        for service, endpoint in self._services():
+            if urlsplit(endpoint).netloc and urlsplit(endpoint).netloc in text:
+                return service, endpoint
+        return None
+
+    async def _unreachable_service(self) -> tuple[str, str] | None:
+        """The first service that refuses a TCP connection now (a quick probe, after the fact)."""
+        for service, endpoint in self._services():
+            parts = urlsplit(endpoint)
+            if parts.hostname is None:
+                continue
+            try:
+                with anyio.fail_after(PROBE_TIMEOUT_S):
+                    stream = await anyio.connect_tcp(parts.hostname, parts.port or 443)
+                await stream.aclose()
+            except (OSError, TimeoutError):
+                return service, endpoint
+        return None
 
     async def _cleanup(self, *, failed: bool) -> None:
         """Delete what config says to (job, run blobs, pool); a pool this run created and broke goes too."""
