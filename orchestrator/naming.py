@@ -102,16 +102,16 @@ def task_command_line(
 ) -> str:
     """The command line of a work unit of (node input path, relpath) pairs (docs/contracts.md).
 
-    Batch runs no shell, so `/bin/sh -c` expands the variables. The output SAS URL is not in the
-    command line: it reaches the node through the task's environment.
+    Batch runs no shell, so `/bin/sh -c` expands the variables. The output SAS URL is neither in the
+    command line nor in the node's argv: the node reads it from the task's environment.
     """
     if not files:
         raise ValueError("a work unit needs at least one input")
     words = ["exec", interpreter_word(python), f'"{NODE_SCRIPT_PATH}"']
     for node_input, _ in files:
         words += ["--filepath", shlex.quote(node_input)]
+    # No destination flag: the node reads $TOPN_OUTPUT_SAS_URL itself, so the SAS stays out of argv.
     words += ["--top", str(top), "--tokenizer", shlex.quote(tokenizer)]
-    words += ["--output-container-url", f'"${OUTPUT_SAS_VARIABLE}"']
     for _, relpath in files:
         words += ["--output-name", shlex.quote(output_name(relpath))]
     for _, relpath in files:

@@ -7,6 +7,7 @@ run the real node). It counts `words`-tokenizer words and writes the `_OUTPUT` a
 import argparse
 import gzip
 import json
+import os
 import re
 import sys
 import time
@@ -21,7 +22,7 @@ def main() -> int:
     parser.add_argument("--filepath", action="append", required=True)
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--tokenizer", default="words")
-    parser.add_argument("--output-container-url", required=True)
+    parser.add_argument("--output-container-url", default=os.environ.get("TOPN_OUTPUT_SAS_URL"))
     parser.add_argument("--output-name", action="append", required=True)
     parser.add_argument("--counts-name", action="append", required=True)
     args = parser.parse_args()
