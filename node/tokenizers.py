@@ -34,6 +34,7 @@ _WORD_RE = re.compile(r"[^\W_]+")
 # One undecodable byte after decoding with surrogateescape.
 _ESCAPED_BYTE_RE = re.compile("[\udc80-\udcff]")
 ASCII_PUNCTUATION = string.punctuation
+ASCII_PUNCTUATION_BYTES = ASCII_PUNCTUATION.encode("ascii")
 
 
 def _translation_table(tokenizer: Tokenizer) -> bytes:
@@ -73,42 +74,43 @@ def words_of_text(text: str, tokenizer: Tokenizer) -> list[str]:
     return [word for word in stripped if word]
 
 
-def normalize_raw_token(token: str, tokenizer: Tokenizer) -> tuple[list[str], int]:
-    """The words of one raw token (its bytes as Latin-1) and the number of undecodable bytes in it."""
+def normalize_raw_token(token: bytes, tokenizer: Tokenizer) -> tuple[list[str], int]:
+    """The words of one raw token (its bytes) and the number of undecodable bytes in it."""
     if token.isascii():
         # Already split on every ASCII separator and, for `words`, lower-cased.
-        word = token if tokenizer == "words" else token.strip(ASCII_PUNCTUATION)
+        word = (token if tokenizer == "words" else token.strip(ASCII_PUNCTUATION_BYTES)).decode("ascii")
         return ([word] if word else []), 0
-    data = token.encode("latin-1")
     try:
-        text = data.decode("utf-8")
+        text = token.decode("utf-8")
         invalid_bytes = 0
     except UnicodeDecodeError:
-        invalid_bytes = len(_ESCAPED_BYTE_RE.findall(data.decode("utf-8", "surrogateescape")))
-        # The replacement the user sees: one U+FFFD per maximal bad sequence, as str.decode does.
-        text = data.decode("utf-8", "replace")
+        invalid_bytes = len(_ESCAPED_BYTE_RE.findall(token.decode("utf-8", "surrogateescape")))
+        # The replacement the user sees: one U+FFFD per maximal bad sequence, as bytes.decode does.
+        text = token.decode("utf-8", "replace")
     return words_of_text(text, tokenizer), invalid_bytes
 
 
-def fold_raw_counts(raw: Counter[str], into: Counter[str], tokenizer: Tokenizer) -> int:
+def fold_raw_counts(raw: Counter[bytes], into: Counter[str], tokenizer: Tokenizer) -> int:
     """Add the words of every raw token (in first-occurrence order) to `into`; return undecodable bytes.
 
     Iterating the raw tokens in the order they were first seen, and each token's words left to right,
-    inserts every word at its first occurrence in the text, so `into` keeps first-occurrence order.
+    inserts every word at its first occurrence in the text, so `into` keeps first-occurrence order,
+    also when several raw tokens give the same word (`word` and `word,`; two bad byte sequences that
+    both become U+FFFD).
     """
     invalid_total = 0
     strip = tokenizer == "tutorial"
     current = into.get  # plain dict access: Counter's __missing__ is a Python call per new word
     for token, count in raw.items():
         if token.isascii():  # the common case, inlined: one word or none
-            word = token.strip(ASCII_PUNCTUATION) if strip else token
+            word = (token.strip(ASCII_PUNCTUATION_BYTES) if strip else token).decode("ascii")
             if word:
                 into[word] = current(word, 0) + count
             continue
         if strip:
             # Also common (`tutorial`, any non-English text): valid UTF-8, no Unicode whitespace inside.
             try:
-                parts = token.encode("latin-1").decode("utf-8").split()
+                parts = token.decode("utf-8").split()
             except UnicodeDecodeError:
                 parts = []
             if len(parts) == 1:
@@ -123,19 +125,19 @@ def fold_raw_counts(raw: Counter[str], into: Counter[str], tokenizer: Tokenizer)
     return invalid_total
 
 
-def chop(run: str, max_bytes: int) -> list[str]:
+def chop(run: bytes, max_bytes: int) -> list[bytes]:
     """Cut a raw token longer than `max_bytes` into pieces of at most `max_bytes` (bounded memory).
 
     Each cut moves back over at most three UTF-8 continuation bytes so it falls between characters.
     Cuts depend only on the run's own bytes, so cutting a run as it streams in (emitting all pieces
     but the last, which carries on) gives the same pieces as cutting it whole.
     """
-    pieces: list[str] = []
+    pieces: list[bytes] = []
     start = 0
     while len(run) - start > max_bytes:
         cut = start + max_bytes
         back = cut
-        while back > start and back > cut - 3 and "\x80" <= run[back] <= "\xbf":
+        while back > start and back > cut - 3 and 0x80 <= run[back] <= 0xBF:
             back -= 1
         if back == start:
             back = cut
