@@ -28,6 +28,8 @@ TASK_SELECT = ["id", "state", "stateTransitionTime", "executionInfo", "nodeInfo"
 # Listings overlap the previous watermark by this much, in case the service's clock steps backwards.
 WATERMARK_OVERLAP = timedelta(seconds=2)
 BACKOFF_FACTOR = 1.5
+# tasks.progress at most this often while counts keep moving (a steady stream would flood the log).
+PROGRESS_EVENT_INTERVAL_S = 1.0
 # After this many polls without progress, check that the job itself is still active.
 IDLE_POLLS_BEFORE_JOB_CHECK = 5
 JOB_STATES_THAT_RUN_TASKS = frozenset({"active", "enabling", "disabling"})
@@ -134,6 +136,8 @@ async def watch_job(
     interval = poll_min_s
     last: Counts | None = None
     idle_polls = 0
+    reported: Counts | None = None
+    reported_at = -PROGRESS_EVENT_INTERVAL_S
     async with completions:
         while len(seen) < len(expected):
             counts = counts_of(
@@ -141,15 +145,19 @@ async def watch_job(
             )
             moved = counts != last
             if moved:
-                log.info(
-                    "tasks.progress",
-                    active=counts.active,
-                    running=counts.running,
-                    completed=counts.completed,
-                    succeeded=counts.succeeded,
-                    failed=counts.failed,
-                    total=len(expected),
-                )
+                now = anyio.current_time()
+                finished = counts.completed >= len(expected)
+                if counts != reported and (finished or now - reported_at >= PROGRESS_EVENT_INTERVAL_S):
+                    log.info(
+                        "tasks.progress",
+                        active=counts.active,
+                        running=counts.running,
+                        completed=counts.completed,
+                        succeeded=counts.succeeded,
+                        failed=counts.failed,
+                        total=len(expected),
+                    )
+                    reported, reported_at = counts, now
                 if on_counts is not None:
                     on_counts(counts)
             last = counts

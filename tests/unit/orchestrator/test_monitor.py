@@ -20,7 +20,9 @@ from azure.batch.models import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
+from orchestrator import monitor
 from orchestrator.errors import RunFailedError
 from orchestrator.monitor import TaskOutcome, completion_filter, next_poll_interval, outcome_of, watch_job
 from orchestrator.retry import RetryPolicy
@@ -188,3 +190,19 @@ async def test_an_active_job_is_checked_only_now_and_then_while_idle() -> None:
     outcomes = await run_watch(job, ["t1"])
     assert [outcome.task_id for outcome in outcomes] == ["t1"]
     assert job.job_checks == 2  # after 5 and 10 idle polls
+
+
+async def test_a_steady_stream_of_completions_does_not_flood_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monitor, "PROGRESS_EVENT_INTERVAL_S", 3600.0)  # no clock in the assertion
+    schedule = [
+        [task(f"t{n}", exit_code=0, result="success", when=T0 + timedelta(seconds=n))] for n in range(8)
+    ]
+    job = FakeJob(schedule)
+    with capture_logs() as logs:
+        outcomes = await run_watch(job, [f"t{n}" for n in range(8)])
+    assert len(outcomes) == 8
+    progress = [entry for entry in logs if entry["event"] == "tasks.progress"]
+    assert [entry["completed"] for entry in progress] == [
+        1,
+        8,
+    ]  # the first, then the final
