@@ -6,7 +6,8 @@ Generates two deterministic corpora once (cached under bench/.corpus/): English-
 text with Czech/Polish-style diacritics and Unicode punctuation. Every measurement runs in a fresh
 process, so its peak RSS is its own. Prints MB/s, peak RSS and the ratios the node's goals are stated
 in (docs/node.md): one process at least 2.0x the seed's algorithm for both tokenizers on both
-corpora; all cores (2 here) at least 1.7x one process; peak RSS under 200 MB on the 200 MB file.
+corpora (per CPU-second); all cores (2 here) at least 1.7x one process (wall clock); peak RSS under
+200 MB on the 200 MB file.
 """
 
 from __future__ import annotations
@@ -271,12 +272,15 @@ def _report(kind: str, path: Path, workers: int, repeat: int) -> list[tuple[str,
 
     goals: list[tuple[str, bool]] = []
     for name in ("words", "tutorial"):
+        # Judged per CPU-second (the brief's unit): on a shared machine wall-clock time also counts
+        # the time other jobs held the CPU. The wall-clock ratio is printed alongside.
         speedup = seed.seconds / single[name].seconds
         by_cpu = seed.cpu_seconds / single[name].cpu_seconds
         goals.append(
             (
-                f"{kind}, {name}: 1 process / seed = {speedup:.2f}x (CPU time: {by_cpu:.2f}x; goal >= 2.0x)",
-                speedup >= 2.0,
+                f"{kind}, {name}: 1 process / seed = {by_cpu:.2f}x per CPU-second"
+                f" (wall clock: {speedup:.2f}x; goal >= 2.0x)",
+                by_cpu >= 2.0,
             )
         )
         scaling = single[name].seconds / multi[name].seconds

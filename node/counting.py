@@ -108,8 +108,9 @@ class WordCounter:
         else:
             data = data.translate(self._table)
         if not data.isascii():
-            if NO_BREAK_SPACE in data:
-                data = data.replace(NO_BREAK_SPACE, b" ")
+            # Two spaces for the two bytes: an equal-length replace is about twice as fast, and
+            # bytes.replace returns the block itself when there is nothing to replace.
+            data = data.replace(NO_BREAK_SPACE, b"  ")
             if self._table_is_words and b"\xe2" in data:
                 data = _GENERAL_PUNCTUATION_RE.sub(b" ", data)
         # bytes.split() splits only on ASCII whitespace, which is never inside a UTF-8 sequence, and
