@@ -94,11 +94,18 @@ def node_input_path(index: int, relpath: str) -> str:
 
 
 NODE_SCRIPT_PATH = "$AZ_BATCH_NODE_SHARED_DIR/node.pyz"
+# Where a task finds the node script it carries itself (a reused pool staged another version).
+TASK_NODE_SCRIPT_PATH = "node.pyz"
 OUTPUT_SAS_VARIABLE = "TOPN_OUTPUT_SAS_URL"
 
 
 def task_command_line(
-    files: Sequence[tuple[str, str]], *, top: int, tokenizer: str, python: str = "python3"
+    files: Sequence[tuple[str, str]],
+    *,
+    top: int,
+    tokenizer: str,
+    python: str = "python3",
+    script: str = NODE_SCRIPT_PATH,
 ) -> str:
     """The command line of a work unit of (node input path, relpath) pairs (docs/contracts.md).
 
@@ -107,7 +114,7 @@ def task_command_line(
     """
     if not files:
         raise ValueError("a work unit needs at least one input")
-    words = ["exec", interpreter_word(python), f'"{NODE_SCRIPT_PATH}"']
+    words = ["exec", interpreter_word(python), interpreter_word(script)]
     for node_input, _ in files:
         words += ["--filepath", shlex.quote(node_input)]
     # No destination flag: the node reads $TOPN_OUTPUT_SAS_URL itself, so the SAS stays out of argv.
@@ -127,7 +134,7 @@ _EXPANDABLE_PATH = re.compile(r"^[A-Za-z0-9_./${}-]+$")
 
 
 def interpreter_word(python: str) -> str:
-    """The interpreter as a shell word: double-quoted so `$AZ_BATCH_*` expands, otherwise fully quoted."""
+    """A program path as a shell word: double-quoted so `$AZ_BATCH_*` expands, otherwise fully quoted."""
     if "$" in python and _EXPANDABLE_PATH.match(python):
         return f'"{python}"'
     return shlex.quote(python)

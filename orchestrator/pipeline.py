@@ -236,6 +236,7 @@ class _Run:
         self.results: dict[int, _FileResult] = {}
         self.run_counts = RunCounts()
         self.sas: staging.SasMinter | None = None
+        self.task_script_url: str | None = None  # set when tasks must carry the node script
         self.started = time.monotonic()
 
     # ------------------------------------------------------------------ the flow
@@ -348,6 +349,12 @@ class _Run:
         self.pool_created = await pool.ensure_pool(
             self.batch, pool_settings, script_url, start_command, self.retry
         )
+        if not self.pool_created and not await pool.pool_stages_script(
+            self.batch, pool_settings.id, blob_name, self.retry
+        ):
+            # A reused pool whose nodes hold another node script: each task brings this one along.
+            log.warning("pool.node_script_outdated", pool_id=pool_settings.id, node_script_blob=blob_name)
+            self.task_script_url = script_url
         await self._create_job()  # tasks may queue while the nodes boot
         await pool.wait_until_usable(
             self.batch,
@@ -409,18 +416,28 @@ class _Run:
         run = self.settings.run
         staged = [self.staged[index] for index in unit]
         files = [(naming.node_input_path(item.index, item.relpath), item.relpath) for item in staged]
+        resource_files = [
+            ResourceFile(
+                http_url=self.sas.blob_read_url(self.input_container, item.blob_name), file_path=node_input
+            )
+            for item, (node_input, _) in zip(staged, files, strict=True)
+        ]
+        script = naming.NODE_SCRIPT_PATH
+        if self.task_script_url is not None:
+            resource_files.append(
+                ResourceFile(http_url=self.task_script_url, file_path=naming.TASK_NODE_SCRIPT_PATH)
+            )
+            script = naming.TASK_NODE_SCRIPT_PATH
         return BatchTaskCreateOptions(
             id=naming.task_id(unit_index),
             command_line=naming.task_command_line(
-                files, top=run.top, tokenizer=run.tokenizer, python=self.settings.pool.node_python
+                files,
+                top=run.top,
+                tokenizer=run.tokenizer,
+                python=self.settings.pool.node_python,
+                script=script,
             ),
-            resource_files=[
-                ResourceFile(
-                    http_url=self.sas.blob_read_url(self.input_container, item.blob_name),
-                    file_path=node_input,
-                )
-                for item, (node_input, _) in zip(staged, files, strict=True)
-            ],
+            resource_files=resource_files,
             environment_settings=[
                 EnvironmentSetting(
                     name=naming.OUTPUT_SAS_VARIABLE, value=self.sas.container_write_url(self.output_container)

@@ -112,6 +112,16 @@ async def ensure_pool(
     return True
 
 
+async def pool_stages_script(batch: PoolClient, pool_id: str, blob_name: str, retry: RetryPolicy) -> bool:
+    """True when the pool's start task stages this very node script blob (names hold its hash)."""
+    existing = await retry_call(
+        retry, "get_pool", lambda: batch.get_pool(pool_id, select=["id", "startTask"])
+    )
+    start_task = existing.start_task
+    files = start_task.resource_files if start_task is not None and start_task.resource_files else []
+    return any(blob_name in (resource.http_url or "") for resource in files)
+
+
 def classify_nodes(nodes: Sequence[BatchNode]) -> tuple[list[BatchNode], list[BatchNode], list[BatchNode]]:
     """(usable, start task failed, unusable) nodes of a listing."""
     usable = [node for node in nodes if wire_value(node.state) in USABLE_STATES]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
+import tempfile
 import zipapp
 from collections import Counter
 from contextlib import AsyncExitStack
@@ -33,10 +35,16 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def stand_in_node() -> bytes:
-    buffer = io.BytesIO()
-    zipapp.create_archive(Path(__file__).parent / "stand_in_node", buffer, interpreter="/usr/bin/env python3")
-    return buffer.getvalue()
+def stand_in_node(variant: str | None = None) -> bytes:
+    """The stand-in node as a zipapp; a `variant` makes another version (other bytes, other blob)."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "node"
+        shutil.copytree(Path(__file__).parent / "stand_in_node", source)
+        if variant is not None:
+            (source / "variant.txt").write_text(variant, encoding="utf-8")
+        buffer = io.BytesIO()
+        zipapp.create_archive(source, buffer, interpreter="/usr/bin/env python3")
+        return buffer.getvalue()
 
 
 def settings_for(batch: BatchEndpoint, storage: StorageEndpoint, state_dir: Path, **extra: str) -> Settings:
@@ -359,3 +367,29 @@ async def test_a_job_terminated_under_the_run_fails_it_promptly_with_the_reason(
             await clients.batch.begin_terminate_job(jobs[0].id, options)
     assert len(failures) == 1
     assert re.search(r"is completed \(StoppedByOperator\) with 1 task\(s\) not finished", str(failures[0]))
+
+
+async def test_a_reused_pool_with_an_older_node_script_runs_the_current_one(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    batch = await start_emulator()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("same words", encoding="utf-8")
+    settings = settings_for(batch, azurite, tmp_path / "state", TOPN_POOL_ID="versioned-pool")
+    outputs = []
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        for number, variant in enumerate(["first-build", "second-build"]):
+            out_dir = tmp_path / f"out{number}"
+            with capture_logs() as logs:
+                await run_pipeline(
+                    settings,
+                    discover_inputs([tmp_path / "in"]),
+                    clients,
+                    out_dir,
+                    node_script=stand_in_node(variant),
+                )
+            outputs.append((out_dir / "a_OUTPUT.txt").read_text(encoding="utf-8"))
+    assert "Node: first-build" in outputs[0]
+    assert "Node: second-build" in outputs[1]  # not the first build the pool's nodes staged
+    assert [entry["event"] for entry in logs].count("pool.node_script_outdated") == 1

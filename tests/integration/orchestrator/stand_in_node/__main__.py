@@ -11,10 +11,20 @@ import os
 import re
 import sys
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 
 from azure.storage.blob import ContainerClient
+
+
+def variant() -> str:
+    """The build's variant name, when the archive carries one (tests tell node script versions apart)."""
+    try:
+        with zipfile.ZipFile(sys.argv[0]) as archive:
+            return archive.read("variant.txt").decode().strip()
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return "n"
 
 
 def main() -> int:
@@ -40,7 +50,16 @@ def main() -> int:
             continue
         counts = Counter(re.findall(r"[^\W_]+", text.casefold()))
         rows = [f"{word}:\t{count}" for word, count in counts.most_common(args.top)]
-        lines = ["Word\tCount", "-" * 30, *rows, "-" * 30, "Node: n", "Task: t", "Job:  j", "Pool: p"]
+        lines = [
+            "Word\tCount",
+            "-" * 30,
+            *rows,
+            "-" * 30,
+            f"Node: {variant()}",
+            "Task: t",
+            "Job:  j",
+            "Pool: p",
+        ]
         document = {
             "format": "topn.counts",
             "version": 1,
