@@ -119,22 +119,25 @@ class WordCounter:
         partial = tokens.pop() if tokens and not data[-1:].isspace() else b""
         if had_carry and tokens and len(tokens[0]) > self._max_run:
             tokens[0:1] = chop(tokens[0], self._max_run)
-        if self._strip_punctuation:
-            # Stripping here (in C, through map) rather than once per distinct token in the fold costs
-            # a little per token but folds "word," "word." '"word' into one key, and a smaller Counter
-            # stays in the CPU caches.
-            self._raw.update(map(bytes.strip, tokens, itertools.repeat(ASCII_PUNCTUATION_BYTES)))
-        else:
-            self._raw.update(tokens)
+        self._count_raw(tokens)
         self._carry = self._keep_partial(partial)
         if len(self._raw) > self._raw_token_limit:
             self._fold()
+
+    def _count_raw(self, tokens: list[bytes]) -> None:
+        if self._strip_punctuation:
+            # Stripping here (in C, through map) rather than once per distinct token in the fold costs
+            # a little per token but folds "word," "word." '"word' into one key, and a smaller Counter
+            # stays in the CPU caches. fold_raw_counts relies on every `tutorial` key being stripped.
+            self._raw.update(map(bytes.strip, tokens, itertools.repeat(ASCII_PUNCTUATION_BYTES)))
+        else:
+            self._raw.update(tokens)
 
     def _keep_partial(self, partial: bytes) -> bytes:
         """Count the whole pieces of an overlong unfinished run now; return the rest to carry."""
         if len(partial) > self._max_run:
             pieces = chop(partial, self._max_run)
-            self._raw.update(pieces[:-1])
+            self._count_raw(pieces[:-1])
             partial = pieces[-1]
         return partial
 
@@ -145,7 +148,7 @@ class WordCounter:
     def finish(self) -> FileCounts:
         """Count what is left and return the counts; the counter must not be fed afterwards."""
         if self._carry:
-            self._raw.update(chop(self._carry, self._max_run))
+            self._count_raw(chop(self._carry, self._max_run))
             self._carry = b""
         self._fold()
         return self._result

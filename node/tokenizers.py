@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from collections.abc import Iterable
 from typing import Literal
 
 Tokenizer = Literal["words", "tutorial"]
@@ -33,6 +34,10 @@ UTF8_BOM = b"\xef\xbb\xbf"
 _WORD_RE = re.compile(r"[^\W_]+")
 # One undecodable byte after decoding with surrogateescape.
 _ESCAPED_BYTE_RE = re.compile("[\udc80-\udcff]")
+# Whitespace as str.split() sees it (re's \s is str.isspace), except the newline that joins tokens.
+_WHITESPACE_BUT_NEWLINE_RE = re.compile(r"[^\S\n]")
+# Anything that ends a `words` word, except the newline that joins tokens.
+_NOT_WORD_RE = re.compile(r"[^\w\n]|_")
 ASCII_PUNCTUATION = string.punctuation
 ASCII_PUNCTUATION_BYTES = ASCII_PUNCTUATION.encode("ascii")
 
@@ -97,7 +102,44 @@ def fold_raw_counts(raw: Counter[bytes], into: Counter[str], tokenizer: Tokenize
     inserts every word at its first occurrence in the text, so `into` keeps first-occurrence order,
     also when several raw tokens give the same word (`word` and `word,`; two bad byte sequences that
     both become U+FFFD).
+
+    Raw `tutorial` tokens must already be stripped of ASCII punctuation (WordCounter strips every
+    token it counts); the fast path below relies on it.
     """
+    if not raw:
+        return 0
+    # Raw tokens never contain ASCII whitespace, so one newline-joined decode gives every token's
+    # text, aligned, for the price of one call; the per-token work below is then a dict update.
+    text = b"\n".join(raw).decode("utf-8", "surrogateescape")
+    if _ESCAPED_BYTE_RE.search(text) is None and _WHITESPACE_BUT_NEWLINE_RE.search(text) is None:
+        # All valid UTF-8 and no Unicode whitespace inside a token: each token is at most one word.
+        if tokenizer == "tutorial":
+            # Already stripped, and distinct bytes decode to distinct text: each token is its word.
+            words = text.split("\n")
+            if not into:
+                dict.update(into, zip(words, raw.values(), strict=True))
+                into.pop("", None)
+                return 0
+            _add_counts(into, zip(words, raw.values(), strict=True))
+            return 0
+        folded = text.casefold()
+        if _NOT_WORD_RE.search(folded) is None:
+            # Every casefolded token is one run of letters and digits (tokens that only differ in
+            # case, such as "Čau" and "čau", now meet, so the counts are added).
+            _add_counts(into, zip(folded.split("\n"), raw.values(), strict=True))
+            return 0
+    return _fold_each_token(raw, into, tokenizer)
+
+
+def _add_counts(into: Counter[str], pairs: Iterable[tuple[str, int]]) -> None:
+    current = into.get  # plain dict access: Counter's __missing__ is a Python call per new word
+    for word, count in pairs:
+        if word:
+            into[word] = current(word, 0) + count
+
+
+def _fold_each_token(raw: Counter[bytes], into: Counter[str], tokenizer: Tokenizer) -> int:
+    """fold_raw_counts for any input: undecodable bytes, Unicode whitespace, marks after casefolding."""
     invalid_total = 0
     strip = tokenizer == "tutorial"
     current = into.get  # plain dict access: Counter's __missing__ is a Python call per new word

@@ -232,3 +232,58 @@ def test_cuts_in_an_overlong_run_never_split_a_character() -> None:
     result = count_in_blocks("aéaé".encode(), "tutorial", [1], max_run=2)
     assert list(result.counts.items()) == [("a", 2), ("é", 2)]
     assert result.invalid_bytes == 0
+
+
+# --- properties for the fast paths: valid text, where the one-decode fold applies ------------------
+
+# Valid UTF-8 with no Unicode whitespace but the no-break space: what real text looks like, and what
+# the fold's one-decode path takes. ASCII and non-ASCII separators and punctuation sit side by side so
+# that block boundaries fall between and inside them (\xc2 + \xa0, a curly quote's three bytes).
+_CLEAN_ALPHABET = "aAzZ09éÉßŽžǅİΣσς中\u0345_'.,-\"“”„—…«»!?() \t\n\u00a0"
+clean_documents = st.lists(
+    st.text(alphabet=_CLEAN_ALPHABET, max_size=12).map(lambda text: text.encode("utf-8")), max_size=40
+).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=clean_documents, sizes=block_sizes, tokenizer=st.sampled_from(TOKENIZERS))
+def test_chunked_counting_of_valid_text_equals_whole_file_reference(
+    data: bytes, sizes: list[int], tokenizer: Tokenizer
+) -> None:
+    expected_counts, expected_invalid = reference(data, tokenizer)
+    result = count_in_blocks(data, tokenizer, sizes)
+    assert list(result.counts.items()) == expected_counts
+    assert result.invalid_bytes == expected_invalid == 0
+
+
+# Raw tokens as WordCounter produces them: no ASCII whitespace, `tutorial` ones already stripped.
+_raw_token_texts = st.text(
+    alphabet=_ALPHABET.replace(" ", "").replace("\t", "").replace("\n", ""), max_size=8
+)
+_raw_tokens = st.one_of(
+    _raw_token_texts.map(lambda text: text.encode("utf-8")),
+    st.binary(max_size=4).map(lambda data: bytes(byte for byte in data if not bytes([byte]).isspace())),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tokens=st.lists(st.tuples(_raw_tokens, st.integers(min_value=1, max_value=5)), max_size=12),
+    earlier=st.lists(st.sampled_from(["a", "é", "\ufffd", "ß", "ss"]), max_size=3),
+    tokenizer=st.sampled_from(TOKENIZERS),
+)
+def test_one_decode_fold_equals_folding_token_by_token(
+    tokens: list[tuple[bytes, int]], earlier: list[str], tokenizer: Tokenizer
+) -> None:
+    from node.tokenizers import ASCII_PUNCTUATION_BYTES, _fold_each_token, fold_raw_counts
+
+    raw: Counter[bytes] = Counter()
+    for token, count in tokens:
+        key = token.strip(ASCII_PUNCTUATION_BYTES) if tokenizer == "tutorial" else token
+        raw[key] += count
+    fast: Counter[str] = Counter(dict.fromkeys(earlier, 1))
+    slow: Counter[str] = Counter(dict.fromkeys(earlier, 1))
+    fast_invalid = fold_raw_counts(raw, fast, tokenizer)
+    slow_invalid = _fold_each_token(raw, slow, tokenizer)
+    assert list(fast.items()) == list(slow.items())
+    assert fast_invalid == slow_invalid
