@@ -28,7 +28,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob.aio import BlobServiceClient
 
 from orchestrator.errors import ConfigError, CredentialError, ServiceUnavailableError
-from orchestrator.retry import SDK_RETRY_KWARGS, error_code_of, retry_call, status_code_of
+from orchestrator.retry import SDK_RETRY_KWARGS, error_code_of, is_transient, retry_call, status_code_of
 from orchestrator.settings import Settings, env_var_name
 
 BATCH = "batch"
@@ -271,11 +271,16 @@ def _translate_check_error(exc: Exception, settings: Settings, section: str) -> 
     return None
 
 
+def _answered_busy(exc: BaseException) -> bool:
+    return status_code_of(exc) is not None and is_transient(exc)
+
+
 async def check_credentials(clients: Clients, settings: Settings) -> None:
     """One cheap request per service before anything is created: fail fast on a bad key.
 
-    A refused credential is never retried; a busy or briefly unreachable service is, under the
-    run's own retry policy but within CHECK_TIMEOUT_S, so a dead endpoint is reported promptly.
+    A refused credential is never retried, and neither is an endpoint nobody answers on (almost
+    always a wrong address); a service that answers "busy" (5xx, 429) is retried under the run's own
+    retry policy, within CHECK_TIMEOUT_S.
     """
     check_policy = dataclasses.replace(
         settings.retry, deadline_s=min(settings.retry.deadline_s, CHECK_TIMEOUT_S)
@@ -292,7 +297,7 @@ async def check_credentials(clients: Clients, settings: Settings) -> None:
 
     for section, probe in (("batch", probe_batch), ("storage", probe_storage)):
         try:
-            await retry_call(check_policy, f"check_credentials.{section}", probe)
+            await retry_call(check_policy, f"check_credentials.{section}", probe, retry_if=_answered_busy)
         except Exception as exc:
             translated = _translate_check_error(exc, settings, section)
             if translated is None:

@@ -161,10 +161,12 @@ async def retry_call(
     call: Callable[[], Awaitable[T]],
     *,
     rand: Callable[[], float] = random.random,
+    retry_if: Callable[[BaseException], bool] = is_transient,
 ) -> T:
     """Await `call()` until it succeeds, retrying transient errors within the policy's attempts and deadline.
 
-    A non-transient error is raised at once. When attempts or time run out, the last error is raised.
+    A non-transient error (or one `retry_if` narrows out) is raised at once. When attempts or time
+    run out, the last error is raised.
     A Retry-After from the service replaces the computed backoff (it knows its own load best).
     """
     deadline = anyio.current_time() + policy.deadline_s
@@ -176,7 +178,7 @@ async def retry_call(
             with anyio.fail_after(max(remaining, 0.0)):
                 return await call()
         except Exception as exc:
-            if not is_transient(exc) or attempt >= policy.max_attempts:
+            if not retry_if(exc) or attempt >= policy.max_attempts:
                 raise
             requested = retry_after_s(exc)
             delay = requested if requested is not None else backoff_delay_s(policy, attempt, rand())
