@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -107,7 +108,10 @@ def created(request: web.Request, location: str, etag: str, last_modified: Any) 
 def error_response(request: web.Request, error: ServiceError, request_id: str) -> web.Response:
     headers = {}
     if error.retry_after_s is not None:
-        headers["Retry-After"] = str(max(round(error.retry_after_s), 0))
+        # Retry-After carries whole seconds only (rounded up, so a client never retries early);
+        # retry-after-ms, which azure-core reads first, keeps sub-second delays exact.
+        headers["Retry-After"] = str(max(math.ceil(error.retry_after_s), 0))
+        headers["retry-after-ms"] = str(max(round(error.retry_after_s * 1000), 0))
     if request.method == "HEAD":
         return web.Response(status=error.status, headers=headers)
     body = error_body(base_url(request), error.code, error.message, request_id, error.values)

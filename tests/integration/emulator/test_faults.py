@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 from azure.batch import models
+from azure.core.exceptions import HttpResponseError
 
 from tests.conftest import BatchEndpoint, StartEmulator
 from tests.integration.emulator.conftest import batch_client, pool_options, wait_for, wait_job_done
@@ -148,3 +149,24 @@ async def test_allocation_delay_start_task_failures_preemption_and_failing_tasks
         assert all(task.execution_info.requeue_count <= 1 for task in finished.values())
     numbers = await stats(emulator)
     assert numbers["faults_injected"]["preempt"] == len(requeued)
+
+
+async def test_a_sub_second_retry_after_is_announced_exactly_and_never_as_zero(
+    start_emulator: StartEmulator,
+) -> None:
+    emulator = await start_emulator(
+        ["--fault-seed", "3", "--fault-429", "0.9", "--fault-retry-after-s", "0.25"]
+    )
+    throttled: list[HttpResponseError] = []
+    async with batch_client(emulator) as client:
+        for attempt in range(20):  # distinct requests: a retried one is answered normally by design
+            try:
+                await client.get_pool(f"pool-{attempt}")
+            except HttpResponseError as error:
+                if error.status_code == 429:
+                    throttled.append(error)
+                    break
+    assert throttled, "no request drew the 429 fault"
+    headers = throttled[0].response.headers
+    assert headers["retry-after-ms"] == "250"
+    assert headers["Retry-After"] == "1"  # whole seconds, rounded up so nobody retries early
