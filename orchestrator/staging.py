@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import IO, BinaryIO, cast
 
 import anyio
 import structlog
@@ -74,6 +75,54 @@ def _md5_of_file(path: Path) -> tuple[bytes | None, bytes]:
     return None, digest.digest()
 
 
+# A file that changes while it is read or sent is tried again after each of these pauses (giving its
+# writer time to finish), then reported: the blob must hold exactly the bytes the journal's MD5 says.
+CHANGED_INPUT_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
+
+
+class InputChangedError(InputError):
+    """An input changed while it was being uploaded, on every attempt."""
+
+
+FileVersion = tuple[int, int, int]  # (size, mtime in ns, inode): what a writer or a replacement changes
+
+
+def _file_version(path: Path) -> FileVersion:
+    info = path.stat()
+    return (info.st_size, info.st_mtime_ns, info.st_ino)
+
+
+class _HashingReader:
+    """A forward-only file reader for the SDK's chunked upload that hashes exactly the bytes it sends.
+
+    It has no seek, tell or fileno, so the SDK reads it in order (never in parallel sub-streams) and
+    the digest is that of the blob's content; reads run in a worker thread to keep the loop free.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.digest = hashlib.md5(usedforsecurity=False)
+        self.size_bytes = 0
+
+    def seekable(self) -> bool:
+        return False
+
+    async def read(self, size: int = -1) -> bytes:
+        chunk = await anyio.to_thread.run_sync(self._stream.read, size)
+        self.digest.update(chunk)
+        self.size_bytes += len(chunk)
+        return chunk
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """What one upload put in Blob Storage (or found there already)."""
+
+    md5_hex: str
+    size_bytes: int
+    skipped: bool
+
+
 async def upload_file(
     blob_service: BlobServiceClient,
     container: str,
@@ -83,7 +132,62 @@ async def upload_file(
     content_type: str = "text/plain; charset=utf-8",
 ) -> tuple[str, bool]:
     """Upload one file unless the blob already holds the same bytes; returns (md5 hex, skipped)."""
+    uploaded = await upload_input_file(blob_service, container, blob_name, path, retry, content_type)
+    return uploaded.md5_hex, uploaded.skipped
+
+
+async def upload_input_file(
+    blob_service: BlobServiceClient,
+    container: str,
+    blob_name: str,
+    path: Path,
+    retry: RetryPolicy,
+    content_type: str = "text/plain; charset=utf-8",
+) -> UploadedFile:
+    """Upload one file so that the blob, its stored MD5 and the returned MD5 and size all agree.
+
+    The file's size, mtime and inode are compared before and after, and a streamed upload hashes what
+    it sent: a file that changed meanwhile is uploaded again (bounded), then InputChangedError names it.
+    """
+    attempts = len(CHANGED_INPUT_RETRY_DELAYS_S) + 1
+    for attempt in range(1, attempts + 1):
+        uploaded = await _upload_once(blob_service, container, blob_name, path, retry, content_type)
+        if uploaded is not None:
+            return uploaded
+        if attempt == attempts:
+            break
+        delay = CHANGED_INPUT_RETRY_DELAYS_S[attempt - 1]
+        log.debug(
+            "request.retried",
+            operation="upload_blob",
+            attempt=attempt,
+            delay_s=delay,
+            status_code=None,
+            error_code="InputChanged",
+            error_type=InputChangedError.__name__,
+        )
+        await anyio.sleep(delay)
+    # The blob may hold a torn copy under an MD5 it does not match: remove it, so no later run or
+    # resume can take it for a good upload.
+    with contextlib.suppress(Exception):
+        await blob_service.get_blob_client(container, blob_name).delete_blob()
+    raise InputChangedError(
+        f"input {path} kept changing while it was uploaded ({attempts} attempts); "
+        "wait until whatever writes it has finished (or copy it) and run again"
+    )
+
+
+async def _upload_once(
+    blob_service: BlobServiceClient,
+    container: str,
+    blob_name: str,
+    path: Path,
+    retry: RetryPolicy,
+    content_type: str,
+) -> UploadedFile | None:
+    """One read-and-upload of `path`; None when the file changed meanwhile (the blob is then suspect)."""
     try:
+        before = await anyio.to_thread.run_sync(_file_version, path)
         data, md5 = await anyio.to_thread.run_sync(_md5_of_file, path)
     except OSError as error:
         raise InputError(
@@ -91,25 +195,48 @@ async def upload_file(
         ) from None
     blob = blob_service.get_blob_client(container, blob_name)
     settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5))
+    sent: list[tuple[bytes, int]] = []  # (md5, size) of what the last put sent
 
     async def put(overwrite: bool) -> None:
+        sent.clear()
         if data is not None:
             await blob.upload_blob(data, overwrite=overwrite, content_settings=settings)
+            sent.append((md5, len(data)))
             return
         with path.open("rb") as stream:
-            await blob.upload_blob(stream, overwrite=overwrite, content_settings=settings, max_concurrency=4)
+            reader = _HashingReader(stream)
+            # No MD5 is stored with the streamed bytes: only once they are known to be the file's
+            # (below) is it set, so a crash in between leaves a blob that no resume will skip.
+            await blob.upload_blob(
+                cast("IO[bytes]", reader),  # the SDK takes any object with an (async) read
+                overwrite=overwrite,
+                content_settings=ContentSettings(content_type=content_type),
+                max_concurrency=4,
+            )
+            sent.append((reader.digest.digest(), reader.size_bytes))
+            if sent[0][0] == md5:
+                await retry_call(
+                    retry, "set_http_headers", lambda: blob.set_http_headers(content_settings=settings)
+                )
 
+    skipped = False
     try:
         await retry_call(retry, "upload_blob", lambda: put(False))
-        return md5.hex(), False
     except ResourceExistsError:
-        pass
-    properties = await retry_call(retry, "get_blob_properties", blob.get_blob_properties)
-    existing = properties.content_settings.content_md5
-    if existing is not None and bytes(existing) == md5:
-        return md5.hex(), True
-    await retry_call(retry, "upload_blob", lambda: put(True))
-    return md5.hex(), False
+        properties = await retry_call(retry, "get_blob_properties", blob.get_blob_properties)
+        existing = properties.content_settings.content_md5
+        if existing is not None and bytes(existing) == md5:
+            skipped = True
+        else:
+            await retry_call(retry, "upload_blob", lambda: put(True))
+    try:
+        after = await anyio.to_thread.run_sync(_file_version, path)
+    except OSError:
+        return None  # deleted or replaced meanwhile: try again, which names the problem if it stays
+    size_bytes = before[0] if skipped else sent[0][1]
+    if after != before or (not skipped and sent[0][0] != md5) or size_bytes != before[0]:
+        return None
+    return UploadedFile(md5_hex=md5.hex(), size_bytes=size_bytes, skipped=skipped)
 
 
 async def upload_inputs(
@@ -130,15 +257,18 @@ async def upload_inputs(
         async with limiter:
             started = time.monotonic()
             blob_name = naming.input_blob_name(run_id, item.relpath)
-            md5_hex, skipped = await upload_file(blob_service, container, blob_name, item.path, retry)
-            result = StagedInput(index, item.relpath, blob_name, md5_hex, item.size_bytes, skipped)
+            uploaded = await upload_input_file(blob_service, container, blob_name, item.path, retry)
+            # The size is what was uploaded: the file may have changed since it was discovered.
+            result = StagedInput(
+                index, item.relpath, blob_name, uploaded.md5_hex, uploaded.size_bytes, uploaded.skipped
+            )
             staged[index] = result
             log.debug(
                 "blob.uploaded",
                 blob=blob_name,
-                bytes=item.size_bytes,
+                bytes=uploaded.size_bytes,
                 duration_s=round(time.monotonic() - started, 4),
-                skipped=skipped,
+                skipped=uploaded.skipped,
             )
             if on_uploaded is not None:
                 await on_uploaded(result)

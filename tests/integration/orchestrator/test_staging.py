@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -23,9 +25,8 @@ FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.2, dea
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def blob_service(azurite: StorageEndpoint) -> AsyncIterator[BlobServiceClient]:
-    async with BlobServiceClient.from_connection_string(
-        azurite.connection_string, **SDK_RETRY_KWARGS
-    ) as client:
+    sdk_kwargs: dict[str, Any] = dict(SDK_RETRY_KWARGS)
+    async with BlobServiceClient.from_connection_string(azurite.connection_string, **sdk_kwargs) as client:
         yield client
 
 
@@ -161,3 +162,99 @@ async def test_files_over_the_in_memory_limit_are_streamed_with_their_md5(
         blob_service, "topnbig-input", "runs/r/big.txt", tmp_path / "big.txt", FAST_RETRY
     )
     assert again == (md5_hex, True)
+
+
+# --- an input that changes while it is uploaded ---------------------------------------------------
+
+
+def change_file_after_reading(
+    monkeypatch: pytest.MonkeyPatch, changes: int, keep_size_and_mtime: bool = False
+) -> list[int]:
+    """Make the first `changes` reads of an input rewrite it right after it was read (as a writer would)."""
+    real_read = staging._md5_of_file
+    calls: list[int] = []
+
+    def read_then_change(path: Path) -> tuple[bytes | None, bytes]:
+        result = real_read(path)
+        calls.append(1)
+        if len(calls) <= changes:
+            info = path.stat()
+            body = path.read_bytes()
+            if keep_size_and_mtime:  # only the content differs: the MD5 of what was sent must catch it
+                path.write_bytes(body[:-1] + bytes([body[-1] ^ 0x01]))
+                os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+            else:
+                path.write_bytes(body + f"more words {len(calls)}\n".encode())
+        return result
+
+    monkeypatch.setattr(staging, "_md5_of_file", read_then_change)
+    monkeypatch.setattr(staging, "CHANGED_INPUT_RETRY_DELAYS_S", (0.0, 0.0))
+    return calls
+
+
+async def blob_body_and_md5(
+    blob_service: BlobServiceClient, container: str, name: str
+) -> tuple[bytes, bytes]:
+    blob = blob_service.get_blob_client(container, name)
+    properties = await blob.get_blob_properties()
+    stored_md5 = properties.content_settings.content_md5
+    assert stored_md5 is not None
+    return await (await blob.download_blob()).readall(), bytes(stored_md5)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
+async def test_a_file_changed_during_its_upload_is_uploaded_again_as_it_now_is(
+    blob_service: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    if streamed:
+        monkeypatch.setattr(staging, "IN_MEMORY_LIMIT_BYTES", 1024)
+    path = tmp_path / "growing.txt"
+    path.write_bytes(b"tide gull net\n" * (200 if streamed else 1))
+    calls = change_file_after_reading(monkeypatch, changes=1, keep_size_and_mtime=streamed)
+    container = "topnchanged-input"
+    await staging.ensure_containers(blob_service, [container], FAST_RETRY)
+
+    inputs = discover_inputs([path])
+    staged = await staging.upload_inputs(
+        blob_service, container, "r1", inputs, concurrency=1, retry=FAST_RETRY
+    )
+
+    final = path.read_bytes()
+    assert len(calls) == 2  # read, found changed, read again
+    assert staged[0].md5_hex == hashlib.md5(final, usedforsecurity=False).hexdigest()
+    assert staged[0].size_bytes == len(final) and not staged[0].skipped
+    body, stored_md5 = await blob_body_and_md5(blob_service, container, staged[0].blob_name)
+    assert body == final and stored_md5.hex() == staged[0].md5_hex
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
+async def test_a_file_that_keeps_changing_is_reported_and_leaves_no_blob(
+    blob_service: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    if streamed:
+        monkeypatch.setattr(staging, "IN_MEMORY_LIMIT_BYTES", 1024)
+    path = tmp_path / "log file.txt"
+    path.write_bytes(b"tide gull net\n" * (200 if streamed else 1))
+    calls = change_file_after_reading(monkeypatch, changes=100, keep_size_and_mtime=streamed)
+    container = "topnchanging-input"
+    await staging.ensure_containers(blob_service, [container], FAST_RETRY)
+    recorded: list[str] = []
+
+    async def record(item: staging.StagedInput) -> None:
+        recorded.append(item.relpath)
+
+    with pytest.raises(staging.InputChangedError) as raised:
+        await staging.upload_inputs(
+            blob_service,
+            container,
+            "r2",
+            discover_inputs([path]),
+            concurrency=1,
+            retry=FAST_RETRY,
+            on_uploaded=record,
+        )
+    assert str(path) in str(raised.value) and "kept changing" in str(raised.value)
+    assert len(calls) == len(staging.CHANGED_INPUT_RETRY_DELAYS_S) + 1  # bounded
+    assert recorded == []  # nothing journalled as uploaded
+    listed = [blob.name async for blob in blob_service.get_container_client(container).list_blobs()]
+    assert listed == []
