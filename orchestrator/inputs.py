@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from orchestrator import naming
 from orchestrator.errors import InputError
 
 # Azure rejects blob names over 1,024 characters; the run prefix takes about 30 of them.
@@ -146,3 +147,9 @@ def check_relpath(relpath: str, path: Path) -> None:
         raise InputError(f"input path is longer than {MAX_RELPATH_CHARS} characters: {relpath[:80]}...")
     if any(part.endswith(".") for part in PurePosixPath(relpath).parts):
         raise InputError(f"input name ends with a dot, which Blob Storage cannot keep: {relpath!r}")
+    try:
+        naming.check_relative_name(relpath)
+    except naming.UnsafeNameError as error:
+        raise InputError(
+            f"input name cannot name a blob or a result file, {error} (rename the file)"
+        ) from None

@@ -76,15 +76,45 @@ def run_input_prefix(run_id: str) -> str:
     return f"runs/{run_id}/"
 
 
+class UnsafeNameError(ValueError):
+    """A name that could reach outside the folder or container it is meant to stay in."""
+
+
+# `C:` at the start: on Windows, joining it to the results folder would jump to another drive.
+_DRIVE_PREFIX = re.compile(r"^[A-Za-z]:")
+
+
+def check_relative_name(name: str) -> str:
+    """Return `name` if it is a plain relative POSIX path that stays inside the folder it is joined to.
+
+    Refused (UnsafeNameError says why): empty names, absolute paths, `.` / `..` / empty parts,
+    backslashes (Windows and Blob Storage read them as separators), NUL, and a leading drive letter.
+    These names reach local paths (results) and blob names, so nothing may climb out of its folder.
+    """
+    if not name:
+        raise UnsafeNameError("empty name")
+    if "\x00" in name:
+        raise UnsafeNameError(f"name contains NUL: {name!r}")
+    if "\\" in name:
+        raise UnsafeNameError(f"name contains a backslash, a path separator on Windows: {name!r}")
+    if name.startswith("/"):
+        raise UnsafeNameError(f"name is an absolute path: {name!r}")
+    if _DRIVE_PREFIX.match(name):
+        raise UnsafeNameError(f"name starts with a drive letter: {name!r}")
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise UnsafeNameError(f"name has an empty, '.' or '..' part that could leave its folder: {name!r}")
+    return name
+
+
 def output_name(relpath: str) -> str:
     """`<relpath without extension>_OUTPUT<ext>`, the seed's output name with the folders kept."""
-    path = PurePosixPath(relpath)
+    path = PurePosixPath(check_relative_name(relpath))
     return str(path.with_name(f"{path.stem}_OUTPUT{path.suffix}"))
 
 
 def counts_name(relpath: str) -> str:
     """Blob (and file) holding one input's full counts: `counts/<relpath>.counts.json.gz`."""
-    return f"counts/{relpath}.counts.json.gz"
+    return f"counts/{check_relative_name(relpath)}.counts.json.gz"
 
 
 def node_input_path(index: int, relpath: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import naming
 from orchestrator.errors import InputError
 
 COUNTS_FORMAT = "topn.counts"
@@ -162,6 +163,25 @@ def build_summary(
         "files": [dict(entry) for entry in ordered],
         "totals": dict(totals),
     }
+
+
+def result_path(out_dir: Path, name: str) -> Path:
+    """Where a result named `name` (a blob name, `/`-separated) goes: always inside `out_dir`.
+
+    naming.UnsafeNameError refuses a name with `..`, an absolute path, a backslash or a drive letter,
+    and a name that a symbolic link inside the folder would lead elsewhere.
+    """
+    path = out_dir.joinpath(*naming.check_relative_name(name).split("/"))
+    if not path.resolve().is_relative_to(out_dir.resolve()):
+        raise naming.UnsafeNameError(f"result {name!r} would be written outside the results folder {out_dir}")
+    return path
+
+
+def write_result(out_dir: Path, name: str, data: bytes) -> Path:
+    """Write one result file under `out_dir` atomically, refusing any name that would leave it."""
+    path = result_path(out_dir, name)
+    write_atomic(path, data)
+    return path
 
 
 def write_atomic(path: Path, data: bytes) -> None:

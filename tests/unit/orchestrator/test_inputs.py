@@ -98,3 +98,16 @@ def test_hidden_entries_inside_folders_are_skipped_unless_named(tmp_path: Path) 
     hidden = write(tmp_path / "t" / ".notes.txt")
     assert [item.relpath for item in discover_inputs([tmp_path / "t"])] == ["a.txt"]
     assert [item.relpath for item in discover_inputs([hidden])] == [".notes.txt"]
+
+
+def test_a_name_starting_with_a_drive_letter_is_refused_with_the_fix(tmp_path: Path) -> None:
+    write(tmp_path / "t" / "C:notes.txt")
+    with pytest.raises(InputError, match=r"drive letter.*rename the file"):
+        discover_inputs([tmp_path / "t"])
+
+
+def test_awkward_but_safe_names_are_kept_exactly(tmp_path: Path) -> None:
+    names = ["with space.txt", "hash#tag.txt", "question?.txt", "per%25cent%.txt", "it's.txt", 'say "hi".txt']
+    for name in names:
+        write(tmp_path / "t" / "ünï" / name)
+    assert [item.relpath for item in discover_inputs([tmp_path / "t"])] == sorted(f"ünï/{n}" for n in names)

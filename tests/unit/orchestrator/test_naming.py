@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 from datetime import UTC, datetime
+from pathlib import PurePosixPath, PureWindowsPath
 
 import pytest
 from hypothesis import given
@@ -152,3 +153,56 @@ def test_several_file_units_keep_their_command_line_under_the_limit(relpaths: li
             files = [(naming.node_input_path(i, relpaths[i]), relpaths[i]) for i in unit]
             command = naming.task_command_line(files, top=10, tokenizer="tutorial")
             assert len(command) <= naming.MAX_COMMAND_CHARS + 200
+
+
+# --- names that must never leave their folder -------------------------------------------------------
+
+ESCAPING_NAMES = [
+    "",
+    "../escape.txt",
+    "a/../../escape.txt",
+    "a/..",
+    "./a.txt",
+    "a//b.txt",
+    "a/",
+    "/etc/passwd",
+    "//server/share/x.txt",
+    "a\\..\\..\\escape.txt",
+    "..\\escape.txt",
+    "C:escape.txt",
+    "c:/Windows/escape.txt",
+    "a\x00b.txt",
+]
+
+
+@pytest.mark.parametrize("name", ESCAPING_NAMES)
+def test_names_that_could_leave_their_folder_are_refused(name: str) -> None:
+    with pytest.raises(naming.UnsafeNameError):
+        naming.check_relative_name(name)
+    with pytest.raises(naming.UnsafeNameError):
+        naming.output_name(name)
+    with pytest.raises(naming.UnsafeNameError):
+        naming.counts_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["a.txt", "a/b c.txt", "..a", "a..b/c..", "x/C:notes.txt", "日本/数据.txt", "#?%'\".txt", "…"]
+)
+def test_plain_relative_names_are_kept(name: str) -> None:
+    assert naming.check_relative_name(name) == name
+
+
+@given(st.text(alphabet=st.sampled_from(["a", ".", "/", "\\", ":", "C", " ", "é", "\x00"]), max_size=12))
+def test_an_accepted_name_always_stays_below_its_folder(name: str) -> None:
+    """Whatever the name, once accepted it resolves strictly inside the folder on POSIX and Windows."""
+    try:
+        naming.check_relative_name(name)
+    except naming.UnsafeNameError:
+        return
+    for joined in (PurePosixPath("/out") / name, PureWindowsPath("D:/out") / name):
+        parts = joined.parts
+        assert parts[:2] in (("/", "out"), ("D:\\", "out"))
+        assert ".." not in parts and len(parts) > 2
+    # The derived names are accepted too, so results and counts land inside the folder as well.
+    naming.check_relative_name(naming.output_name(name))
+    naming.check_relative_name(naming.counts_name(name))

@@ -12,13 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.errors import InputError
+from orchestrator.naming import UnsafeNameError
 from orchestrator.results import (
     CountsFormatError,
     RunCounts,
     claim_results_folder,
     parse_counts_blob,
+    result_path,
     top_of,
     write_atomic,
+    write_result,
 )
 
 words = st.sampled_from(["a", "b", "c", "d", "é", "the", "Zoë"])
@@ -103,3 +106,44 @@ def test_non_empty_foreign_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):
         claim_results_folder(tmp_path, "run-a")
+
+
+# --- result files never land outside the results folder -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../escape_OUTPUT.txt",
+        "counts/../../escape.counts.json.gz",
+        "/tmp/escape_OUTPUT.txt",
+        "..\\escape_OUTPUT.txt",
+        "C:escape_OUTPUT.txt",
+        "c:/escape_OUTPUT.txt",
+        "a/./b_OUTPUT.txt",
+    ],
+)
+def test_a_result_name_that_would_escape_is_refused_and_nothing_is_written(tmp_path: Path, name: str) -> None:
+    out_dir = tmp_path / "deep" / "out"
+    out_dir.mkdir(parents=True)
+    with pytest.raises(UnsafeNameError):
+        write_result(out_dir, name, b"should never be written")
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
+def test_a_symlink_inside_the_results_folder_cannot_lead_a_result_out(tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    (out_dir).mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out_dir / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(UnsafeNameError, match="outside the results folder"):
+        write_result(out_dir, "sub/a_OUTPUT.txt", b"x")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_plain_result_name_is_written_below_the_folder(tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    written = write_result(out_dir, "日本/b c#?%_OUTPUT.txt", b"rows\n")
+    assert written == out_dir / "日本" / "b c#?%_OUTPUT.txt"
+    assert written.read_bytes() == b"rows\n"
+    assert result_path(out_dir, "a/b.txt") == out_dir / "a" / "b.txt"
