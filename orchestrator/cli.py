@@ -41,6 +41,8 @@ log = structlog.get_logger()
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CLEANUP_TIMEOUT_S = 60.0
 STDERR_TAIL_LINES = 5
+STATUS_RECENT_RUNS = 20
+STATUS_LIVE_TIMEOUT_S = 5.0
 
 
 def default_config_path(cwd: Path) -> Path:
@@ -88,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="results folder (default results/<run_id>/)")
     run.add_argument("--json", action="store_true", help="print summary.json to stdout instead of a table")
 
+    resume = commands.add_parser(
+        "resume", parents=[common], help="continue an unfinished run from its journal (see `topn status`)"
+    )
+    resume.add_argument("run_id", metavar="RUN_ID", help="the run to continue")
+    resume.add_argument("--json", action="store_true", help="print summary.json to stdout instead of a table")
+
+    status = commands.add_parser("status", parents=[common], help="recent runs, or one run in detail")
+    status.add_argument("run_id", nargs="?", default=None, metavar="RUN_ID", help="the run to describe")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     local_parser = commands.add_parser("local", help="the local emulators (Azurite and the Batch emulator)")
     local_commands = local_parser.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     local_commands.add_parser("up", parents=[common], help="start them and keep them running across runs")
@@ -106,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _load(args, os.environ)
         if args.command == "run":
             return _run_command(args, settings, log_format)
+        if args.command == "resume":
+            return _resume_command(args, settings, log_format)
+        if args.command == "status":
+            return _status_command(args, settings)
         return _local_command(args, settings)
     except TopnError as error:
         return _report(error, log_format)
@@ -191,6 +207,135 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
         return run_until_signalled(body, log_format)
 
 
+def _resume_command(args: argparse.Namespace, settings: Settings, log_format: str) -> int:
+    from orchestrator.journal import journal_path
+    from orchestrator.pipeline import summary_exit_status
+    from orchestrator.resume import resumed_inputs, resumed_out_dir, resumed_settings, unknown_run
+
+    journal_file = journal_path(settings.local.state_dir)
+    record = anyio.run(_load_record, journal_file, args.run_id)
+    if record is None:
+        raise unknown_run(args.run_id, journal_file)
+    out_dir = resumed_out_dir(record)
+    if record.is_finished:  # nothing to do: show what it ended with
+        summary = _read_summary(out_dir, record.run_id)
+        _print_summary(summary, out_dir, as_json=args.json)
+        return summary_exit_status(summary)
+    run_settings = resumed_settings(settings, record.settings_snapshot)
+    inputs = resumed_inputs(record)
+    show_progress = log_format == "console" and sys.stderr.isatty()
+    progress: RichProgress | NullProgress = RichProgress() if show_progress else NullProgress()
+
+    async def body() -> int:
+        from orchestrator.pipeline import run_pipeline
+
+        async def work(resolved: Settings, clients: Any, journal: Any) -> dict[str, Any]:
+            latest = await journal.load_run(record.run_id)  # what the journal holds now
+            return await run_pipeline(
+                resolved, inputs, clients, out_dir, journal=journal, progress=progress, resume=latest
+            )
+
+        summary = await _with_services(run_settings, work)
+        progress.close()
+        _print_summary(summary, out_dir, as_json=args.json)
+        return summary_exit_status(summary)
+
+    with progress:
+        return run_until_signalled(body, log_format)
+
+
+async def _load_record(journal_file: Path, run_id: str) -> Any:
+    """The run's RunRecord, or None (also when there is no journal yet: nothing is created)."""
+    from orchestrator.journal import Journal
+
+    if not await anyio.Path(journal_file).is_file():
+        return None
+    async with await Journal.open(journal_file) as journal:
+        return await journal.load_run(run_id)
+
+
+def _read_summary(out_dir: Path, run_id: str) -> dict[str, Any]:
+    path = out_dir / "summary.json"
+    try:
+        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"run {run_id} has finished but its summary {path} cannot be read ({error}); "
+            "its results folder was moved or deleted"
+        ) from None
+    return summary
+
+
+def _status_command(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.journal import describe_run, journal_path
+    from orchestrator.resume import unknown_run
+
+    journal_file = journal_path(settings.local.state_dir)
+    if args.run_id is None:
+        runs = [describe_run(record) for record in anyio.run(_load_runs, journal_file)][-STATUS_RECENT_RUNS:]
+        text = json.dumps(runs, ensure_ascii=False, indent=2) + "\n" if args.json else render_runs(runs)
+    else:
+        record = anyio.run(_load_record, journal_file, args.run_id)
+        if record is None:
+            raise unknown_run(args.run_id, journal_file)
+        described = describe_run(record)
+        described["job"] = anyio.run(_live_job, settings, record.run_id)
+        text = (
+            json.dumps(described, ensure_ascii=False, indent=2) + "\n" if args.json else render_run(described)
+        )
+    sys.stdout.write(redact_text(text))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+async def _load_runs(journal_file: Path) -> list[Any]:
+    from orchestrator.journal import Journal
+
+    if not await anyio.Path(journal_file).is_file():
+        return []
+    async with await Journal.open(journal_file) as journal:
+        return await journal.list_runs()
+
+
+async def _live_job(settings: Settings, run_id: str) -> dict[str, Any]:
+    """The live job's state and task counts, or why they could not be read (never starts a service)."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    from orchestrator import naming
+    from orchestrator.clients import open_clients
+
+    job_id = naming.job_id(run_id)
+    if settings.local.enabled and localmode.endpoint_port(settings.batch.endpoint) == 0:
+        recorded = localmode.read_recorded(settings).get(localmode.EMULATOR)
+        if recorded is None:
+            return {"job_id": job_id, "reachable": False, "note": "no local services (run `topn local up`)"}
+        endpoint = localmode.with_port(settings.batch.endpoint, recorded.endpoint)
+        settings = replace(settings, batch=replace(settings.batch, endpoint=endpoint))
+    try:
+        with anyio.fail_after(STATUS_LIVE_TIMEOUT_S):
+            async with AsyncExitStack() as stack:
+                clients = await open_clients(settings, stack)
+                job = await clients.batch.get_job(job_id)
+                counts = (await clients.batch.get_job_task_counts(job_id)).task_counts
+    except ResourceNotFoundError:
+        return {"job_id": job_id, "reachable": True, "exists": False}
+    except (HttpResponseError, TimeoutError, OSError, TopnError) as error:
+        return {"job_id": job_id, "reachable": False, "note": redact_text(str(error).splitlines()[0][:200])}
+    return {
+        "job_id": job_id,
+        "reachable": True,
+        "exists": True,
+        "state": str(getattr(job.state, "value", job.state)),
+        "tasks": {
+            "active": counts.active,
+            "running": counts.running,
+            "completed": counts.completed,
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+        },
+    }
+
+
 async def _with_services(
     settings: Settings, work: Callable[[Settings, Any, Any], Awaitable[dict[str, Any]]]
 ) -> dict[str, Any]:
@@ -214,23 +359,34 @@ async def _with_services(
 
 
 def run_until_signalled(body: Callable[[], Awaitable[int]], log_format: str) -> int:
-    """Run `body` on an event loop; SIGINT/SIGTERM cancel it (shielded clean-up runs) and give 128+N."""
+    """Run `body` on an event loop; SIGINT/SIGTERM cancel it (shielded clean-up runs) and give 128+N.
+
+    A second signal ends the process at once: the journal (WAL, one transaction per record) keeps
+    everything committed before it, and `topn resume` continues from there.
+    """
     signalled: list[int] = []
     outcome: list[int] = []
 
     async def supervise() -> None:
+        work_scope = anyio.CancelScope()
         async with anyio.create_task_group() as group:
 
             async def watch_signals() -> None:
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for received in signals:
                         signalled.append(int(received))
-                        group.cancel_scope.cancel()
-                        return
+                        if len(signalled) > 1:
+                            print(
+                                f"topn: {signal.Signals(received).name} again: stopping now", file=sys.stderr
+                            )
+                            sys.stderr.flush()
+                            os._exit(128 + int(received))
+                        work_scope.cancel()
 
             async def work() -> None:
                 try:
-                    outcome.append(await body())
+                    with work_scope:
+                        outcome.append(await body())
                 except TopnError as error:
                     outcome.append(_report(error, log_format))
                 finally:
@@ -291,6 +447,60 @@ def render_table(summary: Mapping[str, Any], out_dir: Path) -> str:
             lines += [f"    | {line}" for line in tail]
     lines += ["", f"Results: {out_dir}"]
     return redact_text("\n".join(lines)) + "\n"
+
+
+def render_runs(runs: Sequence[Mapping[str, Any]]) -> str:
+    """`topn status`: one line per recent run, oldest first."""
+    if not runs:
+        return "No runs in the journal yet (start one with `topn run PATH`).\n"
+    header = f"{'RUN':<34} {'STATE':<11} {'CREATED':<20} {'FILES':>6} {'OK':>6} {'FAILED':>6}  RESULTS"
+    lines = [header]
+    for run in runs:
+        lines.append(
+            f"{run['run_id']:<34} {run['state']:<11} {str(run['created_at'])[:19]:<20} {run['files']:>6} "
+            f"{run['files_succeeded']:>6} {run['files_failed']:>6}  {run.get('out_dir') or '-'}"
+        )
+    unfinished = [run["run_id"] for run in runs if not run["finished"]]
+    if unfinished:
+        lines += ["", f"Unfinished: continue one with `topn resume {unfinished[-1]}`."]
+    return "\n".join(lines) + "\n"
+
+
+def render_run(run: Mapping[str, Any]) -> str:
+    """`topn status RUN_ID`: the journal's view of one run, then the live job's."""
+    lines = [
+        f"Run {run['run_id']}: {run['state']}{'' if run['finished'] else ' (unfinished)'}",
+        f"  created {run['created_at']}, updated {run['updated_at']}",
+        f"  results {run.get('out_dir') or '-'}",
+        f"  {run['files']} files ({run['bytes']} bytes) in {run['tasks']} tasks: "
+        f"{run['files_succeeded']} files succeeded, {run['files_failed']} failed, "
+        f"{run['tasks_in_flight']} tasks in flight",
+    ]
+    for stage, counts in run.get("stages", {}).items():
+        lines.append(f"  {stage:<11} {counts['done']}/{counts['total']}")
+    job = run.get("job") or {}
+    if job.get("exists"):
+        tasks = job.get("tasks", {})
+        lines.append(
+            f"  job {job['job_id']}: {job.get('state')} - {tasks.get('active', 0)} active, "
+            f"{tasks.get('running', 0)} running, {tasks.get('completed', 0)} completed "
+            f"({tasks.get('succeeded', 0)} succeeded, {tasks.get('failed', 0)} failed)"
+        )
+    elif job.get("reachable"):
+        lines.append(f"  job {job.get('job_id')}: gone")
+    else:
+        lines.append(f"  job {job.get('job_id')}: not reachable ({job.get('note', '')})")
+    failures = run.get("failures", [])
+    if failures:
+        lines += ["", f"Failed files ({len(failures)}):"]
+        for failure in failures:
+            lines.append(
+                f"  {failure.get('file')}: exit code {failure.get('exit_code')}, "
+                f"failure {failure.get('failure_code') or '-'}: {failure.get('message') or ''}".rstrip()
+            )
+    if not run["finished"]:
+        lines += ["", f"Continue it with `topn resume {run['run_id']}`."]
+    return "\n".join(lines) + "\n"
 
 
 def _print_summary(summary: Mapping[str, Any], out_dir: Path, *, as_json: bool) -> None:

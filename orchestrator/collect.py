@@ -62,6 +62,20 @@ async def download_outputs(
     return CollectedOutput(local_path=local_path, size_bytes=len(output), counts=counts)
 
 
+async def read_counts(
+    blob_service: BlobServiceClient, container: str, relpath: str, retry: RetryPolicy
+) -> FileCounts:
+    """The counts blob of an output saved earlier (a resumed run's summary needs its full counts)."""
+    blob = blob_service.get_blob_client(container, naming.counts_name(relpath))
+    try:
+        data = await retry_call(retry, "download_blob", lambda: _read_blob(blob))
+        return parse_counts_blob(data)
+    except ResourceNotFoundError as error:
+        raise OutputMissingError(f"the counts blob of {relpath} is missing ({error.reason})") from None
+    except CountsFormatError as error:
+        raise OutputMissingError(f"the counts blob of {relpath} is unreadable: {error}") from None
+
+
 async def _read_blob(blob: Any) -> bytes:
     downloader = await blob.download_blob()
     data: bytes = await downloader.readall()

@@ -128,8 +128,13 @@ async def watch_job(
     poll_max_s: float,
     retry: RetryPolicy,
     on_counts: Callable[[Counts], None] | None = None,
+    already_completed: int = 0,
 ) -> None:
-    """Poll until every task in `task_ids` has completed; send each outcome once; close the stream."""
+    """Poll until every task in `task_ids` has completed; send each outcome once; close the stream.
+
+    `already_completed` counts the job's other tasks known to be complete (a resumed run's recorded
+    completions), so they do not look like news on every poll.
+    """
     expected = set(task_ids)
     seen: set[str] = set()
     watermark: datetime | None = None
@@ -161,7 +166,7 @@ async def watch_job(
                 if on_counts is not None:
                     on_counts(counts)
             last = counts
-            if counts.completed > len(seen):
+            if counts.completed > len(seen) + already_completed:
                 watermark = await _collect_completed(
                     batch, job_id, expected, seen, watermark, completions, retry
                 )

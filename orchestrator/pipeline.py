@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib
 import json
 import tempfile
@@ -48,8 +49,9 @@ from orchestrator import collect, monitor, naming, pool, staging, submit
 from orchestrator.clients import BATCH, STORAGE, Clients
 from orchestrator.errors import InputError, RunFailedError, ServiceUnavailableError, TopnError
 from orchestrator.inputs import InputFile
-from orchestrator.journal import Journal, JournalInput
+from orchestrator.journal import Journal, JournalInput, RunRecord, outcome_succeeded
 from orchestrator.results import (
+    FileCounts,
     RunCounts,
     build_summary,
     claim_results_folder,
@@ -58,7 +60,7 @@ from orchestrator.results import (
     top_of,
     write_summary,
 )
-from orchestrator.retry import RetryPolicy, retry_call
+from orchestrator.retry import RetryPolicy, error_code_of, retry_call
 from orchestrator.sas import DelegationKeyProvider
 from orchestrator.settings import Settings
 
@@ -114,10 +116,24 @@ class StateRecorder(Protocol):
 class RunStateMachine:
     """The current state; each move is journalled first, then announced."""
 
-    def __init__(self, run_id: str, journal: StateRecorder | None) -> None:
+    def __init__(
+        self, run_id: str, journal: StateRecorder | None, state: RunState = RunState.CREATED
+    ) -> None:
         self.run_id = run_id
-        self.state = RunState.CREATED
+        self.state = state  # a resumed run starts where its journal says it stopped
         self._journal = journal
+
+    def reached(self, target: RunState) -> bool:
+        """Whether the run is already at or past `target` on the forward path (a resumed run skips those)."""
+        order = [*_FORWARD, RunState.CLEANING]
+        if self.state in TERMINAL or target not in order:
+            return self.state in TERMINAL
+        return order.index(self.state) >= order.index(target)
+
+    async def advance(self, target: RunState) -> None:
+        """Move to `target` unless a resumed run is already there or past it."""
+        if not self.reached(target):
+            await self.move(target)
 
     async def move(self, target: RunState) -> None:
         check_transition(self.state, target)
@@ -164,19 +180,25 @@ async def run_pipeline(
     journal: Journal | None = None,
     progress: ProgressSink | None = None,
     node_script: bytes | None = None,
-    max_files_per_task: int = naming.MAX_FILES_PER_UNIT,
+    max_files_per_task: int | None = None,
+    resume: RunRecord | None = None,
 ) -> dict[str, Any]:
     """Run the whole workflow for `inputs`; returns summary.json's content (also written to out_dir).
 
-    `node_script` replaces the packed node (tests); `max_files_per_task` = 1 gives one task per file.
+    `node_script` replaces the packed node (tests); `max_files_per_task` (default `[run]
+    max_files_per_task`) = 1 gives one task per file. `resume` continues that journalled run (see
+    orchestrator/resume.py, which builds the inputs and settings from it).
     """
     if not inputs:
         raise InputError("no input files to process")
+    if resume is not None:
+        run_id = resume.run_id
     run_id = run_id or naming.new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
     claim_results_folder(out_dir, run_id)  # before anything is created: exit 2 leaves no trace
+    per_task = max_files_per_task if max_files_per_task is not None else settings.run.max_files_per_task
     run = _Run(
-        settings, list(inputs), clients, out_dir, run_id, journal, progress, node_script, max_files_per_task
+        settings, list(inputs), clients, out_dir, run_id, journal, progress, node_script, per_task, resume
     )
     return await run.execute()
 
@@ -201,6 +223,7 @@ class _Run:
         progress: ProgressSink | None,
         node_script: bytes | None,
         max_files_per_task: int,
+        resume: RunRecord | None = None,
     ) -> None:
         self.settings = settings
         self.inputs = inputs
@@ -213,7 +236,10 @@ class _Run:
         self.progress = progress
         self.node_script = node_script
         self.retry: RetryPolicy = settings.retry
-        self.machine = RunStateMachine(run_id, journal)
+        self.resume = resume
+        self.machine = RunStateMachine(
+            run_id, journal, RunState(resume.state) if resume else RunState.CREATED
+        )
         prefix = settings.storage.container_prefix
         self.app_container = naming.app_container(prefix)
         self.input_container = naming.input_container(prefix)
@@ -221,13 +247,19 @@ class _Run:
         self.job_id = naming.job_id(run_id)
         pool_settings = settings.pool
         slots = max(1, pool_settings.dedicated_nodes + pool_settings.low_priority_nodes)
-        self.units = naming.plan_work_units(
-            [item.size_bytes for item in inputs],
-            slots * pool_settings.task_slots_per_node,
-            command_chars=[naming.command_chars(item.relpath) for item in inputs],
-            max_files_per_unit=max_files_per_task,
-        )
-        self.task_ids = [naming.task_id(unit_index) for unit_index in range(len(self.units))]
+        if resume is not None:  # the work units the run started with, never a new plan
+            self.task_ids = list(resume.task_ids)
+            index_of = {item.relpath: index for index, item in enumerate(inputs)}
+            by_task = resume.inputs_by_task
+            self.units = [[index_of[item.relpath] for item in by_task[task_id]] for task_id in self.task_ids]
+        else:
+            self.units = naming.plan_work_units(
+                [item.size_bytes for item in inputs],
+                slots * pool_settings.task_slots_per_node,
+                command_chars=[naming.command_chars(item.relpath) for item in inputs],
+                max_files_per_unit=max_files_per_task,
+            )
+            self.task_ids = [naming.task_id(unit_index) for unit_index in range(len(self.units))]
         self.unit_by_task = {task_id: unit_index for unit_index, task_id in enumerate(self.task_ids)}
         self.stage_s: dict[str, float] = {}
         self.pool_created = False
@@ -242,7 +274,7 @@ class _Run:
     # ------------------------------------------------------------------ the flow
 
     async def execute(self) -> dict[str, Any]:
-        if self.journal is not None:
+        if self.journal is not None and self.resume is None:
             await self.journal.create_run(
                 self.run_id, settings_snapshot(self.settings), self._journal_inputs(), out_dir=self.out_dir
             )
@@ -253,20 +285,36 @@ class _Run:
             config_path=str(self.settings.source),
             local_mode=self.settings.local.enabled,
         )
+        if self.resume is not None:
+            record = self.resume
+            log.info(
+                "run.resumed",
+                from_state=self.machine.state.value,
+                uploads_kept=len(record.uploads),
+                tasks_submitted=len(record.submitted_task_ids),
+                tasks_completed=len(record.completed),
+                outputs_saved=len(record.downloads),
+            )
         try:
-            with anyio.fail_after(self.settings.run.run_timeout_s):
-                await self.machine.move(RunState.PREPARING)
-                await self._prepare()
-                await self.machine.move(RunState.SUBMITTING)
-                await self._submit()
-                await self.machine.move(RunState.RUNNING)
-                await self._run_and_collect()
-            await self.machine.move(RunState.CLEANING)
+            if self.machine.reached(RunState.CLEANING):
+                summary = self._written_summary()  # written before CLEANING began
+            else:
+                with anyio.fail_after(self.settings.run.run_timeout_s):
+                    await self.machine.advance(RunState.PREPARING)
+                    await self._prepare()
+                    await self.machine.advance(RunState.SUBMITTING)
+                    await self._submit()
+                    await self.machine.advance(RunState.RUNNING)
+                    await self._run_and_collect()
+                failed_files = sum(1 for result in self.results.values() if not result.succeeded)
+                summary = self._summary(RunState.FAILED if failed_files else RunState.SUCCEEDED)
+                # Before CLEANING: a resume from CLEANING needs nothing that clean-up deletes.
+                write_summary(self.out_dir, summary)
+                await self.machine.move(RunState.CLEANING)
+            final = RunState(summary["state"])
+            failed = int(summary["totals"]["failed"])
+            self.job_created = True  # the job exists by now (a resumed CLEANING redoes its deletion)
             await self._cleanup(failed=False)
-            failed = sum(1 for result in self.results.values() if not result.succeeded)
-            final = RunState.FAILED if failed else RunState.SUCCEEDED
-            summary = self._summary(final)
-            write_summary(self.out_dir, summary)
         except BaseException as error:
             reported = await self._fail(error)
             if reported is error:
@@ -276,7 +324,7 @@ class _Run:
         log.info(
             "run.completed",
             state=final.value,
-            files_succeeded=len(self.results) - failed,
+            files_succeeded=int(summary["totals"]["succeeded"]),
             files_failed=failed,
             duration_s=round(time.monotonic() - self.started, 3),
             staging_s=self.stage_s.get("staging", 0.0),
@@ -323,16 +371,54 @@ class _Run:
             if self.progress is not None:
                 self.progress.update("staging", done, len(self.inputs))
 
-        self.staged = await staging.upload_inputs(
+        kept = await self._uploads_to_keep()
+        done = len(kept)
+        pending = [item for item in self.inputs if item.relpath not in kept]
+        fresh = await staging.upload_inputs(
             self.blobs,
             self.input_container,
             self.run_id,
-            self.inputs,
+            pending,
             concurrency=self.settings.run.upload_concurrency,
             retry=self.retry,
             on_uploaded=uploaded,
         )
+        by_relpath = {**kept, **{item.relpath: item for item in fresh}}
+        # upload_inputs numbers what it was given; the run numbers all its inputs.
+        self.staged = [
+            dataclasses.replace(by_relpath[item.relpath], index=index)
+            for index, item in enumerate(self.inputs)
+        ]
         self.stage_s["staging"] = round(time.monotonic() - started, 3)
+
+    async def _uploads_to_keep(self) -> dict[str, staging.StagedInput]:
+        """A resumed run's recorded uploads whose local file is unchanged (size and mtime, else MD5)."""
+        if self.resume is None:
+            return {}
+        record = self.resume
+        unsubmitted = set(record.unsubmitted_task_ids)
+        pending = {item.relpath for item in record.pending_uploads}
+        kept: dict[str, staging.StagedInput] = {}
+        for index, item in enumerate(record.inputs):
+            upload = record.uploads.get(item.relpath)
+            if upload is None or item.relpath in pending:
+                continue
+            path = Path(item.path)
+            unchanged = _stat_of(path) == (item.size_bytes, item.mtime_ns)
+            if not unchanged:
+                unchanged = await anyio.to_thread.run_sync(_md5_hex_of, path) == upload.md5_hex
+            if not unchanged and item.task_id in unsubmitted:
+                continue  # changed before its task was submitted: upload it again
+            if not unchanged:
+                log.warning(
+                    "input.changed",
+                    file=item.relpath,
+                    note="changed after its task was submitted; its result is for the uploaded version",
+                )
+            kept[item.relpath] = staging.StagedInput(
+                index, item.relpath, upload.blob_name, upload.md5_hex, item.size_bytes, True
+            )
+        return kept
 
     async def _provision(self) -> None:
         started = time.monotonic()
@@ -383,8 +469,14 @@ class _Run:
         self.job_created = True
 
     async def _submit(self) -> None:
+        """Add the tasks not yet recorded as added (all, unless resumed), then let the job end with them."""
         started = time.monotonic()
-        tasks = [self._task(unit_index, unit) for unit_index, unit in enumerate(self.units)]
+        unsubmitted = set(self.resume.unsubmitted_task_ids) if self.resume is not None else set(self.task_ids)
+        tasks = [
+            self._task(unit_index, unit)
+            for unit_index, unit in enumerate(self.units)
+            if self.task_ids[unit_index] in unsubmitted
+        ]
 
         async def added(task_ids: Sequence[str]) -> None:
             if self.journal is not None:
@@ -399,7 +491,12 @@ class _Run:
             on_chunk_added=added,
         )
         update = BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
-        await retry_call(self.retry, "update_job", lambda: self.batch.update_job(self.job_id, update))
+        try:
+            await retry_call(self.retry, "update_job", lambda: self.batch.update_job(self.job_id, update))
+        except HttpResponseError as error:
+            # A resumed run whose tasks all finished while topn was down: the job ended on its own.
+            if error_code_of(error) != "JobCompleted" or tasks:
+                raise
         duration = round(time.monotonic() - started, 3)
         self.stage_s["submitting"] = duration
         log.info(
@@ -429,7 +526,7 @@ class _Run:
             )
             script = naming.TASK_NODE_SCRIPT_PATH
         return BatchTaskCreateOptions(
-            id=naming.task_id(unit_index),
+            id=self.task_ids[unit_index],
             command_line=naming.task_command_line(
                 files,
                 top=run.top,
@@ -460,31 +557,79 @@ class _Run:
         )
         limiter = anyio.CapacityLimiter(self.settings.run.download_concurrency)
         total = len(self.task_ids)
+        # A resumed run's recorded completions are final: neither awaited nor reported again.
+        finished = dict(self.resume.completed) if self.resume is not None else {}
+        awaited = [task_id for task_id in self.task_ids if task_id not in finished]
 
         def counts_moved(counts: monitor.Counts) -> None:
             if self.progress is not None:
                 self.progress.update("running", counts.completed, total)
 
         async with anyio.create_task_group() as group:
-            group.start_soon(
-                lambda: monitor.watch_job(
-                    self.batch,
-                    self.job_id,
-                    self.task_ids,
-                    send,
-                    poll_min_s=self.settings.run.poll_min_s,
-                    poll_max_s=self.settings.run.poll_max_s,
-                    retry=self.retry,
-                    on_counts=counts_moved,
+            for task_id, recorded in finished.items():
+                group.start_soon(self._settle_recorded_task, task_id, recorded, limiter)
+            if not self.machine.reached(RunState.COLLECTING):
+                group.start_soon(
+                    lambda: monitor.watch_job(
+                        self.batch,
+                        self.job_id,
+                        awaited,
+                        send,
+                        poll_min_s=self.settings.run.poll_min_s,
+                        poll_max_s=self.settings.run.poll_max_s,
+                        retry=self.retry,
+                        on_counts=counts_moved,
+                        already_completed=len(finished),
+                    )
                 )
-            )
-            async with receive:
-                async for outcome in receive:
-                    group.start_soon(self._handle_outcome, outcome, limiter)
+                async with receive:
+                    async for outcome in receive:
+                        group.start_soon(self._handle_outcome, outcome, limiter)
             self.stage_s["running"] = round(time.monotonic() - started, 3)
             collecting_started = time.monotonic()
-            await self.machine.move(RunState.COLLECTING)
+            await self.machine.advance(RunState.COLLECTING)
         self.stage_s["collecting"] = round(time.monotonic() - collecting_started, 3)
+
+    async def _settle_recorded_task(
+        self, task_id: str, recorded: Mapping[str, Any], limiter: anyio.CapacityLimiter
+    ) -> None:
+        """A task the journal saw finish: rebuild its files' results, collecting only what was not saved."""
+        assert self.resume is not None
+        record = self.resume
+        outcome = monitor.TaskOutcome(
+            task_id=task_id,
+            succeeded=outcome_succeeded(recorded),
+            exit_code=recorded.get("exit_code"),
+            failure_code=recorded.get("failure_code"),
+            failure_message=recorded.get("message"),
+            node_id=None,
+            duration_s=None,
+        )
+        failed = set(record.failed_relpaths)
+        to_collect: list[int] = []
+        for index in self.units[self.unit_by_task[task_id]]:
+            relpath = self.inputs[index].relpath
+            saved = record.downloads.get(relpath)
+            if relpath in failed:
+                details = record.file_error(relpath)
+                self.results[index] = _FileResult(
+                    file_entry(relpath, task_id=task_id, succeeded=False, error=details), succeeded=False
+                )
+            elif saved is not None and _stat_of(Path(saved.local_path))[0] == saved.size_bytes:
+                # Saved already: its counts come from the counts blob, the file is not fetched again.
+                counts = await collect.read_counts(self.blobs, self.output_container, relpath, self.retry)
+                self._add_success(index, task_id, counts)
+            else:
+                to_collect.append(index)
+        if not to_collect:
+            return
+        tail = message = ""
+        if not outcome.succeeded:
+            tail = await collect.task_stderr_tail(self.batch, self.job_id, task_id, self.retry)
+            message = outcome.failure_message or f"the task exited with code {outcome.exit_code}"
+        async with anyio.create_task_group() as group:
+            for index in to_collect:
+                group.start_soon(self._collect_file, index, outcome, limiter, message, tail)
 
     async def _handle_outcome(self, outcome: monitor.TaskOutcome, limiter: anyio.CapacityLimiter) -> None:
         """Collect every file of a finished work unit (each download bounded by `limiter`)."""
@@ -542,18 +687,7 @@ class _Run:
                 reason = f"its outputs could not be downloaded: {submit.describe_http_error(error)}"
                 await self._record_failure(index, outcome, message or reason, tail)
                 return
-        self.run_counts.add(index, saved.counts.counts)
-        self.results[index] = _FileResult(
-            file_entry(
-                relpath,
-                task_id=outcome.task_id,
-                succeeded=True,
-                top=top_of(saved.counts.counts, self.settings.run.top),
-                words=saved.counts.words,
-                output=naming.output_name(relpath),
-            ),
-            succeeded=True,
-        )
+        self._add_success(index, outcome.task_id, saved.counts)
         if self.journal is not None:
             await self.journal.record_output_downloaded(
                 self.run_id, relpath, str(saved.local_path), saved.size_bytes
@@ -561,6 +695,21 @@ class _Run:
         log.info("output.downloaded", task_id=outcome.task_id, file=relpath, bytes=saved.size_bytes)
         if self.progress is not None:
             self.progress.update("collecting", len(self.results), len(self.inputs))
+
+    def _add_success(self, index: int, task_id: str, counts: FileCounts) -> None:
+        relpath = self.inputs[index].relpath
+        self.run_counts.add(index, counts.counts)
+        self.results[index] = _FileResult(
+            file_entry(
+                relpath,
+                task_id=task_id,
+                succeeded=True,
+                top=top_of(counts.counts, self.settings.run.top),
+                words=counts.words,
+                output=naming.output_name(relpath),
+            ),
+            succeeded=True,
+        )
 
     async def _record_failure(
         self, index: int, outcome: monitor.TaskOutcome, message: str, tail: str
@@ -572,6 +721,8 @@ class _Run:
         self.results[index] = _FileResult(
             file_entry(relpath, task_id=outcome.task_id, succeeded=False, error=details), succeeded=False
         )
+        if self.journal is not None:  # what a resumed run's summary entry is rebuilt from
+            await self.journal.record_file_failed(self.run_id, relpath, details)
         log.warning(
             "task.failed",
             task_id=outcome.task_id,
@@ -584,12 +735,22 @@ class _Run:
     # ------------------------------------------------------------------ endings
 
     async def _fail(self, error: BaseException) -> BaseException:
-        """Shielded: clean up what this run owns, record FAILED or CANCELLED, emit run.failed.
+        """Shielded: clean up what this run owns, record FAILED, emit run.failed.
 
+        An interrupted run (cancelled: SIGINT/SIGTERM) is left as it is instead - job, pool and blobs
+        in place, the journal at the state reached - so `topn resume` continues it.
         Returns the error to raise: ours as is, anything else explained (which service, which endpoint).
         """
         leaf = submit.first_leaf(error) if isinstance(error, BaseExceptionGroup) else error
         cancelled = isinstance(leaf, (anyio.get_cancelled_exc_class(), KeyboardInterrupt))
+        if cancelled:
+            log.warning(
+                "run.interrupted",
+                state=self.machine.state.value,
+                resume_command=f"topn resume {self.run_id}",
+                duration_s=round(time.monotonic() - self.started, 3),
+            )
+            return error
         with anyio.CancelScope(shield=True):
             try:
                 if self.machine.state not in TERMINAL and self.machine.state != RunState.CLEANING:
@@ -640,6 +801,18 @@ class _Run:
             service = named[0] if named is not None else "Batch or Storage"
             return RunFailedError(f"a {service} request failed: {submit.describe_http_error(error)}")
         return error
+
+    def _written_summary(self) -> dict[str, Any]:
+        """The summary.json a run wrote before CLEANING (a resume from CLEANING only finishes clean-up)."""
+        path = self.out_dir / "summary.json"
+        try:
+            summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise RunFailedError(
+                f"run {self.run_id} was cleaning up but its summary {path} cannot be read ({error}); "
+                "its results are in that folder"
+            ) from None
+        return summary
 
     def _services(self) -> list[tuple[str, str]]:
         return [("Batch", self.settings.batch.endpoint), ("Storage", self.settings.storage.blob_endpoint)]
@@ -739,6 +912,27 @@ class _Run:
         return build_summary(
             self.run_id, final.value, self.run_counts.top(self.settings.run.top), files, totals
         )
+
+
+def _stat_of(path: Path) -> tuple[int, int]:
+    """(size, mtime ns) of a file, or (-1, -1) when it cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _md5_hex_of(path: Path) -> str | None:
+    """The MD5 of a file's bytes, or None when it cannot be read."""
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with path.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(4 * 1024 * 1024), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _mtime_ns(path: Path) -> int:

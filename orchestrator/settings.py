@@ -107,6 +107,7 @@ class RunSettings:
     sas_margin_s: float = 3600.0
     delete_job: bool = True
     delete_run_blobs: bool = False
+    max_files_per_task: int = 64  # inputs packed into one task at most (1: one task per file)
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,7 @@ def _validate(settings: Settings) -> None:
         "poll_max_s",
         "run_timeout_s",
         "task_max_wall_clock_s",
+        "max_files_per_task",
     ):
         _positive(settings, "run", key, getattr(run, key))
     _positive(settings, "run", "task_max_retries", run.task_max_retries, allow_zero=True)

@@ -230,7 +230,7 @@ class RunningSignal:
             self.event.set()
 
 
-async def test_a_cancelled_run_cleans_up_and_says_so(
+async def test_a_cancelled_run_is_left_resumable_and_says_so(
     start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
     batch = await start_emulator()
@@ -260,15 +260,15 @@ async def test_a_cancelled_run_cleans_up_and_says_so(
                 scope.cancel()
         assert scope.cancelled_caught
         record = await journal.load_run((await journal.list_runs())[0].run_id)
-        assert record is not None and record.state == "CANCELLED"
+        # Interrupted, not given up on: the journal keeps the state reached, the job stays for resume.
+        assert record is not None and record.state == "RUNNING" and not record.is_finished
         job_id = naming.job_id(record.run_id)
-        assert await job_state(clients, job_id) in {"gone", "deleting"}
+        assert await job_state(clients, job_id) == "active"
     names = [entry["event"] for entry in logs]
-    assert names[-1] == "run.failed"
-    assert [entry["to_state"] for entry in logs if entry["event"] == "run.state_changed"][-2:] == [
-        "CLEANING",
-        "CANCELLED",
-    ]
+    assert names[-1] == "run.interrupted"
+    assert logs[-1]["state"] == "RUNNING" and logs[-1]["resume_command"] == f"topn resume {record.run_id}"
+    assert "run.failed" not in names
+    assert "CLEANING" not in [entry["to_state"] for entry in logs if entry["event"] == "run.state_changed"]
 
 
 async def job_state(clients: Any, job_id: str) -> str:

@@ -1,0 +1,84 @@
+"""What `topn resume` continues from: the journalled run's inputs, results folder and result-shaping settings.
+
+Endpoints and credentials always come from the current configuration (secrets were never journalled);
+everything that shapes the results comes from the run's settings snapshot, so a resumed run gives
+the summary an uninterrupted one would have given (docs/journal.md, "How resume uses the journal").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import UsageError
+from orchestrator.inputs import InputFile
+from orchestrator.journal import RunRecord
+from orchestrator.settings import Settings
+
+# Settings that shape what a run computes or where its data lives, by section: taken from the
+# snapshot on resume. Everything else (endpoints, credentials, concurrency, polling) is current.
+RESULT_SHAPING: dict[str, tuple[str, ...]] = {
+    "run": ("top", "tokenizer", "task_max_retries", "task_max_wall_clock_s", "max_files_per_task"),
+    "storage": ("container_prefix",),
+    "pool": ("id", "node_python"),
+}
+
+
+class UnknownRunError(UsageError):
+    """`topn resume` or `topn status` named a run the journal does not have."""
+
+
+def unknown_run(run_id: str, journal_file: Path) -> UnknownRunError:
+    """The exit-2 error for a run id the journal does not know."""
+    return UnknownRunError(
+        f"no run {run_id} in {journal_file}; `topn status` lists the runs "
+        "(is --config pointing at the same [local] state_dir?)"
+    )
+
+
+def resumed_settings(current: Settings, snapshot: Mapping[str, Any]) -> Settings:
+    """`current` with the result-shaping values of the run's snapshot (wrongly typed values ignored)."""
+    settings = current
+    for section, keys in RESULT_SHAPING.items():
+        recorded = snapshot.get(section)
+        if not isinstance(recorded, Mapping):
+            continue
+        present = getattr(settings, section)
+        types = {field.name: type(getattr(present, field.name)) for field in fields(present)}
+        changes = {
+            key: recorded[key]
+            for key in keys
+            if key in recorded and key in types and _same_kind(recorded[key], types[key])
+        }
+        if changes:
+            settings = replace(settings, **{section: replace(present, **changes)})
+    return settings
+
+
+def _same_kind(value: object, expected: type) -> bool:
+    """Whether a JSON value can stand in for a setting of type `expected` (ints count as floats)."""
+    if isinstance(value, bool) or expected is bool:
+        return isinstance(value, bool) and expected is bool
+    if expected is float:
+        return isinstance(value, int | float)
+    return isinstance(value, expected)
+
+
+def resumed_inputs(record: RunRecord) -> list[InputFile]:
+    """The run's own inputs in their journalled order (never a new discovery)."""
+    ordered = sorted(record.inputs, key=lambda item: item.index)
+    return [
+        InputFile(path=Path(item.path), relpath=item.relpath, size_bytes=item.size_bytes) for item in ordered
+    ]
+
+
+def resumed_out_dir(record: RunRecord) -> Path:
+    """The results folder the run started writing to."""
+    if not record.out_dir:
+        raise UsageError(
+            f"run {record.run_id} has no results folder in the journal (written by an older topn); "
+            "it cannot be resumed - start it again with `topn run`"
+        )
+    return Path(record.out_dir)
