@@ -2,14 +2,17 @@
 
 The fast pass works in two steps, so that the per-word work stays in C:
 
-1. Each block of bytes is translated with a 256-byte table (ASCII whitespace, and for ``words`` every
-   ASCII non-alphanumeric, becomes a space; for ``words`` ASCII letters are lower-cased), no-break
-   spaces become spaces, and the block is split on spaces into *raw tokens*. A raw token is a ``str``
-   whose code points are the token's bytes (decoded as Latin-1: lossless and nearly free, whatever
-   the bytes are). Raw tokens go straight into a ``Counter``.
-2. Once per distinct raw token, :func:`normalize_raw_token` turns it into the words the definition
-   asks for: UTF-8 decoding (bad bytes become U+FFFD), splitting on other Unicode whitespace,
-   stripping punctuation, casefolding and splitting non-ASCII text.
+1. Each block of bytes is made ready for ``bytes.split()``: for ``words`` it is translated with a
+   256-byte table (every ASCII non-alphanumeric becomes a space, ASCII letters are lower-cased) and
+   General Punctuation becomes spaces; for ``tutorial`` only \\x1c-\\x1f (whitespace to
+   ``str.split()``, not to ``bytes.split()``) are translated, and only when present; no-break spaces
+   become spaces. ``bytes.split()`` then cuts the block into *raw tokens*, which stay ``bytes``, so
+   nothing is decoded per token; ``tutorial`` strips ASCII punctuation from both ends with
+   ``bytes.strip`` (through ``map``, in C). Raw tokens go straight into a ``Counter``.
+2. Once per distinct raw token, :func:`fold_raw_counts` turns it into the words the definition asks
+   for: UTF-8 decoding (bad bytes become U+FFFD), splitting on other Unicode whitespace, casefolding
+   and splitting non-ASCII text. For clean text (valid UTF-8, no rare whitespace) this is one decode
+   of all distinct tokens joined by newlines.
 
 Raw tokens are cut only where both tokenizers end a word (whitespace or, for ``words``, an ASCII
 separator), and an ASCII byte or a no-break space is never part of another UTF-8 sequence, so
