@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
+import anyio
 import pytest
 import pytest_asyncio
+import yarl
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
-from orchestrator import naming, staging
+from orchestrator import collect, naming, results, sas, staging
 from orchestrator.inputs import discover_inputs
 from orchestrator.retry import SDK_RETRY_KWARGS, RetryPolicy
 from tests.conftest import StorageEndpoint
@@ -258,3 +265,79 @@ async def test_a_file_that_keeps_changing_is_reported_and_leaves_no_blob(
     assert recorded == []  # nothing journalled as uploaded
     listed = [blob.name async for blob in blob_service.get_container_client(container).list_blobs()]
     assert listed == []
+
+
+# --- output blobs whose names would leave the results folder --------------------------------------
+
+
+def counts_document(words: list[str]) -> bytes:
+    counts: dict[str, int] = {}
+    for word in words:
+        counts[word] = counts.get(word, 0) + 1
+    document = {"format": "topn.counts", "version": 1, "file": "x", "tokenizer": "words"}
+    document |= {"words": len(words), "invalid_bytes": 0, "counts": [[w, c] for w, c in counts.items()]}
+    return gzip.compress(json.dumps(document).encode())
+
+
+async def plant_blob_as_a_node_could(
+    storage: StorageEndpoint, container: str, name: str, data: bytes
+) -> None:
+    """PUT a blob with the node's container write SAS and the name percent-encoded, as any HTTP client can.
+
+    (The SDK would send `../` unencoded and the URL would be normalised; encoded, Azurite keeps it.)
+    """
+    now = datetime.now(UTC)
+    token = sas.mint_container_write_sas(
+        account_name=storage.account_name,
+        container=container,
+        start=now - timedelta(minutes=5),
+        expiry=now + timedelta(hours=1),
+        account_key=storage.account_key,
+        user_delegation_key=None,
+    )
+    url = yarl.URL(f"{storage.endpoint}/{container}/{quote(name, safe='')}?{token}", encoded=True)
+    async with aiohttp.ClientSession() as session:
+        headers = {"x-ms-blob-type": "BlockBlob", "x-ms-version": "2021-12-02"}
+        async with session.put(url, data=data, headers=headers) as response:
+            assert response.status == 201, await response.text()
+
+
+async def test_output_blobs_named_to_escape_are_never_written_outside_the_results_folder(
+    blob_service: BlobServiceClient, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    container = naming.output_container("topnescape", naming.new_run_id())
+    await staging.ensure_containers(blob_service, [container], FAST_RETRY)
+    planted = {
+        "a_OUTPUT.txt": b"Word\tCount\n",
+        "counts/a.txt.counts.json.gz": counts_document(["tide", "tide", "gull"]),
+        # What a rogue or buggy node holding the run's write SAS could leave next to the real outputs:
+        "../escape_OUTPUT.txt": b"rogue",
+        "counts/../../escape.txt.counts.json.gz": counts_document(["rogue"]),
+        "/abs_OUTPUT.txt": b"rogue",
+    }
+    for name, data in planted.items():
+        await plant_blob_as_a_node_could(azurite, container, name, data)
+    stored = [blob.name async for blob in blob_service.get_container_client(container).list_blobs()]
+    assert "../escape_OUTPUT.txt" in stored and "counts/../../escape.txt.counts.json.gz" in stored
+    out_dir = tmp_path / "work" / "out"
+    out_dir.mkdir(parents=True)
+
+    saved = await collect.download_outputs(blob_service, container, "a.txt", out_dir, FAST_RETRY)
+    assert saved.local_path == out_dir / "a_OUTPUT.txt" and saved.counts.counts == [("tide", 2), ("gull", 1)]
+    for relpath in ["../escape.txt", "..\\escape.txt", "/abs.txt", "C:escape.txt"]:
+        with pytest.raises(naming.UnsafeNameError):
+            await collect.download_outputs(blob_service, container, relpath, out_dir, FAST_RETRY)
+    # Every stored blob mapped to a local path the way results are: each escaping one is refused.
+    refused = []
+    for name in stored:
+        try:
+            assert results.result_path(out_dir, name).is_relative_to(out_dir)
+        except naming.UnsafeNameError:
+            refused.append(name)
+    assert sorted(refused) == sorted(name for name in planted if ".." in name or name.startswith("/"))
+    outside = await anyio.to_thread.run_sync(files_outside, tmp_path, out_dir)
+    assert outside == []
+
+
+def files_outside(root: Path, folder: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file() and not path.is_relative_to(folder)]
