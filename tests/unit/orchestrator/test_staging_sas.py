@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from azure.storage.blob import UserDelegationKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestrator.staging import make_sas_minter
 
@@ -72,3 +74,25 @@ async def test_shared_key_sas_need_no_request() -> None:
     assert url.startswith("http://127.0.0.1:1/devstoreaccount1/c/%C3%A9%20%23%25.txt?")
     assert "skoid" not in query(url)
     assert "k" * 8 not in repr(minter)
+
+
+name_characters = st.sampled_from([*"ab/ #?%&=+;'\"", "é", "日", "\u00a0", "~"])
+
+
+@given(st.lists(name_characters, min_size=1, max_size=20).map("".join))
+async def test_a_read_url_names_exactly_its_blob_whatever_the_characters(name: str) -> None:
+    """`#`, `?`, `%`, `&` and quotes in a blob name stay in the path; the query holds only the SAS."""
+    minter = await make_sas_minter(
+        account_url="http://127.0.0.1:1/devstoreaccount1",
+        account_name="devstoreaccount1",
+        account_key=base64.b64encode(b"k" * 32).decode(),
+        delegation_source=None,
+        run_timeout_s=60,
+        margin_s=60,
+        now=NOW,
+    )
+    parts = urlsplit(minter.blob_read_url("c", name))
+    assert parts.fragment == ""
+    assert unquote(parts.path) == f"/devstoreaccount1/c/{name}"
+    assert all(ord(char) < 128 and char not in " \"'#?" for char in parts.path)
+    assert set(parse_qs(parts.query)) >= {"sig", "sp", "sr", "se"} and parse_qs(parts.query)["sr"] == ["b"]
