@@ -28,7 +28,8 @@ def discover_inputs(paths: Sequence[Path]) -> list[InputFile]:
     """Files and folders (recursively) to a list sorted by relpath; InputError names any bad path.
 
     Inside folders, hidden entries (names starting with ".") are skipped; a file named explicitly is
-    always taken.
+    always taken. Symbolic links are followed; a loop or a broken link is refused with its path rather
+    than skipped, so no file the user meant is ever silently left out.
     """
     if not paths:
         raise InputError("no input given: name at least one file or folder, e.g. `topn run ./texts`")
