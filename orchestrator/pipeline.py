@@ -68,6 +68,8 @@ log = structlog.get_logger()
 
 CLEANUP_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 3.0
+# A job that ended (or is ending) on its own once every task was added and finished.
+JOB_ENDED_CODES = frozenset({"JobCompleted", "JobBeingTerminated"})
 
 
 class RunState(StrEnum):
@@ -481,6 +483,7 @@ class _Run:
         async def added(task_ids: Sequence[str]) -> None:
             if self.journal is not None:
                 await self.journal.record_tasks_submitted(self.run_id, task_ids)
+            log.debug("tasks.chunk_added", job_id=self.job_id, tasks=len(task_ids))
 
         report = await submit.submit_tasks(
             self.batch,
@@ -489,13 +492,14 @@ class _Run:
             concurrency=self.settings.run.submit_concurrency,
             retry=self.retry,
             on_chunk_added=added,
+            max_tasks_per_request=self.settings.run.submit_chunk_tasks,
         )
         update = BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
         try:
             await retry_call(self.retry, "update_job", lambda: self.batch.update_job(self.job_id, update))
         except HttpResponseError as error:
             # A resumed run whose tasks all finished while topn was down: the job ended on its own.
-            if error_code_of(error) != "JobCompleted" or tasks:
+            if error_code_of(error) not in JOB_ENDED_CODES or tasks:
                 raise
         duration = round(time.monotonic() - started, 3)
         self.stage_s["submitting"] = duration

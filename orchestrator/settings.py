@@ -108,6 +108,7 @@ class RunSettings:
     delete_job: bool = True
     delete_run_blobs: bool = False
     max_files_per_task: int = 64  # inputs packed into one task at most (1: one task per file)
+    submit_chunk_tasks: int = 100  # tasks per add-collection request (the service's maximum)
 
 
 @dataclass(frozen=True)
@@ -402,10 +403,15 @@ def _validate(settings: Settings) -> None:
         "run_timeout_s",
         "task_max_wall_clock_s",
         "max_files_per_task",
+        "submit_chunk_tasks",
     ):
         _positive(settings, "run", key, getattr(run, key))
     _positive(settings, "run", "task_max_retries", run.task_max_retries, allow_zero=True)
     _positive(settings, "run", "sas_margin_s", run.sas_margin_s, allow_zero=True)
+    if run.submit_chunk_tasks > 100:
+        raise ConfigError(
+            f"{_origin(settings, 'run', 'submit_chunk_tasks')}: at most 100 (a Batch limit per request)."
+        )
     if run.poll_min_s > run.poll_max_s:
         raise ConfigError(
             f"[run] poll_min_s and poll_max_s in {settings.source}: poll_min_s ({run.poll_min_s}) "

@@ -87,6 +87,7 @@ async def submit_tasks(
     concurrency: int,
     retry: RetryPolicy,
     on_chunk_added: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+    max_tasks_per_request: int = MAX_TASKS_PER_REQUEST,
     sleep: Sleep = anyio.sleep,
     rand: Callable[[], float] = random.random,
 ) -> SubmitReport:
@@ -131,7 +132,7 @@ async def submit_tasks(
 
     try:
         async with anyio.create_task_group() as group:
-            for chunk in plan_chunks(sizes):
+            for chunk in plan_chunks(sizes, max_tasks=max_tasks_per_request):
                 group.start_soon(send, [tasks[index] for index in chunk])
     except BaseExceptionGroup as errors:
         raise first_leaf(errors) from None
