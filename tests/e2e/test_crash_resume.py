@@ -90,8 +90,7 @@ async def run_until(
                         continue
                     if trigger(json.loads(line)):
                         os.kill(process.pid, stop_with)
-                        if repeat_signal:
-                            await anyio.sleep(0.05)
+                        if repeat_signal:  # at once, while the first is being handled
                             os.kill(process.pid, stop_with)
                         sent = True
             if pending:
