@@ -1,0 +1,99 @@
+"""`topn resume` and `topn status` through the CLI: unknown runs, finished runs, a job that ended while
+topn was down, fresh SAS, and what `status` shows from the journal and the live job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+from azure.batch.aio import BatchClient
+from azure.core.credentials import AzureNamedKeyCredential
+
+from tests.conftest import BatchEndpoint, StorageEndpoint
+from tests.e2e.fault_support import check_summary, write_corpus
+from tests.e2e.test_crash_resume import (
+    assert_one_task_per_input,
+    crash_environment,
+    load_record,
+    run_id_in,
+    run_until,
+)
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
+
+FILES = 4
+
+
+async def wait_for_job_state(batch: BatchEndpoint, job_id: str, wanted: str) -> None:
+    """Poll the job through the Batch API until it is in `wanted` (bounded, never a timed assertion)."""
+    credential = AzureNamedKeyCredential(batch.account_name, batch.account_key)
+    async with BatchClient(batch.endpoint, credential) as client:
+        with anyio.fail_after(60):
+            while True:
+                job = await client.get_job(job_id)
+                if str(getattr(job.state, "value", job.state)) == wanted:
+                    return
+                await anyio.sleep(0.2)
+
+
+async def test_an_unknown_run_is_refused_naming_the_journal_and_nothing_is_created(
+    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    env = crash_environment(batch_emulator, azurite, tmp_path)
+    done, _ = await run_until(["resume", "20990101t000000z-abcdef"], tmp_path, env, None)
+    assert done.exit_code == 2
+    journal_file = tmp_path / ".topn" / "journal.sqlite3"
+    assert f"no run 20990101t000000z-abcdef in {journal_file}" in done.stderr
+    assert not journal_file.exists()
+    status, _ = await run_until(["status", "20990101t000000z-abcdef"], tmp_path, env, None)
+    assert status.exit_code == 2 and str(journal_file) in status.stderr
+
+
+async def test_a_job_that_finished_while_topn_was_down_is_collected_and_the_sas_are_fresh(
+    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    texts = write_corpus(tmp_path / "in", FILES, seed=31)
+    env = crash_environment(batch_emulator, azurite, tmp_path)
+
+    def first_output(event: dict[str, object]) -> bool:
+        return event["event"] == "output.downloaded"
+
+    first, killed = await run_until(["run", "in", "--out", "out", "--json"], tmp_path, env, first_output)
+    assert killed and first.exit_code == -9
+    run_id = run_id_in(first)
+    before = await load_record(tmp_path / ".topn", run_id)
+    assert before.state == "RUNNING"
+    # Every task ends while nothing watches: the job completes on its own (terminatejob).
+    await wait_for_job_state(batch_emulator, f"topn-{run_id}", "completed")
+
+    status, _ = await run_until(["status", run_id, "--json"], tmp_path, env, None)
+    assert status.exit_code == 0, status.stderr[-2000:]
+    described = json.loads(status.stdout)
+    assert described["run_id"] == run_id and described["state"] == "RUNNING" and not described["finished"]
+    assert described["files"] == FILES and described["job"]["exists"] is True
+    assert described["job"]["state"] == "completed"
+    assert described["job"]["tasks"]["completed"] == described["job"]["tasks"]["succeeded"] == FILES
+
+    second, _ = await run_until(["resume", run_id, "--json"], tmp_path, env, None)
+    assert second.exit_code == 0, second.stderr[-3000:]
+    assert check_summary(second.summary(), texts) == []
+    await assert_one_task_per_input(batch_emulator, run_id, sorted(texts))
+    after = await load_record(tmp_path / ".topn", run_id)
+    assert after.state == "SUCCEEDED"
+    # SAS are never stored; the resumed run minted new ones and recorded when they expire.
+    assert set(after.sas_expiries) == set(before.sas_expiries) != set()
+    assert all(after.sas_expiries[purpose] > before.sas_expiries[purpose] for purpose in before.sas_expiries)
+
+    # A finished run's resume only shows its summary again, with the same exit status.
+    again, _ = await run_until(["resume", run_id, "--json"], tmp_path, env, None)
+    assert again.exit_code == 0
+    assert again.summary() == second.summary()
+    assert not [event for event in again.events() if event["event"].startswith("run.")]
+
+    listing, _ = await run_until(["status", "--json"], tmp_path, env, None)
+    runs = json.loads(listing.stdout)
+    assert [run["run_id"] for run in runs] == [run_id] and runs[0]["state"] == "SUCCEEDED"
+    table, _ = await run_until(["status"], tmp_path, env, None)
+    assert table.exit_code == 0 and run_id in table.stdout and "SUCCEEDED" in table.stdout
