@@ -15,7 +15,7 @@ from typing import Any
 from orchestrator.errors import UsageError
 from orchestrator.inputs import InputFile
 from orchestrator.journal import RunRecord
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, check_settings
 
 # Settings that shape what a run computes or where its data lives, by section: taken from the
 # snapshot on resume. Everything else (endpoints, credentials, concurrency, polling) is current.
@@ -54,6 +54,7 @@ def resumed_settings(current: Settings, snapshot: Mapping[str, Any]) -> Settings
         }
         if changes:
             settings = replace(settings, **{section: replace(present, **changes)})
+    check_settings(settings)  # a damaged snapshot is refused with the rule it breaks
     return settings
 
 

@@ -111,6 +111,9 @@ class RunSettings:
     submit_chunk_tasks: int = 100  # tasks per add-collection request (the service's maximum)
 
 
+TOKENIZERS = ("words", "tutorial")
+
+
 @dataclass(frozen=True)
 class LocalSettings:
     """Local mode: start Azurite and the emulator when the configured endpoints are not serving."""
@@ -342,6 +345,15 @@ def _positive(settings: Settings, section: str, key: str, value: float, allow_ze
     if value < 0 or (value == 0 and not allow_zero):
         bound = "0 or more" if allow_zero else "more than 0"
         raise ConfigError(f"{_origin(settings, section, key)}: must be {bound}, got {value}.")
+
+
+def check_settings(settings: Settings) -> None:
+    """Raise ConfigError for settings assembled outside load_settings (a resumed run's) that break a rule."""
+    _validate(settings)
+    if settings.run.tokenizer not in TOKENIZERS:
+        raise ConfigError(
+            f"[run] tokenizer {settings.run.tokenizer!r}: must be one of {', '.join(TOKENIZERS)}."
+        )
 
 
 def _validate(settings: Settings) -> None:

@@ -1,0 +1,166 @@
+"""Pure parts of resuming: which settings come from the run's snapshot, its inputs and results folder,
+and how the state machine skips the states a resumed run has already passed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.errors import ConfigError, UsageError
+from orchestrator.journal import JournalInput, RunRecord
+from orchestrator.pipeline import RunState, RunStateMachine, TransitionError
+from orchestrator.resume import (
+    RESULT_SHAPING,
+    resumed_inputs,
+    resumed_out_dir,
+    resumed_settings,
+    unknown_run,
+)
+from orchestrator.settings import load_settings
+
+PROJECT = Path(__file__).resolve().parents[3]
+CURRENT = load_settings(PROJECT / "config" / "local.toml", {"TOPN_BATCH_ENDPOINT": "http://127.0.0.1:9"})
+
+
+def record(
+    inputs: list[JournalInput], out_dir: str | None = "/results/r1", state: str = "RUNNING"
+) -> RunRecord:
+    return RunRecord(
+        run_id="r1",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        state=state,
+        state_history=(),
+        settings_snapshot={},
+        inputs=tuple(inputs),
+        uploads={},
+        sas_expiries={},
+        submitted_task_ids=frozenset(),
+        completed={},
+        downloads={},
+        out_dir=out_dir,
+    )
+
+
+def journal_input(index: int, relpath: str) -> JournalInput:
+    return JournalInput(
+        index, relpath, f"/data/{relpath}", 10 + index, 5, None, f"runs/r1/{relpath}", "t000000"
+    )
+
+
+def test_result_shaping_settings_come_from_the_snapshot_and_endpoints_from_now() -> None:
+    snapshot = {
+        "run": {"top": 3, "tokenizer": "tutorial", "max_files_per_task": 1, "upload_concurrency": 99},
+        "storage": {"container_prefix": "old", "blob_endpoint": "http://elsewhere:1"},
+        "pool": {"id": "the-old-pool"},
+        "batch": {"endpoint": "http://elsewhere:2"},
+    }
+    settings = resumed_settings(CURRENT, snapshot)
+    assert (settings.run.top, settings.run.tokenizer, settings.run.max_files_per_task) == (3, "tutorial", 1)
+    assert settings.storage.container_prefix == "old" and settings.pool.id == "the-old-pool"
+    # Not result-shaping: as configured now.
+    assert settings.run.upload_concurrency == CURRENT.run.upload_concurrency
+    assert settings.storage.blob_endpoint == CURRENT.storage.blob_endpoint
+    assert settings.batch.endpoint == "http://127.0.0.1:9"
+
+
+def test_a_snapshot_value_no_configuration_may_hold_is_refused() -> None:
+    with pytest.raises(ConfigError, match="tokenizer"):
+        resumed_settings(CURRENT, {"run": {"tokenizer": "emoji"}})
+    with pytest.raises(ConfigError, match="top"):
+        resumed_settings(CURRENT, {"run": {"top": 0}})
+
+
+def test_snapshot_values_of_the_wrong_type_are_ignored() -> None:
+    snapshot = {"run": {"top": "ten", "task_max_wall_clock_s": 60, "task_max_retries": True}, "pool": "x"}
+    settings = resumed_settings(CURRENT, snapshot)
+    assert settings.run.top == CURRENT.run.top
+    assert settings.run.task_max_wall_clock_s == 60  # an int stands in for a float
+    assert settings.run.task_max_retries == CURRENT.run.task_max_retries  # a bool is not a count
+    assert settings.pool == CURRENT.pool
+
+
+JSON_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 500), st.floats(0, 1e4), st.text(max_size=8)
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["run", "storage", "pool", "batch", "local", "retry"]),
+        st.dictionaries(st.text(min_size=1, max_size=24), JSON_VALUES, max_size=6),
+        max_size=6,
+    )
+)
+def test_only_result_shaping_keys_ever_change(snapshot: dict[str, dict[str, Any]]) -> None:
+    try:
+        settings = resumed_settings(CURRENT, snapshot)
+    except ConfigError:
+        return  # a value no configuration may hold is refused, never used
+    for section in ("batch", "storage", "pool", "run", "local", "retry"):
+        before, after = getattr(CURRENT, section), getattr(settings, section)
+        for name in vars(before):
+            if getattr(before, name) != getattr(after, name):
+                assert name in RESULT_SHAPING.get(section, ()), (section, name)
+                assert snapshot[section][name] == getattr(after, name)
+
+
+def test_inputs_keep_their_journalled_order_paths_and_sizes() -> None:
+    inputs = resumed_inputs(record([journal_input(1, "b.txt"), journal_input(0, "z.txt")]))
+    assert [(item.relpath, str(item.path), item.size_bytes) for item in inputs] == [
+        ("z.txt", "/data/z.txt", 10),
+        ("b.txt", "/data/b.txt", 11),
+    ]
+
+
+def test_the_results_folder_is_the_recorded_one_or_a_clear_error() -> None:
+    assert resumed_out_dir(record([])) == Path("/results/r1")
+    with pytest.raises(UsageError, match="no results folder in the journal"):
+        resumed_out_dir(record([], out_dir=None))
+
+
+def test_an_unknown_run_names_the_journal_and_is_a_usage_error() -> None:
+    error = unknown_run("r9", Path("/state/journal.sqlite3"))
+    assert isinstance(error, UsageError) and error.exit_code == 2
+    assert "no run r9 in /state/journal.sqlite3" in str(error) and "topn status" in str(error)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.states: list[str] = []
+
+    async def record_state(self, run_id: str, state: str) -> None:
+        self.states.append(state)
+
+
+async def test_a_resumed_machine_skips_the_states_already_passed_and_records_the_rest() -> None:
+    recorder = Recorder()
+    machine = RunStateMachine("r1", recorder, RunState.SUBMITTING)
+    await machine.advance(RunState.PREPARING)
+    await machine.advance(RunState.SUBMITTING)
+    assert recorder.states == [] and machine.state == RunState.SUBMITTING
+    await machine.advance(RunState.RUNNING)
+    await machine.advance(RunState.COLLECTING)
+    await machine.advance(RunState.CLEANING)
+    assert recorder.states == ["RUNNING", "COLLECTING", "CLEANING"]
+
+
+@given(st.sampled_from(list(RunState)), st.sampled_from(list(RunState)))
+def test_reached_follows_the_forward_order(current: RunState, target: RunState) -> None:
+    order = [RunState.CREATED, RunState.PREPARING, RunState.SUBMITTING, RunState.RUNNING]
+    order += [RunState.COLLECTING, RunState.CLEANING]
+    machine = RunStateMachine("r1", None, current)
+    if current in order and target in order:
+        assert machine.reached(target) == (order.index(current) >= order.index(target))
+    elif current not in order:  # a finished run has passed everything
+        assert machine.reached(target)
+
+
+async def test_advance_never_jumps_over_a_state() -> None:
+    machine = RunStateMachine("r1", None, RunState.PREPARING)
+    with pytest.raises(TransitionError):
+        await machine.advance(RunState.RUNNING)
