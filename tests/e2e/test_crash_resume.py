@@ -37,7 +37,9 @@ RUN_SPECIFIC_TOTALS = frozenset({"duration_s", "stages_s", "requests", "job_id"}
 EventTrigger = Callable[[dict[str, Any]], bool]
 
 
-def crash_environment(batch: BatchEndpoint, storage: StorageEndpoint, root: Path) -> dict[str, str]:
+def crash_environment(
+    batch: BatchEndpoint, storage: StorageEndpoint, root: Path, **overrides: str
+) -> dict[str, str]:
     """One task per file, small add-task requests sent one at a time, the job kept for inspection."""
     return topn_environment(
         batch,
@@ -51,6 +53,7 @@ def crash_environment(batch: BatchEndpoint, storage: StorageEndpoint, root: Path
         TOPN_POOL_DEDICATED_NODES="1",
         TOPN_POOL_TASK_SLOTS_PER_NODE="2",
         TOPN_POOL_ID="resume-pool",
+        **overrides,
     )
 
 

@@ -4,17 +4,21 @@ topn was down, fresh SAS, and what `status` shows from the journal and the live 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
-from tests.conftest import BatchEndpoint, StorageEndpoint
+from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.fault_support import check_summary, write_corpus
 from tests.e2e.test_crash_resume import (
+    EventTrigger,
     assert_one_task_per_input,
+    comparable,
     crash_environment,
     load_record,
     run_id_in,
@@ -24,6 +28,13 @@ from tests.e2e.test_crash_resume import (
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
 FILES = 4
+
+
+def event_named(name: str) -> EventTrigger:
+    def trigger(event: dict[str, Any]) -> bool:
+        return bool(event["event"] == name)
+
+    return trigger
 
 
 async def wait_for_job_state(batch: BatchEndpoint, job_id: str, wanted: str) -> None:
@@ -97,3 +108,46 @@ async def test_a_job_that_finished_while_topn_was_down_is_collected_and_the_sas_
     assert [run["run_id"] for run in runs] == [run_id] and runs[0]["state"] == "SUCCEEDED"
     table, _ = await run_until(["status"], tmp_path, env, None)
     assert table.exit_code == 0 and run_id in table.stdout and "SUCCEEDED" in table.stdout
+
+
+async def test_a_failed_file_survives_a_crash_and_the_resumed_summary_equals_the_uninterrupted_one(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    batch = await start_emulator(
+        ["--fault-task-fail-match", "text 0001_OUTPUT", "--fault-task-fail-exit-code", "7"]
+    )
+    corpus = write_corpus(tmp_path / "corpus", FILES, seed=41)
+    failing = "part1/text 0001.txt"
+    assert failing in corpus
+    summaries = []
+    for name, trigger in (("whole", None), ("crashed", "task.failed")):
+        root = tmp_path / name
+        shutil.copytree(tmp_path / "corpus", root / "in")
+        env = crash_environment(batch, azurite, root, TOPN_RUN_TASK_MAX_RETRIES="0")
+        first, killed = await run_until(
+            ["run", "in", "--out", "out", "--json"],
+            root,
+            env,
+            event_named(trigger) if trigger else None,
+        )
+        if trigger is None:
+            assert first.exit_code == 1, first.stderr[-3000:]
+            summaries.append(first.summary())
+            continue
+        assert killed and first.exit_code == -9
+        run_id = run_id_in(first)
+        record = await load_record(root / ".topn", run_id)
+        assert record.state == "RUNNING" and failing in record.failed_relpaths
+        second, _ = await run_until(["resume", run_id, "--json"], root, env, None)
+        assert second.exit_code == 1, second.stderr[-3000:]
+        # Known already: the failure is rebuilt from the journal, not reported a second time.
+        assert not [event for event in second.events() if event["event"] == "task.failed"]
+        summaries.append(second.summary())
+    whole, resumed = summaries
+    assert resumed["state"] == "FAILED"
+    failed = [entry for entry in resumed["files"] if entry["status"] == "failed"]
+    assert [entry["path"] for entry in failed] == [failing]
+    assert (
+        failed[0]["error"]["exit_code"] == 7 and "injected task failure" in failed[0]["error"]["stderr_tail"]
+    )
+    assert comparable(resumed) == comparable(whole)
