@@ -5,7 +5,9 @@
 
 Each transition is written to the journal before the next state's side effects start, and is
 emitted as `run.state_changed`. Every side effect is idempotent (see the stage modules), so a
-resumed state is safe to redo. Clean-up runs shielded, on success, failure and cancellation alike.
+resumed state is safe to redo: `run_pipeline(..., resume=record)` continues a journalled run from
+its recorded state (docs/journal.md). Clean-up runs shielded at the end, and after a failure that
+cannot be resumed; an interrupted run (signal, dead endpoint, deadline) is left for `topn resume`.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ ALLOWED: dict[RunState, frozenset[RunState]] = {
     RunState.CLEANING: TERMINAL,
     **{state: frozenset() for state in TERMINAL},
 }
+
+
+class RunDeadlineError(RunFailedError):
+    """The run reached `[run] run_timeout_s`; it stays resumable."""
 
 
 class TransitionError(RuntimeError):
@@ -739,11 +745,12 @@ class _Run:
     # ------------------------------------------------------------------ endings
 
     async def _fail(self, error: BaseException) -> BaseException:
-        """Shielded: clean up what this run owns, record FAILED, emit run.failed.
+        """Shielded: say why the run stopped; clean up and record FAILED only if it cannot be resumed.
 
-        An interrupted run (cancelled: SIGINT/SIGTERM) is left as it is instead - job, pool and blobs
-        in place, the journal at the state reached - so `topn resume` continues it.
-        Returns the error to raise: ours as is, anything else explained (which service, which endpoint).
+        An interrupted run (SIGINT/SIGTERM), one whose service stopped answering and one past its
+        deadline are left as they are - job, pool and blobs in place, the journal at the state
+        reached - so `topn resume` continues them. Returns the error to raise: ours as is, anything
+        else explained (which service, which endpoint).
         """
         leaf = submit.first_leaf(error) if isinstance(error, BaseExceptionGroup) else error
         cancelled = isinstance(leaf, (anyio.get_cancelled_exc_class(), KeyboardInterrupt))
@@ -756,24 +763,37 @@ class _Run:
             )
             return error
         with anyio.CancelScope(shield=True):
-            try:
-                if self.machine.state not in TERMINAL and self.machine.state != RunState.CLEANING:
-                    await self.machine.move(RunState.CLEANING)
-                await self._cleanup(failed=True)
-            except Exception as cleanup_error:  # clean-up must never hide the run's own error
-                log.warning(
-                    "cleanup.failed", error_type=type(cleanup_error).__name__, error=str(cleanup_error)[:300]
+            reported = await self._explain(leaf)
+            # A service that stopped answering, or the run's deadline, costs time, not the run: it is
+            # left in place (not cleaned up, not marked finished) for `topn resume`.
+            resumable = isinstance(reported, ServiceUnavailableError | RunDeadlineError)
+            if resumable:
+                reported = type(reported)(
+                    f"{reported}. Once that is fixed, `topn resume {self.run_id}` continues this run"
                 )
-            if self.machine.state == RunState.CLEANING:
-                await self.machine.move(RunState.CANCELLED if cancelled else RunState.FAILED)
-            reported = error if cancelled else await self._explain(leaf)
+            else:
+                await self._clean_up_failed_run()
             log.error(
                 "run.failed",
                 error_type=type(reported).__name__,
                 error=str(reported),
+                resumable=resumable,
                 duration_s=round(time.monotonic() - self.started, 3),
             )
         return reported
+
+    async def _clean_up_failed_run(self) -> None:
+        """A run that cannot go on: delete what config says to, then record FAILED."""
+        try:
+            if self.machine.state not in TERMINAL and self.machine.state != RunState.CLEANING:
+                await self.machine.move(RunState.CLEANING)
+            await self._cleanup(failed=True)
+        except Exception as cleanup_error:  # clean-up must never hide the run's own error
+            log.warning(
+                "cleanup.failed", error_type=type(cleanup_error).__name__, error=str(cleanup_error)[:300]
+            )
+        if self.machine.state == RunState.CLEANING:
+            await self.machine.move(RunState.FAILED)
 
     async def _explain(self, error: BaseException) -> BaseException:
         """The error the user sees: ours as is; a deadline, a dead endpoint or a service error explained."""
@@ -781,7 +801,7 @@ class _Run:
             return error
         run_timeout_s = self.settings.run.run_timeout_s
         if isinstance(error, TimeoutError) and time.monotonic() - self.started >= run_timeout_s:
-            return RunFailedError(
+            return RunDeadlineError(
                 f"the run did not finish within [run] run_timeout_s = {run_timeout_s:.0f} s; "
                 "raise it, or add nodes to the pool"
             )
