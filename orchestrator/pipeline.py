@@ -272,6 +272,7 @@ class _Run:
         self.stage_s: dict[str, float] = {}
         self.pool_created = False
         self.job_created = False
+        self.job_is_new = True  # False when a resumed run found its job still there
         self.staged: list[staging.StagedInput] = []
         self.results: dict[int, _FileResult] = {}
         self.run_counts = RunCounts()
@@ -472,14 +473,22 @@ class _Run:
             ),
         )
         # JobExists means a resumed run: the job is ours (its id holds our run id).
-        with contextlib.suppress(ResourceExistsError):
+        try:
             await retry_call(self.retry, "create_job", lambda: self.batch.create_job(job))
+            self.job_is_new = True
+        except ResourceExistsError:
+            self.job_is_new = False
         self.job_created = True
 
     async def _submit(self) -> None:
         """Add the tasks not yet recorded as added (all, unless resumed), then let the job end with them."""
         started = time.monotonic()
-        unsubmitted = set(self.resume.unsubmitted_task_ids) if self.resume is not None else set(self.task_ids)
+        unsubmitted = set(self.task_ids)
+        if self.resume is not None:
+            # A job that had to be created again (deleted, or a Batch account that forgot it) holds
+            # none of the tasks the journal saw added: every unfinished one goes in again.
+            recorded = self.resume.unsubmitted_task_ids if not self.job_is_new else self.task_ids
+            unsubmitted = set(recorded) - set(self.resume.completed)
         tasks = [
             self._task(unit_index, unit)
             for unit_index, unit in enumerate(self.units)
@@ -589,7 +598,8 @@ class _Run:
                         poll_max_s=self.settings.run.poll_max_s,
                         retry=self.retry,
                         on_counts=counts_moved,
-                        already_completed=len(finished),
+                        # Recorded completions still count in the job's totals, unless it is a new job.
+                        already_completed=0 if self.job_is_new else len(finished),
                     )
                 )
                 async with receive:

@@ -41,20 +41,17 @@ def crash_environment(
     batch: BatchEndpoint, storage: StorageEndpoint, root: Path, **overrides: str
 ) -> dict[str, str]:
     """One task per file, small add-task requests sent one at a time, the job kept for inspection."""
-    return topn_environment(
-        batch,
-        storage,
-        root / ".topn",
-        TOPN_RUN_DELETE_JOB="false",
-        TOPN_RUN_MAX_FILES_PER_TASK="1",
-        TOPN_RUN_SUBMIT_CHUNK_TASKS="2",
-        TOPN_RUN_SUBMIT_CONCURRENCY="1",
-        TOPN_RUN_UPLOAD_CONCURRENCY="2",
-        TOPN_POOL_DEDICATED_NODES="1",
-        TOPN_POOL_TASK_SLOTS_PER_NODE="2",
-        TOPN_POOL_ID="resume-pool",
-        **overrides,
-    )
+    settings = {
+        "TOPN_RUN_DELETE_JOB": "false",
+        "TOPN_RUN_MAX_FILES_PER_TASK": "1",
+        "TOPN_RUN_SUBMIT_CHUNK_TASKS": "2",
+        "TOPN_RUN_SUBMIT_CONCURRENCY": "1",
+        "TOPN_RUN_UPLOAD_CONCURRENCY": "2",
+        "TOPN_POOL_DEDICATED_NODES": "1",
+        "TOPN_POOL_TASK_SLOTS_PER_NODE": "2",
+        "TOPN_POOL_ID": "resume-pool",
+    }
+    return topn_environment(batch, storage, root / ".topn", **{**settings, **overrides})
 
 
 async def run_until(
@@ -64,11 +61,13 @@ async def run_until(
     trigger: EventTrigger | None,
     stop_with: signal.Signals = signal.SIGKILL,
     repeat_signal: bool = False,
+    on_event: Callable[[dict[str, Any]], object] | None = None,
 ) -> tuple[LiveRun, bool]:
     """Run `python -m orchestrator ARGS`; send `stop_with` when an event satisfies `trigger`.
 
     Returns the run and whether the signal was sent. `repeat_signal` sends it a second time right
-    after the first (the "press Ctrl-C twice" case).
+    after the first (the "press Ctrl-C twice" case). `on_event` sees every event (to act on the
+    services instead of on topn).
     """
     run = LiveRun()
     sent = False
@@ -89,6 +88,8 @@ async def run_until(
                 *complete, pending = pending.split("\n")
                 for line in complete:
                     run.stderr_lines.append(line)
+                    if on_event is not None and line.startswith("{"):
+                        on_event(json.loads(line))
                     if sent or trigger is None or not line.startswith("{"):
                         continue
                     if trigger(json.loads(line)):

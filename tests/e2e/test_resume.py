@@ -4,7 +4,9 @@ topn was down, fresh SAS, and what `status` shows from the journal and the live 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
+from orchestrator import local
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.fault_support import check_summary, write_corpus
 from tests.e2e.test_crash_resume import (
@@ -151,3 +154,55 @@ async def test_a_failed_file_survives_a_crash_and_the_resumed_summary_equals_the
         failed[0]["error"]["exit_code"] == 7 and "injected task failure" in failed[0]["error"]["stderr_tail"]
     )
     assert comparable(resumed) == comparable(whole)
+
+
+async def test_a_batch_endpoint_that_died_leaves_a_resumable_run_that_a_new_account_finishes(
+    tmp_path: Path, azurite: StorageEndpoint
+) -> None:
+    """The emulator dies mid-run (its jobs die with it): run.failed says resumable, nothing is cleaned
+    up; `topn resume` against a fresh emulator re-adds exactly the tasks that had not finished."""
+    texts = write_corpus(tmp_path / "in", FILES, seed=43)
+    first_service = await local.start_emulator(tmp_path / "nodes1", tmp_path / "logs1")
+    dead = emulator_endpoint(first_service, tmp_path / "nodes1", tmp_path / "logs1")
+    overrides = {"TOPN_RETRY_DEADLINE_S": "3", "TOPN_RETRY_MAX_ATTEMPTS": "1000", "TOPN_POOL_ID": "gone-pool"}
+    env = crash_environment(dead, azurite, tmp_path, **overrides)
+
+    killed: list[bool] = []
+
+    def first_output(event: dict[str, Any]) -> None:
+        if event["event"] == "output.downloaded" and not killed:
+            os.killpg(first_service.pid, signal.SIGKILL)  # the emulator and its task processes
+            killed.append(True)
+
+    try:
+        first, _ = await run_until(
+            ["run", "in", "--out", "out", "--json"], tmp_path, env, None, on_event=first_output
+        )
+    finally:
+        await local.stop_service(first_service)
+    assert killed and first.exit_code == 1, first.stderr[-3000:]
+    failed = [event for event in first.events() if event["event"] == "run.failed"]
+    assert len(failed) == 1 and failed[0]["resumable"] is True
+    run_id = run_id_in(first)
+    assert f"topn resume {run_id}" in failed[0]["error"]
+    record = await load_record(tmp_path / ".topn", run_id)
+    assert record.state == "RUNNING" and not record.is_finished and record.completed
+    unfinished = {item.relpath for item in record.inputs if item.task_id not in record.completed}
+
+    second_service = await local.start_emulator(tmp_path / "nodes2", tmp_path / "logs2")
+    try:
+        fresh = emulator_endpoint(second_service, tmp_path / "nodes2", tmp_path / "logs2")
+        env = crash_environment(fresh, azurite, tmp_path, **overrides)
+        second, _ = await run_until(["resume", run_id, "--json"], tmp_path, env, None)
+        assert second.exit_code == 0, second.stderr[-3000:]
+        assert check_summary(second.summary(), texts) == []
+        # The new account holds one task per input that had not finished, and nothing else.
+        await assert_one_task_per_input(fresh, run_id, sorted(unfinished))
+    finally:
+        await local.stop_service(second_service)
+
+
+def emulator_endpoint(service: local.ServiceProcess, nodes: Path, logs: Path) -> BatchEndpoint:
+    return BatchEndpoint(
+        service.endpoint, local.EMULATOR_ACCOUNT_NAME, local.EMULATOR_ACCOUNT_KEY, nodes, logs, service.pid
+    )
