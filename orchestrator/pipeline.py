@@ -408,16 +408,21 @@ class _Run:
         unsubmitted = set(record.unsubmitted_task_ids)
         pending = {item.relpath for item in record.pending_uploads}
         kept: dict[str, staging.StagedInput] = {}
+        # One worker-thread trip for every stat: thousands of files must not stall the event loop.
+        stats = await anyio.to_thread.run_sync(lambda: [_stat_of(Path(item.path)) for item in record.inputs])
         for index, item in enumerate(record.inputs):
             upload = record.uploads.get(item.relpath)
             if upload is None or item.relpath in pending:
                 continue
             path = Path(item.path)
-            unchanged = _stat_of(path) == (item.size_bytes, item.mtime_ns)
+            unchanged = stats[index] == (item.size_bytes, item.mtime_ns)
             if not unchanged:
                 unchanged = await anyio.to_thread.run_sync(_md5_hex_of, path) == upload.md5_hex
             if not unchanged and item.task_id in unsubmitted:
-                continue  # changed before its task was submitted: upload it again
+                # Changed before its task was submitted: upload it again, and count what it is now.
+                position = next(at for at, known in enumerate(self.inputs) if known.relpath == item.relpath)
+                self.inputs[position] = dataclasses.replace(self.inputs[position], size_bytes=stats[index][0])
+                continue
             if not unchanged:
                 log.warning(
                     "input.changed",

@@ -22,6 +22,7 @@ from tests.e2e.test_crash_resume import (
     EventTrigger,
     assert_one_task_per_input,
     comparable,
+    count_after,
     crash_environment,
     load_record,
     run_id_in,
@@ -206,3 +207,41 @@ def emulator_endpoint(service: local.ServiceProcess, nodes: Path, logs: Path) ->
     return BatchEndpoint(
         service.endpoint, local.EMULATOR_ACCOUNT_NAME, local.EMULATOR_ACCOUNT_KEY, nodes, logs, service.pid
     )
+
+
+async def test_an_input_changed_before_its_task_was_submitted_is_uploaded_again(
+    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    texts = write_corpus(tmp_path / "in", FILES, seed=47)
+    env = crash_environment(batch_emulator, azurite, tmp_path)
+
+    def input_upload(event: dict[str, Any]) -> bool:
+        return event["event"] == "blob.uploaded" and str(event["blob"]).startswith("runs/")
+
+    # The third upload's event: by then the first upload is journalled (recorded right after its event).
+    first, killed = await run_until(
+        ["run", "in", "--out", "out", "--json", "--log-level", "debug"],
+        tmp_path,
+        env,
+        count_after(3, input_upload),
+    )
+    assert killed and first.exit_code == -9
+    run_id = run_id_in(first)
+    record = await load_record(tmp_path / ".topn", run_id)
+    assert record.state == "PREPARING" and record.uploads and not record.submitted_task_ids
+    changed = sorted(record.uploads)[0]
+    texts[changed] = "changed changed changed words words after the upload\n"
+    (tmp_path / "in" / changed).write_text(texts[changed], encoding="utf-8")
+
+    second, _ = await run_until(["resume", run_id, "--json", "--log-level", "debug"], tmp_path, env, None)
+    assert second.exit_code == 0, second.stderr[-3000:]
+    summary = second.summary()
+    assert check_summary(summary, texts) == []  # the reference counts the new text
+    assert summary["totals"]["bytes"] == sum(len(text.encode()) for text in texts.values())
+    uploads = [event for event in second.events() if event["event"] == "blob.uploaded"]
+    assert [event["skipped"] for event in uploads if event["blob"] == f"runs/{run_id}/{changed}"] == [False]
+    # The unchanged inputs the journal had as uploaded were not sent again.
+    again = {event["blob"] for event in uploads}
+    assert not [
+        relpath for relpath in record.uploads if relpath != changed and f"runs/{run_id}/{relpath}" in again
+    ]
