@@ -376,9 +376,11 @@ def run_until_signalled(body: Callable[[], Awaitable[int]], log_format: str) -> 
                     async for received in signals:
                         signalled.append(int(received))
                         if len(signalled) > 1:
-                            print(
-                                f"topn: {signal.Signals(received).name} again: stopping now", file=sys.stderr
-                            )
+                            name = signal.Signals(received).name
+                            if log_format == "json":
+                                log.warning("signal.repeated", signal=name, exit_code=128 + int(received))
+                            else:
+                                print(f"topn: {name} again: stopping now", file=sys.stderr)
                             sys.stderr.flush()
                             os._exit(128 + int(received))
                         work_scope.cancel()

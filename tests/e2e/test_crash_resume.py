@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +60,15 @@ async def run_until(
     env: Mapping[str, str],
     trigger: EventTrigger | None,
     stop_with: signal.Signals = signal.SIGKILL,
-    repeat_signal: bool = False,
+    then: Sequence[signal.Signals] = (),
     on_event: Callable[[dict[str, Any]], object] | None = None,
 ) -> tuple[LiveRun, bool]:
     """Run `python -m orchestrator ARGS`; send `stop_with` when an event satisfies `trigger`.
 
-    Returns the run and whether the signal was sent. `repeat_signal` sends it a second time right
-    after the first (the "press Ctrl-C twice" case). `on_event` sees every event (to act on the
-    services instead of on topn).
+    Returns the run and whether the signal was sent. With `then`, the process is paused (SIGSTOP),
+    sent `stop_with` and then those, and resumed: it receives them in a row, signal by signal (the
+    "press Ctrl-C twice" case, without depending on how fast the first one is handled). `on_event`
+    sees every event (to act on the services instead of on topn).
     """
     run = LiveRun()
     sent = False
@@ -93,9 +94,12 @@ async def run_until(
                     if sent or trigger is None or not line.startswith("{"):
                         continue
                     if trigger(json.loads(line)):
-                        os.kill(process.pid, stop_with)
-                        if repeat_signal:  # at once, while the first is being handled
-                            os.kill(process.pid, stop_with)
+                        if then:
+                            os.kill(process.pid, signal.SIGSTOP)
+                        for sending in (stop_with, *then):
+                            os.kill(process.pid, sending)
+                        if then:
+                            os.kill(process.pid, signal.SIGCONT)
                         sent = True
             if pending:
                 run.stderr_lines.append(pending)
