@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.cli import render_run, render_runs
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.journal import JournalInput, RunRecord
 from orchestrator.pipeline import RunState, RunStateMachine, TransitionError
@@ -164,3 +165,49 @@ async def test_advance_never_jumps_over_a_state() -> None:
     machine = RunStateMachine("r1", None, RunState.PREPARING)
     with pytest.raises(TransitionError):
         await machine.advance(RunState.RUNNING)
+
+
+def described(state: str, finished: bool) -> dict[str, Any]:
+    return {
+        "run_id": "20261122t000000z-abcdef",
+        "state": state,
+        "finished": finished,
+        "created_at": "2026-11-22T00:00:00.000000+00:00",
+        "updated_at": "2026-11-22T00:01:00.000000+00:00",
+        "out_dir": "/abs/results/x",
+        "files": 6,
+        "bytes": 615,
+        "tasks": 5,
+        "stages": {"staging": {"done": 6, "total": 6}, "running": {"done": 3, "total": 5}},
+        "files_succeeded": 3,
+        "files_failed": 1,
+        "tasks_succeeded": 3,
+        "tasks_failed": 1,
+        "tasks_in_flight": 1,
+        "failures": [
+            {"file": "b/f 0.txt", "exit_code": 42, "failure_code": "FailureExitCode", "message": "m"}
+        ],
+    }
+
+
+def test_the_run_list_names_each_run_and_how_to_continue_an_unfinished_one() -> None:
+    text = render_runs([described("SUCCEEDED", True), {**described("RUNNING", False), "run_id": "r2"}])
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["RUN", "STATE", "CREATED"]
+    assert lines[1].split()[:2] == ["20261122t000000z-abcdef", "SUCCEEDED"] and "/abs/results/x" in lines[1]
+    assert lines[-1] == "Unfinished: continue one with `topn resume r2`."
+    assert "No runs" in render_runs([])
+
+
+def test_one_run_shows_counts_the_live_job_and_its_failures() -> None:
+    live = {"job_id": "topn-x", "reachable": True, "exists": True, "state": "active"}
+    live["tasks"] = {"active": 1, "running": 1, "completed": 3, "succeeded": 3, "failed": 0}
+    text = render_run({**described("RUNNING", False), "job": live})
+    assert "Run 20261122t000000z-abcdef: RUNNING (unfinished)" in text
+    assert "job topn-x: active - 1 active, 1 running, 3 completed (3 succeeded, 0 failed)" in text
+    assert "b/f 0.txt: exit code 42, failure FailureExitCode: m" in text
+    assert text.rstrip().endswith("`topn resume 20261122t000000z-abcdef`.")
+    gone = render_run(
+        {**described("SUCCEEDED", True), "job": {"job_id": "topn-x", "reachable": False, "note": "n"}}
+    )
+    assert "job topn-x: not reachable (n)" in gone and "topn resume" not in gone
