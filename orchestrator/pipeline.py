@@ -321,7 +321,7 @@ class _Run:
                 write_summary(self.out_dir, summary)
                 await self.machine.move(RunState.CLEANING)
             final = RunState(summary["state"])
-            failed = int(summary["totals"]["failed"])
+            failed = int(summary.get("totals", {}).get("failed", 0))
             self.job_created = True  # the job exists by now (a resumed CLEANING redoes its deletion)
             await self._cleanup(failed=False)
         except BaseException as error:
@@ -333,7 +333,7 @@ class _Run:
         log.info(
             "run.completed",
             state=final.value,
-            files_succeeded=int(summary["totals"]["succeeded"]),
+            files_succeeded=int(summary.get("totals", {}).get("succeeded", 0)),
             files_failed=failed,
             duration_s=round(time.monotonic() - self.started, 3),
             staging_s=self.stage_s.get("staging", 0.0),

@@ -16,6 +16,8 @@ from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
 from orchestrator import local
+from orchestrator.journal import Journal, JournalInput
+from orchestrator.results import claim_results_folder, write_summary
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.fault_support import check_summary, write_corpus
 from tests.e2e.test_crash_resume import (
@@ -245,3 +247,40 @@ async def test_an_input_changed_before_its_task_was_submitted_is_uploaded_again(
     assert not [
         relpath for relpath in record.uploads if relpath != changed and f"runs/{run_id}/{relpath}" in again
     ]
+
+
+async def test_a_run_stopped_while_cleaning_up_finishes_clean_up_and_keeps_its_summary(
+    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    """Journal at CLEANING, summary.json written (as the pipeline does before CLEANING): resume
+    contacts no stage again, redoes the clean-up and records the summary's final state."""
+    run_id = "20261122t000000z-c1ea11"
+    (tmp_path / "in").mkdir()
+    source = tmp_path / "in" / "a.txt"
+    source.write_text("alpha beta beta\n", encoding="utf-8")
+    out = tmp_path / "out"
+    claim_results_folder(out, run_id)
+    summary = {
+        "run_id": run_id,
+        "state": "FAILED",
+        "top": [["beta", 2]],
+        "files": [],
+        "totals": {"files": 1, "succeeded": 0, "failed": 1},
+    }
+    write_summary(out, summary)
+    item = JournalInput(
+        0, "a.txt", str(source), 16, source.stat().st_mtime_ns, None, f"runs/{run_id}/a.txt", "t000000"
+    )
+    async with await Journal.open(tmp_path / ".topn" / "journal.sqlite3") as journal:
+        await journal.create_run(run_id, {}, [item], out_dir=out)
+        for state in ("PREPARING", "SUBMITTING", "RUNNING", "COLLECTING", "CLEANING"):
+            await journal.record_state(run_id, state)
+    env = crash_environment(batch_emulator, azurite, tmp_path)
+    resumed, _ = await run_until(["resume", run_id, "--json"], tmp_path, env, None)
+    assert resumed.exit_code == 1, resumed.stderr[-2000:]  # the summary's FAILED: some file failed
+    assert resumed.stdout, resumed.stderr[-2000:]
+    assert resumed.summary() == summary
+    names = [event["event"] for event in resumed.events()]
+    assert "blob.uploaded" not in names and "tasks.submitted" not in names and "pool.ready" not in names
+    record = await load_record(tmp_path / ".topn", run_id)
+    assert record.state == "FAILED" and record.is_finished
