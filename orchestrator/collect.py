@@ -7,17 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob.aio import BlobServiceClient
 
 from orchestrator import naming
 from orchestrator.pool import STDERR_TAIL_BYTES, stderr_tail
-from orchestrator.results import CountsFormatError, FileCounts, parse_counts_blob, write_atomic
+from orchestrator.results import CountsFormatError, FileCounts, parse_counts_blob, write_result
 from orchestrator.retry import RetryPolicy, retry_call
 
 
-class OutputMissingError(Exception):
-    """A task reported success but its outputs are not where the node should have put them."""
+class OutputUnusableError(Exception):
+    """A task reported success but its outputs cannot be used: missing, unreadable or unsafely named."""
 
 
 class TaskFileClient(Protocol):
@@ -50,15 +51,20 @@ async def download_outputs(
         output = await fetch(naming.output_name(relpath))
         counts_blob = await fetch(naming.counts_name(relpath))
     except ResourceNotFoundError as error:
-        raise OutputMissingError(
+        raise OutputUnusableError(
             f"the task finished but its output blob is missing ({error.reason})"
         ) from None
     try:
         counts = parse_counts_blob(counts_blob)
     except CountsFormatError as error:
-        raise OutputMissingError(f"the task's counts blob is unreadable: {error}") from None
-    local_path = out_dir / naming.output_name(relpath)
-    write_atomic(local_path, output)
+        raise OutputUnusableError(f"the task's counts blob is unreadable: {error}") from None
+    try:
+        # fsync and rename block; keep them off the event loop that drives every other download.
+        local_path = await anyio.to_thread.run_sync(
+            write_result, out_dir, naming.output_name(relpath), output
+        )
+    except naming.UnsafeNameError as error:
+        raise OutputUnusableError(f"its output was not saved: {error}") from None
     return CollectedOutput(local_path=local_path, size_bytes=len(output), counts=counts)
 
 
@@ -71,9 +77,9 @@ async def read_counts(
         data = await retry_call(retry, "download_blob", lambda: _read_blob(blob))
         return parse_counts_blob(data)
     except ResourceNotFoundError as error:
-        raise OutputMissingError(f"the counts blob of {relpath} is missing ({error.reason})") from None
+        raise OutputUnusableError(f"the counts blob of {relpath} is missing ({error.reason})") from None
     except CountsFormatError as error:
-        raise OutputMissingError(f"the counts blob of {relpath} is unreadable: {error}") from None
+        raise OutputUnusableError(f"the counts blob of {relpath} is unreadable: {error}") from None
 
 
 async def _read_blob(blob: Any) -> bytes:

@@ -705,7 +705,7 @@ class _Run:
                 saved = await collect.download_outputs(
                     self.blobs, self.output_container, relpath, self.out_dir, self.retry
                 )
-            except collect.OutputMissingError as error:
+            except collect.OutputUnusableError as error:
                 await self._record_failure(index, outcome, message or str(error), tail)
                 return
             except HttpResponseError as error:  # retries spent: this file fails, the run goes on

@@ -341,3 +341,23 @@ async def test_output_blobs_named_to_escape_are_never_written_outside_the_result
 
 def files_outside(root: Path, folder: Path) -> list[Path]:
     return [path for path in root.rglob("*") if path.is_file() and not path.is_relative_to(folder)]
+
+
+async def test_a_symlink_in_the_results_folder_cannot_carry_an_output_outside(
+    blob_service: BlobServiceClient, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    container = naming.output_container("topnlink", naming.new_run_id())
+    await staging.ensure_containers(blob_service, [container], FAST_RETRY)
+    await plant_blob_as_a_node_could(azurite, container, "sub/a_OUTPUT.txt", b"Word\tCount\n")
+    await plant_blob_as_a_node_could(
+        azurite, container, "counts/sub/a.txt.counts.json.gz", counts_document(["x"])
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "sub").symlink_to(elsewhere, target_is_directory=True)
+
+    with pytest.raises(collect.OutputUnusableError, match="outside the results folder"):
+        await collect.download_outputs(blob_service, container, "sub/a.txt", out_dir, FAST_RETRY)
+    assert list(elsewhere.iterdir()) == []
