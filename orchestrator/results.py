@@ -218,7 +218,8 @@ def claim_results_folder(out_dir: Path, run_id: str) -> None:
             return
         raise InputError(
             f"results folder {out_dir} holds the results of run {owner}; "
-            "pass a new or empty --out so they are not overwritten"
+            "pass a new or empty --out so they are not overwritten "
+            f"(if that run did not finish, `topn resume {owner}` continues it)"
         )
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise InputError(
