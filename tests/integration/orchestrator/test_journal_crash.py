@@ -36,7 +36,7 @@ from orchestrator.journal import Journal, JournalInput, RunRecord, describe_run
 from tests.secret_scan import find_secrets, texts_under
 
 if TYPE_CHECKING:
-    from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
+    from tests.conftest import StartEmulator, StorageEndpoint
 
 ROOT = Path(__file__).resolve().parents[3]
 WRITER_MODULE = "tests.integration.orchestrator.test_journal_crash"
@@ -321,18 +321,6 @@ def test_status_json_of_the_crashed_journal_is_readable(tmp_path: Path) -> None:
 SAMPLE_FILES = 10
 
 
-def _cli_environment(batch: BatchEndpoint, storage: StorageEndpoint, state_dir: Path) -> dict[str, str]:
-    return {
-        "TOPN_BATCH_ENDPOINT": batch.endpoint,
-        "TOPN_BATCH_ACCOUNT_KEY": batch.account_key,
-        "TOPN_STORAGE_BLOB_ENDPOINT": storage.endpoint,
-        "TOPN_STORAGE_ACCOUNT_KEY": storage.account_key,
-        "TOPN_LOCAL_STATE_DIR": str(state_dir),
-        "TOPN_RUN_POLL_MIN_S": "0.1",
-        "TOPN_RUN_POLL_MAX_S": "0.5",
-    }
-
-
 def _after_uploads(count: int) -> Callable[[dict[str, Any]], bool]:
     """True at the `count`-th input upload (a debug event), so the kill lands while staging."""
     seen: list[str] = []
@@ -365,11 +353,12 @@ async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"text {number}.txt").write_text(f"alpha beta {'gamma ' * number}delta\n", encoding="utf-8")
     state_dir = tmp_path / "state"
-    environment = _cli_environment(batch, azurite, state_dir)
-
-    # Imported here, not at the top: the writer process runs this module and needs neither.
+    # Imported here, not at the top: the writer process runs this module and needs none of them.
     from orchestrator.clients import open_clients
     from orchestrator.settings import load_settings
+    from tests.e2e.run_cli import topn_environment
+
+    environment = topn_environment(batch, azurite, state_dir)
 
     settings = load_settings(ROOT / "config" / "local.toml", environment)
     killed: dict[str, RunRecord] = {}

@@ -28,6 +28,7 @@ from orchestrator.journal import Journal
 from orchestrator.pipeline import run_pipeline
 from orchestrator.settings import Settings, load_settings
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
+from tests.e2e.run_cli import topn_environment
 from tests.secret_scan import find_secrets, texts_under
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -48,17 +49,7 @@ def stand_in_node(variant: str | None = None) -> bytes:
 
 
 def settings_for(batch: BatchEndpoint, storage: StorageEndpoint, state_dir: Path, **extra: str) -> Settings:
-    environ = {
-        "TOPN_BATCH_ENDPOINT": batch.endpoint,
-        "TOPN_BATCH_ACCOUNT_KEY": batch.account_key,
-        "TOPN_STORAGE_BLOB_ENDPOINT": storage.endpoint,
-        "TOPN_STORAGE_ACCOUNT_KEY": storage.account_key,
-        "TOPN_LOCAL_STATE_DIR": str(state_dir),
-        "TOPN_RUN_POLL_MIN_S": "0.1",
-        "TOPN_RUN_POLL_MAX_S": "0.5",
-        **extra,
-    }
-    return load_settings(ROOT / "config" / "local.toml", environ)
+    return load_settings(ROOT / "config" / "local.toml", topn_environment(batch, storage, state_dir, **extra))
 
 
 def write_tree(root: Path) -> dict[str, str]:
