@@ -317,6 +317,13 @@ async def terminate_task(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204, headers=entity_headers(task.etag, task.last_modified))
 
 
+@route("DELETE", "/jobs/{job_id}/tasks/{task_id}", "delete_task")
+async def delete_task(request: web.Request) -> web.StreamResponse:
+    job, task = _task(request)
+    services(request).account.delete_task(job, task)
+    return web.Response(status=200)
+
+
 # -- files --------------------------------------------------------------------------------------
 def _task_root(request: web.Request) -> Any:
     _, task = _task(request)

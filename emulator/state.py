@@ -452,6 +452,22 @@ class Account:
         self._set_task_state(task, TaskState.COMPLETED, TaskResult.FAILURE)
         self.check_job_completion(self.jobs[task.job_id.lower()])
 
+    def delete_task(self, job: Job, task: Task) -> None:
+        """Remove a task from its job; a running attempt is killed and its late result ignored."""
+        stop = self.task_stoppers.pop(task, None)
+        if stop is not None:
+            stop()
+        self._release_node(task)
+        if task.state == TaskState.RUNNING:
+            self.tasks_running -= 1
+        adjust_counts(job.counts, task, 1, -1)
+        adjust_counts(job.slot_counts, task, task.required_slots, -1)
+        del job.tasks[task.id.lower()]
+        job.tasks_in_order.remove(task)  # the ready queue drops it lazily (next_ready checks identity)
+        log.info("task.deleted", job_id=job.id, task_id=task.id, state=task.state)
+        self.check_job_completion(job)
+        self.notify()
+
     def terminate_task(self, job: Job, task: Task) -> None:
         if task.state == TaskState.COMPLETED:
             raise ServiceError(409, "TaskCompleted", "The specified task is already completed.")
