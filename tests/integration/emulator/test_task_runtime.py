@@ -309,7 +309,7 @@ async def test_task_processes_get_no_emulator_secrets(tmp_path: Path) -> None:
                     command_line="/usr/bin/env",
                     resource_files=[
                         models.ResourceFile(
-                            http_url="http://127.0.0.1:9/c/b?sv=2025&sig=c2VjcmV0c2lnbmF0dXJl", file_path="b"
+                            http_url="http://127.0.0.1:9/c/b?sv=2025&sig=ZmFrZXNpZ25hdHVy", file_path="b"
                         )
                     ],
                 ),
@@ -386,7 +386,7 @@ async def test_wall_clock_covers_a_stalled_resource_download(batch_emulator: Bat
         # Accepts connections (the kernel's backlog) but never answers: a stalled storage server.
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}/c/blob.txt?sv=1&sig=c2lnbmF0dXJlc2lnbmF0dXJl"
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/c/blob.txt?sv=1&sig=ZmFrZXNpZ25hdHVy"
         task = models.BatchTaskCreateOptions(
             id="stalled",
             command_line="/bin/true",
