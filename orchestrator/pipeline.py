@@ -20,7 +20,7 @@ import json
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -43,11 +43,12 @@ from azure.batch.models import (
 from azure.core.exceptions import (
     HttpResponseError,
     ResourceExistsError,
+    ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
 )
 
-from orchestrator import collect, monitor, naming, pool, staging, submit
+from orchestrator import collect, monitor, naming, pool, resume, sas, staging, submit
 from orchestrator.clients import BATCH, STORAGE, Clients
 from orchestrator.errors import InputError, RunFailedError, ServiceUnavailableError, TopnError
 from orchestrator.inputs import InputFile
@@ -279,6 +280,8 @@ class _Run:
         self.sas: staging.SasMinter | None = None
         self.task_script_url: str | None = None  # set when tasks must carry the node script
         self.started = time.monotonic()
+        # When this run's `run_timeout_s` ends (wall clock): what a resumed run's old SAS must outlive.
+        self.deadline_at: datetime | None = None
 
     # ------------------------------------------------------------------ the flow
 
@@ -308,6 +311,7 @@ class _Run:
             if self.machine.reached(RunState.CLEANING):
                 summary = self._written_summary()  # written before CLEANING began
             else:
+                self.deadline_at = sas.utc_now() + timedelta(seconds=self.settings.run.run_timeout_s)
                 with anyio.fail_after(self.settings.run.run_timeout_s):
                     await self.machine.advance(RunState.PREPARING)
                     await self._prepare()
@@ -358,9 +362,8 @@ class _Run:
             run_timeout_s=self.settings.run.run_timeout_s,
             margin_s=self.settings.run.sas_margin_s,
         )
-        if self.journal is not None:
-            await self.journal.record_sas_expiry(self.run_id, "input_read", self.sas.expires_at)
-            await self.journal.record_sas_expiry(self.run_id, "output_write", self.sas.expires_at)
+        if self.resume is None:  # a resumed run records them once no task carries older ones
+            await self._record_sas_expiries()
         await staging.ensure_containers(
             self.blobs, [self.app_container, self.input_container, self.output_container], self.retry
         )
@@ -489,11 +492,15 @@ class _Run:
         """Add the tasks not yet recorded as added (all, unless resumed), then let the job end with them."""
         started = time.monotonic()
         unsubmitted = set(self.task_ids)
+        old_sas_left = False
         if self.resume is not None:
             # A job that had to be created again (deleted, or a Batch account that forgot it) holds
             # none of the tasks the journal saw added: every unfinished one goes in again.
             recorded = self.resume.unsubmitted_task_ids if not self.job_is_new else self.task_ids
             unsubmitted = set(recorded) - set(self.resume.completed)
+            if not self.job_is_new:
+                renewed, old_sas_left = await self._renew_expiring_tasks()
+                unsubmitted |= set(renewed)
         tasks = [
             self._task(unit_index, unit)
             for unit_index, unit in enumerate(self.units)
@@ -521,6 +528,9 @@ class _Run:
             # A resumed run whose tasks all finished while topn was down: the job ended on its own.
             if error_code_of(error) not in JOB_ENDED_CODES or tasks:
                 raise
+        if self.resume is not None and not old_sas_left and not report.already_existed:
+            # Every task this run awaits carries this run's SAS now (TaskExists would mean an older one).
+            await self._record_sas_expiries()
         duration = round(time.monotonic() - started, 3)
         self.stage_s["submitting"] = duration
         log.info(
@@ -530,6 +540,59 @@ class _Run:
             requests=report.requests,
             duration_s=duration,
         )
+
+    async def _record_sas_expiries(self) -> None:
+        if self.journal is not None and self.sas is not None:
+            for purpose in resume.SAS_PURPOSES:
+                await self.journal.record_sas_expiry(self.run_id, purpose, self.sas.expires_at)
+
+    async def _renew_expiring_tasks(self) -> tuple[list[str], bool]:
+        """A resumed run's tasks whose SAS end before its deadline: delete the unstarted ones, to add again.
+
+        Returns (ids to add with fresh SAS, whether tasks with the old SAS stay in the job). Decided from
+        the journal when it can be: SAS that outlive the deadline cost no request; otherwise one listing
+        of the job's tasks (id and state only) shows which are active, started, or missing.
+        """
+        assert self.resume is not None and self.deadline_at is not None
+        record = self.resume
+        awaited = [task_id for task_id in self.task_ids if task_id not in record.completed]
+        submitted_before = set(record.submitted_task_ids)
+        if not awaited:
+            return [], False
+        if not resume.sas_expire_before(record.sas_expiries, self.deadline_at):
+            return [], any(task_id in submitted_before for task_id in awaited)
+
+        async def listing() -> dict[str, str]:
+            found = self.batch.list_tasks(self.job_id, select=["id", "state"])
+            return {str(task.id): monitor.wire_value(task.state) or "" async for task in found}
+
+        states = await retry_call(self.retry, "list_tasks", listing)
+        plan = resume.plan_sas_refresh(awaited, states)
+        if plan.replace:
+            # With `terminatejob` set, deleting the last unfinished tasks would end the job before they
+            # are added again; `_submit` sets it back once they are in.
+            hold = BatchJobUpdateOptions(all_tasks_complete_mode="noaction")
+            await retry_call(self.retry, "update_job", lambda: self.batch.update_job(self.job_id, hold))
+        limiter = anyio.CapacityLimiter(self.settings.run.submit_concurrency)
+        async with anyio.create_task_group() as group:
+            for task_id in plan.replace:
+                group.start_soon(self._delete_task, task_id, limiter)
+        log.info(
+            "tasks.resubmitted",
+            job_id=self.job_id,
+            tasks=len(plan.replace),
+            missing=len([task_id for task_id in plan.add if task_id in submitted_before]),
+            running_kept=len(plan.kept_started),
+            reason="sas_expiring",
+        )
+        return [*plan.replace, *plan.add], bool(plan.kept_started)
+
+    async def _delete_task(self, task_id: str, limiter: anyio.CapacityLimiter) -> None:
+        async with limiter:
+            with contextlib.suppress(ResourceNotFoundError):  # gone already: it is added again all the same
+                await retry_call(
+                    self.retry, "delete_task", lambda: self.batch.delete_task(self.job_id, task_id)
+                )
 
     def _task(self, unit_index: int, unit: Sequence[int]) -> BatchTaskCreateOptions:
         """The task of one work unit: its inputs as resource files under safe names, one command."""

@@ -7,8 +7,9 @@ the summary an uninterrupted one would have given (docs/journal.md, "How resume 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,12 @@ RESULT_SHAPING: dict[str, tuple[str, ...]] = {
     "storage": ("container_prefix",),
     "pool": ("id", "node_python"),
 }
+
+
+# The SAS a task carries: its inputs' read SAS (resource files) and its output container's write SAS.
+SAS_PURPOSES = ("input_read", "output_write")
+# Task states in which the node has fetched (or is fetching) the resource files: the read SAS is spent.
+STARTED_STATES = frozenset({"preparing", "running"})
 
 
 class UnknownRunError(UsageError):
@@ -83,3 +90,36 @@ def resumed_out_dir(record: RunRecord) -> Path:
             "it cannot be resumed - start it again with `topn run`"
         )
     return Path(record.out_dir)
+
+
+def sas_expire_before(expiries: Mapping[str, datetime], deadline: datetime) -> bool:
+    """Whether a SAS the run's submitted tasks may carry ends before `deadline` (an unrecorded one counts)."""
+    return any(purpose not in expiries or expiries[purpose] < deadline for purpose in SAS_PURPOSES)
+
+
+@dataclass(frozen=True)
+class SasRefreshPlan:
+    """What a resume does about tasks whose SAS would expire before its deadline."""
+
+    replace: tuple[str, ...]  # active (not started): delete, then add again with the same id and fresh SAS
+    add: tuple[str, ...]  # not in the job at all (e.g. deleted just before a crash): add with fresh SAS
+    kept_started: tuple[str, ...]  # preparing/running: inputs already fetched, left as they are
+
+
+def plan_sas_refresh(awaited: Sequence[str], job_task_states: Mapping[str, str]) -> SasRefreshPlan:
+    """Sort the tasks the run still awaits by their state in the job (wire names; absent = not in the job).
+
+    A completed task is left alone: the monitor collects it whatever SAS it carried.
+    """
+    replace_ids: list[str] = []
+    add_ids: list[str] = []
+    kept: list[str] = []
+    for task_id in dict.fromkeys(awaited):
+        state = job_task_states.get(task_id)
+        if state is None:
+            add_ids.append(task_id)
+        elif state == "active":
+            replace_ids.append(task_id)
+        elif state in STARTED_STATES:
+            kept.append(task_id)
+    return SasRefreshPlan(tuple(replace_ids), tuple(add_ids), tuple(kept))

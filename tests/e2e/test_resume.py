@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import anyio
 import pytest
+from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
@@ -19,7 +25,7 @@ from orchestrator import local
 from orchestrator.journal import Journal, JournalInput
 from orchestrator.results import claim_results_folder, write_summary
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
-from tests.e2e.fault_support import check_summary, write_corpus
+from tests.e2e.fault_support import check_summary, job_tasks, write_corpus
 from tests.e2e.test_crash_resume import (
     EventTrigger,
     assert_one_task_per_input,
@@ -68,7 +74,7 @@ async def test_an_unknown_run_is_refused_naming_the_journal_and_nothing_is_creat
     assert status.exit_code == 2 and str(journal_file) in status.stderr
 
 
-async def test_a_job_that_finished_while_topn_was_down_is_collected_and_the_sas_are_fresh(
+async def test_a_job_that_finished_while_topn_was_down_is_collected_and_its_lasting_sas_are_kept(
     batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
     texts = write_corpus(tmp_path / "in", FILES, seed=31)
@@ -99,9 +105,10 @@ async def test_a_job_that_finished_while_topn_was_down_is_collected_and_the_sas_
     await assert_one_task_per_input(batch_emulator, run_id, sorted(texts))
     after = await load_record(tmp_path / ".topn", run_id)
     assert after.state == "SUCCEEDED"
-    # SAS are never stored; the resumed run minted new ones and recorded when they expire.
-    assert set(after.sas_expiries) == set(before.sas_expiries) != set()
-    assert all(after.sas_expiries[purpose] > before.sas_expiries[purpose] for purpose in before.sas_expiries)
+    # The tasks submitted before the crash carry SAS that outlive the resumed run's deadline: nothing
+    # about them is asked or changed, and the journal keeps the expiry of the SAS they carry.
+    assert after.sas_expiries == before.sas_expiries != {}
+    assert not [event for event in second.events() if event["event"] == "tasks.resubmitted"]
 
     # A finished run's resume only shows its summary again, with the same exit status.
     again, _ = await run_until(["resume", run_id, "--json"], tmp_path, env, None)
@@ -284,3 +291,126 @@ async def test_a_run_stopped_while_cleaning_up_finishes_clean_up_and_keeps_its_s
     assert "blob.uploaded" not in names and "tasks.submitted" not in names and "pool.ready" not in names
     record = await load_record(tmp_path / ".topn", run_id)
     assert record.state == "FAILED" and record.is_finished
+
+
+def sas_expiry_of(url: str) -> datetime:
+    """The `se=` (signed expiry) of a SAS URL."""
+    values = parse_qs(urlsplit(url).query).get("se")
+    assert values, "the URL carries no SAS expiry"
+    return datetime.fromisoformat(values[0])
+
+
+async def test_unstarted_tasks_whose_sas_expired_are_re_added_with_fresh_sas_on_resume(
+    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    """Tasks submitted, then held back (the pool's only slot is busy) until their SAS expired: resume
+    deletes and re-adds them with the same ids and fresh SAS, and the run succeeds."""
+    texts = write_corpus(tmp_path / "in", FILES, seed=53)
+    pool_id, blocker_job = f"sas-pool-{uuid.uuid4().hex[:8]}", f"sas-blocker-{uuid.uuid4().hex[:8]}"
+    release = tmp_path / "release-the-slot"
+    credential = AzureNamedKeyCredential(batch_emulator.account_name, batch_emulator.account_key)
+    async with BatchClient(batch_emulator.endpoint, credential) as client:
+        # A pool of one node with one slot, held by a task of another job until `release` exists.
+        await client.create_pool(
+            models.BatchPoolCreateOptions(
+                id=pool_id,
+                vm_size="standard_d2s_v3",
+                target_dedicated_nodes=1,
+                task_slots_per_node=1,
+                virtual_machine_configuration=models.VirtualMachineConfiguration(
+                    image_reference=models.BatchVmImageReference(
+                        publisher="canonical", offer="ubuntu-24_04-lts", sku="server"
+                    ),
+                    node_agent_sku_id="batch.node.ubuntu 24.04",
+                ),
+            )
+        )
+        await client.create_job(
+            models.BatchJobCreateOptions(id=blocker_job, pool_info=models.BatchPoolInfo(pool_id=pool_id))
+        )
+        wait_loop = f"while [ ! -e {shlex.quote(str(release))} ]; do sleep 0.1; done"
+        await client.create_task(
+            blocker_job,
+            models.BatchTaskCreateOptions(id="blocker", command_line=f"/bin/sh -c {shlex.quote(wait_loop)}"),
+        )
+        with anyio.fail_after(60):
+            while True:
+                if (await client.get_task(blocker_job, "blocker")).state == models.BatchTaskState.RUNNING:
+                    break
+                await anyio.sleep(0.1)
+        try:
+            # SAS live run_timeout_s + sas_margin_s: a few seconds here.
+            short = crash_environment(
+                batch_emulator,
+                azurite,
+                tmp_path,
+                TOPN_POOL_ID=pool_id,
+                TOPN_RUN_RUN_TIMEOUT_S="6",
+                TOPN_RUN_SAS_MARGIN_S="0",
+            )
+            first, killed = await run_until(
+                ["run", "in", "--out", "out", "--json"], tmp_path, short, event_named("tasks.submitted")
+            )
+            assert killed and first.exit_code == -9, first.stderr[-3000:]
+            run_id = run_id_in(first)
+            before = await load_record(tmp_path / ".topn", run_id)
+            assert before.submitted_task_ids == set(before.task_ids) and not before.completed
+            old_expiry = min(before.sas_expiries.values())
+            await anyio.sleep(max(0.0, (old_expiry - datetime.now(UTC)).total_seconds()) + 1.5)
+            held = await job_tasks(
+                batch_emulator.endpoint,
+                batch_emulator.account_name,
+                batch_emulator.account_key,
+                f"topn-{run_id}",
+            )
+            assert {task.state for task in held} == {"active"}
+            # The setup really tests expiry: the old input SAS is refused by Storage now.
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(held[0].resource_files[0].http_url) as got,
+            ):
+                assert got.status == 403
+
+            def free_the_slot_once_submitted(event: dict[str, Any]) -> None:
+                if event["event"] == "tasks.submitted":
+                    release.touch()
+
+            resume_started = datetime.now(UTC)
+            normal = crash_environment(batch_emulator, azurite, tmp_path, TOPN_POOL_ID=pool_id)
+            second, _ = await run_until(
+                ["resume", run_id, "--json"], tmp_path, normal, None, on_event=free_the_slot_once_submitted
+            )
+        finally:
+            release.touch()
+            await client.begin_delete_job(blocker_job)
+            await client.begin_delete_pool(pool_id)
+    assert second.exit_code == 0, second.stderr[-3000:]
+    assert check_summary(second.summary(), texts) == []
+    renewed = [event for event in second.events() if event["event"] == "tasks.resubmitted"]
+    assert [
+        (event["tasks"], event["missing"], event["running_kept"], event["reason"]) for event in renewed
+    ] == [(FILES, 0, 0, "sas_expiring")]
+    tasks = await job_tasks(
+        batch_emulator.endpoint, batch_emulator.account_name, batch_emulator.account_key, f"topn-{run_id}"
+    )
+    # Exactly one task per work unit (one file each here), under the journalled ids, each run once.
+    assert sorted(task.id for task in tasks) == sorted(before.task_ids)
+    assert {task.state for task in tasks} == {"completed"}
+    assert {task.execution_info.result for task in tasks} == {"success"}
+    assert [task.execution_info.retry_count for task in tasks] == [0] * FILES
+    staged_inputs = sorted(
+        resource.http_url.split("?", 1)[0]
+        for task in tasks
+        for resource in task.resource_files
+        if "/topn-input/" in resource.http_url
+    )
+    assert len(staged_inputs) == len(set(staged_inputs)) == FILES
+    for task in tasks:
+        urls = [resource.http_url for resource in task.resource_files]
+        urls += [setting.value for setting in task.environment_settings if "sig=" in setting.value]
+        assert len(urls) >= 2  # at least one input and the output container
+        assert all(sas_expiry_of(url) > resume_started for url in urls), task.id
+    after = await load_record(tmp_path / ".topn", run_id)
+    assert after.state == "SUCCEEDED"
+    assert set(after.sas_expiries) == set(before.sas_expiries)
+    assert all(expiry > resume_started for expiry in after.sas_expiries.values())

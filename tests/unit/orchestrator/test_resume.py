@@ -3,7 +3,7 @@ and how the state machine skips the states a resumed run has already passed."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,12 @@ from orchestrator.journal import JournalInput, RunRecord
 from orchestrator.pipeline import RunState, RunStateMachine, TransitionError
 from orchestrator.resume import (
     RESULT_SHAPING,
+    SasRefreshPlan,
+    plan_sas_refresh,
     resumed_inputs,
     resumed_out_dir,
     resumed_settings,
+    sas_expire_before,
     unknown_run,
 )
 from orchestrator.settings import load_settings
@@ -211,3 +214,66 @@ def test_one_run_shows_counts_the_live_job_and_its_failures() -> None:
         {**described("SUCCEEDED", True), "job": {"job_id": "topn-x", "reachable": False, "note": "n"}}
     )
     assert "job topn-x: not reachable (n)" in gone and "topn resume" not in gone
+
+
+DEADLINE = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def test_sas_that_outlive_the_deadline_need_nothing() -> None:
+    later = DEADLINE + timedelta(seconds=1)
+    assert not sas_expire_before({"input_read": later, "output_write": later}, DEADLINE)
+    # Ending exactly at the deadline is still valid up to it.
+    assert not sas_expire_before({"input_read": DEADLINE, "output_write": DEADLINE}, DEADLINE)
+
+
+def test_one_sas_ending_before_the_deadline_or_an_unrecorded_one_needs_a_refresh() -> None:
+    later, earlier = DEADLINE + timedelta(hours=1), DEADLINE - timedelta(seconds=1)
+    assert sas_expire_before({"input_read": later, "output_write": earlier}, DEADLINE)
+    assert sas_expire_before({"input_read": earlier, "output_write": later}, DEADLINE)
+    assert sas_expire_before({"input_read": later}, DEADLINE)  # output_write never recorded
+    assert sas_expire_before({}, DEADLINE)
+
+
+def test_active_tasks_are_replaced_started_ones_kept_missing_ones_added_finished_ones_left() -> None:
+    states = {
+        "t000000": "completed",
+        "t000001": "active",
+        "t000002": "running",
+        "t000003": "preparing",
+        "t000005": "active",
+        "t000009": "active",  # not awaited (its completion is journalled): not touched
+    }
+    awaited = ["t000000", "t000001", "t000002", "t000003", "t000004", "t000005"]
+    assert plan_sas_refresh(awaited, states) == SasRefreshPlan(
+        replace=("t000001", "t000005"), add=("t000004",), kept_started=("t000002", "t000003")
+    )
+
+
+def test_nothing_awaited_means_nothing_to_do() -> None:
+    assert plan_sas_refresh([], {"t000000": "active"}) == SasRefreshPlan((), (), ())
+
+
+task_ids = st.lists(st.integers(0, 40).map(lambda number: f"t{number:06d}"), max_size=30)
+task_states = st.dictionaries(
+    st.integers(0, 40).map(lambda number: f"t{number:06d}"),
+    st.sampled_from(["active", "preparing", "running", "completed"]),
+    max_size=30,
+)
+
+
+@given(task_ids, task_states)
+def test_every_awaited_task_lands_in_at_most_one_bucket_by_its_state(
+    awaited: list[str], states: dict[str, str]
+) -> None:
+    plan = plan_sas_refresh(awaited, states)
+    buckets = [*plan.replace, *plan.add, *plan.kept_started]
+    assert len(buckets) == len(set(buckets))  # an id twice in `awaited` is still one task
+    assert set(buckets) <= set(awaited)
+    for task_id in set(awaited):
+        state = states.get(task_id)
+        where = (task_id in plan.replace, task_id in plan.add, task_id in plan.kept_started)
+        expected = (state == "active", state is None, state in ("preparing", "running"))
+        assert where == expected, (task_id, state)
+    # Order follows `awaited` (first occurrence), so re-added tasks keep the run's submission order.
+    first_seen = list(dict.fromkeys(awaited))
+    assert list(plan.replace) == [task_id for task_id in first_seen if task_id in plan.replace]
