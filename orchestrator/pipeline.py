@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -522,6 +523,8 @@ class _Run:
             max_tasks_per_request=self.settings.run.submit_chunk_tasks,
         )
         update = BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
+        if self.resume is not None and not self.job_is_new:
+            update.constraints = self._resumed_job_constraints()
         try:
             await retry_call(self.retry, "update_job", lambda: self.batch.update_job(self.job_id, update))
         except HttpResponseError as error:
@@ -539,6 +542,20 @@ class _Run:
             tasks=report.tasks_added,
             requests=report.requests,
             duration_s=duration,
+        )
+
+    def _resumed_job_constraints(self) -> BatchJobConstraints:
+        """The old job's constraints with a wall clock that lasts to this run's deadline.
+
+        The job's `maxWallClockTime` counts from its creation and was set to the first run's
+        `run_timeout_s`; the service would end a job resumed later than that under the run. The run
+        was created before its job, so counting from the run's creation is a bound that lasts.
+        """
+        assert self.resume is not None and self.deadline_at is not None
+        lasting = self.deadline_at - self.resume.created_at
+        return BatchJobConstraints(
+            max_wall_clock_time=timedelta(seconds=math.ceil(lasting.total_seconds())),
+            max_task_retry_count=self.settings.run.task_max_retries,
         )
 
     async def _record_sas_expiries(self) -> None:

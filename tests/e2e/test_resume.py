@@ -9,7 +9,7 @@ import shlex
 import shutil
 import signal
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -410,6 +410,11 @@ async def test_unstarted_tasks_whose_sas_expired_are_re_added_with_fresh_sas_on_
         urls += [setting.value for setting in task.environment_settings if "sig=" in setting.value]
         assert len(urls) >= 2  # at least one input and the output container
         assert all(sas_expiry_of(url) > resume_started for url in urls), task.id
+    async with BatchClient(batch_emulator.endpoint, credential) as client:
+        job = await client.get_job(f"topn-{run_id}")
+    # The job was created with the first run's 6 s wall clock; the resume made it last to its deadline.
+    assert job.constraints is not None and job.constraints.max_wall_clock_time is not None
+    assert job.creation_time + job.constraints.max_wall_clock_time > resume_started + timedelta(seconds=1700)
     after = await load_record(tmp_path / ".topn", run_id)
     assert after.state == "SUCCEEDED"
     assert set(after.sas_expiries) == set(before.sas_expiries)
