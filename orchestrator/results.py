@@ -187,7 +187,7 @@ def write_result(out_dir: Path, name: str, data: bytes) -> Path:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a file whole or not at all (temp file in the same folder, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -207,6 +207,17 @@ def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:
     return path
 
 
+# Names of write_atomic's temporary files, which a resume clears after a crash.
+_TEMP_PREFIX, _TEMP_SUFFIX = ".tmp-", ".part"
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete what an atomic write left when the process died between writing and renaming."""
+    for leftover in out_dir.rglob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+
+
 def claim_results_folder(out_dir: Path, run_id: str) -> None:
     """Make `out_dir` this run's; refuse (exit 2) a folder holding another run's or anyone's files."""
     marker = out_dir / RUN_MARKER
@@ -215,6 +226,7 @@ def claim_results_folder(out_dir: Path, run_id: str) -> None:
     if marker.is_file():
         owner = marker.read_text(encoding="utf-8").strip()
         if owner == run_id:
+            _remove_stale_temporaries(out_dir)
             return
         raise InputError(
             f"results folder {out_dir} holds the results of run {owner}; "

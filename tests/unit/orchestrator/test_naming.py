@@ -72,6 +72,8 @@ relpaths = st.lists(
     min_size=1,
     max_size=3,
 ).map("/".join)
+# Names input discovery accepts: a leading drive letter (`C:...`) is refused there, so never reaches here.
+relpaths = relpaths.filter(lambda relpath: re.match(r"[A-Za-z]:", relpath) is None)
 
 
 @given(relpath=relpaths)

@@ -147,3 +147,18 @@ def test_a_plain_result_name_is_written_below_the_folder(tmp_path: Path) -> None
     assert written == out_dir / "日本" / "b c#?%_OUTPUT.txt"
     assert written.read_bytes() == b"rows\n"
     assert result_path(out_dir, "a/b.txt") == out_dir / "a" / "b.txt"
+
+
+def test_a_resumed_run_clears_temporaries_a_crash_left_and_keeps_its_results(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    claim_results_folder(out, "run-a")
+    write_atomic(out / "sub" / "kept_OUTPUT.txt", b"whole")
+    # What a SIGKILL between write and rename leaves behind:
+    (out / "sub" / ".tmp-abc123.part").write_bytes(b"hal")
+    (out / "notes.part").write_bytes(b"a user's file that only looks similar")
+    claim_results_folder(out, "run-a")
+    assert sorted(path.name for path in out.rglob("*") if path.is_file()) == [
+        ".topn-run",
+        "kept_OUTPUT.txt",
+        "notes.part",
+    ]
