@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import zipapp
 from collections import Counter
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -262,13 +263,21 @@ async def test_a_cancelled_run_is_left_resumable_and_says_so(
     assert "CLEANING" not in [entry["to_state"] for entry in logs if entry["event"] == "run.state_changed"]
 
 
-async def job_state(clients: Any, job_id: str) -> str:
-    """The job's state, or "gone" once the service no longer knows it."""
+async def state_of(fetch: Awaitable[Any]) -> str:
+    """A Batch resource's state, or "gone" once the service no longer knows it."""
     try:
-        job = await clients.batch.get_job(job_id)
+        resource = await fetch
     except ResourceNotFoundError:
         return "gone"
-    return str(getattr(job.state, "value", job.state))
+    return str(getattr(resource.state, "value", resource.state))
+
+
+async def job_state(clients: Any, job_id: str) -> str:
+    return await state_of(clients.batch.get_job(job_id))
+
+
+async def pool_state(clients: Any, pool_id: str) -> str:
+    return await state_of(clients.batch.get_pool(pool_id))
 
 
 async def test_clean_up_follows_the_config_and_never_asks(
@@ -303,15 +312,6 @@ async def test_clean_up_follows_the_config_and_never_asks(
         assert [blob.name async for blob in inputs.list_blobs(name_starts_with=f"runs/{run_id}/")] == []
         containers = [container.name async for container in clients.blob_service.list_containers()]
         assert naming.output_container("topn", run_id) not in containers
-
-
-async def pool_state(clients: Any, pool_id: str) -> str:
-    """The pool's state, or "gone" once the service no longer knows it."""
-    try:
-        pool = await clients.batch.get_pool(pool_id)
-    except ResourceNotFoundError:
-        return "gone"
-    return str(getattr(pool.state, "value", pool.state))
 
 
 async def test_a_job_terminated_under_the_run_fails_it_promptly_with_the_reason(
