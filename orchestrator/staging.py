@@ -123,19 +123,6 @@ class UploadedFile:
     skipped: bool
 
 
-async def upload_file(
-    blob_service: BlobServiceClient,
-    container: str,
-    blob_name: str,
-    path: Path,
-    retry: RetryPolicy,
-    content_type: str = "text/plain; charset=utf-8",
-) -> tuple[str, bool]:
-    """Upload one file unless the blob already holds the same bytes; returns (md5 hex, skipped)."""
-    uploaded = await upload_input_file(blob_service, container, blob_name, path, retry, content_type)
-    return uploaded.md5_hex, uploaded.skipped
-
-
 async def upload_input_file(
     blob_service: BlobServiceClient,
     container: str,

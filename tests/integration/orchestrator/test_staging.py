@@ -159,15 +159,17 @@ async def test_files_over_the_in_memory_limit_are_streamed_with_their_md5(
     body = b"".join(f"line {number} of a larger file\n".encode() for number in range(5000))
     (tmp_path / "big.txt").write_bytes(body)
     await staging.ensure_containers(blob_service, ["topnbig-input"], FAST_RETRY)
-    md5_hex, skipped = await staging.upload_file(
+    first = await staging.upload_input_file(
         blob_service, "topnbig-input", "runs/r/big.txt", tmp_path / "big.txt", FAST_RETRY
     )
+    md5_hex, skipped = first.md5_hex, first.skipped
     assert not skipped and md5_hex == hashlib.md5(body, usedforsecurity=False).hexdigest()
     blob = blob_service.get_blob_client("topnbig-input", "runs/r/big.txt")
     assert await (await blob.download_blob()).readall() == body
-    again = await staging.upload_file(
+    uploaded_again = await staging.upload_input_file(
         blob_service, "topnbig-input", "runs/r/big.txt", tmp_path / "big.txt", FAST_RETRY
     )
+    again = (uploaded_again.md5_hex, uploaded_again.skipped)
     assert again == (md5_hex, True)
 
 
