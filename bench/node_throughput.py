@@ -199,16 +199,26 @@ def _own_peak_rss_mb() -> float:
 
 def _measure(kind: str, path: Path, tokenizer: str, workers: int) -> None:
     started = time.perf_counter()
-    cpu_started = time.process_time()
+    own_started = resource.getrusage(resource.RUSAGE_SELF)
     distinct = _seed_algorithm(path) if kind == "seed" else _ours(path, tokenizer, workers)
     seconds = time.perf_counter() - started
+    own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_seconds = time.process_time() - cpu_started + children.ru_utime + children.ru_stime
+    # User and system CPU apart: system time here is mostly page faults, which cost the seed (it
+    # holds the whole file's words) far more than us, and whose price depends on the machine.
+    user_seconds = own.ru_utime - own_started.ru_utime + children.ru_utime
+    system_seconds = own.ru_stime - own_started.ru_stime + children.ru_stime
     # Workers start while this process is still small, so their ru_maxrss is essentially their own.
     peak = max(_own_peak_rss_mb(), children.ru_maxrss * 1024 / MB)
     print(
         json.dumps(
-            {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak, "distinct": distinct}
+            {
+                "seconds": seconds,
+                "user_seconds": user_seconds,
+                "system_seconds": system_seconds,
+                "peak_rss_mb": peak,
+                "distinct": distinct,
+            }
         )
     )
 
@@ -224,9 +234,10 @@ def _run_measurement(
         for _ in range(repeat)
     ]
     return Measured(
-        min(run["seconds"] for run in runs),
-        min(run["cpu_seconds"] for run in runs),
-        max(run["peak_rss_mb"] for run in runs),
+        seconds=min(run["seconds"] for run in runs),
+        cpu_seconds=min(run["user_seconds"] + run["system_seconds"] for run in runs),
+        user_seconds=min(run["user_seconds"] for run in runs),
+        peak_rss_mb=max(run["peak_rss_mb"] for run in runs),
     )
 
 
@@ -247,7 +258,8 @@ def _wc_seconds(path: Path, repeat: int) -> float:
 @dataclass(frozen=True)
 class Measured:
     seconds: float
-    cpu_seconds: float  # all processes; on a busy shared machine, the steadier figure
+    cpu_seconds: float  # user + system, all processes; on a busy shared machine, the steadier figure
+    user_seconds: float  # user CPU only: leaves out page faults, whose price varies by machine
     peak_rss_mb: float
 
 
@@ -262,24 +274,31 @@ def _report(kind: str, path: Path, workers: int, repeat: int) -> list[tuple[str,
     rows += [(f"node, {name}, 1 process", measured) for name, measured in single.items()]
     rows += [(f"node, {name}, {workers} processes", measured) for name, measured in multi.items()]
     print(f"\n## {kind}: {path.name} ({size_mb:.0f} MB)")
-    print(f"{'measurement':<50} {'MB/s':>8} {'MB/CPU-s':>9} {'peak RSS MB':>12}  (RSS: largest process)")
+    print(
+        f"{'measurement':<50} {'MB/s':>8} {'MB/CPU-s':>9} {'user s':>7} {'sys s':>6} {'peak RSS MB':>12}"
+        "  (RSS: largest process)"
+    )
     for name, measured in rows:
+        system_seconds = measured.cpu_seconds - measured.user_seconds
         print(
             f"{name:<50} {size_mb / measured.seconds:>8.1f} {size_mb / measured.cpu_seconds:>9.1f}"
-            f" {measured.peak_rss_mb:>12.0f}"
+            f" {measured.user_seconds:>7.2f} {system_seconds:>6.2f} {measured.peak_rss_mb:>12.0f}"
         )
-    print(f"{'wc -w (LC_ALL=C), the C-speed reference':<50} {size_mb / wc:>8.1f} {'-':>9} {'-':>12}")
+    print(f"{'wc -w (LC_ALL=C), the C-speed reference':<50} {size_mb / wc:>8.1f} {'-':>9}")
 
     goals: list[tuple[str, bool]] = []
     for name in ("words", "tutorial"):
-        # Judged per CPU-second (the brief's unit): on a shared machine wall-clock time also counts
-        # the time other jobs held the CPU. The wall-clock ratio is printed alongside.
+        # Judged per CPU-second, user + system: on a shared machine wall-clock time also counts the
+        # time other jobs held the CPU. Printed alongside: wall clock, and user CPU alone, which
+        # leaves out the seed's page faults (their price differs from machine to machine; see
+        # docs/node.md), so it is the lower bound of what another machine would show.
         speedup = seed.seconds / single[name].seconds
         by_cpu = seed.cpu_seconds / single[name].cpu_seconds
+        by_user = seed.user_seconds / single[name].user_seconds
         goals.append(
             (
                 f"{kind}, {name}: 1 process / seed = {by_cpu:.2f}x per CPU-second"
-                f" (wall clock: {speedup:.2f}x; goal >= 2.0x)",
+                f" (wall clock: {speedup:.2f}x; user CPU only: {by_user:.2f}x; goal >= 2.0x)",
                 by_cpu >= 2.0,
             )
         )
@@ -307,7 +326,9 @@ def main() -> int:
         help="processes for the all-cores rows (default: all)",
     )
     parser.add_argument("--corpus", default="english,diacritics", help="comma-separated: english, diacritics")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the best time counts")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per measurement; the best time counts (default 3)"
+    )
     parser.add_argument("--measure", choices=("seed", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--generate", choices=("english", "diacritics"), help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
