@@ -1,0 +1,131 @@
+"""PREPARING: containers and SAS, then the inputs' uploads ‖ provisioning (orchestrator/provisioning.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import anyio
+import structlog
+
+from orchestrator import renewal, staging
+from orchestrator.localfiles import file_md5_hex, file_stat
+from orchestrator.provisioning import provision
+from orchestrator.runcontext import RunContext, RunLedger
+from orchestrator.sas import DelegationKeyProvider
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What submitting needs from PREPARING."""
+
+    minter: staging.SasMinter
+    staged: list[staging.StagedInput]  # by input index
+    task_script_url: str | None  # set when each task must bring the node script along
+
+
+async def prepare(run: RunContext, ledger: RunLedger, node_script: bytes | None) -> Prepared:
+    """Containers, SAS; then uploads ‖ (node script → pool → job → usable nodes)."""
+    minter = await staging.make_sas_minter(
+        account_url=run.settings.storage.blob_endpoint,
+        account_name=run.settings.storage.account_name,
+        account_key=run.clients.storage_account_key,
+        delegation_source=(
+            cast(DelegationKeyProvider, run.blobs) if run.clients.storage_account_key is None else None
+        ),
+        run_timeout_s=run.settings.run.run_timeout_s,
+        margin_s=run.settings.run.sas_margin_s,
+    )
+    if run.resume is None:  # a resumed run records them once no task carries older ones
+        await renewal.record_sas_expiries(run, minter)
+    await staging.ensure_containers(
+        run.blobs, [run.app_container, run.input_container, run.output_container], run.retry
+    )
+    staged: list[staging.StagedInput] = []
+    task_script_url: str | None = None
+
+    async def stage() -> None:
+        staged.extend(await _stage_inputs(run, ledger))
+
+    async def provision_pool() -> None:
+        nonlocal task_script_url
+        task_script_url = await provision(run, ledger, minter, node_script)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(stage)
+        group.start_soon(provision_pool)
+    return Prepared(minter, staged, task_script_url)
+
+
+async def _stage_inputs(run: RunContext, ledger: RunLedger) -> list[staging.StagedInput]:
+    """Upload the inputs a resumed run cannot keep (all, for a new run); the staged inputs by index."""
+    started = time.monotonic()
+    done = 0
+
+    async def uploaded(item: staging.StagedInput) -> None:
+        nonlocal done
+        done += 1
+        if run.journal is not None:
+            await run.journal.record_upload(run.run_id, item.relpath, item.md5_hex, item.blob_name)
+        if run.progress is not None:
+            run.progress.update("staging", done, len(run.inputs))
+
+    kept = await _uploads_to_keep(run)
+    done = len(kept)
+    pending = [item for item in run.inputs if item.relpath not in kept]
+    fresh = await staging.upload_inputs(
+        run.blobs,
+        run.input_container,
+        run.run_id,
+        pending,
+        concurrency=run.settings.run.upload_concurrency,
+        retry=run.retry,
+        on_uploaded=uploaded,
+    )
+    by_relpath = {**kept, **{item.relpath: item for item in fresh}}
+    # upload_inputs numbers what it was given; the run numbers all its inputs.
+    staged = [
+        dataclasses.replace(by_relpath[item.relpath], index=index) for index, item in enumerate(run.inputs)
+    ]
+    ledger.stage_s["staging"] = round(time.monotonic() - started, 3)
+    return staged
+
+
+async def _uploads_to_keep(run: RunContext) -> dict[str, staging.StagedInput]:
+    """A resumed run's recorded uploads whose local file is unchanged (size and mtime, else MD5)."""
+    if run.resume is None:
+        return {}
+    record = run.resume
+    unsubmitted = set(record.unsubmitted_task_ids)
+    pending = {item.relpath for item in record.pending_uploads}
+    kept: dict[str, staging.StagedInput] = {}
+    # One worker-thread trip for every stat: thousands of files must not stall the event loop.
+    stats = await anyio.to_thread.run_sync(lambda: [file_stat(Path(item.path)) for item in record.inputs])
+    for index, item in enumerate(record.inputs):
+        upload = record.uploads.get(item.relpath)
+        if upload is None or item.relpath in pending:
+            continue
+        path = Path(item.path)
+        unchanged = stats[index] == (item.size_bytes, item.mtime_ns)
+        if not unchanged:
+            unchanged = await anyio.to_thread.run_sync(file_md5_hex, path) == upload.md5_hex
+        if not unchanged and item.task_id in unsubmitted:
+            # Changed before its task was submitted: upload it again, and count what it is now.
+            position = next(at for at, known in enumerate(run.inputs) if known.relpath == item.relpath)
+            run.inputs[position] = dataclasses.replace(run.inputs[position], size_bytes=stats[index][0])
+            continue
+        if not unchanged:
+            log.warning(
+                "input.changed",
+                file=item.relpath,
+                note="changed after its task was submitted; its result is for the uploaded version",
+            )
+        kept[item.relpath] = staging.StagedInput(
+            index, item.relpath, upload.blob_name, upload.md5_hex, item.size_bytes, True
+        )
+    return kept

@@ -1,0 +1,165 @@
+"""What every stage of a run shares: its fixed facts (RunContext) and what it has done so far (RunLedger)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from azure.batch.aio import BatchClient
+from azure.storage.blob.aio import BlobServiceClient
+
+from orchestrator import naming
+from orchestrator.clients import Clients
+from orchestrator.inputs import InputFile
+from orchestrator.journal import Journal, JournalInput, RunRecord
+from orchestrator.localfiles import file_mtime_ns
+from orchestrator.results import RunCounts
+from orchestrator.retry import RetryPolicy
+from orchestrator.settings import Settings
+
+
+class ProgressSink(Protocol):
+    """Receives progress for a display (the CLI renders it with rich on a terminal).
+
+    Stages: "staging" (files uploaded of all files), "running" (tasks completed of all tasks),
+    "collecting" (files whose results are saved, of all files).
+    """
+
+    def update(self, stage: str, done: int, total: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The run's fixed facts and collaborators, decided before its first side effect."""
+
+    settings: Settings
+    clients: Clients
+    # One list shared by the stages: a resumed run corrects the size of an input that changed
+    # before its task was submitted (it is uploaded again, and the summary counts what it is now).
+    inputs: list[InputFile]
+    out_dir: Path
+    run_id: str
+    journal: Journal | None
+    progress: ProgressSink | None
+    resume: RunRecord | None
+    started: float  # time.monotonic() when the run began, for durations
+    job_id: str
+    app_container: str
+    input_container: str
+    output_container: str
+    units: list[list[int]]  # input indexes per work unit (one task each)
+    task_ids: list[str]  # the task of each unit, by unit index
+    unit_by_task: dict[str, int]
+
+    @property
+    def batch(self) -> BatchClient:
+        return self.clients.batch
+
+    @property
+    def blobs(self) -> BlobServiceClient:
+        return self.clients.blob_service
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self.settings.retry
+
+
+@dataclass
+class FileResult:
+    """One input's summary entry, and whether it succeeded."""
+
+    entry: dict[str, Any]
+    succeeded: bool
+
+
+@dataclass
+class RunLedger:
+    """What the run has done so far: what it created, how long each stage took, each file's result."""
+
+    stage_s: dict[str, float] = field(default_factory=dict)
+    pool_created: bool = False
+    job_created: bool = False
+    job_is_new: bool = True  # False when a resumed run found its job still there
+    results: dict[int, FileResult] = field(default_factory=dict)  # by input index
+    counts: RunCounts = field(default_factory=RunCounts)
+
+    @property
+    def pool_broken(self) -> bool:
+        """Whether provisioning never finished (a pool this run created then goes in clean-up)."""
+        return "provisioning" not in self.stage_s
+
+    def failed_files(self) -> int:
+        return sum(1 for result in self.results.values() if not result.succeeded)
+
+
+def new_run_context(
+    settings: Settings,
+    inputs: Sequence[InputFile],
+    clients: Clients,
+    out_dir: Path,
+    *,
+    run_id: str,
+    journal: Journal | None,
+    progress: ProgressSink | None,
+    max_files_per_task: int,
+    resume: RunRecord | None,
+    started: float,
+) -> RunContext:
+    """The context of a run: its names, and its work units (a resumed run's own, never a new plan)."""
+    inputs = list(inputs)
+    prefix = settings.storage.container_prefix
+    if resume is not None:
+        task_ids = list(resume.task_ids)
+        index_of = {item.relpath: index for index, item in enumerate(inputs)}
+        by_task = resume.inputs_by_task
+        units = [[index_of[item.relpath] for item in by_task[task_id]] for task_id in task_ids]
+    else:
+        pool_settings = settings.pool
+        slots = max(1, pool_settings.dedicated_nodes + pool_settings.low_priority_nodes)
+        units = naming.plan_work_units(
+            [item.size_bytes for item in inputs],
+            slots * pool_settings.task_slots_per_node,
+            command_chars=[naming.command_chars(item.relpath) for item in inputs],
+            max_files_per_unit=max_files_per_task,
+        )
+        task_ids = [naming.task_id(unit_index) for unit_index in range(len(units))]
+    return RunContext(
+        settings=settings,
+        clients=clients,
+        inputs=inputs,
+        out_dir=out_dir,
+        run_id=run_id,
+        journal=journal,
+        progress=progress,
+        resume=resume,
+        started=started,
+        job_id=naming.job_id(run_id),
+        app_container=naming.app_container(prefix),
+        input_container=naming.input_container(prefix),
+        output_container=naming.output_container(prefix, run_id),
+        units=units,
+        task_ids=task_ids,
+        unit_by_task={task_id: unit_index for unit_index, task_id in enumerate(task_ids)},
+    )
+
+
+def journal_inputs(run: RunContext) -> list[JournalInput]:
+    """The run's inputs as the journal records them, each with the task that processes it."""
+    task_of_input = {
+        index: run.task_ids[unit_index] for unit_index, unit in enumerate(run.units) for index in unit
+    }
+    return [
+        JournalInput(
+            index=index,
+            relpath=item.relpath,
+            path=str(item.path),
+            size_bytes=item.size_bytes,
+            mtime_ns=file_mtime_ns(item.path),
+            md5_hex=None,
+            blob_name=naming.input_blob_name(run.run_id, item.relpath),
+            task_id=task_of_input[index],
+        )
+        for index, item in enumerate(run.inputs)
+    ]

@@ -1,0 +1,44 @@
+"""summary.json for a run: built from what the run did, or read back when a resume only cleans up."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from orchestrator.errors import RunFailedError
+from orchestrator.results import build_summary
+from orchestrator.runcontext import RunContext, RunLedger
+
+
+def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[str, Any]:
+    """summary.json's content (DESIGN §4) for a run that ends in `final_state`."""
+    files = [result.entry for _, result in sorted(ledger.results.items())]
+    succeeded = [result for result in ledger.results.values() if result.succeeded]
+    totals: dict[str, Any] = {
+        "files": len(run.inputs),
+        "succeeded": len(succeeded),
+        "failed": len(ledger.results) - len(succeeded),
+        "words": sum(int(result.entry["words"] or 0) for result in succeeded),
+        "distinct_words": len(ledger.counts.totals),
+        "bytes": sum(item.size_bytes for item in run.inputs),
+        "duration_s": round(time.monotonic() - run.started, 3),
+        "stages_s": dict(ledger.stage_s),
+        "requests": run.clients.requests.snapshot(),
+        "job_id": run.job_id,
+        "pool_id": run.settings.pool.id,
+    }
+    return build_summary(run.run_id, final_state, ledger.counts.top(run.settings.run.top), files, totals)
+
+
+def written_summary(run: RunContext) -> dict[str, Any]:
+    """The summary.json a run wrote before CLEANING (a resume from CLEANING only finishes clean-up)."""
+    path = run.out_dir / "summary.json"
+    try:
+        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RunFailedError(
+            f"run {run.run_id} was cleaning up but its summary {path} cannot be read ({error}); "
+            "its results are in that folder"
+        ) from None
+    return summary
