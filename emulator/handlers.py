@@ -87,6 +87,14 @@ async def delete_pool(request: web.Request) -> web.StreamResponse:
     return web.Response(status=202)
 
 
+@route("PATCH", "/pools/{pool_id}", "update_pool")
+async def update_pool(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    pool = svc.account.get_pool(request.match_info["pool_id"])
+    svc.account.update_pool(pool, validation.validate_pool_update(await read_body(request)))
+    return web.Response(status=200, headers=entity_headers(pool.etag, pool.last_modified))
+
+
 @route("POST", "/pools/{pool_id}/resize", "resize_pool")
 async def resize_pool(request: web.Request) -> web.StreamResponse:
     svc = services(request)
@@ -123,6 +131,17 @@ def _node(request: web.Request) -> Any:
 async def get_node(request: web.Request) -> web.StreamResponse:
     pool, node = _node(request)
     return json_response(apply_select(node_json(node, pool, base_url(request)), select_properties(request)))
+
+
+@route("POST", "/pools/{pool_id}/nodes/{node_id}/reboot", "reboot_node")
+async def reboot_node(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    pool, node = _node(request)
+    # The body is optional (the SDK sends one only with options): requeue is the default.
+    body = await read_body(request) if request.content_length else {}
+    svc.account.begin_reboot_node(node, validation.validate_reboot(body))
+    svc.background.start_soon(svc.runner.reboot_node, pool, node)
+    return web.Response(status=202, headers=entity_headers(pool.etag, pool.last_modified))
 
 
 @route("GET", "/supportedimages", "list_supported_images")

@@ -30,7 +30,15 @@ class NodeState(StrEnum):
     START_TASK_FAILED = "starttaskfailed"
     IDLE = "idle"
     RUNNING = "running"
+    REBOOTING = "rebooting"
     LEAVING_POOL = "leavingpool"
+
+
+# A reboot is accepted in these states (the service also reboots a node whose start task failed).
+REBOOTABLE_NODE_STATES = frozenset(
+    {NodeState.IDLE, NodeState.RUNNING, NodeState.START_TASK_FAILED, NodeState.WAITING_FOR_START_TASK}
+)
+REBOOT_OPTIONS = ("requeue", "terminate")
 
 
 # Tasks are only ever placed on nodes in these states.
@@ -143,6 +151,7 @@ class Node:
     total_tasks_run: int = 0
     total_tasks_succeeded: int = 0
     start_task_info: StartTaskInfo | None = None
+    last_boot_time: datetime | None = None  # None: never rebooted (it booted when it was created)
 
     @property
     def free_slots(self) -> int:

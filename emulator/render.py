@@ -47,7 +47,7 @@ def node_json(node: Node, pool: Pool, base: str) -> dict[str, Any]:
         "state": node.state.value,
         "schedulingState": "enabled" if node.scheduling_enabled else "disabled",
         "stateTransitionTime": _time(node.state_time),
-        "lastBootTime": _time(node.created),
+        "lastBootTime": _time(node.last_boot_time or node.created),
         "allocationTime": _time(node.created),
         "ipAddress": f"10.0.{node.index // 250}.{node.index % 250 + 4}",
         "affinityId": f"TVM:{node.id}",

@@ -51,6 +51,8 @@ NODE_FOLDERS = ("startup/wd", "shared", "workitems", "fsmounts", "applications",
 KILLED_EXIT_CODE = 128 + signal.SIGKILL
 INJECTED_TASK_FAILURE = "emulator: injected task failure\n"
 INJECTED_START_TASK_FAILURE = "emulator: injected start task failure\n"
+# How long a rebooting node stays `rebooting` before its start task runs again.
+REBOOT_DURATION_S = 0.2
 
 
 def write_python_wrappers(bin_dir: Path, interpreter: str = sys.executable) -> Path:
@@ -366,6 +368,24 @@ class Runner:
             pool.allocation_state, pool.allocation_state_time = AllocationState.STEADY, now
             pool.touch(now)
             log.info("pool.resized", pool_id=pool.id, nodes=len(pool.nodes))
+
+    async def reboot_node(self, pool: Pool, node: Node) -> None:
+        """Finish a reboot (Account.begin_reboot_node): boot again, then run the pool's current start task."""
+        try:
+            await anyio.sleep(REBOOT_DURATION_S)
+            if node.state != NodeState.REBOOTING or pool.nodes.get(node.id) is not node:
+                return  # removed (pool deleted or shrunk) while it rebooted
+            node.last_boot_time = utc_now()
+            # The start task as the pool has it now: an update_pool since the node joined applies.
+            start_task = pool.spec.get("startTask")
+            wait = bool(start_task and start_task.get("waitForSuccess", False))
+            node.start_task_info = StartTaskInfo(start_time=utc_now()) if start_task else None
+            self.account.set_node_state(node, NodeState.WAITING_FOR_START_TASK if wait else NodeState.IDLE)
+            if start_task:
+                await self._bring_up(node, start_task, wait)
+        except Exception:
+            log.exception("node.reboot_crashed", pool_id=node.pool_id, node_id=node.id)
+            self.account.set_node_state(node, NodeState.START_TASK_FAILED)
 
     def _create_nodes(self, pool: Pool, dedicated_flags: list[bool]) -> list[Node]:
         """New node folders and records (`creating`, then `starting`); indices continue the pool's."""

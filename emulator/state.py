@@ -15,6 +15,7 @@ import anyio
 import structlog
 
 from emulator.model import (
+    REBOOTABLE_NODE_STATES,
     TASK_ENDED_BY_USER,
     AllocationState,
     AttemptOutcome,
@@ -32,7 +33,7 @@ from emulator.model import (
     exit_job_action,
     retries_left,
 )
-from emulator.validation import DEFAULT_JOB_CONSTRAINTS
+from emulator.validation import DEFAULT_JOB_CONSTRAINTS, POOL_UPDATABLE_WHEN_EMPTY
 from emulator.wire import ServiceError, new_etag, parse_duration, utc_now
 
 log = structlog.get_logger("emulator")
@@ -153,6 +154,47 @@ class Account:
         pool.resize_errors.clear()
         pool.touch(now)
         log.info("pool.resizing", pool_id=pool.id, target_nodes=dedicated + low_priority)
+
+    def update_pool(self, pool: Pool, changes: dict[str, Any]) -> None:
+        """PATCH: replace the given properties; a new start task reaches new and rebooted nodes only."""
+        if pool.state == PoolState.DELETING:
+            raise ServiceError(409, "PoolBeingDeleted", "The specified pool has been marked for deletion.")
+        needs_empty = sorted(set(changes) & POOL_UPDATABLE_WHEN_EMPTY)
+        if needs_empty and (pool.nodes or pool.allocation_state != AllocationState.STEADY):
+            raise ServiceError(
+                409,
+                "OperationInvalidForCurrentState",
+                f"{needs_empty[0]} can be changed only while the pool is steady with no nodes.",
+                {"PropertyName": needs_empty[0]},
+            )
+        pool.spec = {**pool.spec, **changes}
+        pool.touch(utc_now())
+        log.info("pool.updated", pool_id=pool.id, properties=sorted(changes))
+
+    def begin_reboot_node(self, node: Node, option: str) -> None:
+        """The node goes `rebooting`: its tasks are requeued (or ended) and its start task stopped.
+
+        The runner then boots it again with the pool's current start task.
+        """
+        if node.state not in REBOOTABLE_NODE_STATES:
+            raise ServiceError(
+                409,
+                "OperationInvalidForCurrentState",
+                f"The node is {node.state}; a node can be rebooted when it is idle or running, "
+                "or after its start task failed.",
+            )
+        # `rebooting` first, so releasing the tasks below never makes the node look idle.
+        self.set_node_state(node, NodeState.REBOOTING)
+        for task in sorted(node.running_tasks, key=lambda task: task.sequence):
+            if option == "terminate":
+                self._end_by_user(task)
+                self.check_job_completion(self.jobs[task.job_id.lower()])
+            else:
+                self.requeue(task)
+        stop = self.node_stoppers.pop(node, None)
+        if stop is not None:
+            stop()
+        log.info("node.rebooting", pool_id=node.pool_id, node_id=node.id, reboot_option=option)
 
     def remove_node(self, node: Node) -> None:
         """A node leaves its pool: its running tasks are requeued and its start task is stopped."""

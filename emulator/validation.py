@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
+from emulator.model import REBOOT_OPTIONS
 from emulator.wire import (
     UNLIMITED_DURATION,
     ServiceError,
@@ -213,19 +214,86 @@ def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
     check_metadata(body)
     start_task = _check_object(body, "startTask")
     if start_task:
-        if not isinstance(_require(start_task, "commandLine", "startTask."), str):
-            raise invalid_property("startTask.commandLine", "must be a string")
-        check_resource_files(_check_list(start_task, "resourceFiles"), "startTask.resourceFiles")
-        check_environment(_check_list(start_task, "environmentSettings"), "startTask.environmentSettings")
-        _check_user_identity(start_task, "startTask.")
-        _check_int(start_task, "maxTaskRetryCount", -1, 100, "startTask.")
-        spec["startTask"] = {
-            "maxTaskRetryCount": 0,
-            "waitForSuccess": False,
-            "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
-            **start_task,
-        }
+        spec["startTask"] = validate_start_task(start_task)
     return spec
+
+
+def validate_start_task(start_task: Mapping[str, Any]) -> dict[str, Any]:
+    """A pool's start task (on create or update), with the defaults the service fills in."""
+    if not isinstance(_require(start_task, "commandLine", "startTask."), str):
+        raise invalid_property("startTask.commandLine", "must be a string")
+    check_resource_files(_check_list(start_task, "resourceFiles"), "startTask.resourceFiles")
+    check_environment(_check_list(start_task, "environmentSettings"), "startTask.environmentSettings")
+    _check_user_identity(start_task, "startTask.")
+    _check_int(start_task, "maxTaskRetryCount", -1, 100, "startTask.")
+    if "waitForSuccess" in start_task and not isinstance(start_task["waitForSuccess"], bool):
+        raise invalid_property("startTask.waitForSuccess", "must be true or false")
+    return {
+        "maxTaskRetryCount": 0,
+        "waitForSuccess": False,
+        "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
+        **start_task,
+    }
+
+
+# update_pool (PATCH) properties that take effect on a pool with nodes (new and rebooted nodes use
+# them), and those the service accepts only while the pool has no nodes.
+POOL_UPDATABLE_ANYTIME = frozenset({"startTask", "metadata"})
+POOL_UPDATABLE_WHEN_EMPTY = frozenset(
+    {
+        "displayName",
+        "vmSize",
+        "enableInterNodeCommunication",
+        "virtualMachineConfiguration",
+        "taskSlotsPerNode",
+        "taskSchedulingPolicy",
+        "networkConfiguration",
+        "userAccounts",
+        "mountConfiguration",
+        "upgradePolicy",
+    }
+)
+
+
+def validate_pool_update(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An update_pool (PATCH) body: the properties to replace, each validated as on create."""
+    body = without_nulls(body)
+    if body.get("applicationPackageReferences"):
+        raise invalid_property("applicationPackageReferences", "application packages are not emulated")
+    body = {key: value for key, value in body.items() if key != "applicationPackageReferences"}
+    unknown = sorted(set(body) - POOL_UPDATABLE_ANYTIME - POOL_UPDATABLE_WHEN_EMPTY)
+    if unknown:
+        raise invalid_property(
+            unknown[0], "this property cannot be changed with update_pool (resize or recreate the pool)"
+        )
+    changes = dict(body)
+    if "startTask" in body:
+        start_task = _check_object(body, "startTask")
+        if not start_task:
+            raise missing_property("startTask.commandLine")
+        changes["startTask"] = validate_start_task(start_task)
+    check_metadata(body)
+    _check_int(body, "taskSlotsPerNode", 1, 256)
+    if "vmSize" in body and not isinstance(body["vmSize"], str):
+        raise invalid_property("vmSize", "must be a string")
+    if "taskSchedulingPolicy" in body:
+        fill = _check_object(body, "taskSchedulingPolicy").get("nodeFillType", "spread")
+        if fill not in ("spread", "pack"):
+            raise invalid_property("taskSchedulingPolicy.nodeFillType", "must be spread or pack (lowercase)")
+    return changes
+
+
+def validate_reboot(body: Mapping[str, Any]) -> str:
+    """A reboot body (it may be empty): the `nodeRebootOption`, `requeue` by default."""
+    body = without_nulls(body)
+    option = body.get("nodeRebootOption", "requeue")
+    if option not in REBOOT_OPTIONS:
+        if option in ("taskcompletion", "retaineddata"):
+            raise invalid_property("nodeRebootOption", f"{option} is not emulated; use requeue or terminate")
+        raise invalid_property(
+            "nodeRebootOption", "must be requeue, terminate, taskcompletion or retaineddata (lowercase)"
+        )
+    return str(option)
 
 
 def validate_resize(body: Mapping[str, Any]) -> tuple[int, int]:
