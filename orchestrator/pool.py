@@ -1,30 +1,45 @@
-"""Make sure the pool exists and can run tasks; a failed start task ends the wait at once, with its stderr."""
+"""Make sure the pool exists and can run tasks; a failed start task ends the wait at once, with its stderr.
+
+A pool kept from an earlier run (`[pool] delete_after_run = false`) has a start task whose node
+script SAS was minted by the run that created or last renewed it, and that SAS expires with that
+run: any node that joins or reboots later would fail its start task (403 from Storage). So a run
+that reuses a pool renews the start task's SAS (`renew_start_task`), and reboots, once, the nodes
+whose start task failed (`wait_until_usable(..., reboot_failed_nodes=True)`).
+"""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from datetime import timedelta
-from typing import Any, Protocol
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 import structlog
 from azure.batch.models import (
     AutoUserSpecification,
+    BatchMetadataItem,
     BatchNode,
     BatchPool,
     BatchPoolCreateOptions,
+    BatchPoolUpdateOptions,
     BatchStartTask,
     BatchVmImageReference,
     ResourceFile,
     UserIdentity,
     VirtualMachineConfiguration,
 )
-from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.batch.models._models import BatchNodeRebootOptions  # not exported (SDK quirk)
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.polling import AsyncLROPoller
 
 from orchestrator.errors import PoolError
 from orchestrator.monitor import next_poll_interval, wire_value
 from orchestrator.retry import RetryPolicy, error_code_of, retry_call
+from orchestrator.sas import CLOCK_SKEW, utc_now
 from orchestrator.settings import PoolSettings
 
 log = structlog.get_logger()
@@ -34,6 +49,13 @@ START_TASK_STDERR = "startup/stderr.txt"
 STDERR_TAIL_BYTES = 2048
 POOL_POLL_MIN_S = 0.25
 POOL_POLL_MAX_S = 5.0
+# Where the start task puts the node script it downloads (its resource file's filePath).
+NODE_SCRIPT_FILE = "node.pyz"
+# Pool metadata topn writes when it points a kept pool's start task at another node script: which
+# blob, and since when (UTC). Nodes whose start task began earlier may still hold an older script.
+SCRIPT_METADATA = "topn-node-script"
+SCRIPT_SINCE_METADATA = "topn-node-script-since"
+RenewalReason = Literal["expiring", "other_script"]
 
 
 class PoolClient(Protocol):
@@ -44,6 +66,12 @@ class PoolClient(Protocol):
     def get_pool(self, pool_id: str, **kwargs: Any) -> Awaitable[BatchPool]: ...
 
     def list_nodes(self, pool_id: str, **kwargs: Any) -> AsyncIterator[BatchNode]: ...
+
+    def update_pool(self, pool_id: str, pool: BatchPoolUpdateOptions, **kwargs: Any) -> Awaitable[None]: ...
+
+    def begin_reboot_node(
+        self, pool_id: str, node_id: str, options: BatchNodeRebootOptions | None = None, **kwargs: Any
+    ) -> Awaitable[AsyncLROPoller[None]]: ...
 
     async def download_node_file(
         self, pool_id: str, node_id: str, file_path: str, **kwargs: Any
@@ -112,14 +140,197 @@ async def ensure_pool(
     return True
 
 
-async def pool_stages_script(batch: PoolClient, pool_id: str, blob_name: str, retry: RetryPolicy) -> bool:
-    """True when the pool's start task stages this very node script blob (names hold its hash)."""
+# -- a kept pool's start task ---------------------------------------------------------------------
+def sas_expiry(url: str) -> datetime | None:
+    """When a SAS URL stops working (its `se=`, UTC), or None when it has no expiry that parses."""
+    values = parse_qs(urlsplit(url).query).get("se")
+    if not values:
+        return None
+    try:
+        moment = datetime.fromisoformat(values[0])
+    except ValueError:
+        return None
+    # A SAS expiry without an offset is UTC (Storage reads it so).
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def staged_script_url(start_task: BatchStartTask | None) -> str | None:
+    """The URL the start task downloads the node script from, or None when it stages none."""
+    if start_task is None:
+        return None
+    for resource in start_task.resource_files or []:
+        if resource.file_path == NODE_SCRIPT_FILE and resource.http_url:
+            return str(resource.http_url)
+    return None
+
+
+def names_blob(url: str, container: str, blob_name: str) -> bool:
+    """Whether a blob URL (SAS or not) names this blob of this container."""
+    return unquote(urlsplit(url).path).endswith(f"/{container}/{blob_name}")
+
+
+def start_task_renewal_reason(
+    script_url: str | None, container: str, blob_name: str, needed_until: datetime
+) -> RenewalReason | None:
+    """Why a reused pool's start task must be renewed for this run, or None when it will work as it is.
+
+    `needed_until` is this run's deadline plus `[run] sas_margin_s`: a node that joins or reboots
+    until then runs the start task. A start task that stages no node script has no SAS to renew.
+    """
+    if script_url is None:
+        return None
+    if not names_blob(script_url, container, blob_name):
+        return "other_script"
+    expiry = sas_expiry(script_url)
+    if expiry is None or expiry < needed_until:
+        return "expiring"
+    return None
+
+
+def renewed_start_task(start_task: BatchStartTask, node_script_url: str) -> BatchStartTask:
+    """The same start task (command line, identity, retries, other files) staging `node_script_url`."""
+    renewed = BatchStartTask(copy.deepcopy(start_task.as_dict()))
+    renewed.resource_files = [
+        ResourceFile(http_url=node_script_url, file_path=resource.file_path, file_mode=resource.file_mode)
+        if resource.file_path == NODE_SCRIPT_FILE
+        else resource
+        for resource in start_task.resource_files or []
+    ]
+    return renewed
+
+
+def script_metadata(
+    metadata: Sequence[BatchMetadataItem] | None, blob_name: str, since: datetime
+) -> list[BatchMetadataItem]:
+    """The pool's metadata with topn's record of which node script its start task stages, since when."""
+    ours = {SCRIPT_METADATA, SCRIPT_SINCE_METADATA}
+    kept = [item for item in metadata or [] if item.name not in ours]
+    return [
+        *kept,
+        BatchMetadataItem(name=SCRIPT_METADATA, value=blob_name),
+        BatchMetadataItem(name=SCRIPT_SINCE_METADATA, value=since.astimezone(UTC).isoformat()),
+    ]
+
+
+def script_since(metadata: Sequence[BatchMetadataItem] | None, blob_name: str) -> datetime | None:
+    """Since when the start task stages `blob_name`, if topn recorded a change to it (else None)."""
+    values = {item.name: item.value for item in metadata or []}
+    if values.get(SCRIPT_METADATA) != blob_name:
+        return None
+    try:
+        since = datetime.fromisoformat(str(values.get(SCRIPT_SINCE_METADATA)))
+    except ValueError:
+        return None
+    return since.replace(tzinfo=UTC) if since.tzinfo is None else since
+
+
+def may_hold_older_script(nodes: Sequence[BatchNode], since: datetime) -> bool:
+    """Whether a node may hold a node script from before `since`: its start task began before then.
+
+    The node's times are the service's clock and `since` is ours, so a start within CLOCK_SKEW
+    after it counts as before. A node that has not begun its start task will run the current one.
+    """
+    for node in nodes:
+        info = node.start_task_info
+        began = info.start_time if info is not None else None
+        if began is not None and began < since + CLOCK_SKEW:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class ReusedPool:
+    """What a run learned and did about a pool an earlier run created."""
+
+    tasks_bring_script: bool  # its nodes may hold another node script: each task downloads this run's
+    renewal: RenewalReason | None  # why the start task was renewed, or None when it was kept
+
+
+async def refresh_reused_pool(
+    batch: PoolClient,
+    pool_id: str,
+    *,
+    container: str,
+    blob_name: str,
+    node_script_url: str,
+    needed_until: datetime,
+    retry: RetryPolicy,
+) -> ReusedPool:
+    """Make a reused pool's start task work for this run, and say whether tasks must bring the script.
+
+    The start task is renewed (PATCH, only `startTask`, plus topn's metadata when the script
+    changes) when its node script SAS ends before `needed_until` or it stages another script.
+    """
     existing = await retry_call(
-        retry, "get_pool", lambda: batch.get_pool(pool_id, select=["id", "startTask"])
+        retry, "get_pool", lambda: batch.get_pool(pool_id, select=["id", "startTask", "metadata"])
     )
-    start_task = existing.start_task
-    files = start_task.resource_files if start_task is not None and start_task.resource_files else []
-    return any(blob_name in (resource.http_url or "") for resource in files)
+    current_url = staged_script_url(existing.start_task)
+    reason = start_task_renewal_reason(current_url, container, blob_name, needed_until)
+    if reason is not None and existing.start_task is not None and current_url is not None:
+        await _renew_start_task(
+            batch,
+            existing,
+            current_url,
+            reason,
+            blob_name=blob_name,
+            node_script_url=node_script_url,
+            retry=retry,
+        )
+    if current_url is None or reason == "other_script":
+        return ReusedPool(tasks_bring_script=True, renewal=reason)
+    since = script_since(existing.metadata, blob_name)
+    if since is None:
+        return ReusedPool(tasks_bring_script=False, renewal=reason)
+
+    async def listing() -> list[BatchNode]:
+        return [node async for node in batch.list_nodes(pool_id, select=["id", "state", "startTaskInfo"])]
+
+    nodes = await retry_call(retry, "list_nodes", listing)
+    return ReusedPool(tasks_bring_script=may_hold_older_script(nodes, since), renewal=reason)
+
+
+async def _renew_start_task(
+    batch: PoolClient,
+    existing: BatchPool,
+    current_url: str,
+    reason: RenewalReason,
+    *,
+    blob_name: str,
+    node_script_url: str,
+    retry: RetryPolicy,
+) -> None:
+    assert existing.start_task is not None
+    pool_id = str(existing.id)
+    update = BatchPoolUpdateOptions(start_task=renewed_start_task(existing.start_task, node_script_url))
+    if reason == "other_script":
+        update.metadata = script_metadata(existing.metadata, blob_name, utc_now())
+    try:
+        await retry_call(retry, "update_pool", lambda: batch.update_pool(pool_id, update))
+    except HttpResponseError as error:
+        raise PoolError(
+            f"cannot renew the start task of pool {pool_id}: {error_code_of(error)} ({error.status_code}); "
+            "delete the pool or set [pool] id to another name"
+        ) from None
+    expiry = sas_expiry(current_url)
+    log.info(
+        "pool.start_task_renewed",
+        pool_id=pool_id,
+        reason=reason,
+        sas_expires_in_s=round((expiry - utc_now()).total_seconds(), 1) if expiry is not None else None,
+    )
+
+
+async def reboot_node(batch: PoolClient, pool_id: str, node_id: str, reason: str, retry: RetryPolicy) -> None:
+    """Reboot a node so it runs the pool's current start task (its running tasks are requeued)."""
+    # With no options the SDK fails before sending (reference gotcha 5): say requeue, the default.
+    options = BatchNodeRebootOptions(node_reboot_kind="requeue")
+    try:
+        await retry_call(retry, "reboot_node", lambda: batch.begin_reboot_node(pool_id, node_id, options))
+    except (ResourceExistsError, ResourceNotFoundError):
+        # 409: rebooting already (a retried request that did arrive) or no longer failed; 404: it
+        # left the pool. Either way the wait that follows sees what the node does next.
+        return
+    log.info("node.rebooted", pool_id=pool_id, node_id=node_id, reason=reason)
 
 
 def classify_nodes(nodes: Sequence[BatchNode]) -> tuple[list[BatchNode], list[BatchNode], list[BatchNode]]:
@@ -138,11 +349,19 @@ async def wait_until_usable(
     retry: RetryPolicy,
     created: bool,
     needed: int = 1,
+    reboot_failed_nodes: bool = False,
 ) -> int:
-    """Wait until `needed` nodes are idle or running; returns how many are. PoolError on failure."""
+    """Wait until `needed` nodes are idle or running; returns how many are. PoolError on failure.
+
+    With `reboot_failed_nodes` (a reused pool whose start task was just renewed) a node whose start
+    task failed is rebooted, once, and waited for; only a node that fails again ends the wait.
+    """
     started = time.monotonic()
     interval = POOL_POLL_MIN_S
     last_states: tuple[str, ...] = ()
+    # Node id -> when the failed start task had begun when topn rebooted the node: a later start
+    # that failed too is a failure of the renewed start task.
+    rebooted: dict[str, datetime | None] = {}
     try:
         with anyio.fail_after(timeout_s):
             while True:
@@ -157,6 +376,14 @@ async def wait_until_usable(
 
                 nodes = await retry_call(retry, "list_nodes", listing)
                 usable, start_failed, unusable = classify_nodes(nodes)
+                if reboot_failed_nodes:
+                    for node in start_failed:
+                        if str(node.id) not in rebooted:
+                            rebooted[str(node.id)] = _start_time(node)
+                            await reboot_node(batch, pool_id, str(node.id), "start_task_failed", retry)
+                    start_failed = [
+                        node for node in start_failed if _start_time(node) != rebooted[str(node.id)]
+                    ]
                 if len(usable) >= needed:
                     log.info(
                         "pool.ready",
@@ -167,7 +394,9 @@ async def wait_until_usable(
                     )
                     return len(usable)
                 if start_failed and not usable:
-                    raise await _start_task_error(batch, pool_id, start_failed[0], retry, created)
+                    raise await _start_task_error(
+                        batch, pool_id, start_failed[0], retry, created, rebooted=bool(rebooted)
+                    )
                 if unusable and len(unusable) == len(nodes):
                     raise PoolError(
                         f"every node of pool {pool_id} is unusable; check the pool in the Batch account"
@@ -203,8 +432,17 @@ async def _check_allocation(batch: PoolClient, pool_id: str, retry: RetryPolicy)
         )
 
 
+def _start_time(node: BatchNode) -> datetime | None:
+    return node.start_task_info.start_time if node.start_task_info is not None else None
+
+
 async def _start_task_error(
-    batch: PoolClient, pool_id: str, node: BatchNode, retry: RetryPolicy, created: bool
+    batch: PoolClient,
+    pool_id: str,
+    node: BatchNode,
+    retry: RetryPolicy,
+    created: bool,
+    rebooted: bool = False,
 ) -> PoolError:
     """PoolError quoting the tail of the failed start task's stderr."""
     info = node.start_task_info
@@ -220,14 +458,20 @@ async def _start_task_error(
     except HttpResponseError:
         tail = "(the node's start task stderr could not be read)"
     quoted = "\n".join(f"  | {line}" for line in tail.splitlines()) or "  | (empty)"
+    if created:
+        advice = (
+            "Fix the start task ([pool] start_task_command); topn deletes the pool it created for this run."
+        )
+    elif rebooted:
+        advice = (
+            "topn renewed the start task and rebooted the node once, and it failed again. Fix the start "
+            "task ([pool] start_task_command), then delete the pool so its nodes restart."
+        )
+    else:
+        advice = "Fix the start task ([pool] start_task_command), then delete the pool so its nodes restart."
     return PoolError(
         f"the start task failed on node {node.id} of pool {pool_id} (exit code {exit_code}); "
-        f"the end of its stderr:\n{quoted}\n"
-        + (
-            "Fix the start task ([pool] start_task_command); topn deletes the pool it created for this run."
-            if created
-            else "Fix the start task ([pool] start_task_command), then delete the pool so its nodes restart."
-        )
+        f"the end of its stderr:\n{quoted}\n{advice}"
     )
 
 

@@ -46,12 +46,21 @@ async def provision(
     ledger.pool_created = await pool.ensure_pool(
         run.batch, pool_settings, script_url, start_command, run.retry
     )
-    if not ledger.pool_created and not await pool.pool_stages_script(
-        run.batch, pool_settings.id, blob_name, run.retry
-    ):
-        # A reused pool whose nodes hold another node script: each task brings this one along.
-        log.warning("pool.node_script_outdated", pool_id=pool_settings.id, node_script_blob=blob_name)
-        task_script_url = script_url
+    if not ledger.pool_created:
+        # A kept pool: its start task's SAS was minted by an earlier run (and ends with it).
+        reused = await pool.refresh_reused_pool(
+            run.batch,
+            pool_settings.id,
+            container=run.app_container,
+            blob_name=blob_name,
+            node_script_url=script_url,
+            needed_until=minter.expires_at,  # this run's deadline plus [run] sas_margin_s
+            retry=run.retry,
+        )
+        if reused.tasks_bring_script:
+            # Its nodes may hold another node script: each task brings this one along.
+            log.warning("pool.node_script_outdated", pool_id=pool_settings.id, node_script_blob=blob_name)
+            task_script_url = script_url
     await _create_job(run, ledger)  # tasks may queue while the nodes boot
     await pool.wait_until_usable(
         run.batch,
@@ -59,6 +68,8 @@ async def provision(
         timeout_s=pool_settings.ready_timeout_s,
         retry=run.retry,
         created=ledger.pool_created,
+        # A kept pool's nodes that failed the old start task get one reboot into the renewed one.
+        reboot_failed_nodes=not ledger.pool_created,
     )
     ledger.stage_s["provisioning"] = round(time.monotonic() - started, 3)
     return task_script_url
