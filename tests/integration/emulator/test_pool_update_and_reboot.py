@@ -223,3 +223,27 @@ async def test_update_and_reboot_refuse_what_the_service_refuses(batch_emulator:
         assert not_emulated.value.status_code == 400
         assert (await client.get_node(pool_id, node_id)).state == "idle"  # a refused reboot changes nothing
         await client.begin_delete_pool(pool_id)
+
+
+async def test_a_reboot_with_terminate_ends_the_running_task(batch_emulator: BatchEndpoint) -> None:
+    pool_id, job_id = unique("pool"), unique("job")
+    async with batch_client(batch_emulator) as client:
+        await client.create_pool(pool_options(pool_id, nodes=1, slots=1))
+        node_id = str((await only_node(client, pool_id)).id)
+        await client.create_job(
+            models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id))
+        )
+        await client.create_task(job_id, models.BatchTaskCreateOptions(id="t", command_line="sleep 300"))
+
+        async def task_running() -> bool:
+            return bool((await client.get_task(job_id, "t")).state == models.BatchTaskState.RUNNING)
+
+        await wait_for(task_running, what="the task to run")
+        await reboot(client, pool_id, node_id, option="terminate")
+        counts = await wait_job_done(client, job_id, 1)
+        assert (counts.succeeded, counts.failed) == (0, 1)
+        info = (await client.get_task(job_id, "t")).execution_info
+        assert info is not None and info.failure_info is not None
+        assert (info.failure_info.code, info.requeue_count) == ("TaskEnded", 0)
+        await wait_node_state(client, pool_id, node_id, "idle")  # no start task: idle once booted
+        await client.begin_delete_pool(pool_id)
