@@ -164,22 +164,28 @@ def staged_script_url(start_task: BatchStartTask | None) -> str | None:
     return None
 
 
-def names_blob(url: str, container: str, blob_name: str) -> bool:
-    """Whether a blob URL (SAS or not) names this blob of this container."""
-    return unquote(urlsplit(url).path).endswith(f"/{container}/{blob_name}")
+def same_blob(url: str, other: str) -> bool:
+    """Whether two blob URLs (SAS or not, percent-encoded or not) name the same blob of the same account."""
+
+    def location(address: str) -> tuple[str, str, str]:
+        parts = urlsplit(address)
+        return parts.scheme.lower(), parts.netloc.lower(), unquote(parts.path)
+
+    return location(url) == location(other)
 
 
 def start_task_renewal_reason(
-    script_url: str | None, container: str, blob_name: str, needed_until: datetime
+    script_url: str | None, node_script_url: str, needed_until: datetime
 ) -> RenewalReason | None:
     """Why a reused pool's start task must be renewed for this run, or None when it will work as it is.
 
-    `needed_until` is this run's deadline plus `[run] sas_margin_s`: a node that joins or reboots
-    until then runs the start task. A start task that stages no node script has no SAS to renew.
+    `script_url` is what the start task stages now, `node_script_url` this run's node script, and
+    `needed_until` this run's deadline plus `[run] sas_margin_s`: a node that joins or reboots until
+    then runs the start task. A start task that stages no node script has no SAS to renew.
     """
     if script_url is None:
         return None
-    if not names_blob(script_url, container, blob_name):
+    if not same_blob(script_url, node_script_url):
         return "other_script"
     expiry = sas_expiry(script_url)
     if expiry is None or expiry < needed_until:
@@ -250,7 +256,6 @@ async def refresh_reused_pool(
     batch: PoolClient,
     pool_id: str,
     *,
-    container: str,
     blob_name: str,
     node_script_url: str,
     needed_until: datetime,
@@ -265,7 +270,7 @@ async def refresh_reused_pool(
         retry, "get_pool", lambda: batch.get_pool(pool_id, select=["id", "startTask", "metadata"])
     )
     current_url = staged_script_url(existing.start_task)
-    reason = start_task_renewal_reason(current_url, container, blob_name, needed_until)
+    reason = start_task_renewal_reason(current_url, node_script_url, needed_until)
     if reason is not None and existing.start_task is not None and current_url is not None:
         await _renew_start_task(
             batch,

@@ -51,7 +51,6 @@ async def provision(
         reused = await pool.refresh_reused_pool(
             run.batch,
             pool_settings.id,
-            container=run.app_container,
             blob_name=blob_name,
             node_script_url=script_url,
             needed_until=minter.expires_at,  # this run's deadline plus [run] sas_margin_s

@@ -145,7 +145,7 @@ async def test_a_kept_pool_whose_start_task_sas_expired_is_renewed_and_its_faile
         assert kept.start_task is not None and kept.start_task.command_line == start_command
         new_url = pool.staged_script_url(kept.start_task)
         assert new_url is not None and new_url != old_url
-        assert pool.names_blob(new_url, container, blob_name)
+        assert pool.same_blob(new_url, old_url)
         expiry = pool.sas_expiry(new_url)
         assert expiry is not None
         assert expiry >= sas.utc_now() + timedelta(seconds=settings.run.run_timeout_s)

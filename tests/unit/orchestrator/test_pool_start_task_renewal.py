@@ -31,7 +31,9 @@ expiries = st.datetimes(
 ).map(lambda moment: moment.replace(microsecond=0))
 
 
-def read_url(expiry: datetime, container: str = CONTAINER, blob_name: str = BLOB) -> str:
+def read_url(
+    expiry: datetime, container: str = CONTAINER, blob_name: str = BLOB, account_url: str = ACCOUNT_URL
+) -> str:
     """A real read SAS URL, signed the way the run signs them (Azurite's documented key)."""
     token = sas.mint_blob_read_sas(
         account_name=AZURITE_ACCOUNT_NAME,
@@ -41,7 +43,7 @@ def read_url(expiry: datetime, container: str = CONTAINER, blob_name: str = BLOB
         expiry=expiry,
         account_key=AZURITE_ACCOUNT_KEY,
     )
-    return sas.blob_url(ACCOUNT_URL, container, blob_name, token)
+    return sas.blob_url(account_url, container, blob_name, token)
 
 
 @given(expiries)
@@ -61,30 +63,37 @@ def test_a_url_without_a_readable_expiry_has_none() -> None:
 def test_the_same_script_is_renewed_exactly_when_its_sas_ends_before_it_is_needed(
     expiry: datetime, needed_until: datetime
 ) -> None:
-    reason = pool.start_task_renewal_reason(read_url(expiry), CONTAINER, BLOB, needed_until)
+    this_run = read_url(needed_until)
+    reason = pool.start_task_renewal_reason(read_url(expiry), this_run, needed_until)
     assert reason == ("expiring" if expiry < needed_until else None)
 
 
 @given(expiries, expiries)
 def test_another_script_is_always_renewed(expiry: datetime, needed_until: datetime) -> None:
-    older = read_url(expiry, blob_name="node/ba9876543210/node.pyz")
-    assert pool.start_task_renewal_reason(older, CONTAINER, BLOB, needed_until) == "other_script"
-    elsewhere = read_url(expiry, container="other-app")
-    assert pool.start_task_renewal_reason(elsewhere, CONTAINER, BLOB, needed_until) == "other_script"
+    this_run = read_url(needed_until)
+    others = [
+        read_url(expiry, blob_name="node/ba9876543210/node.pyz"),
+        read_url(expiry, container="other-app"),
+        read_url(expiry, account_url="https://elsewhere.blob.core.windows.net"),
+    ]
+    for other in others:
+        assert pool.start_task_renewal_reason(other, this_run, needed_until) == "other_script"
 
 
 def test_a_missing_expiry_counts_as_expiring_and_no_script_as_nothing_to_renew() -> None:
     unsigned = f"{ACCOUNT_URL}/{CONTAINER}/{BLOB}"
-    assert pool.start_task_renewal_reason(unsigned, CONTAINER, BLOB, NOW) == "expiring"
-    assert pool.start_task_renewal_reason(None, CONTAINER, BLOB, NOW) is None
+    assert pool.start_task_renewal_reason(unsigned, read_url(NOW), NOW) == "expiring"
+    assert pool.start_task_renewal_reason(None, read_url(NOW), NOW) is None
 
 
-def test_a_blob_name_is_matched_whether_or_not_its_url_is_percent_encoded() -> None:
+def test_a_blob_is_matched_whether_or_not_its_url_is_percent_encoded() -> None:
     name = "node/with space#/node.pyz"
-    url = sas.blob_url(ACCOUNT_URL, CONTAINER, name, "se=2026-11-22T05%3A00%3A00Z&sig=x")
-    assert "%20" in url and pool.names_blob(url, CONTAINER, name)
-    assert not pool.names_blob(url, CONTAINER, "node/with space/node.pyz")
-    assert not pool.names_blob(url, "topn", name)
+    encoded = sas.blob_url(ACCOUNT_URL, CONTAINER, name, "se=2026-11-22T05%3A00%3A00Z&sig=x")
+    assert "%20" in encoded and "%23" in encoded
+    other_spelling = "HTTP://127.0.0.1:10000/devstoreaccount1/topn-app/node/with space%23/node.pyz?sp=r"
+    assert pool.same_blob(encoded, other_spelling)
+    assert not pool.same_blob(encoded, sas.blob_url(ACCOUNT_URL, CONTAINER, "node/with space/node.pyz"))
+    assert not pool.same_blob(encoded, sas.blob_url(ACCOUNT_URL, "topn", name))
 
 
 def start_task(script_url: str) -> BatchStartTask:
