@@ -26,10 +26,14 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def shell_start_task(command: str) -> models.BatchStartTask:
+    """A start task running `command` in a shell, which the node must finish before taking tasks."""
+    return models.BatchStartTask(command_line=f"/bin/sh -c {shlex.quote(command)}", wait_for_success=True)
+
+
 def boot_marker(word: str) -> models.BatchStartTask:
     """A start task that appends `word` to shared/boots.txt, so the file tells which start tasks ran."""
-    inner = f'echo {word} >> "$AZ_BATCH_NODE_SHARED_DIR/boots.txt"'
-    return models.BatchStartTask(command_line=f"/bin/sh -c {shlex.quote(inner)}", wait_for_success=True)
+    return shell_start_task(f'echo {word} >> "$AZ_BATCH_NODE_SHARED_DIR/boots.txt"')
 
 
 async def node_file(client: BatchClient, pool_id: str, node_id: str, path: str) -> str:
@@ -52,6 +56,13 @@ async def wait_node_state(client: BatchClient, pool_id: str, node_id: str, state
 
     await wait_for(reached, what=f"node {node_id} to be {state}")
     return seen[-1]
+
+
+async def wait_task_running(client: BatchClient, job_id: str, task_id: str) -> None:
+    async def running() -> bool:
+        return bool((await client.get_task(job_id, task_id)).state == models.BatchTaskState.RUNNING)
+
+    await wait_for(running, what=f"task {task_id} to run")
 
 
 def emulator_events(emulator: BatchEndpoint, event: str) -> list[dict[str, object]]:
@@ -144,15 +155,8 @@ async def test_a_reboot_requeues_the_running_task_and_reruns_a_fixed_start_task(
         assert failed.start_task_info is not None and failed.start_task_info.exit_code == 1
 
         # The fix: a start task that leaves a mark the task below waits for.
-        fixed = 'touch "$AZ_BATCH_NODE_SHARED_DIR/fixed"'
-        await client.update_pool(
-            pool_id,
-            models.BatchPoolUpdateOptions(
-                start_task=models.BatchStartTask(
-                    command_line=f"/bin/sh -c {shlex.quote(fixed)}", wait_for_success=True
-                )
-            ),
-        )
+        fixed = shell_start_task('touch "$AZ_BATCH_NODE_SHARED_DIR/fixed"')
+        await client.update_pool(pool_id, models.BatchPoolUpdateOptions(start_task=fixed))
         # A failed start task stays failed until the node reboots.
         assert (await client.get_node(pool_id, node_id)).state == "starttaskfailed"
         await reboot(client, pool_id, node_id)
@@ -168,19 +172,9 @@ async def test_a_reboot_requeues_the_running_task_and_reruns_a_fixed_start_task(
             job_id, models.BatchTaskCreateOptions(id="t", command_line=f"/bin/sh -c {shlex.quote(waiting)}")
         )
 
-        async def task_running() -> bool:
-            return bool((await client.get_task(job_id, "t")).state == models.BatchTaskState.RUNNING)
-
-        await wait_for(task_running, what="the task to run")
-        again = 'touch "$AZ_BATCH_NODE_SHARED_DIR/again"'
-        await client.update_pool(
-            pool_id,
-            models.BatchPoolUpdateOptions(
-                start_task=models.BatchStartTask(
-                    command_line=f"/bin/sh -c {shlex.quote(again)}", wait_for_success=True
-                )
-            ),
-        )
+        await wait_task_running(client, job_id, "t")
+        again = shell_start_task('touch "$AZ_BATCH_NODE_SHARED_DIR/again"')
+        await client.update_pool(pool_id, models.BatchPoolUpdateOptions(start_task=again))
         await reboot(client, pool_id, node_id)
         counts = await wait_job_done(client, job_id, 1)
         assert (counts.succeeded, counts.failed) == (1, 0)
@@ -235,10 +229,7 @@ async def test_a_reboot_with_terminate_ends_the_running_task(batch_emulator: Bat
         )
         await client.create_task(job_id, models.BatchTaskCreateOptions(id="t", command_line="sleep 300"))
 
-        async def task_running() -> bool:
-            return bool((await client.get_task(job_id, "t")).state == models.BatchTaskState.RUNNING)
-
-        await wait_for(task_running, what="the task to run")
+        await wait_task_running(client, job_id, "t")
         await reboot(client, pool_id, node_id, option="terminate")
         counts = await wait_job_done(client, job_id, 1)
         assert (counts.succeeded, counts.failed) == (0, 1)

@@ -81,6 +81,13 @@ def read_url(storage: StorageEndpoint, container: str, blob_name: str, lifetime:
     return sas.blob_url(storage.endpoint, container, blob_name, token)
 
 
+def kept_pool_settings(
+    batch: BatchEndpoint, storage: StorageEndpoint, state_dir: Path, pool_id: str
+) -> Settings:
+    """Local-mode settings (the pool is kept after a run) for a one-node pool of its own."""
+    return settings_for(batch, storage, state_dir, TOPN_POOL_ID=pool_id, TOPN_POOL_DEDICATED_NODES="1")
+
+
 def one_input(folder: Path) -> list[Any]:
     folder.mkdir()
     (folder / "a.txt").write_text("kept pools keep working", encoding="utf-8")
@@ -91,9 +98,7 @@ async def test_a_kept_pool_whose_start_task_sas_expired_is_renewed_and_its_faile
     start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
     batch = await start_emulator()
-    settings = settings_for(
-        batch, azurite, tmp_path / "state", TOPN_POOL_ID="kept-pool", TOPN_POOL_DEDICATED_NODES="1"
-    )
+    settings = kept_pool_settings(batch, azurite, tmp_path / "state", "kept-pool")
     script = stand_in_node()
     async with AsyncExitStack() as stack:
         clients = await open_clients(settings, stack)
@@ -159,9 +164,7 @@ async def test_after_a_script_change_older_nodes_keep_getting_the_script_with_ea
     start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
     batch = await start_emulator()
-    settings = settings_for(
-        batch, azurite, tmp_path / "state", TOPN_POOL_ID="versioned", TOPN_POOL_DEDICATED_NODES="1"
-    )
+    settings = kept_pool_settings(batch, azurite, tmp_path / "state", "versioned")
     async with AsyncExitStack() as stack:
         clients = await open_clients(settings, stack)
         # An earlier run's pool, whose node holds the first build.
@@ -201,9 +204,7 @@ async def test_a_rebooted_node_that_fails_again_fails_the_wait_with_the_start_ta
     start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
     batch: BatchEndpoint = await start_emulator(["--fault-start-task-failures", "1"])
-    settings = settings_for(
-        batch, azurite, tmp_path / "state", TOPN_POOL_ID="broken", TOPN_POOL_DEDICATED_NODES="1"
-    )
+    settings = kept_pool_settings(batch, azurite, tmp_path / "state", "broken")
     async with AsyncExitStack() as stack:
         clients = await open_clients(settings, stack)
         container, blob_name = await stage_script(clients, settings, stand_in_node())
