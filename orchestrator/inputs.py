@@ -72,7 +72,10 @@ def _walk_argument(argument: Path) -> Iterator[tuple[Path, str, os.stat_result]]
         count += 1
         yield path, relpath, file_info
     if count == 0:
-        raise InputError(f"folder has no files to process (hidden ones are skipped): {argument}")
+        raise InputError(
+            f"folder has no files to process (hidden ones are skipped): {argument}. "
+            "Put text files in it, or name a hidden file directly to process it."
+        )
 
 
 def _walk_folder(

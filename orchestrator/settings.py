@@ -231,12 +231,23 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"config file {path} does not exist. Pass --config with an existing file "
             "(config/local.toml for local mode, a copy of config/azure.toml for Azure)."
         ) from None
+    except UnicodeDecodeError as exc:
+        # TOML is UTF-8 by definition; an editor's legacy encoding is the usual cause.
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}). "
+            "Save it as UTF-8."
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}.") from None
+        raise ConfigError(
+            f"config file {path} cannot be read: {exc.strerror}. Pass --config with a readable file."
+        ) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from None
+        raise ConfigError(
+            f"config file {path} is not valid TOML: {exc}. Fix the syntax at that line "
+            "(config/local.toml shows the expected layout)."
+        ) from None
 
 
 def load_settings(path: Path, environ: Mapping[str, str]) -> Settings:

@@ -111,11 +111,15 @@ def test_a_missing_input_path_is_named(tmp_path: Path) -> None:
 
 
 def test_an_empty_folder_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "empty").mkdir()
-    done = topn(tmp_path, "run", "empty")
+    # Only a hidden file: the folder has nothing topn would read. Its name must not be a word the
+    # message could hold anyway ("empty" is in "results folder ... is not empty").
+    (tmp_path / "drafts").mkdir()
+    (tmp_path / "drafts" / ".hidden.txt").write_text("skipped\n", encoding="utf-8")
+    done = topn(tmp_path, "run", "drafts")
     assert done.returncode == 2
-    assert "empty" in failure_message(done.stderr)
-    assert [path.name for path in tmp_path.iterdir()] == ["empty"]
+    message = failure_message(done.stderr)
+    assert "drafts" in message and "no files to process" in message, message
+    assert [path.name for path in tmp_path.iterdir()] == ["drafts"]
 
 
 def test_an_occupied_results_folder_is_refused_before_services_start(tmp_path: Path) -> None:
@@ -130,7 +134,8 @@ def test_an_occupied_results_folder_is_refused_before_services_start(tmp_path: P
 
 def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
     done = topn(tmp_path, "run", "x", "--top", "0")
-    assert done.returncode == 2 and "--top" in done.stderr
+    # The usage line always lists "--top"; the error line must say what was wrong with it.
+    assert done.returncode == 2 and "argument --top: must be 1 or more, got 0" in done.stderr, done.stderr
     done = topn(tmp_path, "run")
     assert done.returncode == 2 and "at least one file or folder" in failure_message(done.stderr)
 
@@ -138,7 +143,9 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
 def test_console_errors_are_one_readable_line(tmp_path: Path) -> None:
     done = topn(tmp_path, "run", "no-such-folder", "--log-format", "console")
     assert done.returncode == 2
-    assert done.stderr.startswith("topn: error: ") and "no-such-folder" in done.stderr
+    (line,) = done.stderr.splitlines()  # one line, no traceback, no event noise
+    assert line.startswith("topn: error: ") and "no-such-folder" in line
+    assert done.stdout == ""
 
 
 # --- wrong keys: exit 2 at the first request, no retries, nothing created -----------------------

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from orchestrator.clients import STORAGE, check_credentials, open_clients
@@ -128,7 +128,7 @@ async def test_a_dead_storage_endpoint_is_reported_by_name(azurite: StorageEndpo
     )
     async with AsyncExitStack() as stack:
         clients = await open_clients(settings, stack)
-        with pytest.raises(Exception) as failed:
+        with pytest.raises(ServiceRequestError) as failed:  # connection refused, nothing answered
             await clients.blob_service.get_container_client("topn-input").exists()
         error = _translate_check_error(failed.value, settings, "storage")
         assert isinstance(error, ServiceUnavailableError) and dead in str(error)

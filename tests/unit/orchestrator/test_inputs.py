@@ -36,9 +36,12 @@ def test_file_argument_relpath_is_its_name(tmp_path: Path) -> None:
 def test_colliding_names_from_several_arguments_are_made_unique(tmp_path: Path) -> None:
     first = write(tmp_path / "a" / "same.txt")
     second = write(tmp_path / "b" / "same.txt")
+    # The argument named first keeps its name, whichever folder it is in; which file became `~2`
+    # matters, as its results are filed under that name.
     inputs = discover_inputs([first, second])
-    assert [item.relpath for item in inputs] == ["same.txt", "same~2.txt"]
-    assert {item.path for item in inputs} == {first, second}
+    assert [(item.relpath, item.path) for item in inputs] == [("same.txt", first), ("same~2.txt", second)]
+    swapped = discover_inputs([second, first])
+    assert [(item.relpath, item.path) for item in swapped] == [("same.txt", second), ("same~2.txt", first)]
 
 
 def test_same_file_named_twice_is_processed_once(tmp_path: Path) -> None:
@@ -53,8 +56,11 @@ def test_missing_path_names_it(tmp_path: Path) -> None:
 
 def test_empty_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(InputError, match="no files"):
+    with pytest.raises(InputError) as raised:
         discover_inputs([tmp_path / "empty"])
+    message = str(raised.value)
+    assert "no files to process" in message and str(tmp_path / "empty") in message
+    assert "Put text files in it" in message  # the fix, not only the problem
 
 
 def test_no_argument_is_refused() -> None:

@@ -120,7 +120,20 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
 
 
 def test_invalid_toml_is_named(tmp_path: Path) -> None:
-    expect_config_error(write(tmp_path, "[batch\n"), {}, "topn.toml", "not valid TOML")
+    expect_config_error(
+        write(tmp_path, "[batch\n"), {}, "topn.toml", "not valid TOML", "line 1", "Fix the syntax"
+    )
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(MINIMAL.encode("utf-8") + "# café\n".encode("latin-1"))
+    offset = len(MINIMAL.encode("utf-8")) + len("# caf")  # where the lone 0xe9 sits
+    expect_config_error(path, {}, "latin1.toml", "not UTF-8", f"byte {offset} is 0xe9", "Save it as UTF-8")
+
+
+def test_a_config_path_that_is_a_folder_is_named(tmp_path: Path) -> None:
+    expect_config_error(tmp_path, {}, str(tmp_path), "cannot be read", "--config")
 
 
 def test_a_missing_shared_key_names_the_environment_variable(tmp_path: Path) -> None:
