@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,9 +43,16 @@ def test_the_state_file_round_trips_and_tolerates_garbage(tmp_path: Path) -> Non
     assert localmode.read_recorded(settings) == {}
 
 
-async def test_nothing_serves_on_port_zero_or_a_closed_port() -> None:
+async def test_a_listening_port_serves_and_port_zero_or_a_closed_port_does_not() -> None:
     assert not await localmode.is_serving("http://127.0.0.1:0")
-    assert not await localmode.is_serving("http://127.0.0.1:9")  # discard port: nothing listens here
+    # A real listener on a port the system picked: serving while open, not once closed. (A fixed
+    # "nobody listens here" port is not safe: local mode itself starts services on a given port.)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # the kernel completes the handshake; no accept() needed
+        port = int(listener.getsockname()[1])
+        assert await localmode.is_serving(f"http://127.0.0.1:{port}/devstoreaccount1")
+    assert not await localmode.is_serving(f"http://127.0.0.1:{port}")
 
 
 def test_a_second_starter_on_the_same_state_folder_is_refused(tmp_path: Path) -> None:

@@ -63,13 +63,13 @@ def test_counts_blob_is_parsed() -> None:
             "tokenizer": "words",
             "words": 3,
             "distinct": 2,
-            "invalid_bytes": 0,
+            "invalid_bytes": 5,
             "counts": [["b", 1], ["a", 2]],
         }
     )
     parsed = parse_counts_blob(blob)
     assert parsed.counts == [("b", 1), ("a", 2)]
-    assert parsed.words == 3
+    assert (parsed.words, parsed.distinct, parsed.invalid_bytes) == (3, 2, 5)
 
 
 @pytest.mark.parametrize(
@@ -100,12 +100,23 @@ def test_results_folder_of_another_run_is_never_overwritten(tmp_path: Path) -> N
     claim_results_folder(out, "run-a")  # the same run (a resume) may write again
     with pytest.raises(InputError, match="run-a"):
         claim_results_folder(out, "run-b")
+    assert (out / ".topn-run").read_text(encoding="utf-8") == "run-a\n"  # still the first run's
+
+
+def test_a_results_path_that_is_a_file_is_refused_and_kept(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.write_bytes(b"a user's file")
+    with pytest.raises(InputError, match="not a folder"):
+        claim_results_folder(target, "run-a")
+    assert target.read_bytes() == b"a user's file"
 
 
 def test_non_empty_foreign_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):
         claim_results_folder(tmp_path, "run-a")
+    assert [path.name for path in tmp_path.iterdir()] == ["keep.txt"]  # no marker, nothing written
+    assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
 # --- result files never land outside the results folder -------------------------------------------
