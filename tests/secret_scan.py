@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 # A SAS signature (`sig=` followed by its value) or a bearer token in any text we produced.
 _SAS_SIGNATURE = re.compile(r"sig=[A-Za-z0-9%+/=]{10,}")
@@ -17,7 +18,8 @@ def find_secrets(texts: Iterable[tuple[str, str]], keys: Iterable[str]) -> list[
     leaks: list[str] = []
     for source, text in texts:
         for key in keys:
-            if key in text:
+            # A key can travel inside a URL or a form body, percent-encoded ('+' '/' '=' escaped).
+            if key in text or quote(key, safe="") in text:
                 leaks.append(f"{source}: contains an account key")
         signature = _SAS_SIGNATURE.search(text)
         if signature:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,9 @@ def test_sample_results_match_an_independent_reference(
         assert files[relpath]["top"] == expected
         output = tmp_path / "results" / (relpath.rsplit(".", 1)[0] + "_OUTPUT.txt")
         assert output_rows(output) == expected
-    assert (tmp_path / "results" / "summary.json").is_file()
+    # The file a user opens later holds what --json printed (not merely some file of that name).
+    on_disk = json.loads((tmp_path / "results" / "summary.json").read_text(encoding="utf-8"))
+    assert on_disk == summary
 
     events = result.events()
     names = [event["event"] for event in events]
