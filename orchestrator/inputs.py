@@ -61,12 +61,17 @@ def _walk_argument(argument: Path) -> Iterator[tuple[Path, str, os.stat_result]]
             f"input not found: {argument} (check the path; folders are read recursively)"
         ) from None
     except OSError as error:
-        raise InputError(f"cannot read input {argument}: {error.strerror}") from None
+        raise InputError(
+            f"cannot read input {argument}: {error.strerror} (check its permissions, or leave it out)"
+        ) from None
     if stat.S_ISREG(info.st_mode):
         yield argument, argument.name, info
         return
     if not stat.S_ISDIR(info.st_mode):
-        raise InputError(f"input is neither a file nor a folder: {argument}")
+        raise InputError(
+            f"input is neither a file nor a folder: {argument} (name regular files or folders; "
+            "save a stream to a file first)"
+        )
     count = 0
     for path, relpath, file_info in _walk_folder(argument, PurePosixPath(), {(info.st_dev, info.st_ino)}):
         count += 1
@@ -85,7 +90,9 @@ def _walk_folder(
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError as error:
-        raise InputError(f"cannot list folder {folder}: {error.strerror}") from None
+        raise InputError(
+            f"cannot list folder {folder}: {error.strerror} (check its permissions, or leave it out)"
+        ) from None
     for entry in entries:
         if entry.name.startswith("."):
             continue  # hidden files and folders (.git, .topn state) are never inputs unless named
@@ -98,8 +105,12 @@ def _walk_folder(
             ) from None
         except OSError as error:
             if error.errno == 40:  # ELOOP: a link that points at itself
-                raise InputError(f"symbolic link loop in the inputs: {path}") from None
-            raise InputError(f"cannot read input {path}: {error.strerror}") from None
+                raise InputError(
+                    f"symbolic link loop in the inputs: {path} (remove the link or fix its target)"
+                ) from None
+            raise InputError(
+                f"cannot read input {path}: {error.strerror} (check its permissions, or leave it out)"
+            ) from None
         relpath = prefix / entry.name
         if stat.S_ISDIR(info.st_mode):
             identity = (info.st_dev, info.st_ino)
@@ -146,11 +157,20 @@ def check_relpath(relpath: str, path: Path) -> None:
     if any(ord(char) < 32 or ord(char) == 127 for char in relpath):
         raise InputError(f"input name contains a control character: {relpath!r} (rename the file)")
     if "\\" in relpath:
-        raise InputError(f"input name contains a backslash, which Blob Storage treats as '/': {relpath!r}")
+        raise InputError(
+            f"input name contains a backslash, which Blob Storage treats as '/': {relpath!r} "
+            "(rename the file)"
+        )
     if len(relpath) > MAX_RELPATH_CHARS:
-        raise InputError(f"input path is longer than {MAX_RELPATH_CHARS} characters: {relpath[:80]}...")
+        raise InputError(
+            f"input path is longer than {MAX_RELPATH_CHARS} characters: {relpath[:80]}... "
+            "(shorten the folder names below the argument, or name a deeper folder)"
+        )
     if any(part.endswith(".") for part in PurePosixPath(relpath).parts):
-        raise InputError(f"input name ends with a dot, which Blob Storage cannot keep: {relpath!r}")
+        raise InputError(
+            f"input name ends with a dot, which Blob Storage cannot keep: {relpath!r} "
+            "(rename the file or folder)"
+        )
     try:
         naming.check_relative_name(relpath)
     except naming.UnsafeNameError as error:

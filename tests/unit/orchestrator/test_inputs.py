@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,44 @@ def test_awkward_but_safe_names_are_kept_exactly(tmp_path: Path) -> None:
     for name in names:
         write(tmp_path / "t" / "ünï" / name)
     assert [item.relpath for item in discover_inputs([tmp_path / "t"])] == sorted(f"ünï/{n}" for n in names)
+
+
+def make_fifo(root: Path) -> Path:
+    os.mkfifo(root / "pipe")
+    return root / "pipe"
+
+
+def make_self_link(root: Path) -> Path:
+    (root / "t").mkdir()
+    (root / "t" / "me").symlink_to(root / "t" / "me")  # ELOOP when followed
+    return root / "t"
+
+
+def make_named(name: str) -> Callable[[Path], Path]:
+    def make(root: Path) -> Path:
+        write(root / "t" / name)
+        return root / "t"
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("make", "problem", "fix"),
+    [
+        (make_fifo, "neither a file nor a folder", "name regular files or folders"),
+        (make_self_link, "symbolic link loop", "remove the link"),
+        (make_named("back\\slash.txt"), "backslash", "rename the file"),
+        (make_named("trailing."), "ends with a dot", "rename the file or folder"),
+        (make_named("tab\there.txt"), "control character", "rename the file"),
+        (make_named("/".join(letter * 200 for letter in "vwxyz")), "longer than", "shorten"),
+    ],
+)
+def test_every_refused_input_names_the_problem_and_the_fix(
+    tmp_path: Path, make: Callable[[Path], Path], problem: str, fix: str
+) -> None:
+    argument = make(tmp_path)
+    with pytest.raises(InputError) as raised:
+        discover_inputs([argument])
+    message = str(raised.value)
+    assert problem in message and fix in message, message
+    assert "\n" not in message  # one line
