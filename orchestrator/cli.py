@@ -26,6 +26,7 @@ from orchestrator import localmode
 from orchestrator.errors import ConfigError, TopnError, UsageError
 from orchestrator.events import (
     LEVELS,
+    TextSink,
     bound_context,
     configure_events,
     default_log_format,
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_format: Literal["json", "console"] = args.log_format or default_log_format(sys.stderr)
     # Events follow sys.stderr at write time, so a live progress bar can route them above itself.
-    configure_events(log_format, CurrentStderr(), args.log_level)
+    configure_events(log_format, EventStream(CurrentStderr()), args.log_level)
     try:
         settings = _load(args, os.environ)
         if args.command == "run":
@@ -134,6 +135,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         trace = "".join(traceback.format_exception(error))
         print(redact_text(f"topn: internal error (please report it):\n{trace}"), file=sys.stderr)
         return EXIT_FAILED
+
+
+class EventStream:
+    """Event lines to stderr; once nobody reads stderr any more (EPIPE), they are dropped.
+
+    `topn run DIR 2>&1 | head` closes the pipe after a few lines. Events are a view of the run, not
+    its record (that is the journal, the results and summary.json), so losing the reader must not
+    fail a run that is otherwise fine.
+    """
+
+    def __init__(self, target: TextSink) -> None:
+        self._target = target
+        self.reader_gone = False
+
+    def write(self, text: str, /) -> int:
+        if not self.reader_gone:
+            try:
+                return self._target.write(text)
+            except BrokenPipeError:
+                self._drop_stderr()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self._target.flush()
+            except BrokenPipeError:
+                self._drop_stderr()
+
+    def isatty(self) -> bool:
+        return not self.reader_gone and bool(getattr(self._target, "isatty", lambda: False)())
+
+    def _drop_stderr(self) -> None:
+        self.reader_gone = True
+        # Later direct writes (an error line, the interpreter's flush at exit) would raise again.
+        sys.stderr = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - kept open until exit
 
 
 def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:

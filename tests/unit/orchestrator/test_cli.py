@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,51 @@ def test_a_failed_run_is_not_reported_twice(capsys: pytest.CaptureFixture[str]) 
         structlog.contextvars.clear_contextvars()
     assert cli._report(RunFailedError("the pool broke"), "console") == 1
     assert capsys.readouterr().err == "topn: error: the pool broke\n"
+
+
+class PipeClosedAfter:
+    """A stderr whose reader leaves after `lines` writes."""
+
+    def __init__(self, lines: int) -> None:
+        self.lines = lines
+        self.written: list[str] = []
+
+    def write(self, text: str, /) -> int:
+        if len(self.written) >= self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.written.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if len(self.written) >= self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_events_stop_quietly_once_the_stderr_reader_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # restored after the test
+    target = PipeClosedAfter(lines=1)
+    stream = cli.EventStream(target)
+    assert stream.write("first\n") == len("first\n") and not stream.reader_gone
+    assert stream.write("second\n") == len("second\n")  # dropped, not raised
+    assert stream.reader_gone and target.written == ["first\n"]
+    stream.flush()
+    assert stream.write("third\n") == len("third\n") and target.written == ["first\n"]
+    # A later direct write to stderr (the `topn: error:` line) no longer meets the broken pipe.
+    assert sys.stderr.name == os.devnull
+    print("topn: error: after the reader left", file=sys.stderr)
+    sys.stderr.close()  # the process would keep it; the test closes it before stderr is restored
+
+
+def test_any_other_write_error_still_surfaces() -> None:
+    class Full:
+        def write(self, text: str, /) -> int:
+            raise OSError(28, "No space left on device")
+
+        def flush(self) -> None:
+            pass
+
+    with pytest.raises(OSError, match="No space"):
+        cli.EventStream(Full()).write("x\n")
