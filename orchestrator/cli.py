@@ -33,6 +33,7 @@ from orchestrator.events import (
     redact_text,
     register_secrets,
 )
+from orchestrator.inputs import InputFile, renamed_inputs
 from orchestrator.local import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
 from orchestrator.settings import Settings, load_settings, secret_values
@@ -237,7 +238,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
             ),
         )
         progress.close()
-        _print_summary(summary, out_dir, as_json=args.json)
+        _print_summary(summary, out_dir, as_json=args.json, inputs=inputs)
         return summary_exit_status(summary)
 
     with progress:
@@ -256,7 +257,7 @@ def _resume_command(args: argparse.Namespace, settings: Settings, log_format: st
     out_dir = resumed_out_dir(record)
     if record.is_finished:  # nothing to do: show what it ended with
         summary = _read_summary(out_dir, record.run_id)
-        _print_summary(summary, out_dir, as_json=args.json)
+        _print_summary(summary, out_dir, as_json=args.json, inputs=resumed_inputs(record))
         return summary_exit_status(summary)
     run_settings = resumed_settings(settings, record.settings_snapshot)
     inputs = resumed_inputs(record)
@@ -274,7 +275,7 @@ def _resume_command(args: argparse.Namespace, settings: Settings, log_format: st
 
         summary = await _with_services(run_settings, work)
         progress.close()
-        _print_summary(summary, out_dir, as_json=args.json)
+        _print_summary(summary, out_dir, as_json=args.json, inputs=inputs)
         return summary_exit_status(summary)
 
     with progress:
@@ -455,8 +456,12 @@ def _first_leaf(error: BaseException) -> BaseException:
 # --------------------------------------------------------------------------- rendering
 
 
-def render_table(summary: Mapping[str, Any], out_dir: Path) -> str:
-    """The readable result for stdout: run line, top words, failed files with their stderr tails."""
+def render_table(summary: Mapping[str, Any], out_dir: Path, renamed: Sequence[tuple[str, Path]] = ()) -> str:
+    """The readable result for stdout: run line, top words, failed files, inputs given another name.
+
+    `renamed` pairs a run name with the file it stands for, so a user can tell which of two
+    `notes.txt` became `notes~2.txt` (and which results are whose).
+    """
     totals = summary.get("totals", {})
     lines = [
         f"Run {summary.get('run_id')}: {summary.get('state')} - {totals.get('files', 0)} files, "
@@ -484,6 +489,9 @@ def render_table(summary: Mapping[str, Any], out_dir: Path) -> str:
             )
             tail = str(error.get("stderr_tail") or "").strip().splitlines()[-STDERR_TAIL_LINES:]
             lines += [f"    | {line}" for line in tail]
+    if renamed:
+        lines += ["", f"Inputs with the same name, renamed in the results ({len(renamed)}):"]
+        lines += [f"  {relpath}  <-  {path}" for relpath, path in renamed]
     lines += ["", f"Results: {out_dir}"]
     return redact_text("\n".join(lines)) + "\n"
 
@@ -542,11 +550,14 @@ def render_run(run: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _print_summary(summary: Mapping[str, Any], out_dir: Path, *, as_json: bool) -> None:
+def _print_summary(
+    summary: Mapping[str, Any], out_dir: Path, *, as_json: bool, inputs: Sequence[InputFile] = ()
+) -> None:
     if as_json:
         text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
     else:
-        text = render_table(summary, out_dir)
+        renamed = [(item.relpath, item.path) for item in renamed_inputs(inputs)]
+        text = render_table(summary, out_dir, renamed)
     sys.stdout.write(redact_text(text))
     sys.stdout.flush()
 

@@ -146,6 +146,11 @@ def make_relpaths_unique(relpaths: Sequence[str]) -> list[str]:
     return unique
 
 
+def renamed_inputs(inputs: Sequence[InputFile]) -> list[InputFile]:
+    """The inputs whose run name is not their file's own name (a duplicate that became `stem~N`)."""
+    return [item for item in inputs if PurePosixPath(item.relpath).name != item.path.name]
+
+
 def check_relpath(relpath: str, path: Path) -> None:
     """Refuse names that cannot become a blob name or a result file (InputError says which and why)."""
     try:

@@ -25,9 +25,9 @@ def test_the_same_relative_name_under_two_roots_gets_two_results(
     write_tree(tmp_path / "monday", FIRST_ROOT)
     write_tree(tmp_path / "tuesday", SECOND_ROOT)
     env = topn_environment(batch_emulator, azurite, tmp_path / ".topn", TOPN_POOL_ID="e2e-same-names")
-    result = run_topn(["run", "monday", "tuesday", "--out", "out", "--json"], tmp_path, env)
+    result = run_topn(["run", "monday", "tuesday", "--out", "out"], tmp_path, env)  # the table
     assert result.exit_code == 0, result.stderr[-3000:]
-    summary = result.summary()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     # docs: the first argument keeps the name; a later duplicate becomes `stem~2.ext`.
     expected = {
         "notes/day.txt": FIRST_ROOT["notes/day.txt"],
@@ -41,7 +41,10 @@ def test_the_same_relative_name_under_two_roots_gets_two_results(
         output = tmp_path / "out" / (relpath.removesuffix(".txt") + "_OUTPUT.txt")
         assert output_rows(output) == reference_top([text], "words", 10), relpath
     assert summary["top"] == reference_top([expected[relpath] for relpath in sorted(expected)], "words", 10)
-    assert json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8")) == summary
+    # The table says which file the renamed results stand for, and only for the renamed one.
+    table = result.stdout.splitlines()
+    assert "Inputs with the same name, renamed in the results (1):" in table
+    assert [line for line in table if "<-" in line] == ["  notes/day~2.txt  <-  tuesday/notes/day.txt"]
     # Nothing of the user's was touched.
     for root, texts in (("monday", FIRST_ROOT), ("tuesday", SECOND_ROOT)):
         for relpath, text in texts.items():

@@ -60,6 +60,14 @@ def test_the_table_never_prints_a_sas_signature() -> None:
     assert "AbCdEf0123456789" not in text and "sig=REDACTED" in text
 
 
+def test_the_table_maps_renamed_inputs_to_their_files() -> None:
+    renamed = [("notes~2.txt", Path("/data/tuesday/notes.txt"))]
+    lines = cli.render_table(SUMMARY, Path("out"), renamed).splitlines()
+    at = lines.index("Inputs with the same name, renamed in the results (1):")
+    assert lines[at + 1] == "  notes~2.txt  <-  /data/tuesday/notes.txt"
+    assert "renamed" not in cli.render_table(SUMMARY, Path("out"))  # said only when it happened
+
+
 def test_an_empty_run_says_so() -> None:
     summary = {**SUMMARY, "top": [], "files": [], "state": "SUCCEEDED"}
     assert "No words counted." in cli.render_table(summary, Path("out"))

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.errors import InputError
-from orchestrator.inputs import discover_inputs, make_relpaths_unique
+from orchestrator.inputs import discover_inputs, make_relpaths_unique, renamed_inputs
 
 
 def write(path: Path, text: str = "x") -> Path:
@@ -44,6 +44,14 @@ def test_colliding_names_from_several_arguments_are_made_unique(tmp_path: Path) 
     assert [(item.relpath, item.path) for item in inputs] == [("same.txt", first), ("same~2.txt", second)]
     swapped = discover_inputs([second, first])
     assert [(item.relpath, item.path) for item in swapped] == [("same.txt", second), ("same~2.txt", first)]
+
+
+def test_only_inputs_given_another_name_are_reported_as_renamed(tmp_path: Path) -> None:
+    first = write(tmp_path / "a" / "same.txt")
+    second = write(tmp_path / "b" / "same.txt")
+    third = write(tmp_path / "c" / "same~2.txt")  # its own name, though it looks like a rename
+    inputs = discover_inputs([first, second, third, tmp_path / "a"])
+    assert [(item.relpath, item.path) for item in renamed_inputs(inputs)] == [("same~3.txt", second)]
 
 
 def test_same_file_named_twice_is_processed_once(tmp_path: Path) -> None:
