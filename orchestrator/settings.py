@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -204,14 +206,18 @@ def _coerce(value: Any, annotation: Any, origin: _Origin) -> Any:
                 pass
         raise ConfigError(f"{where}: expected a whole number, got {value!r}.")
     if annotation is float:
+        number: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and origin.from_env:
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}.")
+            number = float(value)
+        elif isinstance(value, str) and origin.from_env:
+            with contextlib.suppress(ValueError):
+                number = float(value.strip())
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}.")
+        # TOML and float() both accept nan and inf; no duration or fraction can be either.
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}.")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -317,6 +323,7 @@ def _origin(settings: Settings, section: str, key: str) -> str:
     return f"[{section}] {key} (in {settings.source} or {env_var_name(section, key)})"
 
 
+MAX_SECONDS = 10 * 365 * 24 * 3600
 _POOL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONTAINER_PREFIX = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){1,34}$")
 
@@ -438,8 +445,19 @@ def _validate(settings: Settings) -> None:
     if run.poll_min_s > run.poll_max_s:
         raise ConfigError(
             f"[run] poll_min_s and poll_max_s in {settings.source}: poll_min_s ({run.poll_min_s}) "
-            f"is larger than poll_max_s ({run.poll_max_s})."
+            f"is larger than poll_max_s ({run.poll_max_s}). Make poll_min_s at most poll_max_s."
         )
+    # Durations become deadlines and SAS expiries (datetime arithmetic): beyond this they overflow.
+    for section in SECTIONS:
+        for item in dataclasses.fields(getattr(settings, section)):
+            value = getattr(getattr(settings, section), item.name)
+            if not item.name.endswith("_s") or not isinstance(value, float):
+                continue
+            if not (math.isfinite(value) and value <= MAX_SECONDS):
+                raise ConfigError(
+                    f"{_origin(settings, section, item.name)}: a finite number of seconds, at most "
+                    f"{MAX_SECONDS} s (10 years), got {value}."
+                )
     if not str(settings.local.state_dir).strip():
         raise ConfigError(f"{_origin(settings, 'local', 'state_dir')}: must not be empty.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from orchestrator.errors import ConfigError
 from orchestrator.local import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
-from orchestrator.settings import env_var_name, load_settings, secret_values
+from orchestrator.settings import check_settings, env_var_name, load_settings, secret_values
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -192,6 +193,11 @@ def test_unknown_keys_and_sections_are_typos(tmp_path: Path) -> None:
         ("storage", "container_prefix", '"Topn"', "container_prefix"),
         ("run", "poll_min_s", "50.0", "poll_min_s"),
         ("retry", "jitter_fraction", "2.0", "[retry]"),
+        ("run", "run_timeout_s", "nan", "expected a finite number"),
+        ("run", "run_timeout_s", "inf", "expected a finite number"),
+        ("retry", "deadline_s", "-inf", "expected a finite number"),
+        ("run", "sas_margin_s", "1e12", "at most 315360000 s (10 years)"),
+        ("pool", "ready_timeout_s", "1e300", "at most 315360000 s (10 years)"),
     ],
 )
 def test_bad_values_name_the_key_and_the_file(
@@ -209,6 +215,20 @@ def test_a_bad_override_names_the_variable(tmp_path: Path) -> None:
     expect_config_error(
         write(tmp_path, MINIMAL), {**KEYS, "TOPN_RUN_TOP": "many"}, "TOPN_RUN_TOP", "whole number"
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("TOPN_RUN_RUN_TIMEOUT_S", "inf"), ("TOPN_RUN_POLL_MAX_S", "NaN")]
+)
+def test_a_non_finite_override_is_refused_naming_the_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    expect_config_error(write(tmp_path, MINIMAL), {**KEYS, variable: value}, variable, "finite number")
+
+
+def test_poll_bounds_the_wrong_way_round_say_how_to_fix_them(tmp_path: Path) -> None:
+    text = MINIMAL + "\n[run]\npoll_min_s = 5.0\npoll_max_s = 1.0\n"
+    expect_config_error(write(tmp_path, text), KEYS, "poll_min_s (5.0) is larger", "at most poll_max_s")
 
 
 def test_no_nodes_and_no_autoscale_is_refused(tmp_path: Path) -> None:
@@ -238,3 +258,14 @@ def test_entra_id_over_plain_http_is_refused_up_front(tmp_path: Path) -> None:
     text = MINIMAL.replace('auth = "shared_key"', 'auth = "entra_id"')
     environ = {"TOPN_STORAGE_BLOB_ENDPOINT": "http://127.0.0.1:10000/devstoreaccount1"}
     expect_config_error(write(tmp_path, text), environ, "TOPN_STORAGE_BLOB_ENDPOINT", "https")
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 1e18])
+def test_settings_built_outside_the_file_are_held_to_the_same_duration_rule(seconds: float) -> None:
+    # A resumed run's settings come from its journal snapshot (JSON allows NaN), not through _coerce.
+    settings = load_settings(PROJECT / "config" / "local.toml", {})
+    damaged = dataclasses.replace(
+        settings, run=dataclasses.replace(settings.run, task_max_wall_clock_s=seconds)
+    )
+    with pytest.raises(ConfigError, match=r"\[run\] task_max_wall_clock_s .*a finite number of seconds"):
+        check_settings(damaged)
