@@ -263,6 +263,7 @@ def load_settings(path: Path, environ: Mapping[str, str]) -> Settings:
         if section not in SECTIONS:
             known = ", ".join(f"[{name}]" for name in SECTIONS)
             raise ConfigError(f"{path}: unknown section [{section}]. Known sections: {known}.")
+    _check_override_sections(environ)
     built: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         table = document.get(section, {})
@@ -272,6 +273,23 @@ def load_settings(path: Path, environ: Mapping[str, str]) -> Settings:
     settings = Settings(source=path, **built)
     _validate(settings)
     return settings
+
+
+# TOPN_ variables that are not settings: what a compute node reads (node/cli.py), which a user testing
+# the node locally may well have exported in the same shell.
+NODE_VARIABLES = frozenset({"TOPN_BLOB_ENDPOINT", "TOPN_OUTPUT_SAS_URL"})
+
+
+def _check_override_sections(environ: Mapping[str, str]) -> None:
+    """Refuse a TOPN_ variable naming no section (TOPN_POOLS_ID): a typo that would do nothing."""
+    prefixes = tuple(f"{ENV_PREFIX}{section.upper()}_" for section in SECTIONS)
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and not name.startswith(prefixes) and name not in NODE_VARIABLES:
+            known = ", ".join(f"{ENV_PREFIX}{section.upper()}_" for section in SECTIONS)
+            raise ConfigError(
+                f"{name} (environment): names no settings section. Overrides are TOPN_<SECTION>_<KEY> "
+                f"with a section of {known} (e.g. TOPN_POOL_ID); fix or unset the variable."
+            )
 
 
 def _build_section(

@@ -269,3 +269,15 @@ def test_settings_built_outside_the_file_are_held_to_the_same_duration_rule(seco
     )
     with pytest.raises(ConfigError, match=r"\[run\] task_max_wall_clock_s .*a finite number of seconds"):
         check_settings(damaged)
+
+
+@pytest.mark.parametrize("variable", ["TOPN_POOLS_ID", "TOPN_RUNTOP", "TOPN_RUN", "TOPN_"])
+def test_an_override_naming_no_section_is_a_typo_not_ignored(tmp_path: Path, variable: str) -> None:
+    message = expect_config_error(write(tmp_path, MINIMAL), {**KEYS, variable: "3"}, variable, "TOPN_POOL_ID")
+    assert "names no settings section" in message
+
+
+def test_the_nodes_own_variables_are_not_taken_for_settings(tmp_path: Path) -> None:
+    node_environment = {"TOPN_BLOB_ENDPOINT": "http://127.0.0.1:1/a", "TOPN_OUTPUT_SAS_URL": "http://x/c"}
+    settings = load_settings(write(tmp_path, MINIMAL), {**KEYS, **node_environment})
+    assert settings.run.top == 10
