@@ -208,7 +208,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
     # Imported here so `topn local` and `--help` stay quick and independent of the run machinery.
     from orchestrator import naming
     from orchestrator.inputs import discover_inputs
-    from orchestrator.results import claim_results_folder
+    from orchestrator.results import check_results_folder_creatable, claim_results_folder
 
     if not args.paths:
         raise UsageError("give at least one file or folder to process, e.g. `topn run examples/texts`")
@@ -219,6 +219,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
         # Refuse an occupied results folder now, before services start; for such a folder the
         # pipeline's own check only raises (it writes nothing), so its message is reused here.
         claim_results_folder(out_dir, run_id)
+    check_results_folder_creatable(out_dir)  # e.g. --out under a file: refused before services start
     show_progress = log_format == "console" and sys.stderr.isatty()
     progress: RichProgress | NullProgress = RichProgress() if show_progress else NullProgress()
 

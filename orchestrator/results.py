@@ -237,4 +237,21 @@ def claim_results_folder(out_dir: Path, run_id: str) -> None:
         raise InputError(
             f"results folder {out_dir} is not empty; pass a new or empty --out so nothing is overwritten"
         )
-    write_atomic(marker, f"{run_id}\n".encode())
+    check_results_folder_creatable(out_dir)
+    try:
+        write_atomic(marker, f"{run_id}\n".encode())
+    except OSError as error:  # read-only, no permission, a full disk: the user's --out cannot be used
+        raise InputError(
+            f"cannot create the results folder {out_dir}: {error.strerror} (pass another --out)"
+        ) from None
+
+
+def check_results_folder_creatable(out_dir: Path) -> None:
+    """Refuse (exit 2) an --out below something that is not a folder, before anything starts."""
+    ancestor = out_dir
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor != out_dir and not ancestor.is_dir():
+        raise InputError(
+            f"cannot create the results folder {out_dir}: {ancestor} is not a folder (pass another --out)"
+        )

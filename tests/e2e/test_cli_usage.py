@@ -132,6 +132,17 @@ def test_an_occupied_results_folder_is_refused_before_services_start(tmp_path: P
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
+def test_a_results_folder_that_cannot_be_created_is_refused_before_services_start(tmp_path: Path) -> None:
+    (tmp_path / "report.txt").write_text("a user's file", encoding="utf-8")
+    done = topn(tmp_path, "run", str(texts_folder(tmp_path)), "--out", "report.txt/run1")
+    assert done.returncode == 2, done.stderr
+    message = failure_message(done.stderr)
+    assert "report.txt is not a folder" in message and "--out" in message, message
+    assert [event["event"] for event in events(done.stderr)] == ["command.failed"]  # nothing started
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["report.txt", "texts"]
+    assert (tmp_path / "report.txt").read_text(encoding="utf-8") == "a user's file"
+
+
 def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
     done = topn(tmp_path, "run", "x", "--top", "0")
     # The usage line always lists "--top"; the error line must say what was wrong with it.

@@ -111,6 +111,23 @@ def test_a_results_path_that_is_a_file_is_refused_and_kept(tmp_path: Path) -> No
     assert target.read_bytes() == b"a user's file"
 
 
+def test_a_results_folder_below_a_file_is_refused_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "deeper" / "out"
+    with pytest.raises(InputError, match=r"notes\.txt is not a folder \(pass another --out\)"):
+        claim_results_folder(out, "run-a")
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_results_folder_the_system_refuses_is_an_input_error_not_a_crash() -> None:
+    # /proc exists and is a folder, but no one can create entries in it, not even root.
+    out = Path("/proc/topn-test-results/out")
+    with pytest.raises(InputError, match=r"cannot create the results folder /proc/topn-test-results/out: "):
+        claim_results_folder(out, "run-a")
+    assert not out.parent.exists()
+
+
 def test_non_empty_foreign_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):
