@@ -231,7 +231,7 @@ def _coerce(value: Any, annotation: Any, origin: _Origin) -> Any:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors write, is not TOML
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} does not exist. Pass --config with an existing file "

@@ -281,3 +281,10 @@ def test_the_nodes_own_variables_are_not_taken_for_settings(tmp_path: Path) -> N
     node_environment = {"TOPN_BLOB_ENDPOINT": "http://127.0.0.1:1/a", "TOPN_OUTPUT_SAS_URL": "http://x/c"}
     settings = load_settings(write(tmp_path, MINIMAL), {**KEYS, **node_environment})
     assert settings.run.top == 10
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode("utf-8"))
+    settings = load_settings(path, KEYS)
+    assert settings.batch.endpoint == "https://acct.westeurope.batch.azure.com"  # MINIMAL's first key
