@@ -346,12 +346,18 @@ _POOL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONTAINER_PREFIX = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){1,34}$")
 
 
+_URL_EXAMPLES = {
+    "batch": "https://myaccount.westeurope.batch.azure.com",
+    "storage": "https://myaccount.blob.core.windows.net (Azurite: http://127.0.0.1:10000/devstoreaccount1)",
+}
+
+
 def _check_url(settings: Settings, section: str, key: str, value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"{_origin(settings, section, key)}: {value!r} is not an http(s) URL, "
-            "e.g. https://myaccount.westeurope.batch.azure.com."
+            f"e.g. {_URL_EXAMPLES[section]}."
         )
     try:
         parts.port  # noqa: B018 - raises ValueError for a malformed port

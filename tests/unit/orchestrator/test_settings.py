@@ -236,12 +236,20 @@ def test_no_nodes_and_no_autoscale_is_refused(tmp_path: Path) -> None:
     expect_config_error(write(tmp_path, text), KEYS, "dedicated_nodes", "autoscale_formula")
 
 
-def test_a_bad_endpoint_is_named(tmp_path: Path) -> None:
+def test_a_bad_endpoint_is_named_with_an_example_of_its_own_service(tmp_path: Path) -> None:
     expect_config_error(
         write(tmp_path, MINIMAL),
         {**KEYS, "TOPN_BATCH_ENDPOINT": "acct.batch.azure.com"},
         "TOPN_BATCH_ENDPOINT",
+        "e.g. https://myaccount.westeurope.batch.azure.com",
     )
+    message = expect_config_error(
+        write(tmp_path, MINIMAL),
+        {**KEYS, "TOPN_STORAGE_BLOB_ENDPOINT": "/devstoreaccount1"},
+        "TOPN_STORAGE_BLOB_ENDPOINT",
+        "e.g. https://myaccount.blob.core.windows.net",
+    )
+    assert "batch.azure.com" not in message  # a Batch URL is no example of a blob endpoint
 
 
 @given(value=st.integers(1, 10_000))
