@@ -25,7 +25,7 @@ import anyio
 import structlog
 
 from orchestrator import local
-from orchestrator.errors import ServiceUnavailableError, UsageError
+from orchestrator.errors import ConfigError, ServiceUnavailableError, UsageError
 from orchestrator.settings import Settings
 
 log = structlog.get_logger()
@@ -111,17 +111,34 @@ async def is_serving(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     return False
 
 
+def check_emulator_key(settings: Settings) -> None:
+    """Refuse to start the emulator for a Batch key that is not its public development key.
+
+    Such a key came from TOPN_BATCH_ACCOUNT_KEY (a config file may only hold the public one), most
+    likely a real account's key still exported from working with Azure. Starting the emulator with
+    it would put it on a process command line, readable by every user of the machine, and make any
+    key look right; so local mode refuses it and says how to proceed.
+    """
+    if settings.batch.account_key not in (None, local.EMULATOR_ACCOUNT_KEY):
+        raise ConfigError(
+            "TOPN_BATCH_ACCOUNT_KEY is set, but local mode starts the Batch emulator with its public "
+            "development key (the one config/local.toml holds). Unset TOPN_BATCH_ACCOUNT_KEY for local "
+            "mode, or set TOPN_BATCH_ENDPOINT to an emulator already running with that key."
+        )
+
+
 async def _start(settings: Settings, name: str, port: int, detached: bool) -> local.ServiceProcess:
     base = local_dir(settings)
     try:
         if name == AZURITE:
             return await local.start_azurite(base / "azurite", base / "logs", port=port, detached=detached)
+        check_emulator_key(settings)
         return await local.start_emulator(
             base / "emulator",
             base / "logs",
             port=port,
             account_name=settings.batch.account_name,
-            account_key=settings.batch.account_key or local.EMULATOR_ACCOUNT_KEY,
+            account_key=local.EMULATOR_ACCOUNT_KEY,
             detached=detached,
         )
     except local.LocalServiceError as exc:
@@ -158,6 +175,8 @@ async def ensure_services(settings: Settings, stack: AsyncExitStack) -> Settings
     if not settings.local.enabled:
         return settings
     serving = {name: await _find_serving(settings, name) for name in (AZURITE, EMULATOR)}
+    if serving[EMULATOR] is None:
+        check_emulator_key(settings)  # before anything is started
     if None in serving.values():
         # Taken before starting and released after the services below are stopped.
         stack.callback(acquire_start_lock(settings).close)
@@ -212,6 +231,7 @@ async def local_up(settings: Settings) -> dict[str, RecordedService]:
 
 
 async def _start_detached_services(settings: Settings) -> dict[str, RecordedService]:
+    check_emulator_key(settings)  # before anything is started
     recorded = read_recorded(settings)
     result: dict[str, RecordedService] = {}
     for name in (AZURITE, EMULATOR):

@@ -225,6 +225,20 @@ async def test_a_wrong_storage_key_stops_before_anything_is_created(
     assert find_secrets([("stdout", done.stdout), ("stderr", done.stderr)], [WRONG_KEY]) == []
 
 
+def test_a_foreign_batch_key_is_refused_before_local_mode_starts_the_emulator(tmp_path: Path) -> None:
+    # A real account's key left exported must not reach the emulator's command line (`ps` shows it).
+    env = user_environment(TOPN_BATCH_ACCOUNT_KEY=WRONG_KEY)
+    done = topn(tmp_path, "run", str(texts_folder(tmp_path)), "--out", "out", env=env)
+    assert done.returncode == 2, done.stderr
+    assert "Unset TOPN_BATCH_ACCOUNT_KEY" in failure_message(done.stderr)
+    assert [event["event"] for event in events(done.stderr)] == ["command.failed"]  # nothing started
+    assert not (tmp_path / "out").exists()
+    assert find_secrets([("stdout", done.stdout), ("stderr", done.stderr)], [WRONG_KEY]) == []
+    up = topn(tmp_path, "local", "up", env=env)
+    assert up.returncode == 2 and "Unset TOPN_BATCH_ACCOUNT_KEY" in failure_message(up.stderr)
+    assert not (tmp_path / ".topn" / "local" / "services.json").exists()
+
+
 # --- local up / down around a run ---------------------------------------------------------------
 
 

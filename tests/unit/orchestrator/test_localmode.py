@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import localmode
-from orchestrator.errors import UsageError
-from orchestrator.local import project_root
+from orchestrator.errors import ConfigError, UsageError
+from orchestrator.local import EMULATOR_ACCOUNT_KEY, project_root
 from orchestrator.settings import Settings, load_settings
 
 
@@ -64,3 +65,15 @@ def test_a_second_starter_on_the_same_state_folder_is_refused(tmp_path: Path) ->
     finally:
         first.close()
     localmode.acquire_start_lock(settings).close()  # free again once the holder is done
+
+
+def test_only_the_emulators_public_key_may_start_the_emulator(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path)
+    assert settings.batch.account_key == EMULATOR_ACCOUNT_KEY  # what config/local.toml holds
+    localmode.check_emulator_key(settings)
+    localmode.check_emulator_key(replace(settings, batch=replace(settings.batch, account_key=None)))
+    exported = base64.b64encode(b"a real account's key, exported for Azure").decode()
+    with pytest.raises(ConfigError) as raised:
+        localmode.check_emulator_key(replace(settings, batch=replace(settings.batch, account_key=exported)))
+    message = str(raised.value)
+    assert "Unset TOPN_BATCH_ACCOUNT_KEY" in message and exported not in message
