@@ -331,10 +331,40 @@ def _build_section(
             raise ConfigError(
                 f"[{section}] {key} is missing in {path}. Add it there or set {env_var_name(section, key)}."
             )
+    if cls is RetryPolicy:
+        _check_retry_values(path, values)
     try:
         return cls(**values)
     except ValueError as exc:  # RetryPolicy checks its own invariants
         raise ConfigError(f"[{section}] in {path}: {exc}.") from None
+
+
+# The smallest value each [retry] key accepts, and whether it may equal it (RetryPolicy's rules,
+# checked here first so the message can name the key and its variable).
+_RETRY_MINIMA = {
+    "max_attempts": (1, True),
+    "base_delay_s": (0, True),
+    "max_delay_s": (0, True),
+    "deadline_s": (0, False),
+    "jitter_fraction": (0, True),
+}
+
+
+def _check_retry_values(path: Path, values: Mapping[str, Any]) -> None:
+    for key, (minimum, inclusive) in _RETRY_MINIMA.items():
+        value = values.get(key)
+        if value is None or value > minimum or (inclusive and value == minimum):
+            continue
+        bound = f"{minimum} or more" if inclusive else f"more than {minimum}"
+        raise ConfigError(
+            f"[retry] {key} (in {path} or {env_var_name('retry', key)}): must be {bound}, got {value}."
+        )
+    jitter = values.get("jitter_fraction")
+    if jitter is not None and jitter > 1:
+        raise ConfigError(
+            f"[retry] jitter_fraction (in {path} or {env_var_name('retry', 'jitter_fraction')}): "
+            f"must be between 0 and 1, got {jitter}."
+        )
 
 
 def _origin(settings: Settings, section: str, key: str) -> str:

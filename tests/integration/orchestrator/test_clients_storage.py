@@ -98,9 +98,10 @@ async def test_sas_scopes_hold_on_a_real_blob_service(azurite: StorageEndpoint) 
             with pytest.raises(HttpResponseError) as cannot_read:
                 await (await writer.download_blob("a_OUTPUT.txt")).readall()
             assert cannot_read.value.status_code == 403
-            with pytest.raises(HttpResponseError):
+            with pytest.raises(HttpResponseError) as cannot_list:
                 async for _ in writer.list_blobs():
                     pass
+            assert cannot_list.value.status_code == 403  # refused for want of permission, nothing else
         for name in ("topnsas-in", "topnsas-out"):
             await clients.blob_service.delete_container(name)
 

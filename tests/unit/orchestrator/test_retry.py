@@ -172,8 +172,9 @@ async def test_final_errors_are_raised_at_once() -> None:
         attempts.append(1)
         raise http_error(403)
 
-    with pytest.raises(HttpResponseError):
+    with pytest.raises(HttpResponseError) as raised:
         await retry_call(FAST, "get_pool", forbidden)
+    assert raised.value.status_code == 403  # the service's own answer, not a wrapper or another error
     assert len(attempts) == 1
 
 

@@ -296,3 +296,23 @@ def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode("utf-8"))
     settings = load_settings(path, KEYS)
     assert settings.batch.endpoint == "https://acct.westeurope.batch.azure.com"  # MINIMAL's first key
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("max_attempts", "0", "must be 1 or more, got 0"),
+        ("base_delay_s", "-1.0", "must be 0 or more, got -1.0"),
+        ("max_delay_s", "-0.5", "must be 0 or more, got -0.5"),
+        ("deadline_s", "0", "must be more than 0, got 0.0"),
+        ("jitter_fraction", "1.5", "must be between 0 and 1, got 1.5"),
+    ],
+)
+def test_a_bad_retry_value_names_its_key_and_variable(
+    tmp_path: Path, key: str, value: str, rule: str
+) -> None:
+    variable = f"TOPN_RETRY_{key.upper()}"
+    expect_config_error(
+        write(tmp_path, MINIMAL + f"\n[retry]\n{key} = {value}\n"), KEYS, f"[retry] {key}", rule
+    )
+    expect_config_error(write(tmp_path, MINIMAL), {**KEYS, variable: value}, f"[retry] {key}", variable, rule)
