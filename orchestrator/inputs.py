@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from orchestrator import naming
 from orchestrator.errors import InputError
+from orchestrator.results import RUN_MARKER
 
 # Azure rejects blob names over 1,024 characters; the run prefix takes about 30 of them.
 MAX_RELPATH_CHARS = 960
@@ -27,9 +28,10 @@ class InputFile:
 def discover_inputs(paths: Sequence[Path]) -> list[InputFile]:
     """Files and folders (recursively) to a list sorted by relpath; InputError names any bad path.
 
-    Inside folders, hidden entries (names starting with ".") are skipped; a file named explicitly is
-    always taken. Symbolic links are followed; a loop or a broken link is refused with its path rather
-    than skipped, so no file the user meant is ever silently left out.
+    Inside folders, hidden entries (names starting with ".") and topn's own results folders (holding
+    a `.topn-run` marker) are skipped; a file or folder named explicitly is always taken. Symbolic
+    links are followed; a loop or a broken link is refused with its path rather than skipped, so no
+    file the user meant is ever silently left out.
     """
     if not paths:
         raise InputError("no input given: name at least one file or folder, e.g. `topn run ./texts`")
@@ -113,6 +115,10 @@ def _walk_folder(
             ) from None
         relpath = prefix / entry.name
         if stat.S_ISDIR(info.st_mode):
+            if (path / RUN_MARKER).is_file():
+                # An earlier run's results (`topn run .` twice puts them below the inputs): their
+                # counts and summary are not the user's texts. Named as an argument, they are taken.
+                continue
             identity = (info.st_dev, info.st_ino)
             if identity in ancestors:
                 raise InputError(

@@ -168,3 +168,17 @@ def test_every_refused_input_names_the_problem_and_the_fix(
     message = str(raised.value)
     assert problem in message and fix in message, message
     assert "\n" not in message  # one line
+
+
+def test_results_of_an_earlier_run_below_the_inputs_are_not_inputs(tmp_path: Path) -> None:
+    # `topn run .` twice: the first run's results/<run_id>/ (marked by .topn-run) sit below `.`.
+    write(tmp_path / "texts" / "a.txt")
+    earlier = tmp_path / "texts" / "results" / "20261122t010203z-abcdef"
+    write(earlier / ".topn-run")
+    write(earlier / "a_OUTPUT.txt")
+    write(earlier / "summary.json")
+    write(tmp_path / "texts" / "results" / "notes.txt")  # the user's own file next to it is kept
+    assert [item.relpath for item in discover_inputs([tmp_path / "texts"])] == ["a.txt", "results/notes.txt"]
+    # Named explicitly, a results folder is read like any other.
+    named = discover_inputs([earlier])
+    assert [item.relpath for item in named] == ["a_OUTPUT.txt", "summary.json"]
