@@ -38,10 +38,15 @@ class CliResult:
 def topn_environment(
     batch: BatchEndpoint, storage: StorageEndpoint, state_dir: Path, **overrides: str
 ) -> dict[str, str]:
-    """The user's environment plus the endpoints of the services the fixtures started."""
+    """The user's environment plus the endpoints of the services the fixtures started.
+
+    Local mode is off: with it on, a fixture service that had died would be silently replaced by
+    one topn starts on the same port, and the test would pass without the service it set up.
+    """
     keep = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
     return {
         **keep,
+        "TOPN_LOCAL_ENABLED": "false",
         "TOPN_BATCH_ENDPOINT": batch.endpoint,
         "TOPN_BATCH_ACCOUNT_KEY": batch.account_key,
         "TOPN_STORAGE_BLOB_ENDPOINT": storage.endpoint,
