@@ -36,6 +36,7 @@ from orchestrator.events import (
 from orchestrator.inputs import InputFile, renamed_inputs
 from orchestrator.local import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
+from orchestrator.results import undecodable_notice
 from orchestrator.settings import Settings, load_settings, secret_values
 
 log = structlog.get_logger()
@@ -468,8 +469,11 @@ def render_table(summary: Mapping[str, Any], out_dir: Path, renamed: Sequence[tu
         f"Run {summary.get('run_id')}: {summary.get('state')} - {totals.get('files', 0)} files, "
         f"{totals.get('succeeded', 0)} succeeded, {totals.get('failed', 0)} failed, "
         f"{totals.get('words', 0)} words in {totals.get('duration_s', 0)} s",
-        "",
     ]
+    undecodable = undecodable_notice(summary.get("files", []))
+    if undecodable is not None:
+        lines.append(undecodable)
+    lines.append("")
     top = summary.get("top", [])
     if top:
         width = max(len("word"), *(len(str(word)) for word, _ in top))

@@ -178,7 +178,13 @@ async def _collect_file(
         await run.journal.record_output_downloaded(
             run.run_id, relpath, str(saved.local_path), saved.size_bytes
         )
-    log.info("output.downloaded", task_id=outcome.task_id, file=relpath, bytes=saved.size_bytes)
+    log.info(
+        "output.downloaded",
+        task_id=outcome.task_id,
+        file=relpath,
+        bytes=saved.size_bytes,
+        invalid_bytes=saved.counts.invalid_bytes,
+    )
     if run.progress is not None:
         run.progress.update("collecting", len(ledger.results), len(run.inputs))
 
@@ -193,6 +199,7 @@ def _add_success(run: RunContext, ledger: RunLedger, index: int, task_id: str, c
             succeeded=True,
             top=top_of(counts.counts, run.settings.run.top),
             words=counts.words,
+            invalid_bytes=counts.invalid_bytes,
             output=naming.output_name(relpath),
         ),
         succeeded=True,

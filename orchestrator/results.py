@@ -62,10 +62,13 @@ def parse_counts_blob(data: bytes) -> FileCounts:
             raise CountsFormatError(f"bad counts entry {entry!r}: expected [word, count]")
         counts.append((entry[0], entry[1]))
     words = document.get("words")
+    invalid_bytes = document.get("invalid_bytes", 0)
+    if isinstance(invalid_bytes, bool) or not isinstance(invalid_bytes, int) or invalid_bytes < 0:
+        raise CountsFormatError(f"bad invalid_bytes {invalid_bytes!r}: expected a count of bytes, 0 or more")
     return FileCounts(
         words=words if isinstance(words, int) else sum(count for _, count in counts),
         distinct=len(counts),
-        invalid_bytes=int(document.get("invalid_bytes") or 0),
+        invalid_bytes=invalid_bytes,
         counts=counts,
     )
 
@@ -120,19 +123,53 @@ def file_entry(
     succeeded: bool,
     top: Sequence[tuple[str, int]] = (),
     words: int | None = None,
+    invalid_bytes: int | None = None,
     output: str | None = None,
     error: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One element of summary.json's `files` list (DESIGN §4)."""
+    """One element of summary.json's `files` list (DESIGN §4).
+
+    `invalid_bytes` (bytes the node replaced by U+FFFD) is null for a failed file, like `words`:
+    nothing was counted, so 0 would wrongly claim the file was clean.
+    """
     return {
         "path": relpath,
         "status": "succeeded" if succeeded else "failed",
         "top": [[word, count] for word, count in top],
         "words": words,
+        "invalid_bytes": invalid_bytes,
         "error": dict(error) if error is not None else None,
         "task_id": task_id,
         "output": output,
     }
+
+
+# How many files a one-line notice names before it only says how many more there are.
+UNDECODABLE_NAMES_SHOWN = 5
+
+
+def undecodable_notice(
+    files: Sequence[Mapping[str, Any]], *, names_shown: int = UNDECODABLE_NAMES_SHOWN
+) -> str | None:
+    """One line naming the files whose undecodable bytes were replaced, or None when every file was clean.
+
+    A binary file fed by mistake "succeeds" with nonsense words; this line is how the user notices.
+    """
+    affected = sorted(
+        (str(entry["path"]), int(entry["invalid_bytes"]))
+        for entry in files
+        if isinstance(entry.get("invalid_bytes"), int) and entry["invalid_bytes"] > 0
+    )
+    if not affected:
+        return None
+    replaced = sum(count for _, count in affected)
+    names = ", ".join(path for path, _ in affected[:names_shown])
+    if len(affected) > names_shown:
+        names += f" and {len(affected) - names_shown} more"
+    files_word = "file had" if len(affected) == 1 else "files had"
+    bytes_word = "byte" if replaced == 1 else "bytes"
+    replacement = f"{replaced:,} {bytes_word} replaced by U+FFFD"
+    return f"{len(affected)} {files_word} undecodable bytes ({replacement}): {names}"
 
 
 def failure_details(

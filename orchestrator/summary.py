@@ -20,6 +20,7 @@ def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[st
         "succeeded": len(succeeded),
         "failed": len(ledger.results) - len(succeeded),
         "words": sum(int(result.entry["words"] or 0) for result in succeeded),
+        "invalid_bytes": sum(int(result.entry.get("invalid_bytes") or 0) for result in succeeded),
         "distinct_words": len(ledger.counts.totals),
         "bytes": sum(item.size_bytes for item in run.inputs),
         "duration_s": round(time.monotonic() - run.started, 3),
