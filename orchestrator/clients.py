@@ -6,8 +6,9 @@ so `run.completed` and the benchmarks report what a run really cost, retries inc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import json
+import re
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     ClientAuthenticationError,
+    DecodeError,
+    DeserializationError,
     HttpResponseError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -28,7 +31,14 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob.aio import BlobServiceClient
 
 from orchestrator.errors import ConfigError, CredentialError, ServiceUnavailableError
-from orchestrator.retry import SDK_RETRY_KWARGS, error_code_of, is_transient, retry_call, status_code_of
+from orchestrator.retry import (
+    SDK_RETRY_KWARGS,
+    TRANSIENT_STATUSES,
+    error_code_of,
+    is_transient,
+    retry_call,
+    status_code_of,
+)
 from orchestrator.settings import Settings, env_var_name
 
 BATCH = "batch"
@@ -236,6 +246,81 @@ def _credential_fix(settings: Settings, section: str, token_problem: bool = Fals
     )
 
 
+# What a 404 says when the right service answered for the right account: the probed pool or container
+# is simply not there yet. Any other 404 (Azurite's ResourceNotFound for an unknown account in the
+# path, a web server's page) means the endpoint is not the service or not the account.
+EXPECTED_NOT_FOUND_CODES = {BATCH: "PoolNotFound", STORAGE: "ContainerNotFound"}
+
+# The body format each service answers in: Batch speaks JSON (OData), Blob Storage speaks XML.
+SERVICE_BODY_FORMATS = {BATCH: "json", STORAGE: "xml"}
+SERVICE_NAMES = {BATCH: "Batch", STORAGE: "Blob Storage"}
+
+# Statuses that show the request reached something other than the configured service or account.
+WRONG_SERVICE_STATUSES = frozenset({400, 404, 405})
+
+_BODY_DESCRIPTIONS = {
+    "json": "a JSON body",
+    "xml": "an XML body",
+    "html": "an HTML page",
+    "other": "a body in another format",
+}
+
+_PLAIN_ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def body_format(content_type: str | None) -> str:
+    """The kind of body a Content-Type announces: json, xml, html, none (no body) or other."""
+    if not content_type or not content_type.strip():
+        return "none"
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "text/html" or media_type == "application/xhtml+xml":
+        return "html"
+    if media_type.endswith("/json") or media_type.endswith("+json"):
+        return "json"
+    if media_type.endswith("/xml") or media_type.endswith("+xml"):
+        return "xml"
+    return "other"
+
+
+def wrong_service_reason(
+    service: str, status: int, content_type: str | None, error_code: str | None
+) -> str | None:
+    """Why an answer shows the endpoint is not the configured service or account, or None if it may be.
+
+    Transient statuses are never judged here: a gateway's busy page is retried, not blamed on the address.
+    """
+    if status in TRANSIENT_STATUSES:
+        return None
+    answered = f"HTTP {status}"
+    # Only a plain service error code is quoted: anything else could echo what the request carried.
+    if error_code and _PLAIN_ERROR_CODE.fullmatch(error_code):
+        answered += f" {error_code}"
+    found = body_format(content_type)
+    expected = SERVICE_BODY_FORMATS[service]
+    if found not in (expected, "none"):
+        return (
+            f"it answered {answered} with {_BODY_DESCRIPTIONS[found]}, "
+            f"where {SERVICE_NAMES[service]} answers with {_BODY_DESCRIPTIONS[expected]}"
+        )
+    if status in WRONG_SERVICE_STATUSES and not (
+        status == 404 and error_code == EXPECTED_NOT_FOUND_CODES[service]
+    ):
+        return f"it answered {answered}"
+    return None
+
+
+def _endpoint_fix(service: str) -> str:
+    if service == BATCH:
+        return (
+            "Set it to the Batch account's URL (https://ACCOUNT.REGION.batch.azure.com, shown on the "
+            "account's Overview page), or to the emulator's URL that `topn local up` prints."
+        )
+    return (
+        "Set it to the storage account's blob URL (https://ACCOUNT.blob.core.windows.net), or for "
+        "Azurite to http://HOST:PORT/ACCOUNT with the account name as the path (`topn local up` prints it)."
+    )
+
+
 def _translate_check_error(exc: Exception, settings: Settings, section: str) -> Exception | None:
     """The user-facing error for a failed credential check, or None if `exc` is not one we explain."""
     if section == "batch":
@@ -244,6 +329,21 @@ def _translate_check_error(exc: Exception, settings: Settings, section: str) -> 
         account, endpoint, service = settings.storage.account_name, settings.storage.blob_endpoint, "Storage"
     endpoint_key = "endpoint" if section == "batch" else "blob_endpoint"
     status = status_code_of(exc)
+    where = (
+        f"the {service} endpoint {endpoint} ({env_var_name(section, endpoint_key)}, "
+        f"[{section}] {endpoint_key} in {settings.source})"
+    )
+    not_the_service = f"is not the {service} service for the account {account!r}"
+    if isinstance(exc, HttpResponseError) and status is not None:
+        reason = wrong_service_reason(section, status, _content_type_of(exc), error_code_of(exc))
+        if reason is not None:
+            return ConfigError(f"{where} {not_the_service}: {reason}. {_endpoint_fix(section)}")
+    if isinstance(exc, DecodeError | DeserializationError | json.JSONDecodeError):
+        # A success status with a body the SDK cannot read: something answered, but not this service.
+        return ConfigError(
+            f"{where} {not_the_service}: its answer is not in the service's format "
+            f"({type(exc).__name__}). {_endpoint_fix(section)}"
+        )
     if isinstance(exc, ClientAuthenticationError) and status is None:
         # No response at all: azure-identity could not get a token (no login, no managed identity).
         reason = str(exc.message)[:300]
@@ -271,8 +371,21 @@ def _translate_check_error(exc: Exception, settings: Settings, section: str) -> 
     return None
 
 
+def _content_type_of(exc: HttpResponseError) -> str | None:
+    # The SDK's response protocol types do not declare `headers`, though every transport has them.
+    headers = getattr(exc.response, "headers", None) or {}
+    for name, value in headers.items():
+        if str(name).lower() == "content-type":
+            return str(value)
+    return None
+
+
 def _answered_busy(exc: BaseException) -> bool:
     return status_code_of(exc) is not None and is_transient(exc)
+
+
+def _is_expected_not_found(exc: ResourceNotFoundError, service: str) -> bool:
+    return wrong_service_reason(service, 404, _content_type_of(exc), error_code_of(exc)) is None
 
 
 async def check_credentials(clients: Clients, settings: Settings) -> None:
@@ -287,13 +400,24 @@ async def check_credentials(clients: Clients, settings: Settings) -> None:
     )
 
     async def probe_batch() -> None:
-        # A missing pool still proves the request was authenticated.
-        with contextlib.suppress(ResourceNotFoundError):
+        # A missing pool still proves the request was authenticated, but only Batch's own PoolNotFound
+        # in its own JSON does: another server's 404 is an endpoint that is not Batch.
+        try:
             await clients.batch.get_pool(settings.pool.id)
+        except ResourceNotFoundError as exc:
+            if not _is_expected_not_found(exc, BATCH):
+                raise
 
     async def probe_storage() -> None:
-        # HEAD on a container: authenticated even when the container is missing (404 -> False).
-        await clients.blob_service.get_container_client(f"{settings.storage.container_prefix}-input").exists()
+        # Container properties: authenticated even when the container is missing (ContainerNotFound).
+        # Not `exists()`: it turns every 404 into False, and a wrong account in an Azurite path is a 404
+        # too (ResourceNotFound), which must fail here rather than at the first upload.
+        container = clients.blob_service.get_container_client(f"{settings.storage.container_prefix}-input")
+        try:
+            await container.get_container_properties()
+        except ResourceNotFoundError as exc:
+            if not _is_expected_not_found(exc, STORAGE):
+                raise
 
     for section, probe in (("batch", probe_batch), ("storage", probe_storage)):
         try:

@@ -1,0 +1,134 @@
+"""The credential check against live servers that answer but are not the configured service or account.
+
+Azurite stands in for "a Storage service where Batch was expected" and the Batch emulator for the
+reverse; both are the real processes from tests/conftest.py, driven by the real SDK clients.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from orchestrator.clients import BATCH, STORAGE, check_credentials, open_clients
+from orchestrator.errors import ConfigError
+from orchestrator.settings import Settings, load_settings
+from tests.conftest import BatchEndpoint, StorageEndpoint
+from tests.secret_scan import find_secrets
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PROJECT = Path(__file__).resolve().parents[3]
+
+
+def settings_for(batch_endpoint: str, blob_endpoint: str) -> Settings:
+    base = load_settings(PROJECT / "config" / "local.toml", {})
+    return replace(
+        base,
+        batch=replace(base.batch, endpoint=batch_endpoint),
+        storage=replace(base.storage, blob_endpoint=blob_endpoint),
+    )
+
+
+def server_root(endpoint: str) -> str:
+    """scheme://host:port of an endpoint, without the account path."""
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+async def refused_check(settings: Settings) -> tuple[ConfigError, dict[str, dict[str, int]]]:
+    """Run the credential check, which must refuse; the error and the requests it cost."""
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        with pytest.raises(ConfigError) as raised:
+            await check_credentials(clients, settings)
+        return raised.value, clients.requests.snapshot()
+
+
+def assert_names_the_problem(error: ConfigError, settings: Settings, *fragments: str) -> None:
+    message = str(error)
+    for fragment in fragments:
+        assert fragment in message, message
+    keys = [settings.batch.account_key or "", settings.storage.account_key or ""]
+    assert find_secrets([("error message", message)], keys) == []
+
+
+@pytest.mark.parametrize("with_account_path", [True, False], ids=["azurite-url", "azurite-root"])
+async def test_a_batch_endpoint_that_is_azurite_is_a_config_error(
+    azurite: StorageEndpoint, batch_emulator: BatchEndpoint, with_account_path: bool
+) -> None:
+    # Measured: Azurite answers the Batch get_pool with 403 AuthorizationFailure (XML) under its account
+    # path, and 400 (no code) at its root; neither is a wrong key, both are the wrong service.
+    batch_url = azurite.endpoint if with_account_path else server_root(azurite.endpoint)
+    settings = settings_for(batch_url, azurite.endpoint)
+    error, requests = await refused_check(settings)
+    assert_names_the_problem(
+        error, settings, "TOPN_BATCH_ENDPOINT", "[batch] endpoint", batch_url, "'topnlocal'", "not the Batch"
+    )
+    assert "refused the credentials" not in str(error)
+    # One request, not retried: a wrong address is final. (Counted by total: the label comes from the
+    # path, and an account path in front of /pools/ names no Batch operation.)
+    assert sum(requests[BATCH].values()) == 1
+    assert requests[STORAGE] == {}
+
+
+async def test_a_blob_endpoint_that_is_the_batch_emulator_is_a_config_error(
+    batch_emulator: BatchEndpoint,
+) -> None:
+    # Measured: the emulator answers the container request with 403 AuthenticationFailed in JSON.
+    settings = settings_for(batch_emulator.endpoint, batch_emulator.endpoint)
+    error, requests = await refused_check(settings)
+    assert_names_the_problem(
+        error,
+        settings,
+        "TOPN_STORAGE_BLOB_ENDPOINT",
+        "[storage] blob_endpoint",
+        batch_emulator.endpoint,
+        "'devstoreaccount1'",
+        "JSON",
+    )
+    assert "refused the credentials" not in str(error)
+    assert requests[BATCH] == {"get_pool": 1}  # the Batch half passed: one request each
+    assert requests[STORAGE] == {"get_container_properties": 1}
+
+
+async def test_a_blob_endpoint_with_a_wrong_account_path_is_a_config_error(
+    azurite: StorageEndpoint, batch_emulator: BatchEndpoint
+) -> None:
+    # Measured: Azurite answers 404 ResourceNotFound for an account it does not have (its known
+    # account's missing container is 404 ContainerNotFound, which the check accepts).
+    wrong_account = f"{server_root(azurite.endpoint)}/otheraccount"
+    settings = settings_for(batch_emulator.endpoint, wrong_account)
+    error, requests = await refused_check(settings)
+    assert_names_the_problem(
+        error,
+        settings,
+        "TOPN_STORAGE_BLOB_ENDPOINT",
+        wrong_account,
+        "'devstoreaccount1'",
+        "404 ResourceNotFound",
+    )
+    assert sum(requests[STORAGE].values()) == 1  # labelled by path, which here has an unknown account
+    assert requests[BATCH] == {"get_pool": 1}
+
+
+async def test_the_right_endpoints_with_no_container_or_pool_yet_pass_the_check(
+    azurite: StorageEndpoint, batch_emulator: BatchEndpoint
+) -> None:
+    # The same 404s the check accepts (PoolNotFound, ContainerNotFound) for a fresh pool and prefix.
+    base = settings_for(batch_emulator.endpoint, azurite.endpoint)
+    settings = replace(
+        base,
+        pool=replace(base.pool, id="never-created-pool"),
+        storage=replace(base.storage, container_prefix="nevercreated"),
+    )
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        await check_credentials(clients, settings)
+        assert clients.requests.snapshot() == {
+            BATCH: {"get_pool": 1},
+            STORAGE: {"get_container_properties": 1},
+        }
