@@ -309,6 +309,10 @@ def wrong_service_reason(
     return None
 
 
+class WrongServiceAnswer(Exception):
+    """A success answer that the configured service would not give (raised only by the check's probes)."""
+
+
 def _endpoint_fix(service: str) -> str:
     if service == BATCH:
         return (
@@ -338,6 +342,8 @@ def _translate_check_error(exc: Exception, settings: Settings, section: str) -> 
         reason = wrong_service_reason(section, status, _content_type_of(exc), error_code_of(exc))
         if reason is not None:
             return ConfigError(f"{where} {not_the_service}: {reason}. {_endpoint_fix(section)}")
+    if isinstance(exc, WrongServiceAnswer):
+        return ConfigError(f"{where} {not_the_service}: {exc}. {_endpoint_fix(section)}")
     if isinstance(exc, DecodeError | DeserializationError | json.JSONDecodeError):
         # A success status with a body the SDK cannot read: something answered, but not this service.
         return ConfigError(
@@ -413,11 +419,23 @@ async def check_credentials(clients: Clients, settings: Settings) -> None:
         # Not `exists()`: it turns every 404 into False, and a wrong account in an Azurite path is a 404
         # too (ResourceNotFound), which must fail here rather than at the first upload.
         container = clients.blob_service.get_container_client(f"{settings.storage.container_prefix}-input")
+        answers: list[tuple[int, str | None]] = []
+
+        def keep_answer(pipeline_response: Any) -> None:
+            answer = pipeline_response.http_response
+            answers.append((answer.status_code, answer.headers.get("Content-Type")))
+
         try:
-            await container.get_container_properties()
+            await container.get_container_properties(raw_response_hook=keep_answer)
         except ResourceNotFoundError as exc:
             if not _is_expected_not_found(exc, STORAGE):
                 raise
+            return
+        # The SDK reads only headers from a success, so any web server's page would pass unread.
+        status, content_type = answers[-1]
+        reason = wrong_service_reason(STORAGE, status, content_type, None)
+        if reason is not None:
+            raise WrongServiceAnswer(reason)
 
     for section, probe in (("batch", probe_batch), ("storage", probe_storage)):
         try:

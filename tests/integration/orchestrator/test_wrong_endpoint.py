@@ -6,12 +6,15 @@ reverse; both are the real processes from tests/conftest.py, driven by the real 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import pytest_asyncio
+from aiohttp import web
 
 from orchestrator.clients import BATCH, STORAGE, check_credentials, open_clients
 from orchestrator.errors import ConfigError
@@ -132,3 +135,73 @@ async def test_the_right_endpoints_with_no_container_or_pool_yet_pass_the_check(
             BATCH: {"get_pool": 1},
             STORAGE: {"get_container_properties": 1},
         }
+
+
+async def test_an_existing_container_on_the_right_account_passes_the_check(
+    azurite: StorageEndpoint, batch_emulator: BatchEndpoint
+) -> None:
+    # The success answer is read too (its format); Azurite's real one must still pass.
+    base = settings_for(batch_emulator.endpoint, azurite.endpoint)
+    settings = replace(base, storage=replace(base.storage, container_prefix="checkexists"))
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        await clients.blob_service.create_container("checkexists-input")
+        try:
+            await check_credentials(clients, settings)
+        finally:
+            await clients.blob_service.delete_container("checkexists-input")
+
+
+WebPage = Callable[[int], Awaitable[str]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def web_page_server() -> AsyncIterator[WebPage]:
+    """Start plain web servers that answer every request with one HTML page and a chosen status."""
+    runners: list[web.AppRunner] = []
+
+    async def start(status: int) -> str:
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(
+                status=status, text="<html><body>Welcome</body></html>", content_type="text/html"
+            )
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", page)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    try:
+        yield start
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+@pytest.mark.parametrize("status", [200, 405])
+async def test_a_web_page_as_the_batch_endpoint_is_a_config_error(
+    web_page_server: WebPage, azurite: StorageEndpoint, status: int
+) -> None:
+    # 200: the SDK cannot read the page as a pool; 405: the page says so in HTML, not Batch's JSON.
+    url = await web_page_server(status)
+    settings = settings_for(url, azurite.endpoint)
+    error, requests = await refused_check(settings)
+    assert_names_the_problem(error, settings, "TOPN_BATCH_ENDPOINT", url, "not the Batch")
+    assert requests[BATCH] == {"get_pool": 1}
+
+
+@pytest.mark.parametrize("status", [200, 405])
+async def test_a_web_page_as_the_blob_endpoint_is_a_config_error(
+    web_page_server: WebPage, batch_emulator: BatchEndpoint, azurite: StorageEndpoint, status: int
+) -> None:
+    # 200 matters most: the SDK reads only the headers of a success, so the page would pass unread.
+    url = f"{await web_page_server(status)}/{azurite.account_name}"
+    settings = settings_for(batch_emulator.endpoint, url)
+    error, requests = await refused_check(settings)
+    assert_names_the_problem(error, settings, "TOPN_STORAGE_BLOB_ENDPOINT", url, "HTML page")
+    assert requests[STORAGE] == {"get_container_properties": 1}
