@@ -150,16 +150,23 @@ EventHook = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 async def run_topn_live(
-    args: list[str], cwd: Path, env: Mapping[str, str], on_event: EventHook | None = None
+    args: list[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    on_event: EventHook | None = None,
+    on_started: Callable[[int], None] | None = None,
 ) -> LiveRun:
     """Run `python -m orchestrator ARGS`, calling `on_event` for each event line as it is written.
 
     The hook runs while topn keeps going, so a test can act at a chosen moment of a live run
-    (stop a service, kill the emulator) and then let the run carry on.
+    (stop a service, kill the emulator, signal topn: `on_started` receives its pid) and then let
+    the run carry on.
     """
     run = LiveRun()
     argv = [sys.executable, "-m", "orchestrator", *args, "--config", str(ROOT / "config" / "local.toml")]
     process: Process = await anyio.open_process(argv, cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)})
+    if on_started is not None:
+        on_started(process.pid)
     async with process:
         assert process.stdout is not None and process.stderr is not None
         stdout_stream, stderr_stream = process.stdout, process.stderr

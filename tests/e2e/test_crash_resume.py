@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,11 @@ from typing import Any
 import anyio
 import pytest
 import pytest_asyncio
-from anyio.abc import Process
-from anyio.streams.text import TextReceiveStream
 
 from orchestrator.journal import Journal, RunRecord
 from tests.conftest import BatchEndpoint, StorageEndpoint
-from tests.e2e.fault_support import LiveRun, check_summary, job_tasks, write_corpus
-from tests.e2e.run_cli import ROOT, topn_environment
+from tests.e2e.fault_support import LiveRun, check_summary, job_tasks, run_topn_live, write_corpus
+from tests.e2e.run_cli import topn_environment
 
 # Fields that differ between two runs of the same inputs without the results differing.
 RUN_SPECIFIC_TOTALS = frozenset({"duration_s", "stages_s", "requests", "job_id"})
@@ -70,45 +67,26 @@ async def run_until(
     "press Ctrl-C twice" case, without depending on how fast the first one is handled). `on_event`
     sees every event (to act on the services instead of on topn).
     """
-    run = LiveRun()
     sent = False
-    argv = [sys.executable, "-m", "orchestrator", *args, "--config", str(ROOT / "config" / "local.toml")]
-    process: Process = await anyio.open_process(argv, cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)})
-    async with process:
-        assert process.stdout is not None and process.stderr is not None
-        stdout_stream, stderr_stream = process.stdout, process.stderr
+    pids: list[int] = []
 
-        async def read_stdout() -> None:
-            run.stdout = "".join([chunk async for chunk in TextReceiveStream(stdout_stream)])
+    async def hook(event: dict[str, Any]) -> None:
+        nonlocal sent
+        if on_event is not None:
+            on_event(event)
+        if sent or trigger is None or not trigger(event):
+            return
+        (pid,) = pids
+        if then:
+            os.kill(pid, signal.SIGSTOP)
+        for sending in (stop_with, *then):
+            os.kill(pid, sending)
+        if then:
+            os.kill(pid, signal.SIGCONT)
+        sent = True
 
-        async def read_events() -> None:
-            nonlocal sent
-            pending = ""
-            async for chunk in TextReceiveStream(stderr_stream):
-                pending += chunk
-                *complete, pending = pending.split("\n")
-                for line in complete:
-                    run.stderr_lines.append(line)
-                    if on_event is not None and line.startswith("{"):
-                        on_event(json.loads(line))
-                    if sent or trigger is None or not line.startswith("{"):
-                        continue
-                    if trigger(json.loads(line)):
-                        if then:
-                            os.kill(process.pid, signal.SIGSTOP)
-                        for sending in (stop_with, *then):
-                            os.kill(process.pid, sending)
-                        if then:
-                            os.kill(process.pid, signal.SIGCONT)
-                        sent = True
-            if pending:
-                run.stderr_lines.append(pending)
-
-        with anyio.fail_after(240):
-            async with anyio.create_task_group() as group:
-                group.start_soon(read_stdout)
-                group.start_soon(read_events)
-            run.exit_code = await process.wait()
+    with anyio.fail_after(240):
+        run = await run_topn_live(args, cwd, env, hook, on_started=pids.append)
     return run, sent
 
 

@@ -32,6 +32,23 @@ def local_settings() -> Settings:
     return load_settings(PROJECT / "config" / "local.toml", {})
 
 
+def entra_id_settings() -> Settings:
+    """The local settings pointed at (unreachable) Azure endpoints, Microsoft Entra ID for both services."""
+    base = local_settings()
+    return replace(
+        base,
+        batch=replace(
+            base.batch, endpoint="https://acct.westeurope.batch.azure.com", auth="entra_id", account_key=None
+        ),
+        storage=replace(
+            base.storage,
+            blob_endpoint="https://store.blob.core.windows.net",
+            auth="entra_id",
+            account_key=None,
+        ),
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "path", "expected"),
     [
@@ -112,19 +129,7 @@ async def test_shared_key_clients_are_built_without_any_request() -> None:
 
 
 async def test_entra_id_clients_use_a_token_credential_and_no_key() -> None:
-    base = local_settings()
-    settings = replace(
-        base,
-        batch=replace(
-            base.batch, endpoint="https://acct.westeurope.batch.azure.com", auth="entra_id", account_key=None
-        ),
-        storage=replace(
-            base.storage,
-            blob_endpoint="https://store.blob.core.windows.net",
-            auth="entra_id",
-            account_key=None,
-        ),
-    )
+    settings = entra_id_settings()
     async with AsyncExitStack() as stack:
         clients = await open_clients(settings, stack)
         assert clients.token_credential is not None
@@ -209,19 +214,7 @@ async def test_entra_id_without_an_identity_is_a_credential_error_before_any_req
 
     identity = NoIdentity()
     monkeypatch.setattr(azure.identity.aio, "DefaultAzureCredential", lambda: identity)
-    base = local_settings()
-    settings = replace(
-        base,
-        batch=replace(
-            base.batch, endpoint="https://acct.westeurope.batch.azure.com", auth="entra_id", account_key=None
-        ),
-        storage=replace(
-            base.storage,
-            blob_endpoint="https://store.blob.core.windows.net",
-            auth="entra_id",
-            account_key=None,
-        ),
-    )
+    settings = entra_id_settings()
     async with AsyncExitStack() as stack:
         clients = await open_clients(settings, stack)
         with pytest.raises(CredentialError) as raised:
