@@ -36,7 +36,7 @@ from orchestrator.events import (
 from orchestrator.inputs import InputFile, renamed_inputs
 from orchestrator.local import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
-from orchestrator.results import undecodable_notice
+from orchestrator.results import read_summary, summary_path, undecodable_notice
 from orchestrator.settings import Settings, load_settings, secret_values
 
 log = structlog.get_logger()
@@ -295,15 +295,13 @@ async def _load_record(journal_file: Path, run_id: str) -> Any:
 
 
 def _read_summary(out_dir: Path, run_id: str) -> dict[str, Any]:
-    path = out_dir / "summary.json"
     try:
-        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return read_summary(out_dir)
     except (OSError, ValueError) as error:
         raise UsageError(
-            f"run {run_id} has finished but its summary {path} cannot be read ({error}); "
+            f"run {run_id} has finished but its summary {summary_path(out_dir)} cannot be read ({error}); "
             "its results folder was moved or deleted"
         ) from None
-    return summary
 
 
 def _status_command(args: argparse.Namespace, settings: Settings) -> int:

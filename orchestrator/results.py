@@ -237,11 +237,21 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def summary_path(out_dir: Path) -> Path:
+    return out_dir / "summary.json"
+
+
 def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:
     """summary.json, written atomically, UTF-8, stable key order."""
-    path = out_dir / "summary.json"
+    path = summary_path(out_dir)
     write_atomic(path, (json.dumps(summary, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     return path
+
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    """The summary.json a run wrote; raises OSError or ValueError when it cannot be read."""
+    summary: dict[str, Any] = json.loads(summary_path(out_dir).read_text(encoding="utf-8"))
+    return summary
 
 
 # Names of write_atomic's temporary files, which a resume clears after a crash.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from orchestrator.errors import RunFailedError
-from orchestrator.results import build_summary
+from orchestrator.results import build_summary, read_summary, summary_path
 from orchestrator.runcontext import RunContext, RunLedger
 
 
@@ -34,12 +33,10 @@ def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[st
 
 def written_summary(run: RunContext) -> dict[str, Any]:
     """The summary.json a run wrote before CLEANING (a resume from CLEANING only finishes clean-up)."""
-    path = run.out_dir / "summary.json"
     try:
-        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return read_summary(run.out_dir)
     except (OSError, ValueError) as error:
         raise RunFailedError(
-            f"run {run.run_id} was cleaning up but its summary {path} cannot be read ({error}); "
-            "its results are in that folder"
+            f"run {run.run_id} was cleaning up but its summary {summary_path(run.out_dir)} "
+            f"cannot be read ({error}); its results are in that folder"
         ) from None
-    return summary
