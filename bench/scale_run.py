@@ -36,11 +36,11 @@ from typing import Any
 import anyio
 
 from bench.seed_baseline import SeedEndpoints, run_seed_baseline
-from orchestrator import local
-from orchestrator.clients import open_clients
+from orchestrator.azure.clients import open_clients
 from orchestrator.events import configure_events
 from orchestrator.inputs import discover_inputs
-from orchestrator.pipeline import build_node_script, run_pipeline
+from orchestrator.local import processes as local
+from orchestrator.run.pipeline import build_node_script, run_pipeline
 from orchestrator.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,6 @@ from typing import Any, Literal, TextIO
 import anyio
 import structlog
 
-from orchestrator import localmode
 from orchestrator.errors import ConfigError, TopnError, UsageError
 from orchestrator.events import (
     LEVELS,
@@ -34,7 +33,8 @@ from orchestrator.events import (
     register_secrets,
 )
 from orchestrator.inputs import InputFile, renamed_inputs
-from orchestrator.local import project_root
+from orchestrator.local import services as localmode
+from orchestrator.local.processes import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
 from orchestrator.results import read_summary, summary_path, undecodable_notice
 from orchestrator.settings import Settings, load_settings, secret_values
@@ -225,7 +225,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
     progress: RichProgress | NullProgress = RichProgress() if show_progress else NullProgress()
 
     async def body() -> int:
-        from orchestrator.pipeline import run_pipeline, summary_exit_status
+        from orchestrator.run.pipeline import run_pipeline, summary_exit_status
 
         summary = await _with_services(
             settings,
@@ -249,8 +249,8 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
 
 def _resume_command(args: argparse.Namespace, settings: Settings, log_format: str) -> int:
     from orchestrator.journal import journal_path
-    from orchestrator.pipeline import summary_exit_status
-    from orchestrator.resume import resumed_inputs, resumed_out_dir, resumed_settings, unknown_run
+    from orchestrator.run.pipeline import summary_exit_status
+    from orchestrator.run.resume import resumed_inputs, resumed_out_dir, resumed_settings, unknown_run
 
     journal_file = journal_path(settings.local.state_dir)
     record = anyio.run(_load_record, journal_file, args.run_id)
@@ -267,7 +267,7 @@ def _resume_command(args: argparse.Namespace, settings: Settings, log_format: st
     progress: RichProgress | NullProgress = RichProgress() if show_progress else NullProgress()
 
     async def body() -> int:
-        from orchestrator.pipeline import run_pipeline
+        from orchestrator.run.pipeline import run_pipeline
 
         async def work(resolved: Settings, clients: Any, journal: Any) -> dict[str, Any]:
             latest = await journal.load_run(record.run_id)  # what the journal holds now
@@ -306,7 +306,7 @@ def _read_summary(out_dir: Path, run_id: str) -> dict[str, Any]:
 
 def _status_command(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.journal import describe_run, journal_path
-    from orchestrator.resume import unknown_run
+    from orchestrator.run.resume import unknown_run
 
     journal_file = journal_path(settings.local.state_dir)
     if args.run_id is None:
@@ -340,7 +340,7 @@ async def _live_job(settings: Settings, run_id: str) -> dict[str, Any]:
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
     from orchestrator import naming
-    from orchestrator.clients import open_clients
+    from orchestrator.azure.clients import open_clients
 
     job_id = naming.job_id(run_id)
     if settings.local.enabled and localmode.endpoint_port(settings.batch.endpoint) == 0:
@@ -378,7 +378,7 @@ async def _with_services(
     settings: Settings, work: Callable[[Settings, Any, Any], Awaitable[dict[str, Any]]]
 ) -> dict[str, Any]:
     """Local services, clients, credential check and journal around `work`; all closed, shielded, after."""
-    from orchestrator.clients import check_credentials, open_clients
+    from orchestrator.azure.clients import check_credentials, open_clients
     from orchestrator.journal import Journal, journal_path
 
     stack = AsyncExitStack()

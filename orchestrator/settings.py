@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from orchestrator.azure.retry import RetryPolicy
 from orchestrator.errors import ConfigError
-from orchestrator.local import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
-from orchestrator.retry import RetryPolicy
+from orchestrator.local.processes import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
 
 ENV_PREFIX = "TOPN_"
 

@@ -23,12 +23,13 @@ from azure.batch.aio import BatchClient
 from azure.batch.models import BatchNode, BatchPoolResizeOptions
 from structlog.testing import capture_logs
 
-from orchestrator import naming, pool, sas, staging
-from orchestrator.clients import Clients, open_clients
+from orchestrator import naming
+from orchestrator.azure import pool, sas, staging
+from orchestrator.azure.clients import Clients, open_clients
+from orchestrator.azure.retry import RetryPolicy
 from orchestrator.errors import PoolError
 from orchestrator.inputs import discover_inputs
-from orchestrator.pipeline import run_pipeline
-from orchestrator.retry import RetryPolicy
+from orchestrator.run.pipeline import run_pipeline
 from orchestrator.settings import Settings
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.integration.orchestrator.test_pipeline_run import settings_for, stand_in_node

@@ -22,11 +22,11 @@ from azure.core.exceptions import ResourceNotFoundError
 from structlog.testing import capture_logs
 
 from orchestrator import naming
-from orchestrator.clients import open_clients
+from orchestrator.azure.clients import open_clients
 from orchestrator.errors import InputError, RunFailedError
 from orchestrator.inputs import discover_inputs
 from orchestrator.journal import Journal
-from orchestrator.pipeline import run_pipeline
+from orchestrator.run.pipeline import run_pipeline
 from orchestrator.settings import Settings, load_settings
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.run_cli import topn_environment

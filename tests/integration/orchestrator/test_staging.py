@@ -20,9 +20,10 @@ import yarl
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
-from orchestrator import collect, naming, results, sas, staging
+from orchestrator import naming, results
+from orchestrator.azure import collect, sas, staging
+from orchestrator.azure.retry import SDK_RETRY_KWARGS, RetryPolicy
 from orchestrator.inputs import discover_inputs
-from orchestrator.retry import SDK_RETRY_KWARGS, RetryPolicy
 from tests.conftest import StorageEndpoint
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator import cli
-from orchestrator.local import project_root
+from orchestrator.local.processes import project_root
 
 SUMMARY: dict[str, Any] = {
     "run_id": "20261122t010203z-abcdef",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import localmode
 from orchestrator.errors import ConfigError, UsageError
-from orchestrator.local import EMULATOR_ACCOUNT_KEY, project_root
+from orchestrator.local import services as localmode
+from orchestrator.local.processes import EMULATOR_ACCOUNT_KEY, project_root
 from orchestrator.settings import Settings, load_settings
 
 

@@ -13,15 +13,15 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.clients import BATCH, Clients, RequestCounter
+from orchestrator.azure.clients import BATCH, Clients, RequestCounter
 from orchestrator.errors import InputError, RunFailedError, ServiceUnavailableError
-from orchestrator.failures import RunDeadlineError, explain
 from orchestrator.inputs import InputFile
 from orchestrator.journal import JournalInput, RunRecord
-from orchestrator.renewal import resumed_job_constraints
-from orchestrator.runcontext import FileResult, RunContext, RunLedger, journal_inputs, new_run_context
+from orchestrator.run.context import FileResult, RunContext, RunLedger, journal_inputs, new_run_context
+from orchestrator.run.failures import RunDeadlineError, explain
+from orchestrator.run.renewal import resumed_job_constraints
+from orchestrator.run.summary import run_summary, written_summary
 from orchestrator.settings import load_settings
-from orchestrator.summary import run_summary, written_summary
 
 PROJECT = Path(__file__).resolve().parents[3]
 SETTINGS = load_settings(

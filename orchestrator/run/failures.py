@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import anyio
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-from orchestrator import submit
+from orchestrator.azure import submit
 from orchestrator.errors import RunFailedError, ServiceUnavailableError, TopnError
 from orchestrator.settings import Settings
 

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import structlog
 
-from orchestrator import local
 from orchestrator.errors import ConfigError, ServiceUnavailableError, UsageError
+from orchestrator.local import processes
 from orchestrator.settings import Settings
 
 log = structlog.get_logger()
@@ -119,7 +119,7 @@ def check_emulator_key(settings: Settings) -> None:
     it would put it on a process command line, readable by every user of the machine, and make any
     key look right; so local mode refuses it and says how to proceed.
     """
-    if settings.batch.account_key not in (None, local.EMULATOR_ACCOUNT_KEY):
+    if settings.batch.account_key not in (None, processes.EMULATOR_ACCOUNT_KEY):
         raise ConfigError(
             "TOPN_BATCH_ACCOUNT_KEY is set, but local mode starts the Batch emulator with its public "
             "development key (the one config/local.toml holds). Unset TOPN_BATCH_ACCOUNT_KEY for local "
@@ -127,21 +127,23 @@ def check_emulator_key(settings: Settings) -> None:
         )
 
 
-async def _start(settings: Settings, name: str, port: int, detached: bool) -> local.ServiceProcess:
+async def _start(settings: Settings, name: str, port: int, detached: bool) -> processes.ServiceProcess:
     base = local_dir(settings)
     try:
         if name == AZURITE:
-            return await local.start_azurite(base / "azurite", base / "logs", port=port, detached=detached)
+            return await processes.start_azurite(
+                base / "azurite", base / "logs", port=port, detached=detached
+            )
         check_emulator_key(settings)
-        return await local.start_emulator(
+        return await processes.start_emulator(
             base / "emulator",
             base / "logs",
             port=port,
             account_name=settings.batch.account_name,
-            account_key=local.EMULATOR_ACCOUNT_KEY,
+            account_key=processes.EMULATOR_ACCOUNT_KEY,
             detached=detached,
         )
-    except local.LocalServiceError as exc:
+    except processes.LocalServiceError as exc:
         raise ServiceUnavailableError(f"local mode could not start {name}: {exc}") from None
 
 
@@ -219,8 +221,8 @@ def acquire_start_lock(settings: Settings) -> TextIO:
     return handle
 
 
-async def _stop_child(service: local.ServiceProcess) -> None:
-    status = await local.stop_service(service, STOP_GRACE_S)
+async def _stop_child(service: processes.ServiceProcess) -> None:
+    status = await processes.stop_service(service, STOP_GRACE_S)
     log.info("local.service_stopped", service=service.name, pid=service.pid, exit_status=status)
 
 
@@ -288,14 +290,14 @@ async def local_down(settings: Settings) -> list[RecordedService]:
     for service in read_recorded(settings).values():
         if not _alive(service.pid) or not _is_our_process(service):
             continue
-        local.signal_pid(service.pid, signal.SIGTERM)
+        processes.signal_pid(service.pid, signal.SIGTERM)
         # Another process's pid gives no event to wait on: poll it, for at most the grace period.
         for _ in range(int(STOP_GRACE_S / POLL_S)):
             if not (_alive(service.pid) and _is_our_process(service)):
                 break
             await anyio.sleep(POLL_S)
         if _alive(service.pid) and _is_our_process(service):
-            local.signal_pid(service.pid, signal.SIGKILL)
+            processes.signal_pid(service.pid, signal.SIGKILL)
         stopped.append(service)
         log.info("local.service_stopped", service=service.name, pid=service.pid, exit_status=None)
     services_file(settings).unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""PREPARING: containers and SAS, then the inputs' uploads ‖ provisioning (orchestrator/provisioning.py)."""
+"""PREPARING: containers and SAS, then the inputs' uploads ‖ provisioning (run/provisioning.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import cast
 import anyio
 import structlog
 
-from orchestrator import renewal, staging
-from orchestrator.localfiles import file_md5_hex, file_stat
-from orchestrator.provisioning import provision
-from orchestrator.runcontext import RunContext, RunLedger
-from orchestrator.sas import DelegationKeyProvider
+from orchestrator.azure import staging
+from orchestrator.azure.sas import DelegationKeyProvider
+from orchestrator.files import file_md5_hex, file_stat
+from orchestrator.run import renewal
+from orchestrator.run.context import RunContext, RunLedger
+from orchestrator.run.provisioning import provision
 
 log = structlog.get_logger()
 

@@ -18,8 +18,8 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 from azure.batch.models import BatchJob, BatchTask, BatchTaskCountsResult
 
+from orchestrator.azure.retry import RetryPolicy, retry_call
 from orchestrator.errors import RunFailedError
-from orchestrator.retry import RetryPolicy, retry_call
 
 log = structlog.get_logger()
 

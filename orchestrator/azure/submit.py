@@ -19,8 +19,8 @@ import anyio
 from azure.batch.models import BatchCreateTaskCollectionResult, BatchTaskCreateOptions, BatchTaskGroup
 from azure.core.exceptions import HttpResponseError
 
+from orchestrator.azure.retry import RetryPolicy, backoff_delay_s, error_code_of, retry_call, status_code_of
 from orchestrator.errors import RunFailedError
-from orchestrator.retry import RetryPolicy, backoff_delay_s, error_code_of, retry_call, status_code_of
 
 MAX_TASKS_PER_REQUEST = 100
 # The service refuses bodies of 1 MB or more; keep a margin for the envelope and rounding.

@@ -7,9 +7,10 @@ import contextlib
 import anyio
 from azure.core.exceptions import HttpResponseError
 
-from orchestrator import naming, staging
-from orchestrator.retry import retry_call
-from orchestrator.runcontext import RunContext, RunLedger
+from orchestrator import naming
+from orchestrator.azure import staging
+from orchestrator.azure.retry import retry_call
+from orchestrator.run.context import RunContext, RunLedger
 
 CLEANUP_TIMEOUT_S = 60.0
 

@@ -11,12 +11,12 @@ from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
 from orchestrator import naming
-from orchestrator.clients import Clients
+from orchestrator.azure.clients import Clients
+from orchestrator.azure.retry import RetryPolicy
+from orchestrator.files import file_mtime_ns
 from orchestrator.inputs import InputFile
 from orchestrator.journal import Journal, JournalInput, RunRecord
-from orchestrator.localfiles import file_mtime_ns
 from orchestrator.results import RunCounts
-from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
 
 

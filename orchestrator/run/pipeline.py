@@ -28,19 +28,18 @@ from typing import Any
 import anyio
 import structlog
 
-from orchestrator import naming, sas, submit
-from orchestrator.cleaning import clean_up
-from orchestrator.clients import BATCH, STORAGE, Clients
-from orchestrator.collecting import run_and_collect
+from orchestrator import naming
+from orchestrator.azure import sas, submit
+from orchestrator.azure.clients import BATCH, STORAGE, Clients
 from orchestrator.errors import InputError, ServiceUnavailableError
-from orchestrator.failures import RunDeadlineError, explain
 from orchestrator.inputs import InputFile
 from orchestrator.journal import Journal, RunRecord
-from orchestrator.preparing import prepare
-from orchestrator.provisioning import build_node_script
 from orchestrator.results import claim_results_folder, write_summary
-from orchestrator.runcontext import ProgressSink, RunContext, RunLedger, journal_inputs, new_run_context
-from orchestrator.runstate import (
+from orchestrator.run.cleaning import clean_up
+from orchestrator.run.collecting import run_and_collect
+from orchestrator.run.context import ProgressSink, RunContext, RunLedger, journal_inputs, new_run_context
+from orchestrator.run.failures import RunDeadlineError, explain
+from orchestrator.run.machine import (
     ALLOWED,
     TERMINAL,
     RunState,
@@ -49,9 +48,11 @@ from orchestrator.runstate import (
     TransitionError,
     check_transition,
 )
+from orchestrator.run.preparing import prepare
+from orchestrator.run.provisioning import build_node_script
+from orchestrator.run.submitting import submit_run_tasks
+from orchestrator.run.summary import run_summary, written_summary
 from orchestrator.settings import Settings
-from orchestrator.submitting import submit_run_tasks
-from orchestrator.summary import run_summary, written_summary
 
 # The names the CLI, the tests and the benchmarks import from here, wherever they are defined.
 __all__ = [
@@ -104,7 +105,7 @@ async def run_pipeline(
 
     `node_script` replaces the packed node (tests); `max_files_per_task` (default `[run]
     max_files_per_task`) = 1 gives one task per file. `resume` continues that journalled run (see
-    orchestrator/resume.py, which builds the inputs and settings from it).
+    orchestrator/run/resume.py, which builds the inputs and settings from it).
     """
     if not inputs:
         raise InputError("no input files to process")

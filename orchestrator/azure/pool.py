@@ -36,10 +36,10 @@ from azure.batch.models._models import BatchNodeRebootOptions  # not exported (S
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.polling import AsyncLROPoller
 
+from orchestrator.azure.monitor import next_poll_interval, wire_value
+from orchestrator.azure.retry import RetryPolicy, error_code_of, retry_call
+from orchestrator.azure.sas import CLOCK_SKEW, utc_now
 from orchestrator.errors import PoolError
-from orchestrator.monitor import next_poll_interval, wire_value
-from orchestrator.retry import RetryPolicy, error_code_of, retry_call
-from orchestrator.sas import CLOCK_SKEW, utc_now
 from orchestrator.settings import PoolSettings
 
 log = structlog.get_logger()

@@ -11,11 +11,12 @@ import anyio
 import structlog
 from azure.core.exceptions import HttpResponseError
 
-from orchestrator import collect, monitor, naming, submit
+from orchestrator import naming
+from orchestrator.azure import collect, monitor, submit
+from orchestrator.files import file_stat
 from orchestrator.journal import outcome_succeeded
-from orchestrator.localfiles import file_stat
 from orchestrator.results import FileCounts, failure_details, file_entry, top_of
-from orchestrator.runcontext import FileResult, RunContext, RunLedger
+from orchestrator.run.context import FileResult, RunContext, RunLedger
 
 log = structlog.get_logger()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.errors import RunFailedError
 from orchestrator.results import build_summary, read_summary, summary_path
-from orchestrator.runcontext import RunContext, RunLedger
+from orchestrator.run.context import RunContext, RunLedger
 
 
 def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[str, Any]:

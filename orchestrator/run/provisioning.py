@@ -13,9 +13,10 @@ import structlog
 from azure.batch.models import BatchJobConstraints, BatchJobCreateOptions, BatchPoolInfo
 from azure.core.exceptions import ResourceExistsError
 
-from orchestrator import naming, pool, staging
-from orchestrator.retry import retry_call
-from orchestrator.runcontext import RunContext, RunLedger
+from orchestrator import naming
+from orchestrator.azure import pool, staging
+from orchestrator.azure.retry import retry_call
+from orchestrator.run.context import RunContext, RunLedger
 
 log = structlog.get_logger()
 

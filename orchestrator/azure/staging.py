@@ -21,11 +21,12 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings, UserDelegationKey
 from azure.storage.blob.aio import BlobServiceClient
 
-from orchestrator import naming, sas
+from orchestrator import naming
+from orchestrator.azure import sas
+from orchestrator.azure.retry import RetryPolicy, retry_call
+from orchestrator.azure.submit import first_leaf
 from orchestrator.errors import InputError
 from orchestrator.inputs import InputFile
-from orchestrator.retry import RetryPolicy, retry_call
-from orchestrator.submit import first_leaf
 
 log = structlog.get_logger()
 
@@ -324,7 +325,7 @@ async def delete_container(blob_service: BlobServiceClient, container: str, retr
 
 @dataclass(frozen=True)
 class SasMinter:
-    """Mints the run's SAS URLs (via orchestrator/sas.py) with the account key or a user delegation key."""
+    """Mints the run's SAS URLs (azure/sas.py) with the account key or a user delegation key."""
 
     account_url: str  # the blob endpoint, e.g. http://127.0.0.1:10000/devstoreaccount1
     account_name: str

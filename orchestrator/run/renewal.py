@@ -15,10 +15,11 @@ import structlog
 from azure.batch.models import BatchJobConstraints, BatchJobUpdateOptions
 from azure.core.exceptions import ResourceNotFoundError
 
-from orchestrator import monitor, resume
-from orchestrator.retry import retry_call
-from orchestrator.runcontext import RunContext
-from orchestrator.staging import SasMinter
+from orchestrator.azure import monitor
+from orchestrator.azure.retry import retry_call
+from orchestrator.azure.staging import SasMinter
+from orchestrator.run import resume
+from orchestrator.run.context import RunContext
 
 log = structlog.get_logger()
 

@@ -30,8 +30,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob.aio import BlobServiceClient
 
-from orchestrator.errors import ConfigError, CredentialError, ServiceUnavailableError
-from orchestrator.retry import (
+from orchestrator.azure.retry import (
     SDK_RETRY_KWARGS,
     TRANSIENT_STATUSES,
     error_code_of,
@@ -39,6 +38,7 @@ from orchestrator.retry import (
     retry_call,
     status_code_of,
 )
+from orchestrator.errors import ConfigError, CredentialError, ServiceUnavailableError
 from orchestrator.settings import Settings, env_var_name
 
 BATCH = "batch"
