@@ -212,7 +212,7 @@ def main() -> None:
         local.AZURITE_ACCOUNT_NAME,
         local.AZURITE_ACCOUNT_KEY,
     )
-    from orchestrator.run.pipeline import build_node_script
+    from orchestrator.azure.staging import build_node_script
 
     files = [item.path for item in discover_inputs(args.paths)]
     result = anyio.run(run_seed_baseline, endpoints, files, build_node_script(), args.out)

@@ -10,7 +10,9 @@ import dataclasses
 import json
 import re
 from collections import Counter
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -145,8 +147,33 @@ def storage_operation(method: str, path: str, query: str, account_in_path: bool)
     return blob_ops.get((method, comp), f"{method} blob comp={comp}" if comp else f"{method} blob")
 
 
+# The counter of the run whose task tree sends a request (anyio tasks inherit it from their parent),
+# so two runs sharing one process's clients each count only their own requests.
+_run_requests: ContextVar[RequestCounter | None] = ContextVar("topn_run_requests", default=None)
+
+
+@contextmanager
+def run_requests(counter: RequestCounter) -> Iterator[RequestCounter]:
+    """Count, in `counter` too, every request sent from this context (a run's task tree)."""
+    token = _run_requests.set(counter)
+    try:
+        yield counter
+    finally:
+        _run_requests.reset(token)
+
+
+@asynccontextmanager
+async def unattributed_requests() -> AsyncIterator[None]:
+    """Requests sent inside belong to the process (the pool keeper), not to the run that asked."""
+    token = _run_requests.set(None)
+    try:
+        yield
+    finally:
+        _run_requests.reset(token)
+
+
 class CountingTransport(AioHttpTransport):  # type: ignore[misc]
-    """aiohttp transport that records each request in a RequestCounter before sending it."""
+    """aiohttp transport that records each request in the process's counter and the current run's."""
 
     def __init__(self, counter: RequestCounter, service: str, account_in_path: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -161,6 +188,9 @@ class CountingTransport(AioHttpTransport):  # type: ignore[misc]
         else:
             operation = storage_operation(request.method, parts.path, parts.query, self._account_in_path)
         self._counter.record(self._service, operation)
+        run_counter = _run_requests.get()
+        if run_counter is not None:
+            run_counter.record(self._service, operation)
         return await super().send(request, **config)
 
 

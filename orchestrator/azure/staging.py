@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,8 +26,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from orchestrator import naming
 from orchestrator.azure import sas
 from orchestrator.azure.retry import RetryPolicy, retry_call
-from orchestrator.azure.submit import first_leaf
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, first_leaf
 from orchestrator.inputs import InputFile
 
 log = structlog.get_logger()
@@ -268,6 +269,14 @@ async def upload_inputs(
     except BaseExceptionGroup as errors:
         raise first_leaf(errors) from None
     return [item for item in staged if item is not None]
+
+
+def build_node_script() -> bytes:
+    """Pack the node script (node.pack builds the zipapp; no node code runs in this process)."""
+    pack = importlib.import_module("node.pack")
+    with tempfile.TemporaryDirectory(prefix="topn-node-") as folder:
+        path: Path = pack.build_zipapp(Path(folder) / "node.pyz")
+        return path.read_bytes()
 
 
 async def stage_node_script(

@@ -29,15 +29,22 @@ import anyio
 import structlog
 
 from orchestrator import naming
-from orchestrator.azure import sas, submit
-from orchestrator.azure.clients import BATCH, STORAGE, Clients
-from orchestrator.errors import InputError, ServiceUnavailableError
+from orchestrator.azure import sas
+from orchestrator.azure.clients import BATCH, STORAGE, Clients, run_requests
+from orchestrator.errors import InputError, ServiceUnavailableError, TopnError, first_leaf
 from orchestrator.inputs import InputFile
 from orchestrator.journal import Journal, RunRecord
 from orchestrator.results import claim_results_folder, write_summary
 from orchestrator.run.cleaning import clean_up
 from orchestrator.run.collecting import run_and_collect
-from orchestrator.run.context import ProgressSink, RunContext, RunLedger, journal_inputs, new_run_context
+from orchestrator.run.context import (
+    PoolSupply,
+    ProgressSink,
+    RunContext,
+    RunLedger,
+    journal_inputs,
+    new_run_context,
+)
 from orchestrator.run.failures import RunDeadlineError, explain
 from orchestrator.run.machine import (
     ALLOWED,
@@ -49,7 +56,6 @@ from orchestrator.run.machine import (
     check_transition,
 )
 from orchestrator.run.preparing import prepare
-from orchestrator.run.provisioning import build_node_script
 from orchestrator.run.submitting import submit_run_tasks
 from orchestrator.run.summary import run_summary, written_summary
 from orchestrator.settings import Settings
@@ -64,8 +70,8 @@ __all__ = [
     "RunStateMachine",
     "StateRecorder",
     "TransitionError",
-    "build_node_script",
     "check_transition",
+    "leaves_run_resumable",
     "run_pipeline",
     "settings_snapshot",
     "summary_exit_status",
@@ -94,46 +100,48 @@ async def run_pipeline(
     clients: Clients,
     out_dir: Path,
     *,
+    pool: PoolSupply,
     run_id: str | None = None,
     journal: Journal | None = None,
     progress: ProgressSink | None = None,
-    node_script: bytes | None = None,
     max_files_per_task: int | None = None,
     resume: RunRecord | None = None,
 ) -> dict[str, Any]:
     """Run the whole workflow for `inputs`; returns summary.json's content (also written to out_dir).
 
-    `node_script` replaces the packed node (tests); `max_files_per_task` (default `[run]
-    max_files_per_task`) = 1 gives one task per file. `resume` continues that journalled run (see
-    orchestrator/run/resume.py, which builds the inputs and settings from it).
+    `pool` is the process's pool keeper (service/poolkeeper.py): the run uses the pool and never
+    changes it. `max_files_per_task` (default `[run] max_files_per_task`) = 1 gives one task per
+    file. `resume` continues that journalled run (see run/resume.py, which builds its inputs and
+    settings).
     """
     if not inputs:
         raise InputError("no input files to process")
     if resume is not None:
         run_id = resume.run_id
     run_id = run_id or naming.new_run_id()
-    structlog.contextvars.bind_contextvars(run_id=run_id)
-    claim_results_folder(out_dir, run_id)  # before anything is created: exit 2 leaves no trace
-    per_task = max_files_per_task if max_files_per_task is not None else settings.run.max_files_per_task
-    run = new_run_context(
-        settings,
-        inputs,
-        clients,
-        out_dir,
-        run_id=run_id,
-        journal=journal,
-        progress=progress,
-        max_files_per_task=per_task,
-        resume=resume,
-        started=time.monotonic(),
-    )
-    machine = RunStateMachine(run_id, journal, RunState(resume.state) if resume else RunState.CREATED)
-    return await _run(run, RunLedger(), machine, node_script)
+    # Bound for this run's scope only: the process (a daemon) goes on after it.
+    with structlog.contextvars.bound_contextvars(run_id=run_id):
+        claim_results_folder(out_dir, run_id)  # before anything is created: exit 2 leaves no trace
+        per_task = max_files_per_task if max_files_per_task is not None else settings.run.max_files_per_task
+        run = new_run_context(
+            settings,
+            inputs,
+            clients,
+            out_dir,
+            pool=pool,
+            run_id=run_id,
+            journal=journal,
+            progress=progress,
+            max_files_per_task=per_task,
+            resume=resume,
+            started=time.monotonic(),
+        )
+        machine = RunStateMachine(run_id, journal, RunState(resume.state) if resume else RunState.CREATED)
+        with run_requests(run.requests):
+            return await _run(run, RunLedger(), machine)
 
 
-async def _run(
-    run: RunContext, ledger: RunLedger, machine: RunStateMachine, node_script: bytes | None
-) -> dict[str, Any]:
+async def _run(run: RunContext, ledger: RunLedger, machine: RunStateMachine) -> dict[str, Any]:
     """The flow: each state's stage, in order; then clean-up and the final state."""
     if run.journal is not None and run.resume is None:
         await run.journal.create_run(
@@ -148,7 +156,7 @@ async def _run(
             deadline_at = sas.utc_now() + timedelta(seconds=run.settings.run.run_timeout_s)
             with anyio.fail_after(run.settings.run.run_timeout_s):
                 await machine.advance(RunState.PREPARING)
-                prepared = await prepare(run, ledger, node_script)
+                prepared = await prepare(run, ledger)
                 await machine.advance(RunState.SUBMITTING)
                 await submit_run_tasks(run, ledger, prepared, deadline_at)
                 await machine.advance(RunState.RUNNING)
@@ -167,9 +175,11 @@ async def _run(
         final = RunState(summary["state"])
         failed = int(summary.get("totals", {}).get("failed", 0))
         ledger.job_created = True  # the job exists by now (a resumed CLEANING redoes its deletion)
-        await clean_up(run, ledger, failed=False)
+        await clean_up(run, ledger)
     except BaseException as error:
         reported = await _stop(run, ledger, machine, error)
+        if isinstance(reported, TopnError):
+            reported.reported_by_run = True  # `run.failed` said it
         if reported is error:
             raise
         raise reported from None
@@ -185,8 +195,8 @@ async def _run(
         submitting_s=ledger.stage_s.get("submitting", 0.0),
         running_s=ledger.stage_s.get("running", 0.0),
         collecting_s=ledger.stage_s.get("collecting", 0.0),
-        batch_requests=run.clients.requests.total(BATCH),
-        storage_requests=run.clients.requests.total(STORAGE),
+        batch_requests=run.requests.total(BATCH),
+        storage_requests=run.requests.total(STORAGE),
     )
     return summary
 
@@ -211,6 +221,18 @@ def _announce_start(run: RunContext, machine: RunStateMachine) -> None:
         )
 
 
+def leaves_run_resumable(error: BaseException) -> bool:
+    """Whether a run that stopped on `error` is left in place for `topn resume` (not finished).
+
+    A signal, a service that stopped answering and the run's deadline cost time, not the run: job,
+    pool and blobs stay, and the journal keeps the state reached.
+    """
+    leaf = first_leaf(error)
+    if isinstance(leaf, (anyio.get_cancelled_exc_class(), KeyboardInterrupt)):
+        return True
+    return isinstance(leaf, ServiceUnavailableError | RunDeadlineError)
+
+
 async def _stop(
     run: RunContext, ledger: RunLedger, machine: RunStateMachine, error: BaseException
 ) -> BaseException:
@@ -221,7 +243,7 @@ async def _stop(
     reached - so `topn resume` continues them. Returns the error to raise: ours as is, anything
     else explained (which service, which endpoint).
     """
-    leaf = submit.first_leaf(error) if isinstance(error, BaseExceptionGroup) else error
+    leaf = first_leaf(error)
     cancelled = isinstance(leaf, (anyio.get_cancelled_exc_class(), KeyboardInterrupt))
     if cancelled:
         log.warning(
@@ -233,9 +255,7 @@ async def _stop(
         return error
     with anyio.CancelScope(shield=True):
         reported = await explain(leaf, run.settings, run.started)
-        # A service that stopped answering, or the run's deadline, costs time, not the run: it is
-        # left in place (not cleaned up, not marked finished) for `topn resume`.
-        resumable = isinstance(reported, ServiceUnavailableError | RunDeadlineError)
+        resumable = leaves_run_resumable(reported)
         if resumable:
             reported = type(reported)(
                 f"{reported}. Once that is fixed, `topn resume {run.run_id}` continues this run"
@@ -257,7 +277,7 @@ async def _clean_up_failed_run(run: RunContext, ledger: RunLedger, machine: RunS
     try:
         if machine.state not in TERMINAL and machine.state != RunState.CLEANING:
             await machine.move(RunState.CLEANING)
-        await clean_up(run, ledger, failed=True)
+        await clean_up(run, ledger)
     except Exception as cleanup_error:  # clean-up must never hide the run's own error
         log.warning("cleanup.failed", error_type=type(cleanup_error).__name__, error=str(cleanup_error)[:300])
     if machine.state == RunState.CLEANING:

@@ -30,8 +30,8 @@ class Prepared:
     task_script_url: str | None  # set when each task must bring the node script along
 
 
-async def prepare(run: RunContext, ledger: RunLedger, node_script: bytes | None) -> Prepared:
-    """Containers, SAS; then uploads ‖ (node script → pool → job → usable nodes)."""
+async def prepare(run: RunContext, ledger: RunLedger) -> Prepared:
+    """Containers, SAS; then uploads ‖ (the kept pool → job → usable nodes)."""
     minter = await staging.make_sas_minter(
         account_url=run.settings.storage.blob_endpoint,
         account_name=run.settings.storage.account_name,
@@ -44,9 +44,7 @@ async def prepare(run: RunContext, ledger: RunLedger, node_script: bytes | None)
     )
     if run.resume is None:  # a resumed run records them once no task carries older ones
         await renewal.record_sas_expiries(run, minter)
-    await staging.ensure_containers(
-        run.blobs, [run.app_container, run.input_container, run.output_container], run.retry
-    )
+    await staging.ensure_containers(run.blobs, [run.input_container, run.output_container], run.retry)
     staged: list[staging.StagedInput] = []
     task_script_url: str | None = None
 
@@ -55,7 +53,8 @@ async def prepare(run: RunContext, ledger: RunLedger, node_script: bytes | None)
 
     async def provision_pool() -> None:
         nonlocal task_script_url
-        task_script_url = await provision(run, ledger, minter, node_script)
+        # Until the run's SAS end (its deadline plus [run] sas_margin_s) nodes must get the script.
+        task_script_url = await provision(run, ledger, minter.expires_at)
 
     async with anyio.create_task_group() as group:
         group.start_soon(stage)

@@ -24,7 +24,7 @@ def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[st
         "bytes": sum(item.size_bytes for item in run.inputs),
         "duration_s": round(time.monotonic() - run.started, 3),
         "stages_s": dict(ledger.stage_s),
-        "requests": run.clients.requests.snapshot(),
+        "requests": run.requests.snapshot(),
         "job_id": run.job_id,
         "pool_id": run.settings.pool.id,
     }

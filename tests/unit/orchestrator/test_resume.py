@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from orchestrator.cli import render_run, render_runs
+from orchestrator.console import render_run, render_runs
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.journal import JournalInput, RunRecord
 from orchestrator.run.pipeline import RunState, RunStateMachine, TransitionError

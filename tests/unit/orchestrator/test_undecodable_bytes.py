@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.cli import render_table
+from orchestrator.console import render_table
 from orchestrator.results import CountsFormatError, file_entry, parse_counts_blob, undecodable_notice
 from orchestrator.run.context import FileResult, RunLedger
 from orchestrator.run.summary import run_summary
