@@ -162,9 +162,10 @@ async def _find_serving(settings: Settings, name: str) -> str | None:
     configured = _configured(settings, name)
     if endpoint_port(configured) != 0:
         return configured if await is_serving(configured) else None
-    recorded = read_recorded(settings).get(name)
+    recorded = (await anyio.to_thread.run_sync(read_recorded, settings)).get(name)
     # The recorded process must still be ours: after a reboot its port may belong to something else.
-    if recorded is not None and _is_our_process(recorded) and await is_serving(recorded.endpoint):
+    ours = recorded is not None and await anyio.to_thread.run_sync(_is_our_process, recorded)
+    if recorded is not None and ours and await is_serving(recorded.endpoint):
         return with_port(configured, recorded.endpoint)
     return None
 
@@ -181,7 +182,7 @@ async def ensure_services(settings: Settings, stack: AsyncExitStack) -> Settings
         check_emulator_key(settings)  # before anything is started
     if None in serving.values():
         # Taken before starting and released after the services below are stopped.
-        stack.callback(acquire_start_lock(settings).close)
+        stack.callback((await anyio.to_thread.run_sync(acquire_start_lock, settings)).close)
     for name, endpoint in serving.items():
         if endpoint is None:
             configured = _configured(settings, name)

@@ -97,7 +97,10 @@ async def _settle_recorded_task(
             ledger.results[index] = FileResult(
                 file_entry(relpath, task_id=task_id, succeeded=False, error=details), succeeded=False
             )
-        elif saved is not None and file_stat(Path(saved.local_path))[0] == saved.size_bytes:
+        elif (
+            saved is not None
+            and (await anyio.to_thread.run_sync(file_stat, Path(saved.local_path)))[0] == saved.size_bytes
+        ):
             # Saved already: its counts come from the counts blob, the file is not fetched again.
             counts = await collect.read_counts(run.blobs, run.output_container, relpath, run.retry)
             _add_success(run, ledger, index, task_id, counts)

@@ -121,7 +121,8 @@ async def run_pipeline(
     run_id = run_id or naming.new_run_id()
     # Bound for this run's scope only: the process (a daemon) goes on after it.
     with structlog.contextvars.bound_contextvars(run_id=run_id):
-        claim_results_folder(out_dir, run_id)  # before anything is created: exit 2 leaves no trace
+        # Before anything is created: exit 2 leaves no trace.
+        await anyio.to_thread.run_sync(claim_results_folder, out_dir, run_id)
         per_task = max_files_per_task if max_files_per_task is not None else settings.run.max_files_per_task
         run = new_run_context(
             settings,
@@ -145,12 +146,15 @@ async def _run(run: RunContext, ledger: RunLedger, machine: RunStateMachine) -> 
     """The flow: each state's stage, in order; then clean-up and the final state."""
     if run.journal is not None and run.resume is None:
         await run.journal.create_run(
-            run.run_id, settings_snapshot(run.settings), journal_inputs(run), out_dir=run.out_dir
+            run.run_id,
+            settings_snapshot(run.settings),
+            await anyio.to_thread.run_sync(journal_inputs, run),  # one stat per input
+            out_dir=run.out_dir,
         )
     _announce_start(run, machine)
     try:
         if machine.reached(RunState.CLEANING):
-            summary = written_summary(run)  # written before CLEANING began
+            summary = await anyio.to_thread.run_sync(written_summary, run)  # written before CLEANING
         else:
             # When this run's `run_timeout_s` ends (wall clock): what a resumed run's old SAS must outlive.
             deadline_at = sas.utc_now() + timedelta(seconds=run.settings.run.run_timeout_s)
@@ -170,7 +174,7 @@ async def _run(run: RunContext, ledger: RunLedger, machine: RunStateMachine) -> 
             final_state = RunState.FAILED if ledger.failed_files() else RunState.SUCCEEDED
             summary = run_summary(run, ledger, final_state.value)
             # Before CLEANING: a resume from CLEANING needs nothing that clean-up deletes.
-            write_summary(run.out_dir, summary)
+            await anyio.to_thread.run_sync(write_summary, run.out_dir, summary)
             await machine.move(RunState.CLEANING)
         final = RunState(summary["state"])
         failed = int(summary.get("totals", {}).get("failed", 0))
