@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.credentials_async import AsyncTokenCredential
@@ -37,6 +38,7 @@ from orchestrator.azure.retry import (
     TRANSIENT_STATUSES,
     error_code_of,
     is_transient,
+    response_headers,
     retry_call,
     status_code_of,
 )
@@ -261,6 +263,34 @@ async def open_clients(settings: Settings, stack: AsyncExitStack) -> Clients:
     )
 
 
+def endpoint_port(endpoint: str) -> int:
+    """The endpoint's port: the one it names, else its scheme's (0 means "not chosen yet")."""
+    parts = urlsplit(endpoint)
+    if parts.port is not None:
+        return parts.port
+    return 443 if parts.scheme == "https" else 80
+
+
+async def accepts_connections(endpoint: str, timeout_s: float) -> bool:
+    """Whether something accepts TCP connections at the endpoint's host and port, within `timeout_s`."""
+    host = urlsplit(endpoint).hostname
+    if not host or endpoint_port(endpoint) == 0:
+        return False
+    with anyio.move_on_after(timeout_s):
+        try:
+            stream = await anyio.connect_tcp(host, endpoint_port(endpoint))
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+def response_header(exc: HttpResponseError, name: str) -> str | None:
+    """A header of the error's response, by case-insensitive name."""
+    return response_headers(exc).get(name.lower())
+
+
 def _credential_fix(settings: Settings, section: str, token_problem: bool = False) -> str:
     auth = settings.batch.auth if section == "batch" else settings.storage.auth
     if auth == "entra_id" or token_problem:
@@ -369,7 +399,9 @@ def _translate_check_error(exc: Exception, settings: Settings, section: str) -> 
     )
     not_the_service = f"is not the {service} service for the account {account!r}"
     if isinstance(exc, HttpResponseError) and status is not None:
-        reason = wrong_service_reason(section, status, _content_type_of(exc), error_code_of(exc))
+        reason = wrong_service_reason(
+            section, status, response_header(exc, "content-type"), error_code_of(exc)
+        )
         if reason is not None:
             return ConfigError(f"{where} {not_the_service}: {reason}. {_endpoint_fix(section)}")
     if isinstance(exc, WrongServiceAnswer):
@@ -407,21 +439,14 @@ def _translate_check_error(exc: Exception, settings: Settings, section: str) -> 
     return None
 
 
-def _content_type_of(exc: HttpResponseError) -> str | None:
-    # The SDK's response protocol types do not declare `headers`, though every transport has them.
-    headers = getattr(exc.response, "headers", None) or {}
-    for name, value in headers.items():
-        if str(name).lower() == "content-type":
-            return str(value)
-    return None
-
-
 def _answered_busy(exc: BaseException) -> bool:
     return status_code_of(exc) is not None and is_transient(exc)
 
 
 def _is_expected_not_found(exc: ResourceNotFoundError, service: str) -> bool:
-    return wrong_service_reason(service, 404, _content_type_of(exc), error_code_of(exc)) is None
+    return (
+        wrong_service_reason(service, 404, response_header(exc, "content-type"), error_code_of(exc)) is None
+    )
 
 
 async def check_credentials(clients: Clients, settings: Settings) -> None:

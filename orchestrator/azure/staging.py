@@ -27,6 +27,7 @@ from orchestrator import naming
 from orchestrator.azure import sas
 from orchestrator.azure.retry import RetryPolicy, retry_call
 from orchestrator.errors import InputError, first_leaf
+from orchestrator.files import read_md5
 from orchestrator.inputs import InputFile
 
 log = structlog.get_logger()
@@ -66,15 +67,7 @@ async def ensure_containers(
 
 def _md5_of_file(path: Path) -> tuple[bytes | None, bytes]:
     """The file's bytes (when small enough to hold) and its MD5, read in one pass."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as stream:
-        head = stream.read(IN_MEMORY_LIMIT_BYTES + 1)
-        digest.update(head)
-        if len(head) <= IN_MEMORY_LIMIT_BYTES:
-            return head, digest.digest()
-        for chunk in iter(lambda: stream.read(4 * 1024 * 1024), b""):
-            digest.update(chunk)
-    return None, digest.digest()
+    return read_md5(path, IN_MEMORY_LIMIT_BYTES)
 
 
 # A file that changes while it is read or sent is tried again after each of these pauses (giving its

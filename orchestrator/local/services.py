@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import structlog
 
+from orchestrator.azure.clients import accepts_connections, endpoint_port
 from orchestrator.errors import ConfigError, ServiceUnavailableError, UsageError
 from orchestrator.local import processes
 from orchestrator.settings import Settings
@@ -82,14 +83,6 @@ def write_recorded(settings: Settings, services: dict[str, RecordedService]) -> 
     temporary.replace(path)
 
 
-def endpoint_port(endpoint: str) -> int:
-    """The endpoint's port (0 means "not chosen yet")."""
-    parts = urlsplit(endpoint)
-    if parts.port is not None:
-        return parts.port
-    return 443 if parts.scheme == "https" else 80
-
-
 def with_port(endpoint: str, announced: str) -> str:
     """`endpoint` with the scheme, host and port of the `announced` one, keeping the configured path."""
     configured, actual = urlsplit(endpoint), urlsplit(announced)
@@ -98,17 +91,7 @@ def with_port(endpoint: str, announced: str) -> str:
 
 async def is_serving(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """True when something accepts TCP connections at the endpoint's host and port."""
-    parts = urlsplit(endpoint)
-    if not parts.hostname or endpoint_port(endpoint) == 0:
-        return False
-    with anyio.move_on_after(timeout_s):
-        try:
-            stream = await anyio.connect_tcp(parts.hostname, endpoint_port(endpoint))
-        except OSError:
-            return False
-        await stream.aclose()
-        return True
-    return False
+    return await accepts_connections(endpoint, timeout_s)
 
 
 def check_emulator_key(settings: Settings) -> None:

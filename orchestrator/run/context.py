@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,9 +54,7 @@ class RunContext:
     clients: Clients
     pool: PoolSupply
     requests: RequestCounter  # this run's requests only (the clients may serve other runs too)
-    # One list shared by the stages: a resumed run corrects the size of an input that changed
-    # before its task was submitted (it is uploaded again, and the summary counts what it is now).
-    inputs: list[InputFile]
+    inputs: tuple[InputFile, ...]
     out_dir: Path
     run_id: str
     journal: Journal | None
@@ -99,7 +98,19 @@ class RunLedger:
     job_created: bool = False
     job_is_new: bool = True  # False when a resumed run found its job still there
     results: dict[int, FileResult] = field(default_factory=dict)  # by input index
+    # A resumed run's inputs that changed before their task was submitted, by index: uploaded again
+    # and counted at their size now.
+    resized_inputs: dict[int, int] = field(default_factory=dict)
     counts: RunCounts = field(default_factory=RunCounts)
+
+    def current_inputs(self, inputs: Sequence[InputFile]) -> list[InputFile]:
+        """The run's inputs with the sizes they have now."""
+        return [
+            dataclasses.replace(item, size_bytes=self.resized_inputs[index])
+            if index in self.resized_inputs
+            else item
+            for index, item in enumerate(inputs)
+        ]
 
     def failed_files(self) -> int:
         return sum(1 for result in self.results.values() if not result.succeeded)
@@ -120,7 +131,7 @@ def new_run_context(
     started: float,
 ) -> RunContext:
     """The context of a run: its names, and its work units (a resumed run's own, never a new plan)."""
-    inputs = list(inputs)
+    inputs = tuple(inputs)
     prefix = settings.storage.container_prefix
     if resume is not None:
         task_ids = list(resume.task_ids)

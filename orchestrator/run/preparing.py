@@ -75,9 +75,9 @@ async def _stage_inputs(run: RunContext, ledger: RunLedger) -> list[staging.Stag
         if run.progress is not None:
             run.progress.update("staging", done, len(run.inputs))
 
-    kept = await _uploads_to_keep(run)
+    kept = await _uploads_to_keep(run, ledger)
     done = len(kept)
-    pending = [item for item in run.inputs if item.relpath not in kept]
+    pending = [item for item in ledger.current_inputs(run.inputs) if item.relpath not in kept]
     fresh = await staging.upload_inputs(
         run.blobs,
         run.input_container,
@@ -96,7 +96,7 @@ async def _stage_inputs(run: RunContext, ledger: RunLedger) -> list[staging.Stag
     return staged
 
 
-async def _uploads_to_keep(run: RunContext) -> dict[str, staging.StagedInput]:
+async def _uploads_to_keep(run: RunContext, ledger: RunLedger) -> dict[str, staging.StagedInput]:
     """A resumed run's recorded uploads whose local file is unchanged (size and mtime, else MD5)."""
     if run.resume is None:
         return {}
@@ -117,7 +117,7 @@ async def _uploads_to_keep(run: RunContext) -> dict[str, staging.StagedInput]:
         if not unchanged and item.task_id in unsubmitted:
             # Changed before its task was submitted: upload it again, and count what it is now.
             position = next(at for at, known in enumerate(run.inputs) if known.relpath == item.relpath)
-            run.inputs[position] = dataclasses.replace(run.inputs[position], size_bytes=stats[index][0])
+            ledger.resized_inputs[position] = stats[index][0]
             continue
         if not unchanged:
             log.warning(

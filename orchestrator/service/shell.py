@@ -17,7 +17,7 @@ import anyio
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from orchestrator import naming
-from orchestrator.azure.clients import Clients, check_credentials, open_clients
+from orchestrator.azure.clients import Clients, check_credentials, endpoint_port, open_clients
 from orchestrator.azure.states import job_state
 from orchestrator.errors import TopnError
 from orchestrator.events import redact_text
@@ -109,7 +109,7 @@ async def release_pool(keeper: PoolKeeper, settings: PoolSettings) -> None:
 async def read_live_job(settings: Settings, run_id: str) -> dict[str, Any]:
     """A run's job as Batch sees it now (state, task counts), or why it cannot be read; starts nothing."""
     job_id = naming.job_id(run_id)
-    if settings.local.enabled and local_services.endpoint_port(settings.batch.endpoint) == 0:
+    if settings.local.enabled and endpoint_port(settings.batch.endpoint) == 0:
         recorded = local_services.read_recorded(settings).get(local_services.EMULATOR)
         if recorded is None:
             return {"job_id": job_id, "reachable": False, "note": "no local services (run `topn local up`)"}
