@@ -29,14 +29,13 @@ from orchestrator.events import (
     bound_context,
     configure_events,
     default_log_format,
-    redact_text,
-    register_secrets,
 )
 from orchestrator.inputs import InputFile, renamed_inputs
 from orchestrator.local import services as localmode
 from orchestrator.local.processes import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
 from orchestrator.results import read_summary, summary_path, undecodable_notice
+from orchestrator.secrets import redact_text, register_secrets
 from orchestrator.settings import Settings, load_settings, secret_values
 
 log = structlog.get_logger()
