@@ -304,12 +304,13 @@ def _read_summary(out_dir: Path, run_id: str) -> dict[str, Any]:
 
 
 def _status_command(args: argparse.Namespace, settings: Settings) -> int:
-    from orchestrator.journal import describe_run, journal_path
+    from orchestrator.journal import journal_path
     from orchestrator.run.resume import unknown_run
+    from orchestrator.service.status import describe_run, recent_runs_in
 
     journal_file = journal_path(settings.local.state_dir)
     if args.run_id is None:
-        runs = [describe_run(record) for record in anyio.run(_load_runs, journal_file)][-STATUS_RECENT_RUNS:]
+        runs = anyio.run(recent_runs_in, journal_file, STATUS_RECENT_RUNS, args.json)
         text = json.dumps(runs, ensure_ascii=False, indent=2) + "\n" if args.json else render_runs(runs)
     else:
         record = anyio.run(_load_record, journal_file, args.run_id)
@@ -323,15 +324,6 @@ def _status_command(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.write(redact_text(text))
     sys.stdout.flush()
     return EXIT_OK
-
-
-async def _load_runs(journal_file: Path) -> list[Any]:
-    from orchestrator.journal import Journal
-
-    if not await anyio.Path(journal_file).is_file():
-        return []
-    async with await Journal.open(journal_file) as journal:
-        return await journal.list_runs()
 
 
 async def _live_job(settings: Settings, run_id: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The one secret stripper: every kind of secret goes, ordinary text stays, events use the same rules.
 
+The journal strips with the same functions (checked on what it stores and on its file's bytes).
 The oracle is tests/secret_scan.py (`find_secrets`), the scanner every leak check in the suite relies
 on, and real SAS tokens signed by the storage SDK, not topn's sas.py.
 """
@@ -10,6 +11,7 @@ import base64
 import io
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 import structlog
@@ -18,8 +20,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.events import configure_events
-from orchestrator.secrets import REDACTED, is_secret_name, redact_text, redact_value, register_secrets
-from tests.secret_scan import find_secrets
+from orchestrator.journal import Journal, JournalInput
+from orchestrator.secrets import (
+    REDACTED,
+    is_secret_name,
+    redact_text,
+    redact_value,
+    register_secrets,
+    strip_secrets,
+)
+from tests.secret_scan import find_secrets, texts_under
 
 # A made-up account key (no real account's) with '+', '/' and '=' so its percent-encoding differs.
 KEY = base64.b64encode(bytes(range(248, 256)) + b"made-up key for the secrets test!" + b"\xfb\xef").decode()
@@ -124,3 +134,29 @@ def test_secret_names_are_told_from_ordinary_ones() -> None:
         map(is_secret_name, ["account_key", "accountKey", "sasToken", "client_secret", "PASSWORD", "sig"])
     )
     assert not any(map(is_secret_name, ["tokenizer", "top", "endpoint", "account_name", "design", "keyword"]))
+
+
+async def test_the_journal_strips_with_the_same_rules(tmp_path: Path) -> None:
+    texts = dict(leaky_texts())
+    snapshot = {
+        "storage": {"account_key": KEY, "connection": texts["connection string"]},
+        "notes": list(texts.values()),
+    }
+    item = JournalInput(0, "a.txt", "/data/a.txt", 5, 1, None, "runs/r/a.txt", "t000000")
+    outcome = {
+        "status": "failed",
+        "exit_code": 1,
+        "stderr_tail": texts["sas url"],
+        "message": texts["bearer token"],
+    }
+    error = {"message": texts["percent-encoded key"], "stderr_tail": texts["shared key header"]}
+    async with await Journal.open(tmp_path) as journal:
+        await journal.create_run("r", snapshot, [item])
+        await journal.record_task_completed("r", "t000000", outcome)
+        await journal.record_file_failed("r", "a.txt", error)
+        record = await journal.load_run("r")
+    assert record is not None
+    assert record.settings_snapshot == strip_secrets(snapshot)
+    assert record.completed["t000000"] == redact_value(outcome)
+    assert record.file_failures["a.txt"] == redact_value(error)
+    assert find_secrets(texts_under(tmp_path), [KEY]) == []
