@@ -19,7 +19,9 @@ from orchestrator.journal.records import (
 from orchestrator.journal.schema import parse_timestamp
 
 # The queries below are composed of this module's constants only (never of input: the one value,
-# the limit, is a bound parameter), hence their `noqa: S608`.
+# the limit, is a bound parameter), hence their `noqa: S608`. Each starts from the few `recent` runs
+# with CROSS JOIN, which SQLite takes as "this order": the tables are then searched by run id
+# instead of scanned, so the time depends on the runs listed, not on the runs in the journal.
 
 # The latest runs (by id, which sorts by creation time), and whether each has ended. SQLite reads
 # LIMIT -1 as "no limit".
@@ -47,10 +49,13 @@ FROM recent"""  # noqa: S608
 # orchestrator/run/resume.py's `failed_relpaths` decides.
 _FILE_COUNTS: Final = f"""WITH {_RECENT_RUNS},
 units AS (
-    SELECT run_id, task_id, count(*) AS files FROM inputs JOIN recent USING (run_id) GROUP BY run_id, task_id
+    SELECT run_id, task_id, count(*) AS files
+    FROM recent CROSS JOIN inputs USING (run_id)
+    GROUP BY run_id, task_id
 ),
 outcomes AS (
-    SELECT run_id, task_id, {_OUTCOME_SUCCEEDED} AS succeeded FROM completed_tasks JOIN recent USING (run_id)
+    SELECT run_id, task_id, {_OUTCOME_SUCCEEDED} AS succeeded
+    FROM recent CROSS JOIN completed_tasks USING (run_id)
 )
 SELECT input.run_id, count(*), coalesce(sum(input.size_bytes), 0), count(DISTINCT input.task_id),
     count(download.relpath),
@@ -59,8 +64,8 @@ SELECT input.run_id, count(*), coalesce(sum(input.size_bytes), 0), count(DISTINC
         WHEN download.relpath IS NULL AND outcome.succeeded = 0 AND (recent.finished OR unit.files = 1) THEN 1
         ELSE 0
     END)
-FROM inputs AS input
-JOIN recent USING (run_id)
+FROM recent
+CROSS JOIN inputs AS input USING (run_id)
 JOIN units AS unit ON unit.run_id = input.run_id AND unit.task_id = input.task_id
 LEFT JOIN downloads AS download ON download.run_id = input.run_id AND download.relpath = input.relpath
 LEFT JOIN file_failures AS failure ON failure.run_id = input.run_id AND failure.relpath = input.relpath
@@ -70,14 +75,14 @@ GROUP BY input.run_id"""  # noqa: S608
 # Per run: tasks succeeded, tasks failed (every recorded task id is one of the run's inputs' tasks).
 _TASK_COUNTS: Final = f"""WITH {_RECENT_RUNS}
 SELECT run_id, sum({_OUTCOME_SUCCEEDED}), sum(NOT {_OUTCOME_SUCCEEDED})
-FROM completed_tasks JOIN recent USING (run_id)
+FROM recent CROSS JOIN completed_tasks USING (run_id)
 GROUP BY run_id"""  # noqa: S608
 
 # Per run: tasks submitted with no outcome yet.
 _IN_FLIGHT: Final = f"""WITH {_RECENT_RUNS}
 SELECT submitted.run_id, count(*)
-FROM submitted_tasks AS submitted
-JOIN recent USING (run_id)
+FROM recent
+CROSS JOIN submitted_tasks AS submitted USING (run_id)
 LEFT JOIN completed_tasks AS completed
     ON completed.run_id = submitted.run_id AND completed.task_id = submitted.task_id
 WHERE completed.task_id IS NULL

@@ -173,3 +173,23 @@ def test_summaries_follow_the_salvage_rules_for_any_run(tmp_path: Path, seed: in
         assert rows == [expected_row(record) for record in records]
 
     anyio.run(check)
+
+
+def test_the_summary_queries_search_the_listed_runs_and_scan_no_table(
+    thousand_runs: tuple[Path, list[str]],
+) -> None:
+    """Their cost follows the runs listed, not the journal: no input, task or download table is scanned."""
+    from orchestrator.journal import queries
+
+    path, _ = thousand_runs
+    connection = sqlite3.connect(path)
+    try:
+        for query in (queries._RUNS, queries._FILE_COUNTS, queries._TASK_COUNTS, queries._IN_FLIGHT):
+            steps = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {query}", {"limit": 20})]
+            scans = [step for step in steps if step.startswith("SCAN ")]
+            # `runs` is read backwards along its key and stops at the limit; `recent` is those runs.
+            assert scans and all(
+                scan in ("SCAN recent", "SCAN runs USING INDEX sqlite_autoindex_runs_1") for scan in scans
+            ), steps
+    finally:
+        connection.close()
