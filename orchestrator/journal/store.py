@@ -109,6 +109,9 @@ class Journal:
         await self.close()
 
     # ----------------------------------------------------------------- writes
+    # The keyed records below share one form on purpose (validate, check the run and its key, one
+    # `_upsert`, one transaction): what differs is the table, the key and what else the record
+    # implies (a completion marks the task submitted; a download and a failure replace each other).
 
     async def create_run(
         self,
@@ -185,12 +188,13 @@ class Journal:
         def write(connection: sqlite3.Connection) -> None:
             self._run_state(connection, run_id)
             self._require_relpaths(connection, run_id, [relpath])
-            connection.execute(
-                "INSERT INTO uploads (run_id, relpath, md5_hex, blob_name, at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (run_id, relpath) DO UPDATE SET md5_hex = excluded.md5_hex,"
-                " blob_name = excluded.blob_name, at = excluded.at"
-                " WHERE md5_hex IS NOT excluded.md5_hex OR blob_name IS NOT excluded.blob_name",
-                (run_id, relpath, md5, blob_name, at),
+            _upsert(
+                connection,
+                "uploads",
+                {"run_id": run_id, "relpath": relpath},
+                md5_hex=md5,
+                blob_name=blob_name,
+                at=at,
             )
 
         await self._write(write, durable=False)
@@ -208,11 +212,8 @@ class Journal:
 
         def write(connection: sqlite3.Connection) -> None:
             self._run_state(connection, run_id)
-            connection.execute(
-                "INSERT INTO sas_expiries (run_id, purpose, expires_at, at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (run_id, purpose) DO UPDATE SET expires_at = excluded.expires_at,"
-                " at = excluded.at WHERE expires_at IS NOT excluded.expires_at",
-                (run_id, purpose, expires, at),
+            _upsert(
+                connection, "sas_expiries", {"run_id": run_id, "purpose": purpose}, expires_at=expires, at=at
             )
 
         await self._write(write, durable=False)
@@ -250,11 +251,12 @@ class Journal:
                 "INSERT OR IGNORE INTO submitted_tasks (run_id, task_id, at) VALUES (?, ?, ?)",
                 (run_id, task_id, at),
             )
-            connection.execute(
-                "INSERT INTO completed_tasks (run_id, task_id, outcome_json, at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (run_id, task_id) DO UPDATE SET outcome_json = excluded.outcome_json,"
-                " at = excluded.at WHERE outcome_json IS NOT excluded.outcome_json",
-                (run_id, task_id, outcome_json, at),
+            _upsert(
+                connection,
+                "completed_tasks",
+                {"run_id": run_id, "task_id": task_id},
+                outcome_json=outcome_json,
+                at=at,
             )
 
         await self._write(write, durable=False)
@@ -275,12 +277,13 @@ class Journal:
             connection.execute(
                 "DELETE FROM file_failures WHERE run_id = ? AND relpath = ?", (run_id, relpath)
             )
-            connection.execute(
-                "INSERT INTO downloads (run_id, relpath, local_path, size_bytes, at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (run_id, relpath) DO UPDATE SET local_path = excluded.local_path,"
-                " size_bytes = excluded.size_bytes, at = excluded.at"
-                " WHERE local_path IS NOT excluded.local_path OR size_bytes IS NOT excluded.size_bytes",
-                (run_id, relpath, saved_at, size_bytes, at),
+            _upsert(
+                connection,
+                "downloads",
+                {"run_id": run_id, "relpath": relpath},
+                local_path=saved_at,
+                size_bytes=size_bytes,
+                at=at,
             )
 
         await self._write(write, durable=False)
@@ -298,11 +301,12 @@ class Journal:
             self._run_state(connection, run_id)
             self._require_relpaths(connection, run_id, [relpath])
             connection.execute("DELETE FROM downloads WHERE run_id = ? AND relpath = ?", (run_id, relpath))
-            connection.execute(
-                "INSERT INTO file_failures (run_id, relpath, error_json, at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (run_id, relpath) DO UPDATE SET error_json = excluded.error_json,"
-                " at = excluded.at WHERE error_json IS NOT excluded.error_json",
-                (run_id, relpath, error_json, at),
+            _upsert(
+                connection,
+                "file_failures",
+                {"run_id": run_id, "relpath": relpath},
+                error_json=error_json,
+                at=at,
             )
 
         await self._write(write, durable=False)
@@ -410,6 +414,25 @@ class Journal:
                 raise JournalError(f"cannot read the journal {self.path}: {error}") from error
 
         return await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
+
+
+def _upsert(
+    connection: sqlite3.Connection, table: str, key: Mapping[str, str], at: str, **values: object
+) -> None:
+    """Insert a keyed row, or update the stored one when a value differs; an unchanged row keeps its `at`.
+
+    This is what makes every keyed record idempotent: the latest value wins, and recording the same
+    value again changes nothing (not even when it was recorded).
+    """
+    columns = [*key, *values, "at"]
+    changed = [f"{column} IS NOT excluded.{column}" for column in values]
+    updates = [f"{column} = excluded.{column}" for column in [*values, "at"]]
+    # Table and column names are this module's literals; every value is a bound parameter.
+    statement = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(updates)} WHERE {' OR '.join(changed)}"
+    )
+    connection.execute(statement, (*key.values(), *values.values(), at))
 
 
 def _input_rows(run_id: str, inputs: Sequence[JournalInput]) -> list[tuple[Any, ...]]:
