@@ -238,8 +238,8 @@ class Journal:
     async def record_task_completed(self, run_id: str, task_id: str, outcome: Mapping[str, Any]) -> None:
         """Record a task's final outcome (JSON data, e.g. status, exit_code, failure_code, stderr_tail).
 
-        Recording a completion also marks the task submitted (it cannot have run otherwise). SAS
-        signatures inside the outcome's text are redacted.
+        Recording a completion also marks the task submitted (it cannot have run otherwise).
+        Secrets inside the outcome's text are redacted (orchestrator/secrets.py).
         """
         outcome_json = json.dumps(redact_value(_jsonable(outcome)), sort_keys=True, ensure_ascii=False)
         at = format_timestamp(now())
@@ -292,7 +292,7 @@ class Journal:
         """Record that one input has no result (e.g. exit_code, failure_code, message, stderr_tail).
 
         A later download of the same input replaces this record, and this replaces an earlier
-        download record. SAS signatures inside the error's text are redacted.
+        download record. Secrets inside the error's text are redacted (orchestrator/secrets.py).
         """
         error_json = json.dumps(redact_value(_jsonable(error)), sort_keys=True, ensure_ascii=False)
         at = format_timestamp(now())
