@@ -97,7 +97,7 @@ def run_summaries(connection: sqlite3.Connection, limit: int | None) -> list[Run
     tasks = {row[0]: row[1:] for row in connection.execute(_TASK_COUNTS, parameters)}
     in_flight = {row[0]: row[1] for row in connection.execute(_IN_FLIGHT, parameters)}
     summaries = []
-    for run_id, state, created_at, out_dir, last_change in sorted(runs):
+    for run_id, state, created_at, out_dir, last_change in sorted(runs, key=lambda row: str(row[0])):
         count, size, task_count, saved, failed = files.get(run_id, (0, 0, 0, 0, 0))
         succeeded, unsuccessful = tasks.get(run_id, (0, 0))
         summaries.append(
