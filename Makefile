@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/node_throughput.py
 	$(PY) bench/emulator_throughput.py
 	$(PY) bench/seed_baseline.py
+	$(PY) -m bench.status_query
 
 local-up: setup
 	$(VENV)/bin/topn local up

@@ -27,23 +27,19 @@ from orchestrator.events import (
     LEVELS,
     configure_events,
     default_log_format,
-    redact_text,
-    register_secrets,
 )
 from orchestrator.inputs import InputFile
 from orchestrator.local import services as localmode
 from orchestrator.local.processes import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
 from orchestrator.results import read_summary, summary_path
+from orchestrator.secrets import redact_text, register_secrets
 from orchestrator.settings import Settings, load_settings, secret_values
 
 log = structlog.get_logger()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-CLEANUP_TIMEOUT_S = 60.0
-STDERR_TAIL_LINES = 5
 STATUS_RECENT_RUNS = 20
-STATUS_LIVE_TIMEOUT_S = 5.0
 
 
 def default_config_path(cwd: Path) -> Path:
@@ -282,13 +278,14 @@ def _read_summary(out_dir: Path, run_id: str) -> dict[str, Any]:
 
 
 def _status_command(args: argparse.Namespace, settings: Settings) -> int:
-    from orchestrator.journal import describe_run, journal_path
+    from orchestrator.journal import journal_path
     from orchestrator.run.resume import unknown_run
     from orchestrator.service.shell import read_live_job
+    from orchestrator.service.status import describe_run, recent_runs_in
 
     journal_file = journal_path(settings.local.state_dir)
     if args.run_id is None:
-        runs = [describe_run(record) for record in anyio.run(_load_runs, journal_file)][-STATUS_RECENT_RUNS:]
+        runs = anyio.run(recent_runs_in, journal_file, STATUS_RECENT_RUNS, args.json)
         text = json.dumps(runs, ensure_ascii=False, indent=2) + "\n" if args.json else render_runs(runs)
     else:
         record = anyio.run(_load_record, journal_file, args.run_id)

@@ -9,9 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.events import TextSink, redact_text
+from orchestrator.events import TextSink
 from orchestrator.inputs import InputFile, renamed_inputs
 from orchestrator.results import undecodable_notice
+from orchestrator.secrets import redact_text
 
 STDERR_TAIL_LINES = 5
 

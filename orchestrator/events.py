@@ -1,27 +1,23 @@
 """The one structlog configuration: JSON lines (or console lines on a terminal) on stderr.
 
 Code elsewhere does `log = structlog.get_logger()` and `log.info("noun.past_tense", field=value)`;
-event names and fields are catalogued in docs/events.md. A last redaction step removes SAS
-signatures and registered secrets from every value, as a safety net behind code that never logs them.
+event names and fields are catalogued in docs/events.md. A last redaction step (orchestrator/secrets.py)
+removes SAS signatures, keys, tokens and registered secrets from every value, as a safety net behind
+code that never logs them.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, Literal, Protocol, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from orchestrator.secrets import redact_value
+
 LEVELS = ("debug", "info", "warning", "error", "critical")
-
-# `sig=<signature>` in a SAS query string; the value is base64, often percent-encoded.
-_SAS_SIGNATURE = re.compile(r"(sig=)[A-Za-z0-9%+/=_\-]+", re.IGNORECASE)
-REDACTED = "REDACTED"
-
-_secrets: set[str] = set()
 
 
 class TextSink(Protocol):
@@ -32,34 +28,10 @@ class TextSink(Protocol):
     def flush(self) -> None: ...
 
 
-def register_secrets(values: Iterable[str | None]) -> None:
-    """Remember secret strings (account keys) so no event can ever print them."""
-    _secrets.update(value for value in values if value and len(value) >= 8)
-
-
-def redact_text(text: str) -> str:
-    """`text` with SAS signatures and registered secrets replaced."""
-    text = _SAS_SIGNATURE.sub(r"\1" + REDACTED, text)
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-def _redact_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, list | tuple):
-        return type(value)(_redact_value(item) for item in value)
-    if isinstance(value, dict):
-        return {key: _redact_value(item) for key, item in value.items()}
-    return value
-
-
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: redact every value of the event."""
     for key, value in list(event_dict.items()):
-        event_dict[key] = _redact_value(value)
+        event_dict[key] = redact_value(value)
     return event_dict
 
 

@@ -14,9 +14,9 @@ from azure.core.exceptions import HttpResponseError
 from orchestrator import naming
 from orchestrator.azure import collect, monitor, submit
 from orchestrator.files import file_stat
-from orchestrator.journal import outcome_succeeded
 from orchestrator.results import FileCounts, failure_details, file_entry, top_of
 from orchestrator.run.context import FileResult, RunContext, RunLedger
+from orchestrator.run.resume import failed_relpaths, file_error, outcome_succeeded
 
 log = structlog.get_logger()
 
@@ -87,13 +87,13 @@ async def _settle_recorded_task(
         node_id=None,
         duration_s=None,
     )
-    failed = set(record.failed_relpaths)
+    failed = set(failed_relpaths(record))
     to_collect: list[int] = []
     for index in run.units[run.unit_by_task[task_id]]:
         relpath = run.inputs[index].relpath
         saved = record.downloads.get(relpath)
         if relpath in failed:
-            details = record.file_error(relpath)
+            details = file_error(record, relpath)
             ledger.results[index] = FileResult(
                 file_entry(relpath, task_id=task_id, succeeded=False, error=details), succeeded=False
             )

@@ -17,6 +17,7 @@ from orchestrator.files import file_md5_hex, file_stat
 from orchestrator.run import renewal
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.run.provisioning import provision
+from orchestrator.run.resume import pending_uploads, unsubmitted_task_ids
 
 log = structlog.get_logger()
 
@@ -101,8 +102,8 @@ async def _uploads_to_keep(run: RunContext, ledger: RunLedger) -> dict[str, stag
     if run.resume is None:
         return {}
     record = run.resume
-    unsubmitted = set(record.unsubmitted_task_ids)
-    pending = {item.relpath for item in record.pending_uploads}
+    unsubmitted = set(unsubmitted_task_ids(record))
+    pending = {item.relpath for item in pending_uploads(record)}
     kept: dict[str, staging.StagedInput] = {}
     # One worker-thread trip for every stat: thousands of files must not stall the event loop.
     stats = await anyio.to_thread.run_sync(lambda: [file_stat(Path(item.path)) for item in record.inputs])

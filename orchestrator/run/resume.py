@@ -3,6 +3,9 @@
 Endpoints and credentials always come from the current configuration (secrets were never journalled);
 everything that shapes the results comes from the run's settings snapshot, so a resumed run gives
 the summary an uninterrupted one would have given (docs/journal.md, "How resume uses the journal").
+
+The salvage rules live here too, as functions of a `RunRecord`: which uploads are still pending,
+which tasks are unsubmitted or in flight, which files are still to collect and which have failed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from orchestrator.azure.states import TaskState
 from orchestrator.errors import UsageError
 from orchestrator.inputs import InputFile
-from orchestrator.journal import RunRecord
+from orchestrator.journal import JournalInput, RunRecord
 from orchestrator.settings import Settings, check_settings
 
 # Settings that shape what a run computes or where its data lives, by section: taken from the
@@ -123,3 +126,109 @@ def plan_sas_refresh(awaited: Sequence[str], job_task_states: Mapping[str, TaskS
         elif TaskState(state).started:
             kept.append(task_id)
     return SasRefreshPlan(tuple(replace_ids), tuple(add_ids), tuple(kept))
+
+
+# ----------------------------------------------------------------------------- salvage rules
+# Each is linear in the run's inputs; callers that need one twice keep the result.
+
+
+def outcome_succeeded(outcome: Mapping[str, Any]) -> bool:
+    """Whether a recorded task outcome is a success: `status == "succeeded"`, else `exit_code == 0`."""
+    status = outcome.get("status")
+    if status is not None:
+        return str(status).lower() == "succeeded"
+    return outcome.get("exit_code") == 0
+
+
+def pending_uploads(record: RunRecord) -> tuple[JournalInput, ...]:
+    """Inputs with no recorded upload, or whose recorded MD5 differs from the input's known MD5."""
+    pending = []
+    for item in record.inputs:
+        upload = record.uploads.get(item.relpath)
+        if upload is None or (item.md5_hex is not None and upload.md5_hex != item.md5_hex.lower()):
+            pending.append(item)
+    return tuple(pending)
+
+
+def unsubmitted_task_ids(record: RunRecord) -> tuple[str, ...]:
+    """Tasks not yet recorded as submitted, in input order."""
+    return tuple(task_id for task_id in record.task_ids if task_id not in record.submitted_task_ids)
+
+
+def incomplete_task_ids(record: RunRecord) -> tuple[str, ...]:
+    """Tasks submitted but with no recorded outcome (in flight: reattach and await), in input order."""
+    return tuple(
+        task_id
+        for task_id in record.task_ids
+        if task_id in record.submitted_task_ids and task_id not in record.completed
+    )
+
+
+def succeeded_task_ids(record: RunRecord) -> tuple[str, ...]:
+    """Tasks whose recorded outcome is a success, in input order."""
+    return tuple(
+        task_id
+        for task_id in record.task_ids
+        if task_id in record.completed and outcome_succeeded(record.completed[task_id])
+    )
+
+
+def failed_task_ids(record: RunRecord) -> tuple[str, ...]:
+    """Tasks whose recorded outcome is a failure, in input order."""
+    return tuple(
+        task_id
+        for task_id in record.task_ids
+        if task_id in record.completed and not outcome_succeeded(record.completed[task_id])
+    )
+
+
+def undownloaded_relpaths(record: RunRecord) -> tuple[str, ...]:
+    """Inputs of finished tasks with no recorded result yet (neither saved nor failed), in input order.
+
+    These are what a resumed run still has to collect: a succeeded task's outputs, or what a
+    failed unit of several files may have written for its other files. A failed single-file
+    task has nothing to collect (its file is in `failed_relpaths`).
+    """
+    settled = set(_failed_without_salvage(record))
+    return tuple(
+        item.relpath
+        for item in record.inputs
+        if item.task_id in record.completed
+        and item.relpath not in record.downloads
+        and item.relpath not in record.file_failures
+        and item.relpath not in settled
+    )
+
+
+def failed_relpaths(record: RunRecord) -> tuple[str, ...]:
+    """Inputs without a result: recorded as failed, or in a failed task that can save nothing more."""
+    settled = set(_failed_without_salvage(record))
+    return tuple(
+        item.relpath
+        for item in record.inputs
+        if item.relpath in record.file_failures or item.relpath in settled
+    )
+
+
+def _failed_without_salvage(record: RunRecord) -> list[str]:
+    """Unsaved inputs of failed tasks that can yield nothing more (single-file, or the run is over)."""
+    by_task = record.inputs_by_task
+    failed = set(failed_task_ids(record))
+    return [
+        item.relpath
+        for item in record.inputs
+        if item.task_id in failed
+        and item.relpath not in record.downloads
+        and (record.is_finished or len(by_task[item.task_id]) == 1)
+    ]
+
+
+def file_error(record: RunRecord, relpath: str) -> dict[str, Any]:
+    """Why a file failed: its own recorded error, else its task's outcome."""
+    recorded = record.file_failures.get(relpath) or record.completed.get(record.task_of_relpath[relpath], {})
+    return {
+        "exit_code": recorded.get("exit_code"),
+        "failure_code": recorded.get("failure_code"),
+        "message": recorded.get("message"),
+        "stderr_tail": recorded.get("stderr_tail"),
+    }

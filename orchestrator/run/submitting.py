@@ -24,6 +24,7 @@ from orchestrator.azure.retry import error_code_of, retry_call
 from orchestrator.run import renewal
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.run.preparing import Prepared
+from orchestrator.run.resume import unsubmitted_task_ids
 
 log = structlog.get_logger()
 
@@ -41,7 +42,7 @@ async def submit_run_tasks(
     if run.resume is not None:
         # A job that had to be created again (deleted, or a Batch account that forgot it) holds
         # none of the tasks the journal saw added: every unfinished one goes in again.
-        recorded = run.resume.unsubmitted_task_ids if not ledger.job_is_new else run.task_ids
+        recorded = unsubmitted_task_ids(run.resume) if not ledger.job_is_new else run.task_ids
         unsubmitted = set(recorded) - set(run.resume.completed)
         if not ledger.job_is_new:
             renewed, old_sas_left = await renewal.renew_expiring_tasks(run, deadline_at)

@@ -20,12 +20,12 @@ from orchestrator import naming
 from orchestrator.azure.clients import Clients, check_credentials, endpoint_port, open_clients
 from orchestrator.azure.states import job_state
 from orchestrator.errors import TopnError
-from orchestrator.events import redact_text
 from orchestrator.inputs import InputFile
 from orchestrator.journal import Journal, RunRecord, journal_path
 from orchestrator.local import services as local_services
 from orchestrator.run.context import ProgressSink
 from orchestrator.run.pipeline import leaves_run_resumable, run_pipeline
+from orchestrator.secrets import redact_text
 from orchestrator.service.poolkeeper import PoolKeeper
 from orchestrator.settings import CLEANUP_TIMEOUT_S, PoolSettings, Settings
 

@@ -24,6 +24,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 from orchestrator.journal import Journal, JournalInput
 from orchestrator.local import processes as local
 from orchestrator.results import claim_results_folder, write_summary
+from orchestrator.run.resume import failed_relpaths
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.fault_support import check_summary, job_tasks, write_corpus
 from tests.e2e.test_crash_resume import (
@@ -150,7 +151,7 @@ async def test_a_failed_file_survives_a_crash_and_the_resumed_summary_equals_the
         assert killed and first.exit_code == -9
         run_id = run_id_in(first)
         record = await load_record(root / ".topn", run_id)
-        assert record.state == "RUNNING" and failing in record.failed_relpaths
+        assert record.state == "RUNNING" and failing in failed_relpaths(record)
         second, _ = await run_until(["resume", run_id, "--json"], root, env, None)
         assert second.exit_code == 1, second.stderr[-3000:]
         # Known already: the failure is rebuilt from the journal, not reported a second time.

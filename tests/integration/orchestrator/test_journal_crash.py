@@ -32,7 +32,9 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from azure.core.exceptions import ResourceNotFoundError
 
-from orchestrator.journal import Journal, JournalInput, RunRecord, describe_run
+from orchestrator.journal import Journal, JournalInput, RunRecord
+from orchestrator.run.resume import unsubmitted_task_ids
+from orchestrator.service.status import describe_run
 from tests.secret_scan import find_secrets, texts_under
 
 if TYPE_CHECKING:
@@ -383,7 +385,7 @@ async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
     # Once outputs arrive, every task is submitted and recorded, and some completions are recorded.
     late = killed["collecting"]
     assert late.state in {"RUNNING", "COLLECTING"}
-    assert late.unsubmitted_task_ids == ()
+    assert unsubmitted_task_ids(late) == ()
     assert late.completed
     # Nothing the killed runs left behind (journal, WAL, results) holds a key or a SAS signature.
     left_behind = (

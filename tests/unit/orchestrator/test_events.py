@@ -8,7 +8,8 @@ import json
 import pytest
 import structlog
 
-from orchestrator.events import configure_events, default_log_format, redact_text, register_secrets
+from orchestrator.events import configure_events, default_log_format
+from orchestrator.secrets import redact_text, register_secrets
 
 
 @pytest.fixture(autouse=True)

@@ -28,9 +28,16 @@ from orchestrator.journal import (
     RunRecord,
     StateChange,
     UploadRecord,
-    describe_run,
-    strip_secrets,
 )
+from orchestrator.run.resume import (
+    failed_relpaths,
+    incomplete_task_ids,
+    pending_uploads,
+    undownloaded_relpaths,
+    unsubmitted_task_ids,
+)
+from orchestrator.secrets import strip_secrets
+from orchestrator.service.status import describe_run
 from tests.secret_scan import find_secrets
 
 RUN = "20261122t001500z-abc123"
@@ -85,8 +92,8 @@ async def test_a_created_run_reads_back_with_its_inputs_and_settings(tmp_path: P
     assert record.created_at.tzinfo is not None
     assert record.uploads == {}
     assert record.submitted_task_ids == frozenset()
-    assert [item.relpath for item in record.pending_uploads] == [item.relpath for item in inputs]
-    assert record.unsubmitted_task_ids == ("t000000", "t000001", "t000002", "t000003")
+    assert [item.relpath for item in pending_uploads(record)] == [item.relpath for item in inputs]
+    assert unsubmitted_task_ids(record) == ("t000000", "t000001", "t000002", "t000003")
 
 
 async def test_every_kind_of_record_survives_reopening(tmp_path: Path) -> None:
@@ -110,9 +117,9 @@ async def test_every_kind_of_record_survives_reopening(tmp_path: Path) -> None:
     assert record.submitted_task_ids == frozenset({"t000000", "t000001"})
     assert record.completed == {"t000000": {"status": "succeeded", "exit_code": 0}}
     assert record.downloads == {inputs[0].relpath: DownloadRecord("/out/b/file 0_OUTPUT.txt", 321)}
-    assert record.unsubmitted_task_ids == ("t000002",)
-    assert record.incomplete_task_ids == ("t000001",)
-    assert record.undownloaded_relpaths == ()
+    assert unsubmitted_task_ids(record) == ("t000002",)
+    assert incomplete_task_ids(record) == ("t000001",)
+    assert undownloaded_relpaths(record) == ()
 
 
 async def test_the_results_folder_and_saved_outputs_are_kept_absolute_for_resume(
@@ -331,13 +338,13 @@ async def test_a_file_failure_and_a_later_download_replace_each_other(tmp_path: 
     assert failed.file_failures == {
         second.relpath: {"exit_code": 3, "message": "upload to https://x/o?sv=1&sig=REDACTED failed"}
     }
-    assert failed.failed_relpaths == (second.relpath,)
-    assert failed.undownloaded_relpaths == (first.relpath,)
+    assert failed_relpaths(failed) == (second.relpath,)
+    assert undownloaded_relpaths(failed) == (first.relpath,)
     assert salvaged.file_failures == {}
     assert salvaged.downloads == {second.relpath: DownloadRecord("/out/second", 7)}
-    assert salvaged.failed_relpaths == ()
+    assert failed_relpaths(salvaged) == ()
     assert failed_again.downloads == {}
-    assert failed_again.failed_relpaths == (second.relpath,)
+    assert failed_relpaths(failed_again) == (second.relpath,)
     assert "SeCrEtSiGnAtUrE123" not in journal_bytes(tmp_path / JOURNAL_FILENAME)
 
 
@@ -350,8 +357,8 @@ async def test_an_upload_whose_md5_differs_from_the_known_one_is_still_pending(t
         await journal.record_upload(RUN, known.relpath, md5_of(7), known.blob_name)
         fresh = await journal.load_run(RUN)
     assert stale is not None and fresh is not None
-    assert stale.pending_uploads == (known,)
-    assert fresh.pending_uploads == ()
+    assert pending_uploads(stale) == (known,)
+    assert pending_uploads(fresh) == ()
 
 
 async def test_a_closed_journal_refuses_work_and_closing_twice_is_harmless(tmp_path: Path) -> None:
@@ -443,8 +450,8 @@ async def test_thousands_of_task_ids_are_recorded_in_one_call(tmp_path: Path) ->
         record = await journal.load_run(RUN)
     assert record is not None
     assert len(record.submitted_task_ids) == 5000
-    assert record.unsubmitted_task_ids == ()
-    assert len(record.incomplete_task_ids) == 5000
+    assert unsubmitted_task_ids(record) == ()
+    assert len(incomplete_task_ids(record)) == 5000
 
 
 async def test_many_concurrent_records_from_a_task_group_all_land(tmp_path: Path) -> None:
@@ -813,9 +820,9 @@ def test_describe_run_counts_each_stage_and_lists_failed_files() -> None:
     assert described["updated_at"] == "2026-11-22T00:00:09.000000+00:00"
     assert described["sas_expiries"] == {"output": "2026-11-22T03:00:00.000000+00:00"}
     assert [entry["state"] for entry in described["history"]] == ["CREATED", "PREPARING", "RUNNING"]
-    assert record.undownloaded_relpaths == (relpath[5],)
-    assert record.unsubmitted_task_ids == ("t000002",)
-    assert record.incomplete_task_ids == ("t000001",)
+    assert undownloaded_relpaths(record) == (relpath[5],)
+    assert unsubmitted_task_ids(record) == ("t000002",)
+    assert incomplete_task_ids(record) == ("t000001",)
     json.dumps(described)
 
 
@@ -837,10 +844,10 @@ def test_once_finished_a_failed_units_unsaved_files_count_as_failed() -> None:
         downloads={first.relpath: DownloadRecord("/out/first", 1)},
     )
     finished = dataclasses.replace(running, state="FAILED")
-    assert running.undownloaded_relpaths == (second.relpath,)
-    assert running.failed_relpaths == ()
-    assert finished.undownloaded_relpaths == ()
-    assert finished.failed_relpaths == (second.relpath,)
+    assert undownloaded_relpaths(running) == (second.relpath,)
+    assert failed_relpaths(running) == ()
+    assert undownloaded_relpaths(finished) == ()
+    assert failed_relpaths(finished) == (second.relpath,)
     assert describe_run(finished)["failures"] == [
         {
             "file": second.relpath,
@@ -855,13 +862,13 @@ def test_once_finished_a_failed_units_unsaved_files_count_as_failed() -> None:
 
 async def test_a_journal_written_at_schema_1_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
     """What an older topn left behind opens in this one: the migration adds, and nothing is lost."""
-    from orchestrator.journal import _MIGRATIONS
+    from orchestrator.journal.schema import MIGRATIONS
 
     path = tmp_path / JOURNAL_FILENAME
     old = sqlite3.connect(path, isolation_level=None)
     old.execute("PRAGMA journal_mode = WAL")
     old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-    for statement in _MIGRATIONS[0]:
+    for statement in MIGRATIONS[0]:
         old.execute(statement)
     old.execute("INSERT INTO schema_version VALUES (1, '2026-11-01T00:00:00+00:00')")
     old.execute("INSERT INTO runs VALUES ('old-run', '2026-11-01T00:00:00+00:00', 'RUNNING', '{}')")

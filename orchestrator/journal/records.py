@@ -1,0 +1,133 @@
+"""What the journal hands out: plain, immutable records of what was stored.
+
+The rules that read meaning into them (what a resumed run still has to do, what `topn status`
+shows) live with their users: orchestrator/run/resume.py and orchestrator/service/status.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+# The journal records any well-formed state name (the pipeline owns the state machine of DESIGN §3);
+# it only needs to know which states end a run.
+TERMINAL_STATES: Final = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalInput:
+    """One input file of a run as the journal keeps it; `task_id` is its work unit's task."""
+
+    index: int
+    relpath: str
+    path: str
+    size_bytes: int
+    mtime_ns: int
+    md5_hex: str | None
+    blob_name: str
+    task_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StateChange:
+    """One recorded transition: the state entered and when (UTC)."""
+
+    state: str
+    at: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadRecord:
+    """An input that is in Blob Storage with this content MD5."""
+
+    md5_hex: str
+    blob_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadRecord:
+    """An input's output saved locally."""
+
+    local_path: str
+    size_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """Everything the journal knows about one run, read in one consistent snapshot."""
+
+    run_id: str
+    created_at: datetime
+    state: str
+    state_history: tuple[StateChange, ...]
+    settings_snapshot: Mapping[str, Any]
+    inputs: tuple[JournalInput, ...]
+    uploads: Mapping[str, UploadRecord]  # by relpath
+    sas_expiries: Mapping[str, datetime]  # by purpose, the latest minted
+    submitted_task_ids: frozenset[str]
+    completed: Mapping[str, Mapping[str, Any]]  # task outcome by task id
+    downloads: Mapping[str, DownloadRecord]  # by relpath
+    out_dir: str | None = None  # the results folder (absolute), when create_run was told it
+    file_failures: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # by relpath
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the run reached SUCCEEDED, FAILED or CANCELLED (nothing left to resume)."""
+        return self.state.upper() in TERMINAL_STATES
+
+    @property
+    def uploaded_md5(self) -> dict[str, str]:
+        """The MD5 recorded for each uploaded input, by relpath."""
+        return {relpath: upload.md5_hex for relpath, upload in self.uploads.items()}
+
+    # The derived views below are computed once per record (records are immutable snapshots), so
+    # status and resume stay linear in the number of inputs.
+
+    @functools.cached_property
+    def task_ids(self) -> tuple[str, ...]:
+        """Every task id of the run once, in input order."""
+        return tuple(dict.fromkeys(item.task_id for item in self.inputs))
+
+    @functools.cached_property
+    def inputs_by_task(self) -> dict[str, tuple[JournalInput, ...]]:
+        """The inputs of each task (a work unit may hold several), in input order."""
+        grouped: dict[str, list[JournalInput]] = {}
+        for item in self.inputs:
+            grouped.setdefault(item.task_id, []).append(item)
+        return {task_id: tuple(items) for task_id, items in grouped.items()}
+
+    @functools.cached_property
+    def task_of_relpath(self) -> dict[str, str]:
+        """The task id of each input, by relpath."""
+        return {item.relpath: item.task_id for item in self.inputs}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """One run in a few numbers, as `Journal.list_run_summaries` counts them in SQL (no inputs loaded).
+
+    The counts follow the same rules as the whole-record path (orchestrator/run/resume.py);
+    tests/unit/orchestrator/test_status.py checks that the two agree.
+    """
+
+    run_id: str
+    state: str
+    created_at: datetime
+    updated_at: datetime  # the latest state change (the creation when there is none)
+    out_dir: str | None
+    files: int
+    bytes: int
+    tasks: int
+    files_succeeded: int  # output saved
+    files_failed: int  # recorded as failed, or in a failed task that can save nothing more
+    tasks_succeeded: int
+    tasks_failed: int
+    tasks_in_flight: int  # submitted, no outcome recorded
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the run reached SUCCEEDED, FAILED or CANCELLED."""
+        return self.state.upper() in TERMINAL_STATES

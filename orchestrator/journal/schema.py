@@ -1,0 +1,198 @@
+"""The journal's SQLite file: its schema, the migrations that reach it, and how it is opened."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from orchestrator.errors import TopnError, UsageError
+
+JOURNAL_FILENAME: Final = "journal.sqlite3"
+SCHEMA_VERSION: Final = 4
+
+# How long a write waits for another process (a second topn on the same state folder) to commit.
+_BUSY_TIMEOUT_S: Final = 30.0
+
+# Version N of the schema is reached by running MIGRATIONS[N - 1] on version N - 1.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            state TEXT NOT NULL,
+            settings_json TEXT NOT NULL
+        )""",
+        """CREATE TABLE state_changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            state TEXT NOT NULL,
+            at TEXT NOT NULL
+        )""",
+        "CREATE INDEX state_changes_by_run ON state_changes (run_id, seq)",
+        """CREATE TABLE inputs (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            idx INTEGER NOT NULL,
+            relpath TEXT NOT NULL,
+            path TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            md5_hex TEXT,
+            blob_name TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            PRIMARY KEY (run_id, idx),
+            UNIQUE (run_id, relpath),
+            UNIQUE (run_id, blob_name)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE uploads (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            relpath TEXT NOT NULL,
+            md5_hex TEXT NOT NULL,
+            blob_name TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, relpath)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE sas_expiries (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            purpose TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, purpose)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE submitted_tasks (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            task_id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, task_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE completed_tasks (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            task_id TEXT NOT NULL,
+            outcome_json TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, task_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE downloads (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            relpath TEXT NOT NULL,
+            local_path TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, relpath)
+        ) WITHOUT ROWID""",
+    ),
+    # Version 2: bulk submissions check their task ids by index, not by scanning the run's inputs.
+    ("CREATE INDEX IF NOT EXISTS inputs_by_task ON inputs (run_id, task_id)",),
+    # Version 3: the results folder, so `topn resume` writes where the run started writing.
+    ("ALTER TABLE runs ADD COLUMN out_dir TEXT",),
+    # Version 4: a file can fail on its own (a work unit of many files salvages the others).
+    (
+        """CREATE TABLE file_failures (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            relpath TEXT NOT NULL,
+            error_json TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, relpath)
+        ) WITHOUT ROWID""",
+    ),
+)
+
+
+class JournalError(TopnError):
+    """The journal cannot be written or was asked for something inconsistent; the message says why."""
+
+
+class JournalUnusableError(JournalError, UsageError):
+    """The journal cannot even be opened (exit 2, before anything is created); the message has the fix."""
+
+
+def journal_path(state_dir: Path) -> Path:
+    """Where the journal of a state folder lives."""
+    return state_dir / JOURNAL_FILENAME
+
+
+def now() -> datetime:
+    """The current moment, in UTC."""
+    return datetime.now(UTC)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """How the journal writes a moment (UTC, microseconds), and how `topn status` shows it."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """A moment the journal wrote, as an aware UTC datetime."""
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def connect(path: Path) -> tuple[Path, sqlite3.Connection]:
+    """Open the database in WAL mode and bring its schema up to date (runs on a worker thread)."""
+    if path.is_dir():
+        path = journal_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise JournalUnusableError(
+            f"cannot create the state folder {path.parent} for the journal: {error};"
+            " set [local] state_dir (or TOPN_LOCAL_STATE_DIR) to a writable folder"
+        ) from error
+    try:
+        connection = sqlite3.connect(
+            path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as error:
+        raise JournalUnusableError(f"cannot open the journal {path}: {error}") from error
+    try:
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise JournalUnusableError(
+                f"the journal {path} cannot use write-ahead logging (got {mode!r});"
+                " put the state folder on a local file system"
+            )
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("PRAGMA synchronous = FULL")
+        _migrate(connection, path)
+    except sqlite3.OperationalError as error:  # locked by another process, disk full, read-only...
+        connection.close()
+        raise JournalUnusableError(
+            f"cannot open the journal {path}: {error}; check that the state folder is writable"
+            " and that no other program holds the file"
+        ) from error
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        raise JournalUnusableError(
+            f"the journal {path} is not a usable topn journal ({error}); move it aside and start a new run"
+        ) from error
+    except BaseException:
+        connection.close()
+        raise
+    return path, connection
+
+
+def _migrate(connection: sqlite3.Connection, path: Path) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        current = connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+        if current > SCHEMA_VERSION:
+            raise JournalUnusableError(
+                f"the journal {path} has schema version {current}, newer than this topn understands"
+                f" ({SCHEMA_VERSION}); upgrade topn or use another state folder"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (version, format_timestamp(now())),
+            )
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise

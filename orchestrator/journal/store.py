@@ -1,0 +1,467 @@
+"""Writes and reads of the journal: every record is one committed transaction on the journal's thread."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from enum import Enum
+from pathlib import Path, PurePath
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+
+from orchestrator.journal.queries import load_runs, run_summaries
+from orchestrator.journal.records import JournalInput, RunRecord, RunSummary
+from orchestrator.journal.schema import JournalError, connect, format_timestamp, now
+from orchestrator.secrets import redact_value, strip_secrets
+
+T = TypeVar("T")
+
+_STATE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON data for a snapshot or an outcome: mappings, sequences, scalars; paths as text."""
+    if isinstance(value, Enum):
+        return _jsonable(value.value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable({field.name: getattr(value, field.name) for field in dataclasses.fields(value)})
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(item) for item in value]
+    # Anything else (an SDK object, a credential) is recorded by type only: its text may hold secrets.
+    return f"<{type(value).__name__}>"
+
+
+def _state_name(state: str) -> str:
+    name = state.value if isinstance(state, Enum) else state
+    if not isinstance(name, str) or not _STATE_NAME.fullmatch(name):
+        raise ValueError(f"invalid run state {state!r}: expected a name such as 'RUNNING'")
+    return name
+
+
+def _check_input(item: JournalInput, run_id: str) -> None:
+    problems = []
+    if not item.relpath:
+        problems.append("empty relpath")
+    if not item.blob_name:
+        problems.append("empty blob_name")
+    if not item.task_id:
+        problems.append("empty task_id")
+    if item.size_bytes < 0:
+        problems.append(f"negative size_bytes {item.size_bytes}")
+    if item.md5_hex is not None and not _MD5_HEX.fullmatch(item.md5_hex):
+        problems.append(f"md5_hex {item.md5_hex!r} is not 32 hex digits")
+    if problems:
+        raise ValueError(f"run {run_id}: input {item.index} ({item.relpath!r}): {', '.join(problems)}")
+
+
+class Journal:
+    """The durable record of runs in one SQLite file; every method is safe to call concurrently."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        """Use `await Journal.open(path)`; this only wires an already-prepared connection."""
+        self.path = path
+        self._connection: sqlite3.Connection | None = connection
+        self._limiter = anyio.CapacityLimiter(1)
+        self._synchronous: str | None = None
+
+    # ----------------------------------------------------------------- opening and closing
+
+    @classmethod
+    async def open(cls, path: Path) -> Journal:
+        """Open (creating if needed) the journal at `path`, a file or a state folder that holds one."""
+        path, connection = await anyio.to_thread.run_sync(connect, Path(path))
+        return cls(path, connection)
+
+    async def close(self) -> None:
+        """Wait for the write in progress, then close; safe to call twice."""
+        with anyio.CancelScope(shield=True):
+            async with self._limiter:
+                connection, self._connection = self._connection, None
+                if connection is not None:
+                    await anyio.to_thread.run_sync(connection.close)
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------- writes
+    # The keyed records below share one form on purpose (validate, check the run and its key, one
+    # `_upsert`, one transaction): what differs is the table, the key and what else the record
+    # implies (a completion marks the task submitted; a download and a failure replace each other).
+
+    async def create_run(
+        self,
+        run_id: str,
+        settings_snapshot: Mapping[str, Any],
+        inputs: Sequence[JournalInput],
+        *,
+        out_dir: Path | str | None = None,
+    ) -> None:
+        """Record a new run in state CREATED with its settings (secrets stripped), inputs and results folder.
+
+        Creating the same run again with the same inputs is a no-op (the first results folder stays);
+        different inputs are an error.
+        """
+        if not run_id:
+            raise ValueError("run_id must not be empty")
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            # Validating and encoding thousands of inputs happens here, on the journal's thread.
+            rows = _input_rows(run_id, inputs)
+            snapshot_json = json.dumps(
+                strip_secrets(_jsonable(settings_snapshot)), sort_keys=True, ensure_ascii=False
+            )
+            results_folder = None if out_dir is None else str(Path(out_dir).absolute())
+            existing = connection.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if existing is not None:
+                stored = connection.execute(
+                    "SELECT run_id, idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name, task_id"
+                    " FROM inputs WHERE run_id = ? ORDER BY idx",
+                    (run_id,),
+                ).fetchall()
+                if stored != sorted(rows, key=lambda row: row[1]):
+                    raise JournalError(
+                        f"run {run_id} is already in the journal {self.path} with other inputs;"
+                        " use a new run id, or `topn resume` to continue that run"
+                    )
+                return
+            connection.execute(
+                "INSERT INTO runs (run_id, created_at, state, settings_json, out_dir)"
+                " VALUES (?, ?, 'CREATED', ?, ?)",
+                (run_id, at, snapshot_json, results_folder),
+            )
+            connection.execute(
+                "INSERT INTO state_changes (run_id, state, at) VALUES (?, 'CREATED', ?)", (run_id, at)
+            )
+            connection.executemany("INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+        await self._write(write, durable=True)
+
+    async def record_state(self, run_id: str, state: str) -> None:
+        """Record a transition, fsynced before returning; re-recording the current state is a no-op."""
+        name = _state_name(state)
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            current = self._run_state(connection, run_id)
+            if current == name:
+                return
+            connection.execute("UPDATE runs SET state = ? WHERE run_id = ?", (name, run_id))
+            connection.execute(
+                "INSERT INTO state_changes (run_id, state, at) VALUES (?, ?, ?)", (run_id, name, at)
+            )
+
+        await self._write(write, durable=True)
+
+    async def record_upload(self, run_id: str, relpath: str, md5_hex: str, blob_name: str) -> None:
+        """Record that an input is in Blob Storage with this MD5 (the latest upload wins)."""
+        if not _MD5_HEX.fullmatch(md5_hex):
+            raise ValueError(f"run {run_id}: upload of {relpath!r}: md5_hex {md5_hex!r} is not 32 hex digits")
+        md5 = md5_hex.lower()
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            self._require_relpaths(connection, run_id, [relpath])
+            _upsert(
+                connection,
+                "uploads",
+                {"run_id": run_id, "relpath": relpath},
+                md5_hex=md5,
+                blob_name=blob_name,
+                at=at,
+            )
+
+        await self._write(write, durable=False)
+
+    async def record_sas_expiry(self, run_id: str, purpose: str, expires_at: datetime) -> None:
+        """Record when the SAS minted for `purpose` expires (the SAS itself is never stored)."""
+        if not purpose:
+            raise ValueError(f"run {run_id}: SAS purpose must not be empty")
+        if expires_at.tzinfo is None or expires_at.utcoffset() is None:
+            raise ValueError(
+                f"run {run_id}: SAS expiry for {purpose!r} must be timezone-aware (use datetime.now(UTC))"
+            )
+        expires = format_timestamp(expires_at)
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            _upsert(
+                connection, "sas_expiries", {"run_id": run_id, "purpose": purpose}, expires_at=expires, at=at
+            )
+
+        await self._write(write, durable=False)
+
+    async def record_tasks_submitted(self, run_id: str, task_ids: Sequence[str]) -> None:
+        """Record task ids as added to the job, all in one transaction; ids already recorded are kept."""
+        unique_ids = list(dict.fromkeys(task_ids))
+        if not unique_ids:
+            return
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            self._require_task_ids(connection, run_id, unique_ids)
+            connection.executemany(
+                "INSERT OR IGNORE INTO submitted_tasks (run_id, task_id, at) VALUES (?, ?, ?)",
+                [(run_id, task_id, at) for task_id in unique_ids],
+            )
+
+        await self._write(write, durable=False)
+
+    async def record_task_completed(self, run_id: str, task_id: str, outcome: Mapping[str, Any]) -> None:
+        """Record a task's final outcome (JSON data, e.g. status, exit_code, failure_code, stderr_tail).
+
+        Recording a completion also marks the task submitted (it cannot have run otherwise).
+        Secrets inside the outcome's text are redacted (orchestrator/secrets.py).
+        """
+        outcome_json = json.dumps(redact_value(_jsonable(outcome)), sort_keys=True, ensure_ascii=False)
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            self._require_task_ids(connection, run_id, [task_id])
+            connection.execute(
+                "INSERT OR IGNORE INTO submitted_tasks (run_id, task_id, at) VALUES (?, ?, ?)",
+                (run_id, task_id, at),
+            )
+            _upsert(
+                connection,
+                "completed_tasks",
+                {"run_id": run_id, "task_id": task_id},
+                outcome_json=outcome_json,
+                at=at,
+            )
+
+        await self._write(write, durable=False)
+
+    async def record_output_downloaded(
+        self, run_id: str, relpath: str, local_path: str | Path, size_bytes: int
+    ) -> None:
+        """Record that an input's output is saved (complete, renamed into place) at `local_path`."""
+        if size_bytes < 0:
+            raise ValueError(f"run {run_id}: download of {relpath!r}: negative size_bytes {size_bytes}")
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            # Absolute, so resume and status find the file whatever folder they are started from.
+            saved_at = str(Path(local_path).absolute())
+            self._run_state(connection, run_id)
+            self._require_relpaths(connection, run_id, [relpath])
+            connection.execute(
+                "DELETE FROM file_failures WHERE run_id = ? AND relpath = ?", (run_id, relpath)
+            )
+            _upsert(
+                connection,
+                "downloads",
+                {"run_id": run_id, "relpath": relpath},
+                local_path=saved_at,
+                size_bytes=size_bytes,
+                at=at,
+            )
+
+        await self._write(write, durable=False)
+
+    async def record_file_failed(self, run_id: str, relpath: str, error: Mapping[str, Any]) -> None:
+        """Record that one input has no result (e.g. exit_code, failure_code, message, stderr_tail).
+
+        A later download of the same input replaces this record, and this replaces an earlier
+        download record. Secrets inside the error's text are redacted (orchestrator/secrets.py).
+        """
+        error_json = json.dumps(redact_value(_jsonable(error)), sort_keys=True, ensure_ascii=False)
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            self._require_relpaths(connection, run_id, [relpath])
+            connection.execute("DELETE FROM downloads WHERE run_id = ? AND relpath = ?", (run_id, relpath))
+            _upsert(
+                connection,
+                "file_failures",
+                {"run_id": run_id, "relpath": relpath},
+                error_json=error_json,
+                at=at,
+            )
+
+        await self._write(write, durable=False)
+
+    # ----------------------------------------------------------------- reads
+
+    async def load_run(self, run_id: str) -> RunRecord | None:
+        """Everything recorded about one run, or None when the journal has no such run."""
+        records = await self._read(lambda connection: load_runs(connection, [run_id]))
+        return records[0] if records else None
+
+    async def list_runs(self) -> list[RunRecord]:
+        """Every run in the journal, oldest id first (run ids sort by creation time)."""
+
+        def read(connection: sqlite3.Connection) -> list[RunRecord]:
+            run_ids = [row[0] for row in connection.execute("SELECT run_id FROM runs ORDER BY run_id")]
+            return load_runs(connection, run_ids)
+
+        return await self._read(read)
+
+    async def load_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """Everything recorded about these runs, in the order given (unknown ids are left out)."""
+        return await self._read(lambda connection: load_runs(connection, run_ids))
+
+    async def list_run_summaries(self, limit: int | None = None) -> list[RunSummary]:
+        """The latest `limit` runs (all when None) in a few numbers each, oldest id first.
+
+        A fixed number of aggregate queries whatever the number of runs: no input is loaded.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        return await self._read(lambda connection: run_summaries(connection, limit))
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _run_state(self, connection: sqlite3.Connection, run_id: str) -> str:
+        row = connection.execute("SELECT state FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise JournalError(f"run {run_id} is not in the journal {self.path}; create_run must come first")
+        return str(row[0])
+
+    def _require_relpaths(self, connection: sqlite3.Connection, run_id: str, relpaths: Sequence[str]) -> None:
+        for relpath in relpaths:
+            known = connection.execute(
+                "SELECT 1 FROM inputs WHERE run_id = ? AND relpath = ?", (run_id, relpath)
+            ).fetchone()
+            if known is None:
+                raise JournalError(f"run {run_id} has no input {relpath!r} in the journal {self.path}")
+
+    def _require_task_ids(self, connection: sqlite3.Connection, run_id: str, task_ids: Sequence[str]) -> None:
+        unknown = [
+            task_id
+            for task_id in task_ids
+            if connection.execute(
+                "SELECT 1 FROM inputs WHERE run_id = ? AND task_id = ? LIMIT 1", (run_id, task_id)
+            ).fetchone()
+            is None
+        ]
+        if unknown:
+            shown = ", ".join(repr(task_id) for task_id in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise JournalError(f"run {run_id} has no task {shown}{more} among its inputs in {self.path}")
+
+    def _use(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise JournalError(f"the journal {self.path} is closed")
+        return self._connection
+
+    async def _write(self, work: Callable[[sqlite3.Connection], None], *, durable: bool) -> None:
+        """Run `work` as one committed transaction on the journal's thread."""
+
+        def transaction() -> None:
+            connection = self._use()
+            wanted = "FULL" if durable else "NORMAL"
+            if self._synchronous != wanted:
+                connection.execute(f"PRAGMA synchronous = {wanted}")
+                self._synchronous = wanted
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    work(connection)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                raise JournalError(f"cannot write the journal {self.path}: {error}") from error
+
+        # Not abandoned on cancellation: a write that started always finishes (committed or rolled back).
+        await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one read transaction, so it sees a consistent snapshot."""
+
+        def transaction() -> T:
+            connection = self._use()
+            try:
+                connection.execute("BEGIN")
+                try:
+                    return work(connection)
+                finally:
+                    connection.execute("COMMIT")
+            except sqlite3.Error as error:
+                raise JournalError(f"cannot read the journal {self.path}: {error}") from error
+
+        return await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
+
+
+def _upsert(
+    connection: sqlite3.Connection, table: str, key: Mapping[str, str], at: str, **values: object
+) -> None:
+    """Insert a keyed row, or update the stored one when a value differs; an unchanged row keeps its `at`.
+
+    This is what makes every keyed record idempotent: the latest value wins, and recording the same
+    value again changes nothing (not even when it was recorded).
+    """
+    columns = [*key, *values, "at"]
+    changed = [f"{column} IS NOT excluded.{column}" for column in values]
+    updates = [f"{column} = excluded.{column}" for column in [*values, "at"]]
+    # Table and column names are this module's literals; every value is a bound parameter.
+    statement = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(updates)} WHERE {' OR '.join(changed)}"
+    )
+    connection.execute(statement, (*key.values(), *values.values(), at))
+
+
+def _input_rows(run_id: str, inputs: Sequence[JournalInput]) -> list[tuple[Any, ...]]:
+    """The `inputs` table rows of a run, after checking every input and their uniqueness."""
+    for item in inputs:
+        _check_input(item, run_id)
+    rows = [
+        (
+            run_id,
+            item.index,
+            item.relpath,
+            item.path,
+            item.size_bytes,
+            item.mtime_ns,
+            None if item.md5_hex is None else item.md5_hex.lower(),
+            item.blob_name,
+            item.task_id,
+        )
+        for item in inputs
+    ]
+    _check_unique(run_id, "index", [row[1] for row in rows])
+    _check_unique(run_id, "relpath", [row[2] for row in rows])
+    _check_unique(run_id, "blob_name", [row[7] for row in rows])
+    return rows
+
+
+def _check_unique(run_id: str, what: str, values: Sequence[object]) -> None:
+    seen: set[object] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"run {run_id}: two inputs share the {what} {value!r}")
+        seen.add(value)

@@ -1,0 +1,116 @@
+"""What `topn status` shows: the view of one run from its whole record, and of many from their summaries.
+
+One run (`topn status RUN_ID`) is described from its whole `RunRecord` by the salvage rules of
+orchestrator/run/resume.py; the list of recent runs comes from `Journal.list_run_summaries`, which
+counts the same things in a fixed number of SQL queries however many runs the journal holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from orchestrator.journal import Journal, RunRecord, RunSummary, format_timestamp
+from orchestrator.run.resume import (
+    failed_relpaths,
+    failed_task_ids,
+    file_error,
+    incomplete_task_ids,
+    pending_uploads,
+    succeeded_task_ids,
+    undownloaded_relpaths,
+    unsubmitted_task_ids,
+)
+
+
+async def recent_runs_in(journal_file: Path, limit: int, whole: bool) -> list[dict[str, Any]]:
+    """`recent_runs` of the journal file; a missing journal is no runs (and nothing is created)."""
+    if not await anyio.Path(journal_file).is_file():
+        return []
+    async with await Journal.open(journal_file) as journal:
+        return await recent_runs(journal, limit, whole)
+
+
+async def recent_runs(journal: Journal, limit: int, whole: bool) -> list[dict[str, Any]]:
+    """The latest `limit` runs, oldest first: summaries, or (`whole`) each run described in full.
+
+    Summaries cost the same few queries for ten runs or a million; `whole` adds the queries of
+    `limit` records, never of the others.
+    """
+    summaries = await journal.list_run_summaries(limit)
+    if not whole:
+        return [describe_summary(summary) for summary in summaries]
+    records = await journal.load_runs([summary.run_id for summary in summaries])
+    return [describe_run(record) for record in records]
+
+
+def describe_summary(summary: RunSummary) -> dict[str, Any]:
+    """A run's line in `topn status`: the keys of `describe_run` that a summary has, equal to them."""
+    return {
+        "run_id": summary.run_id,
+        "state": summary.state,
+        "finished": summary.is_finished,
+        "created_at": format_timestamp(summary.created_at),
+        "updated_at": format_timestamp(summary.updated_at),
+        "out_dir": summary.out_dir,
+        "files": summary.files,
+        "bytes": summary.bytes,
+        "tasks": summary.tasks,
+        "files_succeeded": summary.files_succeeded,
+        "files_failed": summary.files_failed,
+        "tasks_succeeded": summary.tasks_succeeded,
+        "tasks_failed": summary.tasks_failed,
+        "tasks_in_flight": summary.tasks_in_flight,
+    }
+
+
+def describe_run(record: RunRecord) -> dict[str, Any]:
+    """What `topn status` shows for a run: its state, progress per stage and its failed files."""
+    task_ids = record.task_ids
+    succeeded = succeeded_task_ids(record)
+    failed = failed_task_ids(record)
+    finished_inputs = [item for item in record.inputs if item.task_id in record.completed]
+    task_of = record.task_of_relpath
+    failed_files = failed_relpaths(record)
+    failures = [
+        {"file": relpath, "task_id": task_of[relpath], **file_error(record, relpath)}
+        for relpath in failed_files
+    ]
+    updated_at = record.state_history[-1].at if record.state_history else record.created_at
+    return {
+        "run_id": record.run_id,
+        "state": record.state,
+        "finished": record.is_finished,
+        "created_at": format_timestamp(record.created_at),
+        "updated_at": format_timestamp(updated_at),
+        "out_dir": record.out_dir,
+        "files": len(record.inputs),
+        "bytes": sum(item.size_bytes for item in record.inputs),
+        "tasks": len(task_ids),
+        "stages": {
+            "staging": {
+                "done": len(record.inputs) - len(pending_uploads(record)),
+                "total": len(record.inputs),
+            },
+            "submitting": {"done": len(task_ids) - len(unsubmitted_task_ids(record)), "total": len(task_ids)},
+            "running": {"done": len(succeeded) + len(failed), "total": len(task_ids)},
+            "collecting": {
+                "done": len(finished_inputs) - len(undownloaded_relpaths(record)),
+                "total": len(finished_inputs),
+            },
+        },
+        "files_succeeded": sum(1 for item in record.inputs if item.relpath in record.downloads),
+        "files_failed": len(failed_files),
+        "tasks_succeeded": len(succeeded),
+        "tasks_failed": len(failed),
+        "tasks_in_flight": len(incomplete_task_ids(record)),
+        "failures": failures,
+        "sas_expiries": {
+            purpose: format_timestamp(moment) for purpose, moment in record.sas_expiries.items()
+        },
+        "history": [
+            {"state": change.state, "at": format_timestamp(change.at)} for change in record.state_history
+        ],
+    }
