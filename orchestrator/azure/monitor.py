@@ -164,25 +164,33 @@ async def watch_job(
             if len(seen) < len(expected):
                 idle_polls = 0 if moved else idle_polls + 1
                 if idle_polls and idle_polls % IDLE_POLLS_BEFORE_JOB_CHECK == 0:
-                    await _check_job_still_runs(batch, job_id, len(expected) - len(seen), retry)
+                    ended = await _job_end(batch, job_id, retry)
+                    if ended is not None:
+                        # Task counts can lag behind the job's state (a job ends when its last task
+                        # does): list every completed task before calling any of them unfinished.
+                        watermark = await _collect_completed(
+                            batch, job_id, expected, seen, None, completions, retry
+                        )
+                        if len(seen) < len(expected):
+                            raise RunFailedError(
+                                f"job {job_id} is {ended} with {len(expected) - len(seen)} task(s) not "
+                                "finished; they will never run. Check who stopped it, then run again"
+                            )
+                        break
                 interval = next_poll_interval(interval, moved, poll_min_s, poll_max_s)
                 await anyio.sleep(interval)
 
 
-async def _check_job_still_runs(batch: MonitorClient, job_id: str, waiting: int, retry: RetryPolicy) -> None:
-    """A job that was terminated, disabled or deleted will never finish its tasks: say so, do not wait."""
+async def _job_end(batch: MonitorClient, job_id: str, retry: RetryPolicy) -> str | None:
+    """How the job ended ("completed (AllTasksComplete)"), or None while it can still run tasks."""
     job = await retry_call(
         retry, "get_job", lambda: batch.get_job(job_id, select=["id", "state", "executionInfo"])
     )
     state = job_state(job)
     if state.runs_tasks:
-        return
+        return None
     reason = job.execution_info.termination_reason if job.execution_info is not None else None
-    raise RunFailedError(
-        f"job {job_id} is {state.value}{f' ({reason})' if reason else ''} "
-        f"with {waiting} task(s) not finished; "
-        "they will never run. Check who stopped it, then run again"
-    )
+    return f"{state.value}{f' ({reason})' if reason else ''}"
 
 
 async def _collect_completed(

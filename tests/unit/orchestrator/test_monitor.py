@@ -212,3 +212,37 @@ async def test_a_steady_stream_of_completions_does_not_flood_the_log(monkeypatch
         1,
         8,
     ]  # the first, then the final
+
+
+class LastTaskEndsTheJob(FakeJob):
+    """The last task completes, and the job ends with it, between a counts poll and the job check.
+
+    The counts stay behind ("might not be up to date", Batch docs): only a listing shows the task.
+    """
+
+    def __init__(self, first: list[BatchTask], last: BatchTask) -> None:
+        super().__init__([first], total=len(first) + 1)
+        self.last = last
+
+    async def get_job(self, job_id: str, **kwargs: Any) -> BatchJob:
+        self.completed.append(self.last)
+        self.job_state, self.terminate_reason = "completed", "AllTasksComplete"
+        return await super().get_job(job_id, **kwargs)
+
+    def counts(self) -> BatchTaskCountsResult:
+        counted = len(self.completed) - (1 if self.last in self.completed else 0)
+        counts = BatchTaskCounts(
+            active=self.total - counted, running=0, completed=counted, succeeded=counted, failed=0
+        )
+        slots = BatchTaskSlotCounts(active=0, running=0, completed=0, succeeded=0, failed=0)
+        return BatchTaskCountsResult(task_counts=counts, task_slot_counts=slots)
+
+
+async def test_counts_that_lag_behind_an_ended_job_never_fail_a_run_whose_tasks_all_completed() -> None:
+    done = [task(f"t{n}", exit_code=0, result="success", when=T0 + timedelta(seconds=n)) for n in range(3)]
+    job = LastTaskEndsTheJob(done[:2], done[2])
+    outcomes = await run_watch(job, ["t0", "t1", "t2"])
+    assert sorted(outcome.task_id for outcome in outcomes) == ["t0", "t1", "t2"]
+    assert all(outcome.succeeded for outcome in outcomes)
+    assert job.job_checks == 1
+    assert job.filters[-1] == "state eq 'completed'"  # the confirming listing starts from the beginning
