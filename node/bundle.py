@@ -68,7 +68,7 @@ def parse_lock(text: str) -> dict[str, list[LockedWheel]]:
             sets[tag] = []
             continue
         parts = line.split()
-        digest = parts[1].removeprefix("sha256:") if len(parts) == 2 else ""
+        digest = parts[1][len("sha256:") :] if len(parts) == 2 and parts[1].startswith("sha256:") else ""
         if (
             tag is None
             or len(parts) != 2
