@@ -30,6 +30,7 @@ EXIT_UNSUPPORTED = 4
 PLATFORM_DESCRIPTION = "Linux x86_64 with glibc >= 2.17 (manylinux2014)"
 MINIMUM_GLIBC = (2, 17)
 CACHE_VARIABLE = "TOPN_NODE_CACHE_DIR"
+CHECK_FLAG = "--bundle-check"
 WHEELS_FOLDER = "wheels/"
 _STAGING_PREFIX = ".staging-"
 
@@ -258,7 +259,13 @@ def bundle_tags(bundle: zipfile.ZipFile) -> list[str]:
 
 
 def launch(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Check the interpreter, put the unpacked wheels on sys.path and run node.cli."""
+    """Check the interpreter, put the unpacked wheels on sys.path and run node.cli.
+
+    `--bundle-check` alone only checks the interpreter (exit 0 or EXIT_UNSUPPORTED) and unpacks
+    nothing: a start task can refuse a node whose python3 cannot run the bundle before any task
+    is scheduled on it.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
     environment = os.environ if environ is None else environ
     interpreter = current_interpreter()
     try:
@@ -267,10 +274,18 @@ def launch(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None 
             problem = interpreter_problem(interpreter, tags)
             if problem is not None:
                 raise BundleError(problem)
+            tag = wheel_tag(interpreter.version)
+            if arguments == [CHECK_FLAG]:
+                print(
+                    f"node: this interpreter can run the bundle ({describe_tags([tag])}, {interpreter.libc})"
+                )
+                return 0
             root = choose_cache_root(
-                cache_root_candidates(environment, str(Path.home()), tempfile.gettempdir(), os.getuid())
+                cache_root_candidates(
+                    environment, environment.get("HOME", ""), tempfile.gettempdir(), os.getuid()
+                )
             )
-            site = ensure_site(bundle, wheel_tag(interpreter.version), root)
+            site = ensure_site(bundle, tag, root)
     except (BundleError, OSError, zipfile.BadZipFile) as error:
         print(f"node: {error}", file=sys.stderr, flush=True)
         return EXIT_UNSUPPORTED
@@ -279,4 +294,4 @@ def launch(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None 
     sys.path.insert(1, str(site))
     from node.cli import main
 
-    return main(argv)
+    return main(arguments)

@@ -261,19 +261,37 @@ def test_unsupported_interpreter_is_refused_with_the_versions_that_work(
         )
     (tmp_path / "in.txt").write_text("a\n", encoding="utf-8")
     cache = tmp_path / "cache"
+    for arguments in (["--filepath", "in.txt", "--json"], ["--bundle-check"]):
+        completed = subprocess.run(
+            [str(python), str(bundle), *arguments],
+            cwd=tmp_path,
+            env=_clean_environment(cache, {}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert completed.returncode == EXIT_UNSUPPORTED, completed
+        assert completed.stdout == ""
+        assert completed.stderr.startswith(
+            "node: the node bundle needs CPython 3.10, 3.11, 3.12, 3.13 on Linux x86_64 with glibc >= 2.17"
+        ), completed.stderr
+        assert f"this is {'Python' if version in ('2.7', '3.6') else 'CPython'} {version}" in completed.stderr
+        assert "Traceback" not in completed.stderr
+    assert not cache.exists(), "nothing is unpacked for an interpreter that cannot load it"
+
+
+def test_bundle_check_accepts_a_supported_interpreter_without_unpacking(
+    bundle: Path, bare_python: Path, tmp_path: Path
+) -> None:
+    # What a start task can run (as the admin user) before any task lands on the node.
+    cache = tmp_path / "cache"
     completed = subprocess.run(
-        [str(python), str(bundle), "--filepath", "in.txt", "--json"],
-        cwd=tmp_path,
+        [str(bare_python), str(bundle), "--bundle-check"],
         env=_clean_environment(cache, {}),
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert completed.returncode == EXIT_UNSUPPORTED, completed
-    assert completed.stdout == ""
-    assert completed.stderr.startswith(
-        "node: the node bundle needs CPython 3.10, 3.11, 3.12, 3.13 on Linux x86_64 with glibc >= 2.17"
-    ), completed.stderr
-    assert f"this is {'Python' if version in ('2.7', '3.6') else 'CPython'} {version}" in completed.stderr
-    assert "Traceback" not in completed.stderr
-    assert not cache.exists(), "nothing is unpacked for an interpreter that cannot load it"
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("node: this interpreter can run the bundle (CPython 3.11, glibc ")
+    assert not cache.exists()
