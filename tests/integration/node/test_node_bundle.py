@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import subprocess
+import tomllib
 import uuid
 import venv
 from collections.abc import Mapping, Sequence
@@ -295,3 +297,82 @@ def test_bundle_check_accepts_a_supported_interpreter_without_unpacking(
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("node: this interpreter can run the bundle (CPython 3.11, glibc ")
     assert not cache.exists()
+
+
+def _template_start_task() -> str:
+    with (REPOSITORY / "config" / "azure.toml").open("rb") as stream:
+        command = tomllib.load(stream)["pool"]["start_task_command"]
+    assert isinstance(command, str)
+    return command
+
+
+def _node_folders(tmp_path: Path, bundle: Path, python: Path) -> dict[str, str]:
+    """A Batch-like node: the start task's folder holding the downloaded bundle, a shared folder,
+    and `python3` on PATH being the interpreter under test."""
+    startup = tmp_path / "startup" / "wd"
+    startup.mkdir(parents=True)
+    shutil.copyfile(bundle, startup / "node.pyz")  # as the resource file lands: no executable bit
+    (tmp_path / "shared").mkdir()
+    path = tmp_path / "bin"
+    path.mkdir()
+    (path / "python3").symlink_to(python)
+    environment = _clean_environment(tmp_path / "unused", {})
+    del environment["TOPN_NODE_CACHE_DIR"]
+    return {
+        **environment,
+        "PATH": f"{path}{os.pathsep}{environment['PATH']}",
+        "AZ_BATCH_NODE_SHARED_DIR": str(tmp_path / "shared"),
+    }
+
+
+async def test_the_azure_templates_start_task_places_the_bundle_for_the_tasks(
+    azurite: StorageEndpoint, bundle: Path, bare_python: Path, tmp_path: Path
+) -> None:
+    environment = _node_folders(tmp_path, bundle, bare_python)
+    started = await asyncio.to_thread(
+        subprocess.run,
+        ["/bin/sh", "-c", _template_start_task()],
+        cwd=tmp_path / "startup" / "wd",
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith("Python 3.11.")
+    placed = tmp_path / "shared" / "node.pyz"
+    assert placed.stat().st_mode & 0o777 == 0o755, "readable and executable by the non-admin task user"
+    # A task as the orchestrator words it: the image's python3, the SAS URL in the environment.
+    container, sas_url = await _container_sas_url(azurite)
+    (tmp_path / "in.txt").write_text("x y y\n", encoding="utf-8")
+    task = await asyncio.to_thread(
+        subprocess.run,
+        ["/bin/sh", "-c", 'exec python3 "$AZ_BATCH_NODE_SHARED_DIR/node.pyz" --filepath in.txt --top 1'],
+        cwd=tmp_path,
+        env={**environment, "TOPN_OUTPUT_SAS_URL": sas_url},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert task.returncode == 0, task.stderr
+    assert sorted(await _blobs(azurite, container)) == ["in_OUTPUT.txt", "in_OUTPUT.txt.counts.json.gz"]
+    assert [name[-6:] for name in _site_folders(tmp_path / "shared" / "topn-node-cache")] == ["-cp311"]
+
+
+def test_the_azure_templates_start_task_fails_a_node_whose_python3_cannot_run_the_bundle(
+    bundle: Path, tmp_path: Path
+) -> None:
+    python = _interpreter(9)
+    if python is None:
+        pytest.skip(f"CPython 3.9 is not installed under {PYENV_VERSIONS}; the gate's unit tests still ran")
+    started = subprocess.run(
+        ["/bin/sh", "-c", _template_start_task()],
+        cwd=tmp_path / "startup" / "wd",
+        env=_node_folders(tmp_path, bundle, python),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == EXIT_UNSUPPORTED, started
+    assert "this is CPython 3.9 on linux x86_64: it carries no wheels for this interpreter" in started.stderr
+    assert not (tmp_path / "shared" / "topn-node-cache").exists()
