@@ -136,10 +136,13 @@ def cache_root_candidates(environ: Mapping[str, str], home: str, temporary: str,
 
 
 def _usable_root(path: Path) -> bool:
-    """Created if missing; usable only if ours and writable by no one else (it will hold code)."""
+    """Created if missing; usable only if ours and writable by no one else (it will hold code).
+
+    A symbolic link is refused too: in a shared temporary folder its owner could re-point it later.
+    """
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        status = path.stat()
+        status = path.lstat()
     except OSError:
         return False
     return (

@@ -139,24 +139,31 @@ def fetch_wheels(sets: dict[str, list[LockedWheel]], cache: Path) -> int:
     if not missing:
         return 0
     with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as scratch:
-        processes = {}
-        for tag, wheels in missing.items():
-            destination = Path(scratch) / tag
-            destination.mkdir()
-            command = _pip_download_command(tag, [wheel.requirement for wheel in wheels], destination)
-            processes[tag] = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
+        processes: dict[str, subprocess.Popen[str]] = {}
         failures = []
-        for tag, process in processes.items():
-            try:
-                _, stderr = process.communicate(timeout=PIP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
-                stderr = f"pip download took longer than {PIP_TIMEOUT_S:.0f} s"
-            if process.returncode != 0:
-                failures.append(f"{tag}: {stderr.strip()[-2000:]}")
+        try:
+            for tag, wheels in missing.items():
+                destination = Path(scratch) / tag
+                destination.mkdir()
+                command = _pip_download_command(tag, [wheel.requirement for wheel in wheels], destination)
+                processes[tag] = subprocess.Popen(
+                    command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+            for tag, process in processes.items():
+                try:
+                    _, stderr = process.communicate(timeout=PIP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    stderr = f"pip download took longer than {PIP_TIMEOUT_S:.0f} s"
+                    process.kill()
+                    process.communicate()
+                if process.returncode != 0:
+                    failures.append(f"{tag}: {stderr.strip()[-2000:]}")
+        finally:
+            # Interrupted (or a pip that failed to start): no download outlives the build.
+            for process in processes.values():
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
         if failures:
             raise BundleBuildError("pip could not download the bundle's wheels:\n" + "\n".join(failures))
         for tag, wheels in missing.items():

@@ -252,7 +252,7 @@ async def test_other_supported_versions_upload_with_their_own_wheels(
     assert len([name for name in _site_folders(shared_cache) if name.endswith(f"-cp3{minor}")]) == 1
 
 
-@pytest.mark.parametrize("version", ["2.7", "3.6", "3.9"])
+@pytest.mark.parametrize("version", ["2.7", "3.6", "3.7", "3.8", "3.9"])
 def test_unsupported_interpreter_is_refused_with_the_versions_that_work(
     bundle: Path, tmp_path: Path, version: str
 ) -> None:

@@ -151,6 +151,15 @@ def test_a_cache_folder_others_can_write_or_that_cannot_be_made_is_passed_over(t
     assert str(shared) in str(refused.value) and str(blocked) in str(refused.value)
 
 
+def test_a_symbolic_link_is_not_a_cache_folder(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    fallback = tmp_path / "fallback"
+    assert choose_cache_root([link, fallback]) == fallback
+
+
 def test_manifest_lines_are_checked() -> None:
     digest = "a" * 64
     assert parse_manifest(f"{digest} x-1.0-py3-none-any.whl\n") == [(digest, "x-1.0-py3-none-any.whl")]
