@@ -13,6 +13,7 @@ not a SyntaxError. (The bundle's `__main__.py` refuses anything older than 3.7 b
 from __future__ import annotations
 
 import compileall
+import fcntl
 import hashlib
 import io
 import os
@@ -33,6 +34,7 @@ CACHE_VARIABLE = "TOPN_NODE_CACHE_DIR"
 CHECK_FLAG = "--bundle-check"
 WHEELS_FOLDER = "wheels/"
 _STAGING_PREFIX = ".staging-"
+_LOCK_FILE = ".lock"
 
 
 class Interpreter(NamedTuple):
@@ -212,35 +214,42 @@ def site_folder_name(manifest: bytes, tag: str) -> str:
 def ensure_site(bundle: zipfile.ZipFile, tag: str, root: Path) -> Path:
     """The folder holding the unpacked wheels for `tag`, unpacking them on first use.
 
-    Tasks running at once on one node may race here: each unpacks into its own staging folder
-    and renames it into place; the rename is atomic, so a folder that exists is always complete,
-    and the loser of the race removes its copy and uses the winner's.
+    Tasks starting together on one node take turns on a lock file, so one of them unpacks and
+    the others wait and use its folder (16 task slots would otherwise unpack 16 copies). The
+    wheels go to a staging folder that is renamed into place when complete: a folder with the
+    final name is always whole, even after an unpacker was killed half-way.
     """
     manifest = bundle.read(f"{WHEELS_FOLDER}{tag}.txt")
     site = root / site_folder_name(manifest, tag)
     if site.is_dir():
         return site
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root))
-    try:
-        for digest, name in parse_manifest(manifest.decode("ascii")):
-            data = bundle.read(WHEELS_FOLDER + name)
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise BundleError(f"the bundle is damaged: {name} does not match its SHA-256")
-            with zipfile.ZipFile(io.BytesIO(data)) as wheel:
-                unpack_wheel(wheel, staging)
-        # Compiled once here, named as the final folder, so no task pays for it again (nor
-        # needs to write bytecode next to shared files, which PYTHONDONTWRITEBYTECODE may forbid).
-        compileall.compile_dir(staging, ddir=site, quiet=2, workers=1)
-        staging.chmod(0o755)  # mkdtemp made it 0700; readable (not writable) by others, like any library
+    with (root / _LOCK_FILE).open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+        if site.is_dir():
+            return site
+        for leftover in root.glob(_STAGING_PREFIX + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # from a killed unpacker: we hold the lock
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root))
         try:
+            _unpack_all(bundle, manifest, staging, site)
             staging.rename(site)
-        except OSError:
-            if not site.is_dir():
-                raise
-    finally:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            if staging.is_dir():
+                shutil.rmtree(staging, ignore_errors=True)
     return site
+
+
+def _unpack_all(bundle: zipfile.ZipFile, manifest: bytes, staging: Path, site: Path) -> None:
+    for digest, name in parse_manifest(manifest.decode("ascii")):
+        data = bundle.read(WHEELS_FOLDER + name)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BundleError(f"the bundle is damaged: {name} does not match its SHA-256")
+        with zipfile.ZipFile(io.BytesIO(data)) as wheel:
+            unpack_wheel(wheel, staging)
+    # Compiled once here, named as the final folder, so no task pays for it again (nor needs to
+    # write bytecode next to shared files, which PYTHONDONTWRITEBYTECODE may forbid).
+    compileall.compile_dir(staging, ddir=site, quiet=2, workers=1)
+    staging.chmod(0o755)  # mkdtemp made it 0700; readable (not writable) by others, like any library
 
 
 def _archive_path() -> str:

@@ -166,7 +166,7 @@ async def test_bundle_in_a_bare_venv_uploads_both_blobs_and_unpacks_once(
     )
     assert decode_counts_blob(blobs["b_OUTPUT.txt.counts.json.gz"])["counts"] == [["one", 1], ["two", 2]]
     # The second task reused the first one's unpacked wheels: one folder, no staging left over.
-    assert [name[-6:] for name in _site_folders(cache)] == ["-cp311"]
+    assert [name[-6:] for name in _site_folders(cache)] == [".lock", "-cp311"]
 
 
 async def test_tasks_starting_at_once_share_one_unpacked_copy(
@@ -198,7 +198,7 @@ async def test_tasks_starting_at_once_share_one_unpacked_copy(
         assert completed.returncode == 0, completed.stderr
     assert len(await _blobs(azurite, container)) == 6
     # Whoever lost the race removed its staging copy.
-    assert [name[-6:] for name in _site_folders(shared / "topn-node-cache")] == ["-cp311"]
+    assert [name[-6:] for name in _site_folders(shared / "topn-node-cache")] == [".lock", "-cp311"]
     assert not (tmp_path / "unused").exists()
 
 
@@ -356,7 +356,10 @@ async def test_the_azure_templates_start_task_places_the_bundle_for_the_tasks(
     )
     assert task.returncode == 0, task.stderr
     assert sorted(await _blobs(azurite, container)) == ["in_OUTPUT.txt", "in_OUTPUT.txt.counts.json.gz"]
-    assert [name[-6:] for name in _site_folders(tmp_path / "shared" / "topn-node-cache")] == ["-cp311"]
+    assert [name[-6:] for name in _site_folders(tmp_path / "shared" / "topn-node-cache")] == [
+        ".lock",
+        "-cp311",
+    ]
 
 
 def test_the_azure_templates_start_task_fails_a_node_whose_python3_cannot_run_the_bundle(

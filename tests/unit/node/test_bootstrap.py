@@ -6,6 +6,7 @@ import compileall
 import hashlib
 import io
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,7 @@ def test_wheels_are_unpacked_and_compiled_once_into_a_folder_named_by_their_list
         (site / "beta.py").write_text("NAME = 'kept'\n", encoding="utf-8")
         assert ensure_site(bundle, "cp311", root) == site
     assert (site / "beta.py").read_text(encoding="utf-8") == "NAME = 'kept'\n", "not unpacked again"
-    assert sorted(path.name for path in root.iterdir()) == [site.name]
+    assert sorted(path.name for path in root.iterdir()) == [".lock", site.name]
     other = {**WHEELS, "gamma-3.0-py3-none-any.whl": _wheel({"gamma.py": b""})}
     with zipfile.ZipFile(_bundle(tmp_path / "c.pyz", other)) as bundle:
         assert ensure_site(bundle, "cp311", root) != site
@@ -242,29 +243,30 @@ def test_a_damaged_wheel_stops_the_unpacking_and_leaves_nothing_behind(tmp_path:
         pytest.raises(BundleError, match="does not match its SHA-256"),
     ):
         ensure_site(bundle, "cp311", tmp_path)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["b.pyz"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".lock", "b.pyz"]
 
 
-def test_racing_unpackers_all_get_the_one_complete_folder(
+def test_unpackers_starting_together_unpack_once_and_share_the_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bundle_path = _bundle(tmp_path / "b.pyz", WHEELS)
     root = tmp_path / "cache"
     root.mkdir()
+    (root / ".staging-from-a-killed-unpacker").mkdir()
     start = threading.Barrier(4)
     results: list[Path] = []
-    # Every unpacker has its staging copy before any renames it: the race happens every time.
-    staged = threading.Barrier(4)
+    compiled: list[Path] = []
     compile_dir = compileall.compile_dir
 
-    def compile_when_all_have_staged(*args: Any, **kwargs: Any) -> bool:
-        staged.wait(timeout=30)
-        return compile_dir(*args, **kwargs)
+    def slow_compile(folder: Path, *args: Any, **kwargs: Any) -> bool:
+        compiled.append(folder)
+        time.sleep(0.3)  # every other thread has long reached the lock by now
+        return compile_dir(folder, *args, **kwargs)
 
-    monkeypatch.setattr(compileall, "compile_dir", compile_when_all_have_staged)
+    monkeypatch.setattr(compileall, "compile_dir", slow_compile)
 
     def unpack() -> None:
-        start.wait()
+        start.wait(timeout=30)
         with zipfile.ZipFile(bundle_path) as bundle:
             results.append(ensure_site(bundle, "cp311", root))
 
@@ -274,5 +276,6 @@ def test_racing_unpackers_all_get_the_one_complete_folder(
     for thread in threads:
         thread.join(timeout=60)
     assert len(results) == 4 and len(set(results)) == 1
-    assert sorted(path.name for path in root.iterdir()) == [results[0].name]
+    assert len(compiled) == 1, "one unpacker; the others waited for its folder"
+    assert sorted(path.name for path in root.iterdir()) == [".lock", results[0].name]
     assert (results[0] / "beta.py").is_file()
