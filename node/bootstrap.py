@@ -13,10 +13,10 @@ not a SyntaxError. (The bundle's `__main__.py` refuses anything older than 3.7 b
 from __future__ import annotations
 
 import compileall
-import fcntl
 import hashlib
 import io
 import os
+import platform
 import shutil
 import stat
 import sys
@@ -43,7 +43,7 @@ class Interpreter(NamedTuple):
     implementation: str  # sys.implementation.name
     version: tuple[int, int]
     system: str  # sys.platform
-    machine: str  # os.uname().machine
+    machine: str  # platform.machine()
     libc: str  # os.confstr("CS_GNU_LIBC_VERSION"), e.g. "glibc 2.36"; "" when unknown (musl)
     free_threaded: bool  # a 3.13t build cannot load the cp313 wheels
 
@@ -58,7 +58,7 @@ def wheel_tag(version: tuple[int, int]) -> str:
 
 
 def describe_tags(tags: Sequence[str]) -> str:
-    """ "cp310", "cp311" -> "CPython 3.10, 3.11" (the versions a bundle carries wheels for)."""
+    """The versions a bundle carries wheels for, in words: ["cp310", "cp311"] -> "CPython 3.10, 3.11"."""
     versions = sorted((int(tag[2]), int(tag[3:])) for tag in tags)
     return "CPython " + ", ".join(f"{major}.{minor}" for major, minor in versions)
 
@@ -111,7 +111,7 @@ def current_interpreter() -> Interpreter:
         implementation=sys.implementation.name,
         version=(sys.version_info[0], sys.version_info[1]),
         system=sys.platform,
-        machine=os.uname().machine,
+        machine=platform.machine(),
         libc=libc,
         free_threaded=bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
     )
@@ -223,6 +223,8 @@ def ensure_site(bundle: zipfile.ZipFile, tag: str, root: Path) -> Path:
     site = root / site_folder_name(manifest, tag)
     if site.is_dir():
         return site
+    import fcntl  # here, not at the top: the orchestrator imports this module on any OS
+
     with (root / _LOCK_FILE).open("a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file is closed, or the process dies
         if site.is_dir():
