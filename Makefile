@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 NODE_MODULES := node_modules/.package-lock.json
 
-.PHONY: setup demo test lint unit bench node-pyz clean local-up local-down
+.PHONY: setup demo test lint unit bench node-pyz node-bundle clean local-up local-down
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ unit: setup
 
 node-pyz: setup
 	$(PY) -m node.pack dist/node.pyz
+
+# The node program with its dependencies as wheels (node/bundle.lock), for a node's own python3.
+# Wheels are downloaded once into .topn/node-wheels; later builds are offline and take a second.
+node-bundle: setup
+	$(PY) -m node.bundle dist/node-bundle.pyz --wheel-cache .topn/node-wheels
 
 bench: setup
 	$(PY) bench/node_throughput.py

@@ -29,12 +29,13 @@ if __name__ == "__main__":
 '''
 
 
-def _package_files() -> list[Path]:
+def package_files() -> list[Path]:
     """The package's Python sources, in a fixed order."""
     return sorted(path for path in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in path.parts)
 
 
-def _entry(name: str) -> zipfile.ZipInfo:
+def stored_entry(name: str) -> zipfile.ZipInfo:
+    """A zip entry with fixed time and mode, stored uncompressed (so the bytes are reproducible)."""
     info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
     info.compress_type = zipfile.ZIP_STORED
     info.external_attr = 0o644 << 16
@@ -45,10 +46,10 @@ def archive_bytes() -> bytes:
     """The zip (without the interpreter line) holding `__main__.py` and the `node` package."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(_entry("__main__.py"), _ARCHIVE_MAIN)
-        for path in _package_files():
+        archive.writestr(stored_entry("__main__.py"), _ARCHIVE_MAIN)
+        for path in package_files():
             name = "node/" + path.relative_to(PACKAGE_DIR).as_posix()
-            archive.writestr(_entry(name), path.read_bytes())
+            archive.writestr(stored_entry(name), path.read_bytes())
     return buffer.getvalue()
 
 
