@@ -26,7 +26,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from orchestrator import naming
 from orchestrator.azure import sas
 from orchestrator.azure.retry import RetryPolicy, retry_call
-from orchestrator.errors import InputError, first_leaf
+from orchestrator.errors import ConfigError, InputError, first_leaf
 from orchestrator.files import read_md5
 from orchestrator.inputs import InputFile
 
@@ -73,6 +73,10 @@ def _md5_of_file(path: Path) -> tuple[bytes | None, bytes]:
 # A file that changes while it is read or sent is tried again after each of these pauses (giving its
 # writer time to finish), then reported: the blob must hold exactly the bytes the journal's MD5 says.
 CHANGED_INPUT_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
+
+
+class NodeBundleError(ConfigError):
+    """The node bundle for real Batch nodes could not be built (exit 2: nothing was started)."""
 
 
 class InputChangedError(InputError):
@@ -264,11 +268,26 @@ async def upload_inputs(
     return [item for item in staged if item is not None]
 
 
-def build_node_script() -> bytes:
-    """Pack the node script (node.pack builds the zipapp; no node code runs in this process)."""
-    pack = importlib.import_module("node.pack")
+def build_node_script(wheel_cache: Path | None = None) -> bytes:
+    """The node program's bytes (no node code runs in this process).
+
+    With `wheel_cache`, the self-contained bundle (node/bundle.py: the storage SDK as wheels for
+    the node's python3, cached there): what real Batch nodes run. Without, the plain zipapp, which
+    needs the SDK on the node: local mode's nodes are this machine, with topn's own environment.
+    """
     with tempfile.TemporaryDirectory(prefix="topn-node-") as folder:
-        path: Path = pack.build_zipapp(Path(folder) / "node.pyz")
+        target = Path(folder) / "node.pyz"
+        if wheel_cache is None:
+            path: Path = importlib.import_module("node.pack").build_zipapp(target)
+        else:
+            bundle = importlib.import_module("node.bundle")
+            try:
+                path = bundle.build_bundle(target, wheel_cache=wheel_cache)
+            except bundle.BundleBuildError as error:
+                raise NodeBundleError(
+                    f"cannot build the node bundle: {error}. It needs PyPI once to fill {wheel_cache} "
+                    "(`make node-bundle` does the same); check the network or pip's index settings"
+                ) from None
         return path.read_bytes()
 
 

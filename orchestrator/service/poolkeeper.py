@@ -123,7 +123,9 @@ class PoolKeeper:
         settings = self._settings
         script = self._node_script
         if script is None:
-            script = await anyio.to_thread.run_sync(staging.build_node_script)
+            # Real Batch nodes get the self-contained bundle; local mode's nodes run topn's own Python.
+            wheels = None if settings.local.enabled else settings.local.state_dir / "node-wheels"
+            script = await anyio.to_thread.run_sync(staging.build_node_script, wheels)
             self._node_script = script
         app_container = naming.app_container(settings.storage.container_prefix)
         await staging.ensure_containers(self._clients.blob_service, [app_container], settings.retry)

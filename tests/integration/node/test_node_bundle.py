@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import shutil
 import subprocess
 import tomllib
 import uuid
 import venv
+import zipfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -379,3 +381,15 @@ def test_the_azure_templates_start_task_fails_a_node_whose_python3_cannot_run_th
     assert started.returncode == EXIT_UNSUPPORTED, started
     assert "this is CPython 3.9 on linux x86_64: it carries no wheels for this interpreter" in started.stderr
     assert not (tmp_path / "shared" / "topn-node-cache").exists()
+
+
+def test_the_orchestrator_stages_the_bundle_for_real_nodes_and_the_plain_zipapp_locally(bundle: Path) -> None:
+    from orchestrator.azure.staging import build_node_script
+
+    for_azure = build_node_script(WHEEL_CACHE)
+    assert for_azure == bundle.read_bytes()  # the very bytes `make node-bundle` builds
+    local = build_node_script(None)
+    with zipfile.ZipFile(io.BytesIO(local)) as archive:
+        assert not [name for name in archive.namelist() if name.endswith(".whl")]
+    with zipfile.ZipFile(io.BytesIO(for_azure)) as archive:
+        assert any("azure_storage_blob" in name for name in archive.namelist())
