@@ -204,6 +204,8 @@ class Autoscaler:
                 await anyio.sleep(min(wait_s, APPLY_POLL_S) if pending is not None else wait_s)
         if self.pools.get(pool) is state and state.scope is scope:
             state.scope = None
+        if self.account.pools.get(pool.id.lower()) is not pool:
+            self.pools.pop(pool, None)  # the pool is gone: forget its history
 
     def _run_formula(self, pool: Pool) -> Evaluation:
         outcome = evaluate(str(pool.spec["autoScaleFormula"]), self.metrics(pool))

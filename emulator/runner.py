@@ -348,7 +348,8 @@ class Runner:
             current.sort(key=lambda node: (node.state == NodeState.RUNNING, -node.index))
             leaving.extend(current[: max(len(current) - target, 0)])
             missing.extend([dedicated] * max(target - len(current), 0))
-        await release_nodes(self.account, pool, leaving, pool.deallocation_option)
+        if not await release_nodes(self.account, pool, leaving, pool.deallocation_option):
+            return  # deleted while nodes drained
         nodes = self._create_nodes(
             pool, admit_nodes(self.account.quota, self.account.pools.values(), pool, missing)
         )

@@ -20,8 +20,11 @@ from emulator.state import Account
 DRAINING_OPTIONS = ("taskcompletion", "retaineddata")
 
 
-async def release_nodes(account: Account, pool: Pool, leaving: Sequence[Node], option: str) -> None:
-    """Take `leaving` out of the pool; with a draining option, only once their tasks have ended."""
+async def release_nodes(account: Account, pool: Pool, leaving: Sequence[Node], option: str) -> bool:
+    """Take `leaving` out of the pool; with a draining option, only once their tasks have ended.
+
+    Returns whether the pool is still active (it may be deleted while nodes drain).
+    """
     draining = [node for node in leaving if option in DRAINING_OPTIONS and node.running_tasks]
     for node in leaving:
         if node in draining:
@@ -40,6 +43,7 @@ async def release_nodes(account: Account, pool: Pool, leaving: Sequence[Node], o
         await anyio.to_thread.run_sync(_remove_folders, [node.root for node in leaving])
         for node in leaving:
             pool.nodes.pop(node.id, None)
+    return pool.state == PoolState.ACTIVE
 
 
 def _remove_folders(folders: list[Path]) -> None:

@@ -87,7 +87,7 @@ async def run_one_long_task(client: BatchClient, pool_id: str, deallocation: str
     await client.create_job(
         models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id))
     )
-    await client.create_task(job_id, models.BatchTaskCreateOptions(id="long", command_line="sleep 4"))
+    await client.create_task(job_id, models.BatchTaskCreateOptions(id="long", command_line="sleep 8"))
 
     async def running() -> bool:
         return bool((await client.get_task(job_id, "long")).state == models.BatchTaskState.RUNNING)
