@@ -86,6 +86,7 @@ def validate_pool_autoscale(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def validate_enable(body: Mapping[str, Any], currently_enabled: bool) -> dict[str, str]:
     """An enableautoscale body: the formula and interval to set (at least one when already enabled)."""
+    body = _set_properties(body)
     unknown = sorted(set(body) - {"autoScaleFormula", "autoScaleEvaluationInterval"})
     if unknown:
         raise invalid_property(
@@ -105,9 +106,14 @@ def validate_enable(body: Mapping[str, Any], currently_enabled: bool) -> dict[st
     return changes
 
 
+def _set_properties(body: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON nulls mean "not set" to the service (older clients send them)."""
+    return {name: value for name, value in body.items() if value is not None}
+
+
 def validate_evaluate(body: Mapping[str, Any]) -> str:
     """An evaluateautoscale body: the formula (syntax errors come back in the run, not as a 400)."""
-    formula = body.get("autoScaleFormula")
+    formula = _set_properties(body).get("autoScaleFormula")
     if formula is None:
         raise missing_property("autoScaleFormula")
     if not isinstance(formula, str):

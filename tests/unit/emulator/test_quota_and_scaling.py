@@ -164,9 +164,9 @@ def test_enable_bodies() -> None:
         "autoScaleFormula": "x=1",
         "autoScaleEvaluationInterval": "PT15M",
     }
-    assert validate_enable({"autoScaleEvaluationInterval": "PT5M"}, currently_enabled=True) == {
-        "autoScaleEvaluationInterval": "PT5M"
-    }
+    assert validate_enable(
+        {"autoScaleFormula": None, "autoScaleEvaluationInterval": "PT5M"}, currently_enabled=True
+    ) == {"autoScaleEvaluationInterval": "PT5M"}
     for body, enabled in [({}, True), ({"autoScaleEvaluationInterval": "PT5M"}, False), ({"other": 1}, True)]:
         with pytest.raises(ServiceError):
             validate_enable(body, currently_enabled=enabled)
