@@ -18,7 +18,9 @@ import structlog
 from aiohttp import web
 
 from emulator.auth import decode_account_key
+from emulator.autoscale import AUTOSCALER, Autoscaler
 from emulator.faults import FaultInjector, FaultSettings
+from emulator.quota import Quotas
 from emulator.rest import Limits, Services
 from emulator.runner import Runner, write_python_wrappers
 from emulator.scheduler import Scheduler
@@ -64,6 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-body-bytes", type=int, default=1_048_576, help="request body limit (413 above)"
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply autoscale periods (30 s samples, evaluation intervals) by F, e.g. 0.01 in tests",
+    )
+    quotas = parser.add_argument_group("account quotas (none by default)")
+    quotas.add_argument("--max-active-jobs", type=int, default=None, help="active jobs (+ job schedules)")
+    quotas.add_argument("--max-dedicated-cores", type=int, default=None, help="dedicated cores of all pools")
+    quotas.add_argument("--max-low-priority-cores", type=int, default=None, help="low-priority cores")
     faults = parser.add_argument_group("fault injection (off by default, deterministic for a seed)")
     faults.add_argument("--fault-seed", type=int, default=0)
     faults.add_argument(
@@ -135,12 +147,19 @@ def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]
         problems.append("--max-tasks-per-request must be >= 1 and --max-body-bytes >= 1024")
     if not args.account_name:
         problems.append("--account-name must not be empty")
+    if not 0 < args.time_scale <= 1000:
+        problems.append(f"--time-scale must be above 0 and at most 1000, got {args.time_scale}")
+    for flag in ("max_active_jobs", "max_dedicated_cores", "max_low_priority_cores"):
+        value = getattr(args, flag)
+        if value is not None and value < 0:
+            problems.append(f"--{flag.replace('_', '-')} must be 0 or more, got {value}")
     return problems
 
 
 async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> None:
     root: Path = args.root
     account = Account(args.account_name, root)
+    account.quota = Quotas(args.max_active_jobs, args.max_dedicated_cores, args.max_low_priority_cores)
     # Signals are caught before the start line is printed, so a parent that stops the emulator
     # right after reading it still gets a clean shutdown.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -152,11 +171,9 @@ async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> 
                 account, FaultInjector(faults), session, "", root / ".python-bin", args.nodes_max_processes
             )
             limits = Limits(args.max_tasks_per_request, args.max_body_bytes, faults.pool_allocation_delay_s)
-            app_runner = web.AppRunner(
-                build_app(Services(account, runner, runner.faults, key, limits, group)),
-                access_log=None,
-                handle_signals=False,
-            )
+            app = build_app(Services(account, runner, runner.faults, key, limits, group))
+            app[AUTOSCALER] = Autoscaler(account, runner, group, args.time_scale)
+            app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await app_runner.setup()
             try:
                 await web.TCPSite(app_runner, HOST, args.port, backlog=1024).start()

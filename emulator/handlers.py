@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 from aiohttp import web
 
-from emulator import files, validation
+from emulator import autoscale, files, quota, validation
 from emulator.model import NodeState, Task
 from emulator.odata import dict_getter
 from emulator.render import TASK_FILTER_FIELDS, job_json, node_json, pool_json, task_getter, task_json
@@ -47,8 +47,10 @@ from emulator.wire import (
 async def create_pool(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     spec = validation.validate_pool(await read_body(request))
+    quota.check_vm_size(svc.account.quota, spec)
     pool = svc.account.add_pool(spec)
     svc.background.start_soon(svc.runner.provision_pool, pool, svc.limits.pool_allocation_delay_s)
+    autoscale.start_if_enabled(request, pool)
     return created(request, f"/pools/{pool.id}", pool.etag, pool.last_modified)
 
 
@@ -99,6 +101,7 @@ async def update_pool(request: web.Request) -> web.StreamResponse:
 async def resize_pool(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     pool = svc.account.get_pool(request.match_info["pool_id"])
+    autoscale.refuse_manual_resize(pool)
     targets = validation.validate_resize(await read_body(request))
     svc.account.begin_resize_pool(pool, *targets)
     svc.background.start_soon(svc.runner.resize_pool, pool)

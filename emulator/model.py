@@ -39,6 +39,7 @@ REBOOTABLE_NODE_STATES = frozenset(
     {NodeState.IDLE, NodeState.RUNNING, NodeState.START_TASK_FAILED, NodeState.WAITING_FOR_START_TASK}
 )
 REBOOT_OPTIONS = ("requeue", "terminate")
+DEALLOCATION_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
 
 
 # Tasks are only ever placed on nodes in these states.
@@ -174,7 +175,9 @@ class Pool:
     allocation_state: AllocationState = AllocationState.RESIZING
     allocation_state_time: datetime | None = None
     nodes: dict[str, Node] = field(default_factory=dict)
-    resize_errors: list[dict[str, str]] = field(default_factory=list)
+    resize_errors: list[dict[str, Any]] = field(default_factory=list)
+    # What happens to running tasks on nodes the current resize removes (requeue, terminate, ...).
+    deallocation_option: str = "requeue"
 
     @property
     def task_slots_per_node(self) -> int:

@@ -39,6 +39,8 @@ from emulator.model import (
     outcome_of_exit,
     retries_left,
 )
+from emulator.quota import admit_nodes
+from emulator.scaling import release_nodes
 from emulator.state import Account
 from emulator.transfer import TransferError, download_resource_files, upload_output_files
 from emulator.wire import utc_now
@@ -346,13 +348,11 @@ class Runner:
             current.sort(key=lambda node: (node.state == NodeState.RUNNING, -node.index))
             leaving.extend(current[: max(len(current) - target, 0)])
             missing.extend([dedicated] * max(target - len(current), 0))
-        for node in leaving:
-            self.account.remove_node(node)
-        if leaving:
-            await anyio.to_thread.run_sync(_remove_folders, [node.root for node in leaving])
-            for node in leaving:
-                pool.nodes.pop(node.id, None)
-        nodes = self._create_nodes(pool, missing)
+        if not await release_nodes(self.account, pool, leaving, pool.deallocation_option):
+            return  # deleted while nodes drained
+        nodes = self._create_nodes(
+            pool, admit_nodes(self.account.quota, self.account.pools.values(), pool, missing)
+        )
         start_task = pool.spec.get("startTask")
         wait = bool(start_task and start_task.get("waitForSuccess", False))
         for node in nodes:
@@ -520,11 +520,6 @@ EMULATOR_FAILURE = FailureInfo("servererror", "Unknown", "The emulator could not
 
 def _launch_failure(code: str, detail: str) -> FailureInfo:
     return FailureInfo("usererror", code, f"The task command could not be started: {detail}")
-
-
-def _remove_folders(folders: list[Path]) -> None:
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _spawn(argv: list[str], working_dir: Path, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:

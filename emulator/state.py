@@ -33,6 +33,7 @@ from emulator.model import (
     exit_job_action,
     retries_left,
 )
+from emulator.quota import Quotas, check_active_jobs
 from emulator.validation import DEFAULT_JOB_CONSTRAINTS, POOL_UPDATABLE_WHEN_EMPTY
 from emulator.wire import ServiceError, new_etag, parse_duration, utc_now
 
@@ -70,6 +71,7 @@ class Account:
         self.tasks_added = 0
         self.tasks_completed = 0
         self.tasks_running = 0
+        self.quota = Quotas()
 
     # -- scheduler wake-ups -------------------------------------------------------------------
     def wake_event(self) -> anyio.Event:
@@ -140,7 +142,9 @@ class Account:
         for node in pool.nodes.values():
             self.remove_node(node)
 
-    def begin_resize_pool(self, pool: Pool, dedicated: int, low_priority: int) -> None:
+    def begin_resize_pool(
+        self, pool: Pool, dedicated: int, low_priority: int, deallocation: str = "requeue"
+    ) -> None:
         """New targets; the runner then adds or removes nodes and reports `steady`."""
         if pool.state == PoolState.DELETING:
             raise ServiceError(409, "PoolBeingDeleted", "The specified pool has been marked for deletion.")
@@ -151,6 +155,7 @@ class Account:
         now = utc_now()
         pool.spec = {**pool.spec, "targetDedicatedNodes": dedicated, "targetLowPriorityNodes": low_priority}
         pool.allocation_state, pool.allocation_state_time = AllocationState.RESIZING, now
+        pool.deallocation_option = deallocation
         pool.resize_errors.clear()
         pool.touch(now)
         log.info("pool.resizing", pool_id=pool.id, target_nodes=dedicated + low_priority)
@@ -196,10 +201,14 @@ class Account:
             stop()
         log.info("node.rebooting", pool_id=node.pool_id, node_id=node.id, reboot_option=option)
 
-    def remove_node(self, node: Node) -> None:
-        """A node leaves its pool: its running tasks are requeued and its start task is stopped."""
-        for task in list(node.running_tasks):
-            self.requeue(task)
+    def remove_node(self, node: Node, option: str = "requeue") -> None:
+        """A node leaves its pool: its running tasks are requeued (or ended) and its start task stopped."""
+        for task in sorted(node.running_tasks, key=lambda task: task.sequence):
+            if option == "terminate":
+                self._end_by_user(task)
+                self.check_job_completion(self.jobs[task.job_id.lower()])
+            else:
+                self.requeue(task)
         stop = self.node_stoppers.pop(node, None)
         if stop is not None:
             stop()
@@ -238,6 +247,7 @@ class Account:
             if existing.state == JobState.DELETING:
                 raise ServiceError(409, "JobBeingDeleted", "The specified job has been marked for deletion.")
             raise ServiceError(409, "JobExists", "The specified job already exists.")
+        check_active_jobs(self.quota, self.jobs.values())
         now = utc_now()
         job = Job(job_id, spec, self.next_sequence(), now, last_modified=now, state_time=now)
         self.jobs[job_id.lower()] = job

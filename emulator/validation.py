@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from emulator.model import REBOOT_OPTIONS
+from emulator.autoscale_settings import validate_pool_autoscale
+from emulator.model import DEALLOCATION_OPTIONS, REBOOT_OPTIONS
 from emulator.wire import (
     UNLIMITED_DURATION,
     ServiceError,
@@ -185,8 +186,7 @@ def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
     body = without_nulls(body)
     _check_id(body)
     _require(body, "vmSize")
-    if body.get("enableAutoScale"):
-        raise invalid_property("enableAutoScale", "autoscale is not emulated; set targetDedicatedNodes")
+    autoscale = validate_pool_autoscale(body)
     configuration = _check_object(body, "virtualMachineConfiguration")
     if not configuration:
         raise missing_property("virtualMachineConfiguration")
@@ -204,7 +204,7 @@ def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
     spec.setdefault("targetDedicatedNodes", 0)
     spec.setdefault("targetLowPriorityNodes", 0)
     spec.setdefault("resizeTimeout", "PT15M")
-    spec.setdefault("enableAutoScale", False)
+    spec.update(autoscale)
     spec.setdefault("enableInterNodeCommunication", False)
     policy = _check_object(body, "taskSchedulingPolicy")
     fill = policy.get("nodeFillType", "spread")
@@ -296,17 +296,17 @@ def validate_reboot(body: Mapping[str, Any]) -> str:
     return str(option)
 
 
-def validate_resize(body: Mapping[str, Any]) -> tuple[int, int]:
-    """A resize body: the new dedicated and low-priority targets (both default to 0)."""
+def validate_resize(body: Mapping[str, Any]) -> tuple[int, int, str]:
+    """A resize body: the new dedicated and low-priority targets (both default to 0) and deallocation."""
     body = without_nulls(body)
     _check_int(body, "targetDedicatedNodes", 0, MAX_NODES)
     _check_int(body, "targetLowPriorityNodes", 0, MAX_NODES)
     _check_duration(body, "resizeTimeout")
-    if body.get("nodeDeallocationOption", "requeue") != "requeue":
-        raise invalid_property(
-            "nodeDeallocationOption", "only requeue is emulated (running tasks are requeued)"
-        )
-    return int(body.get("targetDedicatedNodes", 0)), int(body.get("targetLowPriorityNodes", 0))
+    option = body.get("nodeDeallocationOption", "requeue")
+    if option not in DEALLOCATION_OPTIONS:
+        raise invalid_property("nodeDeallocationOption", f"must be one of {', '.join(DEALLOCATION_OPTIONS)}")
+    targets = int(body.get("targetDedicatedNodes", 0)), int(body.get("targetLowPriorityNodes", 0))
+    return *targets, str(option)
 
 
 def _check_job_common(body: Mapping[str, Any]) -> None:

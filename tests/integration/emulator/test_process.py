@@ -124,6 +124,10 @@ async def test_bad_flags_exit_2_naming_the_flag(tmp_path: Path) -> None:
             "not base64!",
             "--fault-503",
             "1.5",
+            "--time-scale",
+            "0",
+            "--max-active-jobs",
+            "-1",
         ],
         check=False,
     )
@@ -131,6 +135,7 @@ async def test_bad_flags_exit_2_naming_the_flag(tmp_path: Path) -> None:
     message = result.stderr.decode()
     assert "--account-key" in message and "base64" in message
     assert "--fault-503" in message
+    assert "--time-scale" in message and "--max-active-jobs" in message
     assert result.stdout == b""
 
 
