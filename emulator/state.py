@@ -35,7 +35,7 @@ from emulator.model import (
 )
 from emulator.quota import Quotas, check_active_jobs
 from emulator.validation import DEFAULT_JOB_CONSTRAINTS, POOL_UPDATABLE_WHEN_EMPTY
-from emulator.wire import ServiceError, new_etag, parse_duration, utc_now
+from emulator.wire import ServiceError, invalid_property, new_etag, parse_duration, utc_now
 
 log = structlog.get_logger("emulator")
 
@@ -268,6 +268,13 @@ class Account:
 
     def update_job(self, job: Job, changes: dict[str, Any], replace: bool) -> None:
         self.require_job_open(job)
+        # As on the service, a job set to end when its tasks are done cannot be set back to noaction
+        # (a PUT that leaves the property out resets it to noaction, so it is refused too).
+        default = "noaction" if replace else job.on_all_tasks_complete
+        if job.on_all_tasks_complete == "terminatejob" and (
+            str(changes.get("onAllTasksComplete", default)).lower() == "noaction"
+        ):
+            raise invalid_property("onAllTasksComplete", "cannot be changed from terminatejob to noaction")
         if replace:
             # PUT resets every updatable property it does not name; fixed properties stay.
             fixed = {key: value for key, value in job.spec.items() if key not in UPDATABLE_JOB_DEFAULTS}
