@@ -46,6 +46,17 @@ def task_id(index: int) -> str:
     return f"t{index:06d}"
 
 
+def task_generation_id(task_id: str, generation: int) -> str:
+    """The Batch id of a work unit's task in `generation`: the plain id first, `<id>-g<n>` once re-issued.
+
+    A resume re-issues an unstarted task (fresh SAS) under the next generation's id, added before the
+    old one is deleted: a deleted task can linger on the service, and it must not swallow the new one.
+    """
+    if generation < 0:
+        raise ValueError("a task generation cannot be negative")
+    return task_id if generation == 0 else f"{task_id}-g{generation}"
+
+
 def app_container(prefix: str) -> str:
     """Container holding the packed node script, shared by all runs."""
     return f"{prefix}-app"

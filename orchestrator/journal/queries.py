@@ -176,6 +176,12 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 (run_id,),
             )
         }
+        generations = {
+            row[0]: int(row[1])
+            for row in connection.execute(
+                "SELECT task_id, generation FROM task_generations WHERE run_id = ?", (run_id,)
+            )
+        }
         downloads = {
             row[0]: DownloadRecord(local_path=row[1], size_bytes=row[2])
             for row in connection.execute(
@@ -204,6 +210,7 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 downloads=downloads,
                 out_dir=out_dir,
                 file_failures=file_failures,
+                task_generations=generations,
             )
         )
     return records

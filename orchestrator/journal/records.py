@@ -72,6 +72,8 @@ class RunRecord:
     downloads: Mapping[str, DownloadRecord]  # by relpath
     out_dir: str | None = None  # the results folder (absolute), when create_run was told it
     file_failures: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # by relpath
+    # Work units whose task a resume re-issued: the generation in the job (naming.task_generation_id).
+    task_generations: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def is_finished(self) -> bool:

@@ -10,7 +10,7 @@ from typing import Final
 from orchestrator.errors import TopnError, UsageError
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -94,6 +94,17 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             error_json TEXT NOT NULL,
             at TEXT NOT NULL,
             PRIMARY KEY (run_id, relpath)
+        ) WITHOUT ROWID""",
+    ),
+    # Version 5: a resume re-issues unstarted tasks under new ids (naming.task_generation_id); the
+    # work unit's task id stays the key everywhere, this maps it to the generation now in the job.
+    (
+        """CREATE TABLE task_generations (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            task_id TEXT NOT NULL,
+            generation INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, task_id)
         ) WITHOUT ROWID""",
     ),
 )

@@ -235,6 +235,28 @@ class Journal:
 
         await self._write(write, durable=False)
 
+    async def record_task_generations(self, run_id: str, generations: Mapping[str, int]) -> None:
+        """Record which generation of each work unit's task is in the job (written before it is added)."""
+        if not generations:
+            return
+        if any(generation < 1 for generation in generations.values()):
+            raise ValueError(f"run {run_id}: a re-issued task's generation is 1 or more")
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            self._require_task_ids(connection, run_id, list(generations))
+            for task_id, generation in generations.items():
+                _upsert(
+                    connection,
+                    "task_generations",
+                    {"run_id": run_id, "task_id": task_id},
+                    generation=generation,
+                    at=at,
+                )
+
+        await self._write(write, durable=True)
+
     async def record_task_completed(self, run_id: str, task_id: str, outcome: Mapping[str, Any]) -> None:
         """Record a task's final outcome (JSON data, e.g. status, exit_code, failure_code, stderr_tail).
 

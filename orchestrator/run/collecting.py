@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -49,7 +50,7 @@ async def run_and_collect(
                 lambda: monitor.watch_job(
                     run.batch,
                     run.job_id,
-                    awaited,
+                    [run.batch_task_id(task_id) for task_id in awaited],
                     send,
                     poll_min_s=run.settings.run.poll_min_s,
                     poll_max_s=run.settings.run.poll_max_s,
@@ -61,7 +62,9 @@ async def run_and_collect(
             )
             async with receive:
                 async for outcome in receive:
-                    group.start_soon(_handle_outcome, run, ledger, outcome, limiter)
+                    # The job knows a re-issued task by its generation's id; the run by its unit's.
+                    unit_outcome = dataclasses.replace(outcome, task_id=run.unit_task_id(outcome.task_id))
+                    group.start_soon(_handle_outcome, run, ledger, unit_outcome, limiter)
         ledger.stage_s["running"] = round(time.monotonic() - started, 3)
         collecting_started = time.monotonic()
         await on_watched()
@@ -110,7 +113,7 @@ async def _settle_recorded_task(
         return
     tail = message = ""
     if not outcome.succeeded:
-        tail = await collect.task_stderr_tail(run.batch, run.job_id, task_id, run.retry)
+        tail = await collect.task_stderr_tail(run.batch, run.job_id, run.batch_task_id(task_id), run.retry)
         message = outcome.failure_message or f"the task exited with code {outcome.exit_code}"
     async with anyio.create_task_group() as group:
         for index in to_collect:
@@ -136,7 +139,9 @@ async def _handle_outcome(
     tail = ""
     message = ""
     if not outcome.succeeded:
-        tail = await collect.task_stderr_tail(run.batch, run.job_id, outcome.task_id, run.retry)
+        tail = await collect.task_stderr_tail(
+            run.batch, run.job_id, run.batch_task_id(outcome.task_id), run.retry
+        )
         message = outcome.failure_message or f"the task exited with code {outcome.exit_code}"
         if len(unit) == 1:  # nothing to salvage: the node's only input failed
             await _record_failure(run, ledger, unit[0], outcome, message, tail)

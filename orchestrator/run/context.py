@@ -68,6 +68,21 @@ class RunContext:
     units: list[list[int]]  # input indexes per work unit (one task each)
     task_ids: list[str]  # the task of each unit, by unit index
     unit_by_task: dict[str, int]
+    # Work units whose task a resume re-issued, and the generation now in the job (absent: 0).
+    generations: dict[str, int] = field(default_factory=dict)
+
+    def batch_task_id(self, task_id: str) -> str:
+        """The id a work unit's task has in the job now."""
+        return naming.task_generation_id(task_id, self.generations.get(task_id, 0))
+
+    def unit_task_id(self, batch_task_id: str) -> str:
+        """The work unit's task id of a task in the job (itself, unless a resume re-issued it)."""
+        if batch_task_id in self.unit_by_task:
+            return batch_task_id
+        base, _, generation = batch_task_id.rpartition("-g")
+        if base in self.unit_by_task and generation.isdigit():
+            return base
+        raise KeyError(f"task {batch_task_id!r} is none of this run's")
 
     @property
     def batch(self) -> BatchClient:
@@ -165,6 +180,7 @@ def new_run_context(
         units=units,
         task_ids=task_ids,
         unit_by_task={task_id: unit_index for unit_index, task_id in enumerate(task_ids)},
+        generations=dict(resume.task_generations) if resume is not None else {},
     )
 
 

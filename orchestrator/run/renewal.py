@@ -1,20 +1,24 @@
 """A resumed run's tasks must not carry a SAS that ends before its deadline (docs/journal.md).
 
-Unstarted tasks whose SAS would expire are deleted and added again (same id, fresh SAS) by the
-submitting stage; started ones keep theirs; the journal keeps the oldest SAS a task still carries.
+Unstarted tasks whose SAS would expire are re-issued with fresh SAS under their next generation's id
+(naming.task_generation_id), and the old ones deleted once the new ones are in; started ones keep
+theirs; the journal maps each work unit to its generation and keeps the oldest SAS a task still carries.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
 import structlog
-from azure.batch.models import BatchJobConstraints, BatchJobUpdateOptions
+from azure.batch.models import BatchJobConstraints
 from azure.core.exceptions import ResourceNotFoundError
 
+from orchestrator import naming
 from orchestrator.azure.retry import retry_call
 from orchestrator.azure.staging import SasMinter
 from orchestrator.azure.states import TaskState, task_state
@@ -31,37 +35,57 @@ async def record_sas_expiries(run: RunContext, minter: SasMinter) -> None:
             await run.journal.record_sas_expiry(run.run_id, purpose, minter.expires_at)
 
 
-async def renew_expiring_tasks(run: RunContext, deadline_at: datetime) -> tuple[list[str], bool]:
-    """A resumed run's tasks whose SAS end before its deadline: delete the unstarted ones, to add again.
+@dataclass(frozen=True)
+class Renewal:
+    """What a resume does about tasks whose SAS end before its deadline."""
 
-    Returns (ids to add with fresh SAS, whether tasks with the old SAS stay in the job). Decided from
-    the journal when it can be: SAS that outlive the deadline cost no request; otherwise one listing
-    of the job's tasks (id and state only) shows which are active, started, or missing.
+    to_add: tuple[str, ...] = ()  # work units whose task goes in (again) with fresh SAS
+    superseded: tuple[str, ...] = ()  # Batch ids of the tasks they replace: deleted once those are in
+    old_sas_left: bool = False  # whether tasks with the old SAS stay in the job (started ones)
+
+
+async def renew_expiring_tasks(run: RunContext, deadline_at: datetime) -> Renewal:
+    """A resumed run's tasks whose SAS end before its deadline: re-issue the unstarted ones.
+
+    Decided from the journal when it can be: SAS that outlive the deadline cost no request; otherwise
+    one listing of the job's tasks (id and state only) shows which are active, started, or missing.
+    An active task is re-issued under its next generation's id (journalled first), and the old one is
+    deleted only after the new one is in: the job, set to end when all its tasks are complete, never
+    runs out of unfinished tasks, and a deleted task that lingers cannot swallow its replacement.
     """
     assert run.resume is not None
     record = run.resume
     awaited = [task_id for task_id in run.task_ids if task_id not in record.completed]
     submitted_before = set(record.submitted_task_ids)
     if not awaited:
-        return [], False
+        return Renewal()
     if not resume.sas_expire_before(record.sas_expiries, deadline_at):
-        return [], any(task_id in submitted_before for task_id in awaited)
+        return Renewal(old_sas_left=any(task_id in submitted_before for task_id in awaited))
 
     async def listing() -> dict[str, TaskState]:
         found = run.batch.list_tasks(run.job_id, select=["id", "state"])
         return {str(task.id): task_state(task) async for task in found}
 
     states = await retry_call(run.retry, "list_tasks", listing)
-    plan = resume.plan_sas_refresh(awaited, states)
-    if plan.replace:
-        # With `terminatejob` set, deleting the last unfinished tasks would end the job before they
-        # are added again; the submitting stage sets it back once they are in.
-        hold = BatchJobUpdateOptions(all_tasks_complete_mode="noaction")
-        await retry_call(run.retry, "update_job", lambda: run.batch.update_job(run.job_id, hold))
-    limiter = anyio.CapacityLimiter(run.settings.run.submit_concurrency)
-    async with anyio.create_task_group() as group:
-        for task_id in plan.replace:
-            group.start_soon(_delete_task, run, task_id, limiter)
+    current = {
+        task_id: states[run.batch_task_id(task_id)]
+        for task_id in awaited
+        if run.batch_task_id(task_id) in states
+    }
+    plan = resume.plan_sas_refresh(awaited, current)
+    superseded = [run.batch_task_id(task_id) for task_id in plan.replace]
+    for task_id in plan.add:
+        # Journalled as re-issued but never added (a crash in between): its predecessor may still wait.
+        generation = run.generations.get(task_id, 0)
+        if generation > 0:
+            previous = naming.task_generation_id(task_id, generation - 1)
+            if states.get(previous) == TaskState.ACTIVE:
+                superseded.append(previous)
+    reissued = {task_id: run.generations.get(task_id, 0) + 1 for task_id in plan.replace}
+    if run.journal is not None:
+        # Before the add: a crash after it must find the new ids, or the run would await the old ones.
+        await run.journal.record_task_generations(run.run_id, reissued)
+    run.generations.update(reissued)
     log.info(
         "tasks.resubmitted",
         job_id=run.job_id,
@@ -70,12 +94,24 @@ async def renew_expiring_tasks(run: RunContext, deadline_at: datetime) -> tuple[
         running_kept=len(plan.kept_started),
         reason="sas_expiring",
     )
-    return [*plan.replace, *plan.add], bool(plan.kept_started)
+    return Renewal(
+        to_add=(*plan.replace, *plan.add),
+        superseded=tuple(superseded),
+        old_sas_left=bool(plan.kept_started),
+    )
+
+
+async def delete_superseded(run: RunContext, batch_task_ids: Sequence[str]) -> None:
+    """Delete the tasks a resume re-issued, now that their replacements are in the job."""
+    limiter = anyio.CapacityLimiter(run.settings.run.submit_concurrency)
+    async with anyio.create_task_group() as group:
+        for batch_task_id in batch_task_ids:
+            group.start_soon(_delete_task, run, batch_task_id, limiter)
 
 
 async def _delete_task(run: RunContext, task_id: str, limiter: anyio.CapacityLimiter) -> None:
     async with limiter:
-        with contextlib.suppress(ResourceNotFoundError):  # gone already: it is added again all the same
+        with contextlib.suppress(ResourceNotFoundError):  # gone already: nothing left to do
             await retry_call(run.retry, "delete_task", lambda: run.batch.delete_task(run.job_id, task_id))
 
 

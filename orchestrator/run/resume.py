@@ -104,7 +104,7 @@ def sas_expire_before(expiries: Mapping[str, datetime], deadline: datetime) -> b
 class SasRefreshPlan:
     """What a resume does about tasks whose SAS would expire before its deadline."""
 
-    replace: tuple[str, ...]  # active (not started): delete, then add again with the same id and fresh SAS
+    replace: tuple[str, ...]  # active (not started): re-issue under the next generation, fresh SAS
     add: tuple[str, ...]  # not in the job at all (e.g. deleted just before a crash): add with fresh SAS
     kept_started: tuple[str, ...]  # preparing/running: inputs already fetched, left as they are
 

@@ -39,14 +39,16 @@ async def submit_run_tasks(
     started = time.monotonic()
     unsubmitted = set(run.task_ids)
     old_sas_left = False
+    superseded: tuple[str, ...] = ()
     if run.resume is not None:
         # A job that had to be created again (deleted, or a Batch account that forgot it) holds
         # none of the tasks the journal saw added: every unfinished one goes in again.
         recorded = unsubmitted_task_ids(run.resume) if not ledger.job_is_new else run.task_ids
         unsubmitted = set(recorded) - set(run.resume.completed)
         if not ledger.job_is_new:
-            renewed, old_sas_left = await renewal.renew_expiring_tasks(run, deadline_at)
-            unsubmitted |= set(renewed)
+            renewed = await renewal.renew_expiring_tasks(run, deadline_at)
+            unsubmitted |= set(renewed.to_add)
+            superseded, old_sas_left = renewed.superseded, renewed.old_sas_left
     tasks = [
         task_of_unit(run, prepared, unit_index, unit)
         for unit_index, unit in enumerate(run.units)
@@ -55,7 +57,9 @@ async def submit_run_tasks(
 
     async def added(task_ids: Sequence[str]) -> None:
         if run.journal is not None:
-            await run.journal.record_tasks_submitted(run.run_id, task_ids)
+            await run.journal.record_tasks_submitted(
+                run.run_id, [run.unit_task_id(item) for item in task_ids]
+            )
         log.debug("tasks.chunk_added", job_id=run.job_id, tasks=len(task_ids))
 
     report = await submit.submit_tasks(
@@ -67,6 +71,9 @@ async def submit_run_tasks(
         on_chunk_added=added,
         max_tasks_per_request=run.settings.run.submit_chunk_tasks,
     )
+    if superseded:
+        # Only now that their replacements are in: the job never runs out of unfinished tasks.
+        await renewal.delete_superseded(run, superseded)
     update = BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
     if run.resume is not None and not ledger.job_is_new:
         update.constraints = renewal.resumed_job_constraints(run, deadline_at)
@@ -109,7 +116,7 @@ def task_of_unit(
         )
         script = naming.TASK_NODE_SCRIPT_PATH
     return BatchTaskCreateOptions(
-        id=run.task_ids[unit_index],
+        id=run.batch_task_id(run.task_ids[unit_index]),
         command_line=naming.task_command_line(
             files,
             top=settings.top,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import string
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def topn_environment(
     one topn starts on the same port, and the test would pass without the service it set up.
     """
     keep = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
+    seed_wheel_cache(state_dir)
     return {
         **keep,
         "TOPN_LOCAL_ENABLED": "false",
@@ -56,6 +58,24 @@ def topn_environment(
         "TOPN_RUN_POLL_MAX_S": "0.5",
         **overrides,
     }
+
+
+PROJECT_WHEEL_CACHE = ROOT / ".topn" / "node-wheels"
+
+
+def seed_wheel_cache(state_dir: Path) -> None:
+    """Give a test's state folder the node bundle's wheels (local mode off: topn builds the bundle).
+
+    Filled once per checkout (the first call downloads them, as `make node-bundle` does) and copied
+    into each state folder, so no run spends its deadline on PyPI.
+    """
+    from node import bundle
+
+    if not any(PROJECT_WHEEL_CACHE.glob("*.whl")):
+        target = ROOT / ".topn" / "node-bundle-seed.pyz"
+        bundle.build_bundle(target, wheel_cache=PROJECT_WHEEL_CACHE)
+        target.unlink()
+    shutil.copytree(PROJECT_WHEEL_CACHE, state_dir / "node-wheels", dirs_exist_ok=True)
 
 
 def run_topn(args: list[str], cwd: Path, env: dict[str, str]) -> CliResult:

@@ -305,7 +305,9 @@ async def test_unstarted_tasks_whose_sas_expired_are_re_added_with_fresh_sas_on_
     batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
     """Tasks submitted, then held back (the pool's only slot is busy) until their SAS expired: resume
-    deletes and re-adds them with the same ids and fresh SAS, and the run succeeds."""
+    re-issues them with fresh SAS under their next generation's ids, added before the old ones are
+    deleted (the job keeps `terminatejob`, which the emulator, like the service, never lets go back to
+    `noaction`), and the run succeeds."""
     texts = write_corpus(tmp_path / "in", FILES, seed=53)
     pool_id, blocker_job = f"sas-pool-{uuid.uuid4().hex[:8]}", f"sas-blocker-{uuid.uuid4().hex[:8]}"
     release = tmp_path / "release-the-slot"
@@ -394,8 +396,9 @@ async def test_unstarted_tasks_whose_sas_expired_are_re_added_with_fresh_sas_on_
     tasks = await job_tasks(
         batch_emulator.endpoint, batch_emulator.account_name, batch_emulator.account_key, f"topn-{run_id}"
     )
-    # Exactly one task per work unit (one file each here), under the journalled ids, each run once.
-    assert sorted(task.id for task in tasks) == sorted(before.task_ids)
+    # Exactly one task per work unit (one file each here), under its second generation's id, each run
+    # once; the old ones are gone, and the journal maps every unit to the generation in the job.
+    assert sorted(task.id for task in tasks) == sorted(f"{task_id}-g1" for task_id in before.task_ids)
     assert {task.state for task in tasks} == {"completed"}
     assert {task.execution_info.result for task in tasks} == {"success"}
     assert [task.execution_info.retry_count for task in tasks] == [0] * FILES
@@ -418,5 +421,6 @@ async def test_unstarted_tasks_whose_sas_expired_are_re_added_with_fresh_sas_on_
     assert job.creation_time + job.constraints.max_wall_clock_time > resume_started + timedelta(seconds=1700)
     after = await load_record(tmp_path / ".topn", run_id)
     assert after.state == "SUCCEEDED"
+    assert dict(after.task_generations) == dict.fromkeys(before.task_ids, 1)
     assert set(after.sas_expiries) == set(before.sas_expiries)
     assert all(expiry > resume_started for expiry in after.sas_expiries.values())

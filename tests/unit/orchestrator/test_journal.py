@@ -899,3 +899,18 @@ async def test_a_journal_written_at_schema_1_is_migrated_and_keeps_its_runs(tmp_
     assert record.out_dir is None  # older journals did not know the results folder
     assert "inputs_by_task" in indexes
     assert "inputs_by_task" in repr(plan)
+
+
+async def test_re_issued_task_generations_are_kept_by_unit_and_the_latest_wins(tmp_path: Path) -> None:
+    async with await Journal.open(tmp_path) as journal:
+        await journal.create_run(RUN, {}, make_inputs(3))
+        await journal.record_task_generations(RUN, {"t000000": 1, "t000002": 1})
+        await journal.record_task_generations(RUN, {"t000002": 2})
+        with pytest.raises(JournalError, match="t000777"):
+            await journal.record_task_generations(RUN, {"t000777": 1})
+        with pytest.raises(ValueError, match="1 or more"):
+            await journal.record_task_generations(RUN, {"t000001": 0})
+    async with await Journal.open(tmp_path) as journal:
+        record = await journal.load_run(RUN)
+    assert record is not None
+    assert dict(record.task_generations) == {"t000000": 1, "t000002": 2}

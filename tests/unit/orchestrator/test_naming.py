@@ -208,3 +208,16 @@ def test_an_accepted_name_always_stays_below_its_folder(name: str) -> None:
     # The derived names are accepted too, so results and counts land inside the folder as well.
     naming.check_relative_name(naming.output_name(name))
     naming.check_relative_name(naming.counts_name(name))
+
+
+@given(
+    index=st.integers(min_value=0, max_value=999_999), generation=st.integers(min_value=0, max_value=10_000)
+)
+def test_task_generations_are_distinct_valid_batch_ids(index: int, generation: int) -> None:
+    unit = naming.task_id(index)
+    batch_id = naming.task_generation_id(unit, generation)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", batch_id)
+    assert (batch_id == unit) == (generation == 0)
+    assert naming.task_generation_id(unit, generation + 1) != batch_id
+    with pytest.raises(ValueError, match="negative"):
+        naming.task_generation_id(unit, -1)
