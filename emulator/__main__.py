@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quotas.add_argument("--max-active-jobs", type=int, default=None, help="active jobs (+ job schedules)")
     quotas.add_argument("--max-dedicated-cores", type=int, default=None, help="dedicated cores of all pools")
     quotas.add_argument("--max-low-priority-cores", type=int, default=None, help="low-priority cores")
+    quotas.add_argument("--max-pools", type=int, default=None, help="pools (PoolQuotaReached above)")
     faults = parser.add_argument_group("fault injection (off by default, deterministic for a seed)")
     faults.add_argument("--fault-seed", type=int, default=0)
     faults.add_argument(
@@ -149,7 +150,7 @@ def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]
         problems.append("--account-name must not be empty")
     if not 0 < args.time_scale <= 1000:
         problems.append(f"--time-scale must be above 0 and at most 1000, got {args.time_scale}")
-    for flag in ("max_active_jobs", "max_dedicated_cores", "max_low_priority_cores"):
+    for flag in ("max_active_jobs", "max_dedicated_cores", "max_low_priority_cores", "max_pools"):
         value = getattr(args, flag)
         if value is not None and value < 0:
             problems.append(f"--{flag.replace('_', '-')} must be 0 or more, got {value}")
@@ -159,7 +160,9 @@ def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]
 async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> None:
     root: Path = args.root
     account = Account(args.account_name, root)
-    account.quota = Quotas(args.max_active_jobs, args.max_dedicated_cores, args.max_low_priority_cores)
+    account.quota = Quotas(
+        args.max_active_jobs, args.max_dedicated_cores, args.max_low_priority_cores, args.max_pools
+    )
     # Signals are caught before the start line is printed, so a parent that stops the emulator
     # right after reading it still gets a clean shutdown.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

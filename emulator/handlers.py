@@ -48,6 +48,7 @@ async def create_pool(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     spec = validation.validate_pool(await read_body(request))
     quota.check_vm_size(svc.account.quota, spec)
+    quota.check_pool_count(svc.account.quota, svc.account.pools, str(spec["id"]))
     pool = svc.account.add_pool(spec)
     svc.background.start_soon(svc.runner.provision_pool, pool, svc.limits.pool_allocation_delay_s)
     autoscale.start_if_enabled(request, pool)

@@ -1,8 +1,9 @@
-"""Account quotas: active jobs (and job schedules), dedicated and low-priority cores (pure).
+"""Account quotas: pools, active jobs (and job schedules), dedicated and low-priority cores (pure).
 
 Unset limits (the default) mean no quota. A job add over the active-jobs quota is refused with 409
-`ActiveJobAndScheduleQuotaReached`; a pool that would go over a core quota gets the nodes that fit
-and a `resizeErrors` entry `AccountCoreQuotaReached`, as the service allocates.
+`ActiveJobAndScheduleQuotaReached`, a pool add over the pools quota with 409 `PoolQuotaReached`; a
+pool that would go over a core quota gets the nodes that fit and a `resizeErrors` entry
+`AccountCoreQuotaReached` (dedicated) or `AccountLowPriorityCoreQuotaReached`, as the service allocates.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Quotas:
     max_active_jobs: int | None = None
     max_dedicated_cores: int | None = None
     max_low_priority_cores: int | None = None
+    max_pools: int | None = None
 
     @property
     def limits_cores(self) -> bool:
@@ -96,6 +98,17 @@ def check_active_jobs(quotas: Quotas, jobs: Iterable[Job]) -> None:
             "ActiveJobAndScheduleQuotaReached",
             f"The account has reached its quota of {limit} active jobs and job schedules. "
             "Terminate or delete jobs, or ask for a higher quota.",
+        )
+
+
+def check_pool_count(quotas: Quotas, pools: Mapping[str, Pool], pool_id: str) -> None:
+    """409 PoolQuotaReached when one more pool would pass the quota (an existing id is PoolExists)."""
+    limit = quotas.max_pools
+    if limit is not None and pool_id.lower() not in pools and len(pools) >= limit:
+        raise ServiceError(
+            409,
+            "PoolQuotaReached",
+            f"The account has reached its quota of {limit} pools. Delete pools, or ask for a higher quota.",
         )
 
 
@@ -141,7 +154,8 @@ def admit_nodes(quotas: Quotas, pools: Iterable[Pool], pool: Pool, wanted: list[
             kind = "dedicated" if dedicated else "low-priority"
             pool.resize_errors.append(
                 {
-                    "code": "AccountCoreQuotaReached",
+                    # The service's codes: one for dedicated cores, its own for low-priority ones.
+                    "code": "AccountCoreQuotaReached" if dedicated else "AccountLowPriorityCoreQuotaReached",
                     "message": (
                         f"The account's {kind} core quota of {limits[dedicated]} was reached: "
                         f"{count} {kind} node(s) of {vm_size} ({cores} cores each) were not allocated."

@@ -37,6 +37,7 @@ from azure.batch.models._models import BatchNodeRebootOptions  # not exported (S
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.polling import AsyncLROPoller
 
+from orchestrator.azure import quota
 from orchestrator.azure.monitor import next_poll_interval
 from orchestrator.azure.retry import RetryPolicy, error_code_of, retry_call
 from orchestrator.azure.sas import CLOCK_SKEW, utc_now
@@ -143,18 +144,38 @@ def pool_create_options(
 
 
 async def ensure_pool(
-    batch: PoolClient, settings: PoolSettings, node_script_url: str, start_command: str, retry: RetryPolicy
+    batch: PoolClient,
+    settings: PoolSettings,
+    node_script_url: str,
+    start_command: str,
+    retry: RetryPolicy,
+    *,
+    account: str = "",
 ) -> bool:
-    """Create the pool unless it exists; True when this call created it."""
+    """Create the pool unless it exists; True when this call created it.
+
+    A 409 is read by its code: PoolExists means reuse; PoolBeingDeleted and PoolQuotaReached stop
+    the run (exit 2 for the quota, naming it and how to raise it); any other conflict is an error.
+    """
     options = pool_create_options(settings, node_script_url, start_command)
     try:
         await retry_call(retry, "create_pool", lambda: batch.create_pool(options))
     except ResourceExistsError as error:
-        if error_code_of(error) == "PoolBeingDeleted":
+        code = error_code_of(error)
+        conflict = quota.classify_conflict(code)
+        if conflict == quota.Conflict.EXISTS:
+            return False
+        if conflict == quota.Conflict.BEING_DELETED:
             raise PoolError(
                 f"pool {settings.id} is being deleted; wait until it is gone or set [pool] id to another name"
             ) from None
-        return False
+        if conflict == quota.Conflict.QUOTA and code is not None:
+            raise quota.account_quota_error(
+                code,
+                account,
+                advice="Delete a pool you no longer need, or set [pool] id to an existing pool",
+            ) from None
+        raise PoolError(f"cannot create pool {settings.id}: {code} (409): {error.message}") from None
     except HttpResponseError as error:
         raise PoolError(
             f"cannot create pool {settings.id}: {error_code_of(error)} ({error.status_code})"
@@ -383,6 +404,7 @@ async def wait_until_usable(
     created: bool,
     needed: int = 1,
     reboot_failed_nodes: bool = False,
+    account: str = "",
 ) -> int:
     """Wait until `needed` nodes are idle or running; returns how many are. PoolError on failure.
 
@@ -435,7 +457,7 @@ async def wait_until_usable(
                         f"every node of pool {pool_id} is unusable; check the pool in the Batch account"
                     )
                 if not nodes:
-                    await _check_allocation(batch, pool_id, retry)
+                    await _check_allocation(batch, pool_id, retry, account)
                 states = tuple(sorted(str(node.state) for node in nodes))
                 interval = next_poll_interval(
                     interval, states != last_states, POOL_POLL_MIN_S, POOL_POLL_MAX_S
@@ -449,12 +471,17 @@ async def wait_until_usable(
         ) from None
 
 
-async def _check_allocation(batch: PoolClient, pool_id: str, retry: RetryPolicy) -> None:
+async def _check_allocation(batch: PoolClient, pool_id: str, retry: RetryPolicy, account: str) -> None:
     """A pool with no nodes and a resize error will never get any: say why instead of waiting."""
     pool = await retry_call(retry, "get_pool", lambda: batch.get_pool(pool_id))
     if pool.resize_errors and allocation_steady(pool):
-        error = pool.resize_errors[0]
-        raise PoolError(f"pool {pool_id} could not allocate nodes: {error.code}: {error.message}")
+        error = next(
+            (item for item in pool.resize_errors if quota.is_core_quota(item.code)), pool.resize_errors[0]
+        )
+        code, message = str(error.code), str(error.message or "").rstrip(".")
+        if quota.is_core_quota(code) or code == "AllocationFailed":
+            raise quota.resize_error(pool_id, account, str(pool.vm_size), code, message)
+        raise PoolError(f"pool {pool_id} could not allocate nodes: {code}: {message}")
     if (
         allocation_steady(pool)
         and not pool.enable_auto_scale

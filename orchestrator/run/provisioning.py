@@ -12,7 +12,9 @@ from datetime import datetime, timedelta
 from azure.batch.models import BatchJobConstraints, BatchJobCreateOptions, BatchPoolInfo
 from azure.core.exceptions import ResourceExistsError
 
-from orchestrator.azure.retry import retry_call
+from orchestrator.azure import quota
+from orchestrator.azure.retry import error_code_of, retry_call
+from orchestrator.errors import RunFailedError
 from orchestrator.run.context import RunContext, RunLedger
 
 
@@ -46,6 +48,20 @@ async def _create_job(run: RunContext, ledger: RunLedger, pool_id: str) -> None:
     try:
         await retry_call(run.retry, "create_job", lambda: run.batch.create_job(job))
         ledger.job_is_new = True
-    except ResourceExistsError:
+    except ResourceExistsError as error:
+        code = error_code_of(error)
+        conflict = quota.classify_conflict(code)
+        if conflict == quota.Conflict.QUOTA and code is not None:
+            raise quota.account_quota_error(
+                code,
+                run.settings.batch.account_name,
+                advice="Terminate or delete jobs you no longer need (topn deletes its own with "
+                "[run] delete_job = true)",
+            ) from None
+        if conflict != quota.Conflict.EXISTS:
+            raise RunFailedError(
+                f"cannot create job {run.job_id}: {code} (409): {error.message}; wait until the old job "
+                "is gone, or run again"
+            ) from None
         ledger.job_is_new = False
     ledger.job_created = True

@@ -84,6 +84,7 @@ class PoolKeeper:
                 created=self.created,
                 # A kept pool's nodes that failed the old start task get one reboot into the renewed one.
                 reboot_failed_nodes=not self.created,
+                account=self._settings.batch.account_name,
             )
             self.ever_usable = True
             self._record_capacity(usable)
@@ -148,7 +149,12 @@ class PoolKeeper:
         script_url = minter.blob_read_url(app_container, blob_name)
         start_command = settings.pool.start_task_command or naming.start_task_command_line()
         created = await pool.ensure_pool(
-            self._clients.batch, settings.pool, script_url, start_command, settings.retry
+            self._clients.batch,
+            settings.pool,
+            script_url,
+            start_command,
+            settings.retry,
+            account=settings.batch.account_name,
         )
         self.created = self.created or created
         task_script_url: str | None = None

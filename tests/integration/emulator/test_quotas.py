@@ -69,7 +69,10 @@ async def test_a_resize_beyond_the_core_quota_ends_in_a_resize_error(start_emula
         assert (pool.target_dedicated_nodes, pool.current_dedicated_nodes) == (3, 2)
         assert (pool.target_low_priority_nodes, pool.current_low_priority_nodes) == (2, 1)
         assert pool.resize_errors is not None
-        assert [error.code for error in pool.resize_errors] == ["AccountCoreQuotaReached"] * 2
+        assert [error.code for error in pool.resize_errors] == [
+            "AccountCoreQuotaReached",
+            "AccountLowPriorityCoreQuotaReached",
+        ]
         assert "core quota of 4" in (pool.resize_errors[0].message or "")
 
         # Shrinking back under the quota clears the error.

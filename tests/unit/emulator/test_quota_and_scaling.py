@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from emulator.autoscale_settings import validate_enable, validate_pool_autoscale
 from emulator.model import AttemptOutcome, JobState, Node, NodeState, PoolState, TaskResult, TaskState
-from emulator.quota import Quotas, admit_nodes, check_vm_size, cores_per_node
+from emulator.quota import Quotas, admit_nodes, check_pool_count, check_vm_size, cores_per_node
 from emulator.scaling import release_nodes
 from emulator.state import Account
 from emulator.wire import ServiceError
@@ -66,7 +66,10 @@ def test_nodes_beyond_the_core_quota_become_a_resize_error(tmp_path: Path) -> No
     pool = account.pools["p"]
     admitted = admit_nodes(account.quota, account.pools.values(), pool, [True, True, True, False, False])
     assert admitted == [True, True, False]
-    assert [error["code"] for error in pool.resize_errors] == ["AccountCoreQuotaReached"] * 2
+    assert [error["code"] for error in pool.resize_errors] == [
+        "AccountCoreQuotaReached",
+        "AccountLowPriorityCoreQuotaReached",
+    ]
     assert "dedicated core quota of 12" in pool.resize_errors[0]["message"]
     assert pool.resize_errors[0]["values"][1] == {"name": "NodesNotAllocated", "value": "1"}
 
@@ -212,3 +215,15 @@ async def test_draining_waits_for_running_tasks_and_schedules_nothing_new(
         account.finish_attempt(task, task.attempt, AttemptOutcome(0, None))
     assert (task.state, task.result, task.requeue_count) == (TaskState.COMPLETED, TaskResult.SUCCESS, 0)
     assert busy.state == NodeState.LEAVING_POOL and pool.nodes == {}
+
+
+def test_pool_quota_refuses_one_pool_too_many_but_an_existing_id_is_pool_exists(tmp_path: Path) -> None:
+    account = account_with_nodes(tmp_path, max_pools=1)  # pool "p" is the one
+    with pytest.raises(ServiceError) as refused:
+        check_pool_count(account.quota, account.pools, "q")
+    assert (refused.value.status, refused.value.code) == (409, "PoolQuotaReached")
+    check_pool_count(account.quota, account.pools, "P")  # the same id: add_pool says PoolExists
+    with pytest.raises(ServiceError) as exists:
+        account.add_pool({**POOL_SPEC, "id": "P"})
+    assert exists.value.code == "PoolExists"
+    check_pool_count(Quotas(), account.pools, "q")  # no quota, no limit
