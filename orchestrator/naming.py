@@ -230,3 +230,14 @@ def start_task_command_line() -> str:
     """The local default start task: put the staged node script where every task finds it."""
     inner = f'cp node.pyz "{NODE_SCRIPT_PATH}" && python3 "{NODE_SCRIPT_PATH}" --help > /dev/null'
     return f"/bin/sh -c {shlex.quote(inner)}"
+
+
+BUNDLE_CHECK_FLAG = "--bundle-check"
+# The default start task outside local mode (config/azure.toml spells out the same): place the
+# self-contained bundle where the non-admin task user can read and run it, and let the image's
+# python3 prove it can run it. No apt, no pip: nodes need no internet beyond Storage.
+AZURE_START_TASK_COMMAND = (
+    "/bin/sh -c 'set -eu; python3 --version; "
+    f'install -m 0755 node.pyz "{NODE_SCRIPT_PATH}"; '
+    f'python3 "{NODE_SCRIPT_PATH}" {BUNDLE_CHECK_FLAG}\''
+)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from orchestrator import naming
 from orchestrator.azure.retry import RetryPolicy
 from orchestrator.errors import ConfigError
 from orchestrator.local.processes import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
@@ -85,9 +86,11 @@ class PoolSettings:
     image_offer: str = "ubuntu-24_04-lts"
     image_sku: str = "server"
     node_agent_sku_id: str = "batch.node.ubuntu 24.04"
-    start_task_command: str | None = None  # None: the mode's default (local: stage node.pyz)
+    # None: the mode's default (start_task_command below): locally, stage node.pyz; otherwise
+    # naming.AZURE_START_TASK_COMMAND, config/azure.toml's: place the bundle, check it runs.
+    start_task_command: str | None = None
     # The interpreter a task runs node.pyz with, inserted unquoted-for-expansion in `/bin/sh -c`:
-    # "python3" locally; on Azure the start task's venv ("$AZ_BATCH_NODE_SHARED_DIR/topn-venv/bin/python").
+    # the image's python3, which runs the self-contained bundle (the start task checks it can).
     node_python: str = "python3"
     autoscale_formula: str | None = None
     delete_after_run: bool = False
@@ -421,6 +424,44 @@ def _positive(settings: Settings, section: str, key: str, value: float, allow_ze
         raise ConfigError(f"{_origin(settings, section, key)}: must be {bound}, got {value}.")
 
 
+def start_task_command(settings: Settings) -> str:
+    """The pool's start task: the configured one, else the mode's default.
+
+    Local mode's nodes are this machine (the plain zipapp, topn's own Python); any other Batch
+    account gets the real-Azure default, never the local one (issue 14: a config that left the key
+    out used to run the node on a bare python3 and fail every task).
+    """
+    if settings.pool.start_task_command is not None:
+        return settings.pool.start_task_command
+    return naming.start_task_command_line() if settings.local.enabled else naming.AZURE_START_TASK_COMMAND
+
+
+def _check_node_runtime(settings: Settings) -> None:
+    """Outside local mode, refuse a start task that never proves the tasks' interpreter runs the bundle.
+
+    The nodes run the self-contained bundle with [pool] node_python; only `--bundle-check`, run by
+    the start task with that interpreter, makes a node that cannot run it fail at once (its stderr
+    says why) instead of taking tasks that all fail with ModuleNotFoundError or a syntax error.
+    """
+    command = start_task_command(settings)
+    python = settings.pool.node_python.strip()
+    if naming.BUNDLE_CHECK_FLAG not in command:
+        raise ConfigError(
+            f"{_origin(settings, 'pool', 'start_task_command')}: with local mode off the nodes run the "
+            f"self-contained node bundle, and this start task never checks it ({python} "
+            f'"{naming.NODE_SCRIPT_PATH}" {naming.BUNDLE_CHECK_FLAG}), so a node that cannot run it '
+            "would fail every task. Remove the key to use the default (config/azure.toml's), or add "
+            "that check to your start task."
+        )
+    if python not in command:
+        raise ConfigError(
+            f"{_origin(settings, 'pool', 'node_python')}: the tasks would run the node bundle with "
+            f"{python!r}, but the start task checks it with another interpreter, so the node may lack "
+            "what the tasks need. Set node_python to the interpreter the start task runs "
+            f"{naming.BUNDLE_CHECK_FLAG} with (python3 by default), or remove the key."
+        )
+
+
 def check_settings(settings: Settings) -> None:
     """Raise ConfigError for settings assembled outside load_settings (a resumed run's) that break a rule."""
     _validate(settings)
@@ -514,6 +555,8 @@ def _validate(settings: Settings) -> None:
                     f"{_origin(settings, section, item.name)}: a finite number of seconds, at most "
                     f"{MAX_SECONDS} s (10 years), got {value}."
                 )
+    if not settings.local.enabled:
+        _check_node_runtime(settings)
     if not str(settings.local.state_dir).strip():
         raise ConfigError(f"{_origin(settings, 'local', 'state_dir')}: must not be empty.")
 

@@ -291,14 +291,20 @@ def response_header(exc: HttpResponseError, name: str) -> str | None:
     return response_headers(exc).get(name.lower())
 
 
+# The least-privilege built-in roles a run needs (docs/azure.md cites Microsoft's role pages): Batch
+# pools, jobs and tasks are data actions, which the generic Contributor role does not grant.
+BATCH_ROLE = "Azure Batch Data Contributor"
+STORAGE_ROLE = "Storage Blob Data Contributor"
+
+
 def _credential_fix(settings: Settings, section: str, token_problem: bool = False) -> str:
     auth = settings.batch.auth if section == "batch" else settings.storage.auth
     if auth == "entra_id" or token_problem:
         return (
             "Sign in (az login) or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, "
             "and give the identity "
-            + ("a Batch contributor role" if section == "batch" else "Storage Blob Data Contributor")
-            + " on the account."
+            + (BATCH_ROLE if section == "batch" else STORAGE_ROLE)
+            + " on the account (the least-privilege built-in role for what a run does)."
         )
     return (
         f"Check {env_var_name(section, 'account_key')} (it must be this account's key) and "
@@ -385,7 +391,19 @@ def _endpoint_fix(service: str) -> str:
     )
 
 
-def _translate_check_error(exc: Exception, settings: Settings, section: str) -> Exception | None:
+# 401/403 codes that mean the credential itself is wrong (a bad key or token), not a missing right.
+AUTHENTICATION_CODES = frozenset(
+    {"AuthenticationFailed", "InvalidAuthenticationInfo", "InvalidAuthenticationTokenAudience", "HTTP 403"}
+)
+
+
+def _role(section: str) -> str:
+    return BATCH_ROLE if section == "batch" else STORAGE_ROLE
+
+
+def _translate_check_error(
+    exc: Exception, settings: Settings, section: str, what: str = "the request"
+) -> Exception | None:
     """The user-facing error for a failed credential check, or None if `exc` is not one we explain."""
     if section == "batch":
         account, endpoint, service = settings.batch.account_name, settings.batch.endpoint, "Batch"
@@ -421,6 +439,16 @@ def _translate_check_error(exc: Exception, settings: Settings, section: str) -> 
         )
     if isinstance(exc, HttpResponseError) and status in (401, 403):
         code = error_code_of(exc) or f"HTTP {status}"
+        auth = settings.batch.auth if section == "batch" else settings.storage.auth
+        # A shared key grants everything: only a token's identity can lack a right.
+        if auth == "entra_id" and status == 403 and code not in AUTHENTICATION_CODES:
+            # Authenticated, but not allowed: a role without this data action (or a network rule).
+            return CredentialError(
+                f"the {service} account {account!r} at {endpoint} refused {what} ({code}): the "
+                f"identity lacks a data right a run needs. Give it {_role(section)} on the account "
+                "(the least-privilege built-in role for what a run does), or check the account's "
+                "network rules."
+            )
         return CredentialError(
             f"the {service} account {account!r} at {endpoint} refused the credentials ({code}). "
             + _credential_fix(settings, section)
@@ -450,7 +478,10 @@ def _is_expected_not_found(exc: ResourceNotFoundError, service: str) -> bool:
 
 
 async def check_credentials(clients: Clients, settings: Settings) -> None:
-    """One cheap request per service before anything is created: fail fast on a bad key.
+    """Cheap reads of what a run needs before anything is created: fail fast on a bad key or a missing right.
+
+    Batch: the pool and one page of jobs (both data actions a run needs); Storage: a container's
+    properties.
 
     A refused credential is never retried, and neither is an endpoint nobody answers on (almost
     always a wrong address); a service that answers "busy" (5xx, 429) is retried under the run's own
@@ -463,16 +494,24 @@ async def check_credentials(clients: Clients, settings: Settings) -> None:
     async def probe_batch() -> None:
         # A missing pool still proves the request was authenticated, but only Batch's own PoolNotFound
         # in its own JSON does: another server's 404 is an endpoint that is not Batch.
+        probing["batch"] = "reading the pool"
         try:
             await clients.batch.get_pool(settings.pool.id)
         except ResourceNotFoundError as exc:
             if not _is_expected_not_found(exc, BATCH):
                 raise
+        # Jobs are a data action of their own: a role that reads pools may still lack them, which a
+        # run would otherwise find only when it creates its job. One page of one job id.
+        probing["batch"] = "listing jobs"
+        jobs = clients.batch.list_jobs(max_results=1, select=["id"])
+        async for _ in jobs:
+            break
 
     async def probe_storage() -> None:
         # Container properties: authenticated even when the container is missing (ContainerNotFound).
         # Not `exists()`: it turns every 404 into False, and a wrong account in an Azurite path is a 404
         # too (ResourceNotFound), which must fail here rather than at the first upload.
+        probing["storage"] = "reading a container"
         container = clients.blob_service.get_container_client(f"{settings.storage.container_prefix}-input")
         answers: list[tuple[int, str | None]] = []
 
@@ -492,11 +531,12 @@ async def check_credentials(clients: Clients, settings: Settings) -> None:
         if reason is not None:
             raise WrongServiceAnswer(reason)
 
+    probing: dict[str, str] = {}
     for section, probe in (("batch", probe_batch), ("storage", probe_storage)):
         try:
             await retry_call(check_policy, f"check_credentials.{section}", probe, retry_if=_answered_busy)
         except Exception as exc:
-            translated = _translate_check_error(exc, settings, section)
+            translated = _translate_check_error(exc, settings, section, probing.get(section, "the request"))
             if translated is None:
                 raise
             raise translated from None

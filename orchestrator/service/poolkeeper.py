@@ -22,7 +22,7 @@ from orchestrator.azure import pool, staging
 from orchestrator.azure.clients import Clients, unattributed_requests
 from orchestrator.azure.pool import Capacity, PoolHandle
 from orchestrator.azure.sas import DelegationKeyProvider, utc_now
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, start_task_command
 
 log = structlog.get_logger()
 
@@ -147,7 +147,7 @@ class PoolKeeper:
             margin_s=0.0,
         )
         script_url = minter.blob_read_url(app_container, blob_name)
-        start_command = settings.pool.start_task_command or naming.start_task_command_line()
+        start_command = start_task_command(settings)
         created = await pool.ensure_pool(
             self._clients.batch,
             settings.pool,

@@ -147,7 +147,7 @@ async def test_the_credential_check_costs_one_request_per_service(
         clients = await open_clients(both_settings(azurite, batch_emulator.endpoint), stack)
         await check_credentials(clients, both_settings(azurite, batch_emulator.endpoint))
         assert clients.requests.snapshot() == {
-            "batch": {"get_pool": 1},
+            "batch": {"get_pool": 1, "list_jobs": 1},
             "storage": {"get_container_properties": 1},
         }
 

@@ -94,7 +94,7 @@ async def test_a_blob_endpoint_that_is_the_batch_emulator_is_a_config_error(
         "JSON",
     )
     assert "refused the credentials" not in str(error)
-    assert requests[BATCH] == {"get_pool": 1}  # the Batch half passed: one request each
+    assert requests[BATCH] == {"get_pool": 1, "list_jobs": 1}  # the Batch half passed: pools and jobs read
     assert requests[STORAGE] == {"get_container_properties": 1}
 
 
@@ -115,7 +115,7 @@ async def test_a_blob_endpoint_with_a_wrong_account_path_is_a_config_error(
         "404 ResourceNotFound",
     )
     assert sum(requests[STORAGE].values()) == 1  # labelled by path, which here has an unknown account
-    assert requests[BATCH] == {"get_pool": 1}
+    assert requests[BATCH] == {"get_pool": 1, "list_jobs": 1}
 
 
 async def test_the_right_endpoints_with_no_container_or_pool_yet_pass_the_check(
@@ -132,7 +132,7 @@ async def test_the_right_endpoints_with_no_container_or_pool_yet_pass_the_check(
         clients = await open_clients(settings, stack)
         await check_credentials(clients, settings)
         assert clients.requests.snapshot() == {
-            BATCH: {"get_pool": 1},
+            BATCH: {"get_pool": 1, "list_jobs": 1},
             STORAGE: {"get_container_properties": 1},
         }
 
@@ -192,7 +192,7 @@ async def test_a_web_page_as_the_batch_endpoint_is_a_config_error(
     settings = settings_for(url, azurite.endpoint)
     error, requests = await refused_check(settings)
     assert_names_the_problem(error, settings, "TOPN_BATCH_ENDPOINT", url, "not the Batch")
-    assert requests[BATCH] == {"get_pool": 1}
+    assert requests[BATCH] == {"get_pool": 1, "list_jobs": 1}
 
 
 @pytest.mark.parametrize("status", [200, 405])

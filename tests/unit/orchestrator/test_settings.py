@@ -9,9 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator import naming
 from orchestrator.errors import ConfigError
 from orchestrator.local.processes import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
-from orchestrator.settings import check_settings, env_var_name, load_settings, secret_values
+from orchestrator.settings import (
+    check_settings,
+    env_var_name,
+    load_settings,
+    secret_values,
+    start_task_command,
+)
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -316,3 +323,40 @@ def test_a_bad_retry_value_names_its_key_and_variable(
         write(tmp_path, MINIMAL + f"\n[retry]\n{key} = {value}\n"), KEYS, f"[retry] {key}", rule
     )
     expect_config_error(write(tmp_path, MINIMAL), {**KEYS, variable: value}, f"[retry] {key}", variable, rule)
+
+
+def test_outside_local_mode_the_defaults_are_the_azure_templates_values(tmp_path: Path) -> None:
+    """What config/azure.toml spells out is what a config that leaves the pool keys out gets."""
+    template = load_settings(PROJECT / "config" / "azure.toml", KEYS)
+    bare = load_settings(write(tmp_path, MINIMAL), KEYS)
+    assert not bare.local.enabled and bare.pool.start_task_command is None
+    assert start_task_command(bare) == start_task_command(template) == template.pool.start_task_command
+    assert "--bundle-check" in start_task_command(bare) and "apt-get" not in start_task_command(bare)
+    for key in ("image_publisher", "image_offer", "image_sku", "node_agent_sku_id", "node_python", "vm_size"):
+        assert getattr(bare.pool, key) == getattr(template.pool, key), key
+    local = load_settings(PROJECT / "config" / "local.toml", {})
+    assert start_task_command(local) == naming.start_task_command_line()
+    assert start_task_command(local) != start_task_command(bare)
+
+
+@pytest.mark.parametrize(
+    ("pool_keys", "named"),
+    [
+        # The local start task (no bundle check) on a real Batch account.
+        ({"start_task_command": naming.start_task_command_line()}, "[pool] start_task_command"),
+        # The old template's venv interpreter, which the bundle's start task never creates.
+        ({"node_python": "$AZ_BATCH_NODE_SHARED_DIR/topn-venv/bin/python"}, "[pool] node_python"),
+    ],
+)
+def test_a_config_that_would_run_the_node_without_its_dependencies_is_refused(
+    tmp_path: Path, pool_keys: dict[str, str], named: str
+) -> None:
+    path = tmp_path / "topn.toml"
+    path.write_text(MINIMAL + "\n[pool]\n", encoding="utf-8")
+    environ = {**KEYS, **{env_var_name("pool", key): value for key, value in pool_keys.items()}}
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path, environ)
+    assert named in str(refused.value)
+    assert refused.value.exit_code == 2
+    # The same keys are fine in local mode, whose nodes are this machine.
+    load_settings(path, {**environ, "TOPN_LOCAL_ENABLED": "true"})
