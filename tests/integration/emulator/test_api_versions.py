@@ -142,6 +142,10 @@ async def test_tutorial_era_client_reads_back_what_it_wrote(
         assert newer not in pool
     assert pool["startTask"]["runElevated"] is True and "userIdentity" not in pool["startTask"]
     assert pool["startTask"]["resourceFiles"] == [{"blobSource": script_url, "filePath": "words.txt"}]
+    selected = await http.ok(
+        "GET", f"/pools/{pool_id}", query={"$select": "id,targetDedicated,currentDedicated"}
+    )
+    assert selected == {"id": pool_id, "targetDedicated": 1, "currentDedicated": 1}
 
     nodes: list[dict[str, Any]] = []
 
