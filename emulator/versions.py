@@ -45,12 +45,8 @@ SUPPORTED_RANGE = f"{SUPPORTED_VERSIONS[0]} to {SUPPORTED_VERSIONS[-1]}"
 Body = dict[str, Any]
 Translate = Callable[[str, Body, str], None]  # (operation, body, request version), in place
 
-# Which bodies each operation carries, so a step can say "tasks" instead of listing operations.
-TASK_REQUESTS = frozenset({"create_task", "create_task_collection"})
+# Requests whose body is a pool (with its start task).
 POOL_REQUESTS = frozenset({"create_pool", "update_pool"})
-POOL_ANSWERS = frozenset({"get_pool", "list_pools"})
-NODE_ANSWERS = frozenset({"get_node", "list_nodes"})
-TASK_ANSWERS = frozenset({"get_task", "list_tasks"})
 
 
 class VersionError(ServiceError):
@@ -62,18 +58,18 @@ def _refuse(name: str, reason: str) -> VersionError:
     return VersionError(error.status, error.code, error.message, error.values)
 
 
-def _entities(operation: str, body: Body, singles: frozenset[str], lists: frozenset[str]) -> Iterator[Body]:
-    """The entity objects inside a request or answer body: the body itself, or the items of `value`."""
-    if operation in singles:
+def _entities(operation: str, body: Body, single: str, listed: str) -> Iterator[Body]:
+    """The entities in a body: the body of the `single` operation, or the `value` items of `listed`."""
+    if operation == single:
         yield body
-    elif operation in lists:
+    elif operation == listed:
         for item in body.get("value") or []:
             if isinstance(item, dict):
                 yield item
 
 
 def _request_tasks(operation: str, body: Body) -> Iterator[Body]:
-    return _entities(operation, body, frozenset({"create_task"}), frozenset({"create_task_collection"}))
+    return _entities(operation, body, "create_task", "create_task_collection")
 
 
 def _request_start_task(operation: str, body: Body) -> Body | None:
@@ -82,15 +78,15 @@ def _request_start_task(operation: str, body: Body) -> Body | None:
 
 
 def _answer_tasks(operation: str, body: Body) -> Iterator[Body]:
-    return _entities(operation, body, frozenset({"get_task"}), frozenset({"list_tasks"}))
+    return _entities(operation, body, "get_task", "list_tasks")
 
 
 def _answer_pools(operation: str, body: Body) -> Iterator[Body]:
-    return _entities(operation, body, frozenset({"get_pool"}), frozenset({"list_pools"}))
+    return _entities(operation, body, "get_pool", "list_pools")
 
 
 def _answer_nodes(operation: str, body: Body) -> Iterator[Body]:
-    return _entities(operation, body, frozenset({"get_node"}), frozenset({"list_nodes"}))
+    return _entities(operation, body, "get_node", "list_nodes")
 
 
 def _answer_start_tasks(operation: str, body: Body) -> Iterator[Body]:
@@ -167,13 +163,18 @@ def _dedicated_up(operation: str, body: Body, version: str) -> None:
             _rename_in(conditions, "schedulingError", "preProcessingError", version, "exitConditions.")
 
 
+# Failures that were no scheduling error before failureInfo existed: the exit code, or the end of the
+# task (terminated, or out of wall-clock time), told the story.
+_NOT_SCHEDULING_ERRORS = frozenset({"FailureExitCode", "TaskEnded"})
+
+
 def _failure_out(info: object) -> None:
-    """An execution info as an old client knows it: a scheduling error, but no exit-code failure or result."""
+    """An execution info as an old client knows it: scheduling errors only, and no result."""
     if not isinstance(info, dict):
         return
     info.pop("result", None)
     failure = info.pop("failureInfo", None)
-    if isinstance(failure, dict) and failure.get("code") != "FailureExitCode":
+    if isinstance(failure, dict) and failure.get("code") not in _NOT_SCHEDULING_ERRORS:
         info["schedulingError"] = failure
 
 
@@ -237,8 +238,8 @@ def _blob_source_down(operation: str, body: Body, version: str) -> None:
 # -- 2019-08-01.10.0: a start task waits for success unless told otherwise (it did not before) ----
 def _wait_for_success_up(operation: str, body: Body, version: str) -> None:
     start_task = _request_start_task(operation, body)
-    if start_task is not None:
-        start_task.setdefault("waitForSuccess", False)
+    if start_task is not None and start_task.get("waitForSuccess") is None:
+        start_task["waitForSuccess"] = False
 
 
 # -- 2020-09-01.12.0: task slots replaced maxTasksPerNode; task counts gained slot counts ---------

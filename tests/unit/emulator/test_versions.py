@@ -96,6 +96,10 @@ def test_tutorial_era_pool_and_task_requests_reach_the_current_shape() -> None:
         "exitConditions": {"preProcessingError": {"jobAction": "none"}},
     }
     assert adapter.request("resize_pool", {"targetDedicated": 3}) == {"targetDedicatedNodes": 3}
+    explicit_null = adapter.request(
+        "update_pool", {"startTask": {"commandLine": "x", "waitForSuccess": None}}
+    )
+    assert explicit_null["startTask"]["waitForSuccess"] is False
 
 
 @pytest.mark.parametrize(
@@ -205,6 +209,7 @@ def test_old_task_answers_show_scheduling_errors_but_not_exit_code_failures() ->
     assert exited["executionInfo"] == {"exitCode": 1}
     assert exited["exitConditions"] == {"schedulingError": {"jobAction": "none"}}
     assert "outputFiles" not in exited and exited["runElevated"] is False
+    assert adapter.answer("get_task", task("TaskEnded"))["executionInfo"] == {"exitCode": 1}
     download = adapter.answer("get_task", task("BlobNotFound"))
     assert download["executionInfo"]["schedulingError"] == {"code": "BlobNotFound", "category": "usererror"}
     collection = adapter.answer(
