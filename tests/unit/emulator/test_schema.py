@@ -36,7 +36,11 @@ def test_the_cli_sends_numbers_as_strings() -> None:
     )
     assert (spec["targetDedicatedNodes"], spec["taskSlotsPerNode"]) == (1, 2)
     assert spec["enableInterNodeCommunication"] is False
-    assert validation.validate_resize({"targetDedicatedNodes": "3", "targetLowPriorityNodes": 1.0}) == (3, 1, "requeue")  # the default deallocation
+    assert validation.validate_resize({"targetDedicatedNodes": "3", "targetLowPriorityNodes": 1.0}) == (
+        3,
+        1,
+        "requeue",
+    )  # the default deallocation
     task = validation.validate_task(
         {"id": "t", "commandLine": "c", "constraints": {"maxTaskRetryCount": "+2"}, "requiredSlots": "1"}, {}
     )
