@@ -228,9 +228,10 @@ def validate_start_task(start_task: Mapping[str, Any]) -> dict[str, Any]:
     _check_int(start_task, "maxTaskRetryCount", -1, 100, "startTask.")
     if "waitForSuccess" in start_task and not isinstance(start_task["waitForSuccess"], bool):
         raise invalid_property("startTask.waitForSuccess", "must be true or false")
+    # The service's defaults since 2019-08-01.10.0 (older api-versions send an explicit false).
     return {
         "maxTaskRetryCount": 0,
-        "waitForSuccess": False,
+        "waitForSuccess": True,
         "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
         **start_task,
     }
