@@ -14,6 +14,7 @@ import anyio
 from aiohttp import web
 
 from emulator import files, validation
+from emulator.job_deadline import enforce_wall_clock
 from emulator.model import NodeState, Task
 from emulator.odata import dict_getter
 from emulator.render import TASK_FILTER_FIELDS, job_json, node_json, pool_json, task_getter, task_json
@@ -160,7 +161,9 @@ def supported_images() -> list[dict[str, Any]]:
 # -- jobs ---------------------------------------------------------------------------------------
 @route("POST", "/jobs", "create_job")
 async def create_job(request: web.Request) -> web.StreamResponse:
-    job = services(request).account.add_job(validation.validate_job(await read_body(request)))
+    svc = services(request)
+    job = svc.account.add_job(validation.validate_job(await read_body(request)))
+    svc.background.start_soon(enforce_wall_clock, svc.account, job)
     return created(request, f"/jobs/{job.id}", job.etag, job.last_modified)
 
 
@@ -191,6 +194,7 @@ async def _change_job(request: web.Request, replace: bool) -> web.StreamResponse
     if replace and "poolInfo" not in changes:
         raise missing_property("poolInfo")
     svc.account.update_job(job, changes, replace)
+    svc.background.start_soon(enforce_wall_clock, svc.account, job)
     return web.Response(status=200, headers=entity_headers(job.etag, job.last_modified))
 
 
