@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,13 +41,25 @@ def client_env(emulator: BatchEndpoint, **extra: str) -> dict[str, str]:
     return env
 
 
+_SAS_SIGNATURE = re.compile(r"(sig=)[^&\s\"']+")
+
+
+def redacted(text: str, env: Mapping[str, str]) -> str:
+    """A client's output made safe to show: SAS signatures and the keys it was given removed."""
+    text = _SAS_SIGNATURE.sub(r"\1REDACTED", text)
+    for name in ("BATCH_KEY", "STORAGE_CONNECTION_STRING"):
+        if env.get(name):
+            text = text.replace(env[name], f"<{name}>")
+    return text
+
+
 async def run_client(
     command: Sequence[str], env: Mapping[str, str], timeout_s: float = 180.0, cwd: Path | None = None
 ) -> dict[str, Any]:
     """Run a client script to the end and return its JSON report; fail with its stderr otherwise."""
     with anyio.fail_after(timeout_s):
         completed = await anyio.run_process(list(command), env=dict(env), cwd=cwd, check=False)
-    stderr = completed.stderr.decode("utf-8", "replace")[-4000:]
+    stderr = redacted(completed.stderr.decode("utf-8", "replace"), env)[-4000:]
     if completed.returncode != 0:
         pytest.fail(f"{Path(command[-1]).name} exited {completed.returncode}:\n{stderr}")
     report: dict[str, Any] = json.loads(completed.stdout)
