@@ -26,7 +26,7 @@ from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
-from orchestrator import local
+from orchestrator.local import processes as local
 
 
 async def baseline_spawns(count: int, concurrency: int) -> float:

@@ -32,7 +32,7 @@ from typing import Any
 
 import anyio
 
-from orchestrator import local
+from orchestrator.local import processes as local
 from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.e2e.fault_support import (
     check_summary,

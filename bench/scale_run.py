@@ -36,11 +36,13 @@ from typing import Any
 import anyio
 
 from bench.seed_baseline import SeedEndpoints, run_seed_baseline
-from orchestrator import local
-from orchestrator.clients import open_clients
+from orchestrator.azure.clients import open_clients
+from orchestrator.azure.staging import build_node_script
 from orchestrator.events import configure_events
 from orchestrator.inputs import discover_inputs
-from orchestrator.pipeline import build_node_script, run_pipeline
+from orchestrator.local import processes as local
+from orchestrator.run.pipeline import run_pipeline
+from orchestrator.service.poolkeeper import PoolKeeper
 from orchestrator.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,7 +196,12 @@ async def run_topn_one_task_per_file(
     async with AsyncExitStack() as stack:
         clients = await open_clients(settings, stack)
         summary = await run_pipeline(
-            settings, discover_inputs([base / "texts"]), clients, base / "single-out", max_files_per_task=1
+            settings,
+            discover_inputs([base / "texts"]),
+            clients,
+            base / "single-out",
+            pool=PoolKeeper(settings, clients),
+            max_files_per_task=1,
         )
     wall = time.monotonic() - started
     print(f"topn, one task per file: {summary['totals']['succeeded']}/{len(files)} files in {wall:.1f} s")

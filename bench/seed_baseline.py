@@ -47,8 +47,8 @@ from azure.storage.blob import (
 )
 from azure.storage.blob.aio import BlobServiceClient
 
-from orchestrator import local
 from orchestrator.inputs import discover_inputs
+from orchestrator.local import processes as local
 
 SEED_POLL_INTERVAL_S = 1.0
 SEED_TOP = 3  # the tutorial's --numwords
@@ -212,7 +212,7 @@ def main() -> None:
         local.AZURITE_ACCOUNT_NAME,
         local.AZURITE_ACCOUNT_KEY,
     )
-    from orchestrator.pipeline import build_node_script
+    from orchestrator.azure.staging import build_node_script
 
     files = [item.path for item in discover_inputs(args.paths)]
     result = anyio.run(run_seed_baseline, endpoints, files, build_node_script(), args.out)

@@ -13,8 +13,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -22,21 +21,20 @@ from typing import Any, Literal, TextIO
 import anyio
 import structlog
 
-from orchestrator import localmode
+from orchestrator.console import EventStream, print_summary, render_run, render_runs
 from orchestrator.errors import ConfigError, TopnError, UsageError
 from orchestrator.events import (
     LEVELS,
-    TextSink,
-    bound_context,
     configure_events,
     default_log_format,
     redact_text,
     register_secrets,
 )
-from orchestrator.inputs import InputFile, renamed_inputs
-from orchestrator.local import project_root
+from orchestrator.inputs import InputFile
+from orchestrator.local import services as localmode
+from orchestrator.local.processes import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
-from orchestrator.results import read_summary, summary_path, undecodable_notice
+from orchestrator.results import read_summary, summary_path
 from orchestrator.settings import Settings, load_settings, secret_values
 
 log = structlog.get_logger()
@@ -139,42 +137,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-class EventStream:
-    """Event lines to stderr; once nobody reads stderr any more (EPIPE), they are dropped.
-
-    `topn run DIR 2>&1 | head` closes the pipe after a few lines. Events are a view of the run, not
-    its record (that is the journal, the results and summary.json), so losing the reader must not
-    fail a run that is otherwise fine.
-    """
-
-    def __init__(self, target: TextSink) -> None:
-        self._target = target
-        self.reader_gone = False
-
-    def write(self, text: str, /) -> int:
-        if not self.reader_gone:
-            try:
-                return self._target.write(text)
-            except BrokenPipeError:
-                self._drop_stderr()
-        return len(text)
-
-    def flush(self) -> None:
-        if not self.reader_gone:
-            try:
-                self._target.flush()
-            except BrokenPipeError:
-                self._drop_stderr()
-
-    def isatty(self) -> bool:
-        return not self.reader_gone and bool(getattr(self._target, "isatty", lambda: False)())
-
-    def _drop_stderr(self) -> None:
-        self.reader_gone = True
-        # Later direct writes (an error line, the interpreter's flush at exit) would raise again.
-        sys.stderr = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - kept open until exit
-
-
 def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     path = args.config if args.config is not None else default_config_path(Path.cwd())
     settings = load_settings(path, environ)
@@ -194,7 +156,7 @@ def _report(error: TopnError, log_format: str, stream: TextIO | None = None) -> 
     """Say what went wrong on stderr, in the event format; secrets are redacted on the way out."""
     message = redact_text(str(error))
     # A run that stopped has already said so in its own `run.failed` event; usage errors never start one.
-    reported_by_run = "run_id" in bound_context() and not isinstance(error, UsageError)
+    reported_by_run = error.reported_by_run and not isinstance(error, UsageError)
     if log_format == "json":
         if not reported_by_run:
             log.error(
@@ -221,36 +183,13 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
         # pipeline's own check only raises (it writes nothing), so its message is reused here.
         claim_results_folder(out_dir, run_id)
     check_results_folder_creatable(out_dir)  # e.g. --out under a file: refused before services start
-    show_progress = log_format == "console" and sys.stderr.isatty()
-    progress: RichProgress | NullProgress = RichProgress() if show_progress else NullProgress()
-
-    async def body() -> int:
-        from orchestrator.pipeline import run_pipeline, summary_exit_status
-
-        summary = await _with_services(
-            settings,
-            lambda resolved, clients, journal: run_pipeline(
-                resolved,
-                inputs,
-                clients,
-                out_dir,
-                run_id=run_id,
-                journal=journal,
-                progress=progress,
-            ),
-        )
-        progress.close()
-        _print_summary(summary, out_dir, as_json=args.json, inputs=inputs)
-        return summary_exit_status(summary)
-
-    with progress:
-        return run_until_signalled(body, log_format)
+    return _run_body(settings, inputs, out_dir, log_format, as_json=args.json, run_id=run_id)
 
 
 def _resume_command(args: argparse.Namespace, settings: Settings, log_format: str) -> int:
     from orchestrator.journal import journal_path
-    from orchestrator.pipeline import summary_exit_status
-    from orchestrator.resume import resumed_inputs, resumed_out_dir, resumed_settings, unknown_run
+    from orchestrator.run.pipeline import summary_exit_status
+    from orchestrator.run.resume import resumed_inputs, resumed_out_dir, resumed_settings, unknown_run
 
     journal_file = journal_path(settings.local.state_dir)
     record = anyio.run(_load_record, journal_file, args.run_id)
@@ -259,29 +198,67 @@ def _resume_command(args: argparse.Namespace, settings: Settings, log_format: st
     out_dir = resumed_out_dir(record)
     if record.is_finished:  # nothing to do: show what it ended with
         summary = _read_summary(out_dir, record.run_id)
-        _print_summary(summary, out_dir, as_json=args.json, inputs=resumed_inputs(record))
+        print_summary(summary, out_dir, as_json=args.json, inputs=resumed_inputs(record))
         return summary_exit_status(summary)
-    run_settings = resumed_settings(settings, record.settings_snapshot)
-    inputs = resumed_inputs(record)
+    return _run_body(
+        resumed_settings(settings, record.settings_snapshot),
+        resumed_inputs(record),
+        out_dir,
+        log_format,
+        as_json=args.json,
+        resume_run_id=record.run_id,
+    )
+
+
+def _run_body(
+    settings: Settings,
+    inputs: Sequence[InputFile],
+    out_dir: Path,
+    log_format: str,
+    *,
+    as_json: bool,
+    run_id: str | None = None,
+    resume_run_id: str | None = None,
+) -> int:
+    """`topn run` and `topn resume`: one run in the process shell, under signals; print; exit status."""
+    from orchestrator.run.pipeline import summary_exit_status
+    from orchestrator.service.shell import open_services, run_once
+    from orchestrator.service.signals import run_supervised
+
     show_progress = log_format == "console" and sys.stderr.isatty()
     progress: RichProgress | NullProgress = RichProgress() if show_progress else NullProgress()
 
-    async def body() -> int:
-        from orchestrator.pipeline import run_pipeline
-
-        async def work(resolved: Settings, clients: Any, journal: Any) -> dict[str, Any]:
-            latest = await journal.load_run(record.run_id)  # what the journal holds now
-            return await run_pipeline(
-                resolved, inputs, clients, out_dir, journal=journal, progress=progress, resume=latest
+    async def body() -> dict[str, Any]:
+        async with open_services(settings) as services:
+            summary = await run_once(
+                services, inputs, out_dir, run_id=run_id, resume_run_id=resume_run_id, progress=progress
             )
-
-        summary = await _with_services(run_settings, work)
         progress.close()
-        _print_summary(summary, out_dir, as_json=args.json, inputs=inputs)
-        return summary_exit_status(summary)
+        print_summary(summary, out_dir, as_json=as_json, inputs=inputs)
+        return summary
 
     with progress:
-        return run_until_signalled(body, log_format)
+        outcome = run_supervised(body, lambda received: _exit_on_repeat(received, log_format))
+    status = _report(outcome.error, log_format) if outcome.error is not None else EXIT_FAILED
+    if outcome.signalled is not None:
+        if log_format != "json":
+            print(f"topn: stopped by {outcome.signalled.name}", file=sys.stderr)
+        return 128 + int(outcome.signalled)
+    return summary_exit_status(outcome.result) if outcome.result is not None else status
+
+
+def _exit_on_repeat(received: signal.Signals, log_format: str) -> None:
+    """A second signal ends the process at once.
+
+    The journal (WAL, one transaction per record) keeps everything committed before it, and `topn
+    resume` continues from there.
+    """
+    if log_format == "json":
+        log.warning("signal.repeated", signal=received.name, exit_code=128 + int(received))
+    else:
+        print(f"topn: {received.name} again: stopping now", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(128 + int(received))
 
 
 async def _load_record(journal_file: Path, run_id: str) -> Any:
@@ -306,7 +283,8 @@ def _read_summary(out_dir: Path, run_id: str) -> dict[str, Any]:
 
 def _status_command(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.journal import describe_run, journal_path
-    from orchestrator.resume import unknown_run
+    from orchestrator.run.resume import unknown_run
+    from orchestrator.service.shell import read_live_job
 
     journal_file = journal_path(settings.local.state_dir)
     if args.run_id is None:
@@ -317,7 +295,7 @@ def _status_command(args: argparse.Namespace, settings: Settings) -> int:
         if record is None:
             raise unknown_run(args.run_id, journal_file)
         described = describe_run(record)
-        described["job"] = anyio.run(_live_job, settings, record.run_id)
+        described["job"] = anyio.run(read_live_job, settings, record.run_id)
         text = (
             json.dumps(described, ensure_ascii=False, indent=2) + "\n" if args.json else render_run(described)
         )
@@ -333,236 +311,6 @@ async def _load_runs(journal_file: Path) -> list[Any]:
         return []
     async with await Journal.open(journal_file) as journal:
         return await journal.list_runs()
-
-
-async def _live_job(settings: Settings, run_id: str) -> dict[str, Any]:
-    """The live job's state and task counts, or why they could not be read (never starts a service)."""
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-
-    from orchestrator import naming
-    from orchestrator.clients import open_clients
-
-    job_id = naming.job_id(run_id)
-    if settings.local.enabled and localmode.endpoint_port(settings.batch.endpoint) == 0:
-        recorded = localmode.read_recorded(settings).get(localmode.EMULATOR)
-        if recorded is None:
-            return {"job_id": job_id, "reachable": False, "note": "no local services (run `topn local up`)"}
-        endpoint = localmode.with_port(settings.batch.endpoint, recorded.endpoint)
-        settings = replace(settings, batch=replace(settings.batch, endpoint=endpoint))
-    try:
-        with anyio.fail_after(STATUS_LIVE_TIMEOUT_S):
-            async with AsyncExitStack() as stack:
-                clients = await open_clients(settings, stack)
-                job = await clients.batch.get_job(job_id)
-                counts = (await clients.batch.get_job_task_counts(job_id)).task_counts
-    except ResourceNotFoundError:
-        return {"job_id": job_id, "reachable": True, "exists": False}
-    except (HttpResponseError, TimeoutError, OSError, TopnError) as error:
-        return {"job_id": job_id, "reachable": False, "note": redact_text(str(error).splitlines()[0][:200])}
-    return {
-        "job_id": job_id,
-        "reachable": True,
-        "exists": True,
-        "state": str(getattr(job.state, "value", job.state)),
-        "tasks": {
-            "active": counts.active,
-            "running": counts.running,
-            "completed": counts.completed,
-            "succeeded": counts.succeeded,
-            "failed": counts.failed,
-        },
-    }
-
-
-async def _with_services(
-    settings: Settings, work: Callable[[Settings, Any, Any], Awaitable[dict[str, Any]]]
-) -> dict[str, Any]:
-    """Local services, clients, credential check and journal around `work`; all closed, shielded, after."""
-    from orchestrator.clients import check_credentials, open_clients
-    from orchestrator.journal import Journal, journal_path
-
-    stack = AsyncExitStack()
-    try:
-        resolved = await localmode.ensure_services(settings, stack)
-        clients = await open_clients(resolved, stack)
-        await check_credentials(clients, resolved)
-        resolved.local.state_dir.mkdir(parents=True, exist_ok=True)
-        journal = await Journal.open(journal_path(resolved.local.state_dir))
-        stack.push_async_callback(journal.close)
-        return await work(resolved, clients, journal)
-    finally:
-        # Clean-up runs even when the run is being cancelled (Ctrl-C), but never hangs forever.
-        with anyio.move_on_after(CLEANUP_TIMEOUT_S, shield=True):
-            await stack.aclose()
-
-
-def run_until_signalled(body: Callable[[], Awaitable[int]], log_format: str) -> int:
-    """Run `body` on an event loop; SIGINT/SIGTERM cancel it (shielded clean-up runs) and give 128+N.
-
-    A second signal ends the process at once: the journal (WAL, one transaction per record) keeps
-    everything committed before it, and `topn resume` continues from there.
-    """
-    signalled: list[int] = []
-    outcome: list[int] = []
-
-    async def supervise() -> None:
-        work_scope = anyio.CancelScope()
-        async with anyio.create_task_group() as group:
-
-            async def watch_signals() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for received in signals:
-                        signalled.append(int(received))
-                        if len(signalled) > 1:
-                            name = signal.Signals(received).name
-                            if log_format == "json":
-                                log.warning("signal.repeated", signal=name, exit_code=128 + int(received))
-                            else:
-                                print(f"topn: {name} again: stopping now", file=sys.stderr)
-                            sys.stderr.flush()
-                            os._exit(128 + int(received))
-                        work_scope.cancel()
-
-            async def work() -> None:
-                try:
-                    with work_scope:
-                        outcome.append(await body())
-                except TopnError as error:
-                    outcome.append(_report(error, log_format))
-                finally:
-                    group.cancel_scope.cancel()
-
-            group.start_soon(watch_signals)
-            group.start_soon(work)
-
-    try:
-        anyio.run(supervise)
-    except BaseExceptionGroup as group_error:
-        # One task failed with something that is not a TopnError: show the innermost cause.
-        raise _first_leaf(group_error) from None
-    if signalled:
-        if log_format != "json":
-            print(f"topn: stopped by {signal.Signals(signalled[0]).name}", file=sys.stderr)
-        return 128 + signalled[0]
-    return outcome[0] if outcome else EXIT_FAILED
-
-
-def _first_leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup) and error.exceptions:
-        error = error.exceptions[0]
-    return error
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def render_table(summary: Mapping[str, Any], out_dir: Path, renamed: Sequence[tuple[str, Path]] = ()) -> str:
-    """The readable result for stdout: run line, top words, failed files, inputs given another name.
-
-    `renamed` pairs a run name with the file it stands for, so a user can tell which of two
-    `notes.txt` became `notes~2.txt` (and which results are whose).
-    """
-    totals = summary.get("totals", {})
-    lines = [
-        f"Run {summary.get('run_id')}: {summary.get('state')} - {totals.get('files', 0)} files, "
-        f"{totals.get('succeeded', 0)} succeeded, {totals.get('failed', 0)} failed, "
-        f"{totals.get('words', 0)} words in {totals.get('duration_s', 0)} s",
-    ]
-    undecodable = undecodable_notice(summary.get("files", []))
-    if undecodable is not None:
-        lines.append(undecodable)
-    lines.append("")
-    top = summary.get("top", [])
-    if top:
-        width = max(len("word"), *(len(str(word)) for word, _ in top))
-        count_width = max(len("count"), *(len(str(count)) for _, count in top))
-        lines.append(f"{'#':>3}  {'word':<{width}}  {'count':>{count_width}}")
-        for rank, (word, count) in enumerate(top, start=1):
-            lines.append(f"{rank:>3}  {word:<{width}}  {count:>{count_width}}")
-    else:
-        lines.append("No words counted.")
-    failed = [entry for entry in summary.get("files", []) if entry.get("status") != "succeeded"]
-    if failed:
-        lines += ["", f"Failed files ({len(failed)}):"]
-        for entry in failed:
-            error = entry.get("error") or {}
-            lines.append(
-                f"  {entry.get('path')}: exit code {error.get('exit_code')}, "
-                f"failure {error.get('failure_code') or '-'}: {error.get('message') or ''}".rstrip()
-            )
-            tail = str(error.get("stderr_tail") or "").strip().splitlines()[-STDERR_TAIL_LINES:]
-            lines += [f"    | {line}" for line in tail]
-    if renamed:
-        lines += ["", f"Inputs with the same name, renamed in the results ({len(renamed)}):"]
-        lines += [f"  {relpath}  <-  {path}" for relpath, path in renamed]
-    lines += ["", f"Results: {out_dir}"]
-    return redact_text("\n".join(lines)) + "\n"
-
-
-def render_runs(runs: Sequence[Mapping[str, Any]]) -> str:
-    """`topn status`: one line per recent run, oldest first."""
-    if not runs:
-        return "No runs in the journal yet (start one with `topn run PATH`).\n"
-    header = f"{'RUN':<34} {'STATE':<11} {'CREATED':<20} {'FILES':>6} {'OK':>6} {'FAILED':>6}  RESULTS"
-    lines = [header]
-    for run in runs:
-        lines.append(
-            f"{run['run_id']:<34} {run['state']:<11} {str(run['created_at'])[:19]:<20} {run['files']:>6} "
-            f"{run['files_succeeded']:>6} {run['files_failed']:>6}  {run.get('out_dir') or '-'}"
-        )
-    unfinished = [run["run_id"] for run in runs if not run["finished"]]
-    if unfinished:
-        lines += ["", f"Unfinished: continue one with `topn resume {unfinished[-1]}`."]
-    return "\n".join(lines) + "\n"
-
-
-def render_run(run: Mapping[str, Any]) -> str:
-    """`topn status RUN_ID`: the journal's view of one run, then the live job's."""
-    lines = [
-        f"Run {run['run_id']}: {run['state']}{'' if run['finished'] else ' (unfinished)'}",
-        f"  created {run['created_at']}, updated {run['updated_at']}",
-        f"  results {run.get('out_dir') or '-'}",
-        f"  {run['files']} files ({run['bytes']} bytes) in {run['tasks']} tasks: "
-        f"{run['files_succeeded']} files succeeded, {run['files_failed']} failed, "
-        f"{run['tasks_in_flight']} tasks in flight",
-    ]
-    for stage, counts in run.get("stages", {}).items():
-        lines.append(f"  {stage:<11} {counts['done']}/{counts['total']}")
-    job = run.get("job") or {}
-    if job.get("exists"):
-        tasks = job.get("tasks", {})
-        lines.append(
-            f"  job {job['job_id']}: {job.get('state')} - {tasks.get('active', 0)} active, "
-            f"{tasks.get('running', 0)} running, {tasks.get('completed', 0)} completed "
-            f"({tasks.get('succeeded', 0)} succeeded, {tasks.get('failed', 0)} failed)"
-        )
-    elif job.get("reachable"):
-        lines.append(f"  job {job.get('job_id')}: gone")
-    else:
-        lines.append(f"  job {job.get('job_id')}: not reachable ({job.get('note', '')})")
-    failures = run.get("failures", [])
-    if failures:
-        lines += ["", f"Failed files ({len(failures)}):"]
-        for failure in failures:
-            lines.append(
-                f"  {failure.get('file')}: exit code {failure.get('exit_code')}, "
-                f"failure {failure.get('failure_code') or '-'}: {failure.get('message') or ''}".rstrip()
-            )
-    if not run["finished"]:
-        lines += ["", f"Continue it with `topn resume {run['run_id']}`."]
-    return "\n".join(lines) + "\n"
-
-
-def _print_summary(
-    summary: Mapping[str, Any], out_dir: Path, *, as_json: bool, inputs: Sequence[InputFile] = ()
-) -> None:
-    if as_json:
-        text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
-    else:
-        renamed = [(item.relpath, item.path) for item in renamed_inputs(inputs)]
-        text = render_table(summary, out_dir, renamed)
-    sys.stdout.write(redact_text(text))
-    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------- local up / down

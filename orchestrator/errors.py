@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class TopnError(Exception):
     """Base of every error topn reports to a user. Messages never contain secrets."""
 
     exit_code = 1
+    # Set by a run that has already said so in its own `run.failed` event.
+    reported_by_run = False
 
 
 class UsageError(TopnError):
@@ -37,3 +41,17 @@ class PoolError(TopnError):
 
 class RunFailedError(TopnError):
     """The run could not finish; the journal keeps what was done so `topn resume` can go on."""
+
+
+def iterate_exceptions(error: BaseException) -> Iterator[BaseException]:
+    """The leaves of an exception group, depth first (the error itself when it is not a group)."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from iterate_exceptions(inner)
+    else:
+        yield error
+
+
+def first_leaf(error: BaseException) -> BaseException:
+    """The first leaf of an exception group: the innermost cause a task group stopped on."""
+    return next(iterate_exceptions(error), error)

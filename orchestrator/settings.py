@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from orchestrator.azure.retry import RetryPolicy
 from orchestrator.errors import ConfigError
-from orchestrator.local import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
-from orchestrator.retry import RetryPolicy
+from orchestrator.local.processes import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
 
 ENV_PREFIX = "TOPN_"
+# How long shielded clean-up (deletions, closing clients and services) may take before topn moves on.
+CLEANUP_TIMEOUT_S = 60.0
 
 # Keys that are secrets: never printed, only accepted from the environment (or a public local default).
 SECRET_KEYS = frozenset({("batch", "account_key"), ("storage", "account_key")})

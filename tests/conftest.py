@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from orchestrator import local
+from orchestrator.local import processes as local
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import anyio
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
-from orchestrator.local import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
+from orchestrator.local.processes import AZURITE_ACCOUNT_KEY, EMULATOR_ACCOUNT_KEY
 from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.secret_scan import find_secrets, texts_under
 

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestrator import local
+from orchestrator.local import processes as local
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.fault_support import (
     check_summary,

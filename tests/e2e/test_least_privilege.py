@@ -32,7 +32,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
-from orchestrator.sas import blob_url, container_url, mint_blob_read_sas, mint_container_write_sas
+from orchestrator.azure.sas import blob_url, container_url, mint_blob_read_sas, mint_container_write_sas
 from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.e2e.fault_support import run_topn_live
 from tests.e2e.run_cli import topn_environment

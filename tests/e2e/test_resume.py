@@ -21,8 +21,8 @@ from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
-from orchestrator import local
 from orchestrator.journal import Journal, JournalInput
+from orchestrator.local import processes as local
 from orchestrator.results import claim_results_folder, write_summary
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.fault_support import check_summary, job_tasks, write_corpus

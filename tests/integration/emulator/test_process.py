@@ -17,7 +17,7 @@ import anyio
 import pytest
 from azure.batch import models
 
-from orchestrator import local
+from orchestrator.local import processes as local
 from tests.conftest import BatchEndpoint, StartEmulator
 from tests.integration.emulator.conftest import batch_client, pool_options, wait_for, wait_job_done
 

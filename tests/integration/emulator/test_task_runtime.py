@@ -21,7 +21,7 @@ from azure.storage.blob import (
 )
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
-from orchestrator import local
+from orchestrator.local import processes as local
 from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.integration.emulator.conftest import batch_client, pool_options, wait_job_done
 from tests.secret_scan import find_secrets, texts_under

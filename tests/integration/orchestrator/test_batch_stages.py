@@ -22,13 +22,14 @@ from azure.batch.models import (
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob.aio import BlobServiceClient
 
-from orchestrator import naming, staging
+from orchestrator import naming
+from orchestrator.azure import staging
+from orchestrator.azure.monitor import TaskOutcome, watch_job
+from orchestrator.azure.pool import ensure_pool, wait_until_usable
+from orchestrator.azure.retry import SDK_RETRY_KWARGS, RetryPolicy
+from orchestrator.azure.submit import submit_tasks
 from orchestrator.errors import PoolError
-from orchestrator.monitor import TaskOutcome, watch_job
-from orchestrator.pool import ensure_pool, wait_until_usable
-from orchestrator.retry import SDK_RETRY_KWARGS, RetryPolicy
 from orchestrator.settings import PoolSettings
-from orchestrator.submit import submit_tasks
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

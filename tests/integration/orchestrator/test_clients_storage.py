@@ -12,10 +12,9 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
-from orchestrator.clients import STORAGE, check_credentials, open_clients
-from orchestrator.errors import CredentialError, ServiceUnavailableError
-from orchestrator.retry import SDK_RETRY_KWARGS
-from orchestrator.sas import (
+from orchestrator.azure.clients import STORAGE, check_credentials, open_clients
+from orchestrator.azure.retry import SDK_RETRY_KWARGS
+from orchestrator.azure.sas import (
     blob_url,
     container_url,
     mint_blob_read_sas,
@@ -23,6 +22,7 @@ from orchestrator.sas import (
     sas_window,
     utc_now,
 )
+from orchestrator.errors import CredentialError, ServiceUnavailableError
 from orchestrator.settings import Settings, load_settings
 from tests.conftest import BatchEndpoint, StorageEndpoint
 
@@ -107,7 +107,7 @@ async def test_sas_scopes_hold_on_a_real_blob_service(azurite: StorageEndpoint) 
 
 
 async def test_a_wrong_storage_key_is_one_request_and_a_clear_error(azurite: StorageEndpoint) -> None:
-    from orchestrator.clients import _translate_check_error  # the check's storage half, without Batch
+    from orchestrator.azure.clients import _translate_check_error  # the check's storage half, without Batch
 
     settings = storage_settings(azurite, account_key=WRONG_KEY)
     async with AsyncExitStack() as stack:
@@ -121,7 +121,7 @@ async def test_a_wrong_storage_key_is_one_request_and_a_clear_error(azurite: Sto
 
 
 async def test_a_dead_storage_endpoint_is_reported_by_name(azurite: StorageEndpoint) -> None:
-    from orchestrator.clients import _translate_check_error
+    from orchestrator.azure.clients import _translate_check_error
 
     dead = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
     settings = replace(

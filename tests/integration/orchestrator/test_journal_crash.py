@@ -354,7 +354,7 @@ async def test_kill_9_of_topn_run_leaves_a_journal_never_ahead_of_the_services(
         (folder / f"text {number}.txt").write_text(f"alpha beta {'gamma ' * number}delta\n", encoding="utf-8")
     state_dir = tmp_path / "state"
     # Imported here, not at the top: the writer process runs this module and needs none of them.
-    from orchestrator.clients import open_clients
+    from orchestrator.azure.clients import open_clients
     from orchestrator.settings import load_settings
     from tests.e2e.run_cli import topn_environment
 

@@ -23,12 +23,14 @@ from azure.batch.aio import BatchClient
 from azure.batch.models import BatchNode, BatchPoolResizeOptions
 from structlog.testing import capture_logs
 
-from orchestrator import naming, pool, sas, staging
-from orchestrator.clients import Clients, open_clients
+from orchestrator import naming
+from orchestrator.azure import pool, sas, staging
+from orchestrator.azure.clients import Clients, open_clients
+from orchestrator.azure.retry import RetryPolicy
 from orchestrator.errors import PoolError
 from orchestrator.inputs import discover_inputs
-from orchestrator.pipeline import run_pipeline
-from orchestrator.retry import RetryPolicy
+from orchestrator.run.pipeline import run_pipeline
+from orchestrator.service.poolkeeper import PoolKeeper
 from orchestrator.settings import Settings
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.integration.orchestrator.test_pipeline_run import settings_for, stand_in_node
@@ -130,7 +132,11 @@ async def test_a_kept_pool_whose_start_task_sas_expired_is_renewed_and_its_faile
 
         with capture_logs() as logs:
             summary = await run_pipeline(
-                settings, one_input(tmp_path / "in"), clients, tmp_path / "out", node_script=script
+                settings,
+                one_input(tmp_path / "in"),
+                clients,
+                tmp_path / "out",
+                pool=PoolKeeper(settings, clients, script),
             )
 
         assert summary["state"] == "SUCCEEDED"
@@ -183,7 +189,7 @@ async def test_after_a_script_change_older_nodes_keep_getting_the_script_with_ea
                     inputs,
                     clients,
                     tmp_path / f"out{number}",
-                    node_script=second_build,
+                    pool=PoolKeeper(settings, clients, second_build),
                 )
             output = (tmp_path / f"out{number}" / "a_OUTPUT.txt").read_text(encoding="utf-8")
             events = [entry["event"] for entry in logs]
@@ -197,7 +203,9 @@ async def test_after_a_script_change_older_nodes_keep_getting_the_script_with_ea
         assert "Node: second-build" in output
         assert events.count("pool.node_script_outdated") == 1
     assert reports[0][2] == ["other_script"]
-    assert reports[1][2] == ["expiring"]  # the first run's SAS ends before the second run's deadline + margin
+    # The pool keeper's SAS outlives a run (SCRIPT_SAS_LIFETIME), so the second run renews nothing:
+    # the start task's script SAS belongs to the pool, no longer to the run that last renewed it.
+    assert reports[1][2] == []
 
 
 async def test_a_rebooted_node_that_fails_again_fails_the_wait_with_the_start_task_error(

@@ -22,11 +22,13 @@ from azure.core.exceptions import ResourceNotFoundError
 from structlog.testing import capture_logs
 
 from orchestrator import naming
-from orchestrator.clients import open_clients
+from orchestrator.azure.clients import open_clients
 from orchestrator.errors import InputError, RunFailedError
 from orchestrator.inputs import discover_inputs
 from orchestrator.journal import Journal
-from orchestrator.pipeline import run_pipeline
+from orchestrator.run.pipeline import run_pipeline
+from orchestrator.service.poolkeeper import PoolKeeper
+from orchestrator.service.shell import release_pool
 from orchestrator.settings import Settings, load_settings
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.run_cli import topn_environment
@@ -84,7 +86,12 @@ async def test_a_run_collects_results_merges_them_and_reports_the_failed_file(
         journal = await Journal.open(tmp_path / "state" / "journal.sqlite3")
         stack.push_async_callback(journal.close)
         summary = await run_pipeline(
-            settings, inputs, clients, out_dir, journal=journal, node_script=stand_in_node()
+            settings,
+            inputs,
+            clients,
+            out_dir,
+            journal=journal,
+            pool=PoolKeeper(settings, clients, stand_in_node()),
         )
         record = await journal.load_run(summary["run_id"])
 
@@ -136,7 +143,13 @@ async def test_a_results_folder_of_another_run_stops_the_run_before_anything_is_
     async with AsyncExitStack() as stack:
         clients = await open_clients(settings, stack)
         with pytest.raises(InputError, match="not empty"):
-            await run_pipeline(settings, discover_inputs([tmp_path / "in"]), clients, tmp_path / "out")
+            await run_pipeline(
+                settings,
+                discover_inputs([tmp_path / "in"]),
+                clients,
+                tmp_path / "out",
+                pool=PoolKeeper(settings, clients),
+            )
         assert clients.requests.total("batch") == 0 and clients.requests.total("storage") == 0
 
 
@@ -164,7 +177,7 @@ async def test_small_files_share_tasks_and_a_failing_file_does_not_sink_its_unit
             discover_inputs([tmp_path / "in"]),
             clients,
             tmp_path / "out",
-            node_script=stand_in_node(),
+            pool=PoolKeeper(settings, clients, stand_in_node()),
         )
     by_path = {entry["path"]: entry for entry in summary["files"]}
     assert len({entry["task_id"] for entry in summary["files"]}) == 4  # 10 files in 4 work units
@@ -194,7 +207,7 @@ async def test_a_run_rides_out_throttling_and_server_errors(
             discover_inputs([tmp_path / "in"]),
             clients,
             tmp_path / "out",
-            node_script=stand_in_node(),
+            pool=PoolKeeper(settings, clients, stand_in_node()),
         )
     stats = await emulator_stats(batch)
     assert stats["faults_injected"]["503"] + stats["faults_injected"]["429"] > 0
@@ -244,7 +257,7 @@ async def test_a_cancelled_run_is_left_resumable_and_says_so(
                         tmp_path / "out",
                         journal=journal,
                         progress=running,
-                        node_script=stand_in_node(),
+                        pool=PoolKeeper(settings, clients, stand_in_node()),
                     )
                 )
                 with anyio.fail_after(60):
@@ -297,13 +310,11 @@ async def test_clean_up_follows_the_config_and_never_asks(
     )
     async with AsyncExitStack() as stack:
         clients = await open_clients(settings, stack)
+        keeper = PoolKeeper(settings, clients, stand_in_node())
         summary = await run_pipeline(
-            settings,
-            discover_inputs([tmp_path / "in"]),
-            clients,
-            tmp_path / "out",
-            node_script=stand_in_node(),
+            settings, discover_inputs([tmp_path / "in"]), clients, tmp_path / "out", pool=keeper
         )
+        await release_pool(keeper, settings.pool)  # what the process shell does after `topn run`
         run_id = summary["run_id"]
         assert summary["state"] == "SUCCEEDED" and (tmp_path / "out" / "a_OUTPUT.txt").is_file()
         assert await job_state(clients, naming.job_id(run_id)) in {"gone", "deleting"}
@@ -344,7 +355,7 @@ async def test_a_job_terminated_under_the_run_fails_it_promptly_with_the_reason(
                         clients,
                         tmp_path / "out",
                         progress=running,
-                        node_script=stand_in_node(),
+                        pool=PoolKeeper(settings, clients, stand_in_node()),
                     )
                 except RunFailedError as error:
                     failures.append(error)
@@ -378,7 +389,7 @@ async def test_a_reused_pool_with_an_older_node_script_runs_the_current_one(
                     discover_inputs([tmp_path / "in"]),
                     clients,
                     out_dir,
-                    node_script=stand_in_node(variant),
+                    pool=PoolKeeper(settings, clients, stand_in_node(variant)),
                 )
             outputs.append((out_dir / "a_OUTPUT.txt").read_text(encoding="utf-8"))
     assert "Node: first-build" in outputs[0]

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from orchestrator.clients import BATCH, STORAGE, check_credentials, open_clients
+from orchestrator.azure.clients import BATCH, STORAGE, check_credentials, open_clients
 from orchestrator.errors import ConfigError
 from orchestrator.settings import Settings, load_settings
 from tests.conftest import BatchEndpoint, StorageEndpoint

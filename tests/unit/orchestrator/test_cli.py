@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import cli
-from orchestrator.local import project_root
+from orchestrator import cli, console
+from orchestrator.local.processes import project_root
 
 SUMMARY: dict[str, Any] = {
     "run_id": "20261122t010203z-abcdef",
@@ -36,7 +36,7 @@ SUMMARY: dict[str, Any] = {
 
 
 def test_the_table_shows_the_run_the_ranked_words_and_each_failure() -> None:
-    text = cli.render_table(SUMMARY, Path("results/r"))
+    text = console.render_table(SUMMARY, Path("results/r"))
     lines = text.splitlines()
     assert lines[0] == (
         "Run 20261122t010203z-abcdef: FAILED - 2 files, 1 succeeded, 1 failed, 20 words in 1.5 s"
@@ -56,21 +56,21 @@ def test_the_table_shows_the_run_the_ranked_words_and_each_failure() -> None:
 def test_the_table_never_prints_a_sas_signature() -> None:
     leaky = json.loads(json.dumps(SUMMARY))
     leaky["files"][1]["error"]["stderr_tail"] = "GET https://x/c/b?sv=1&sig=AbCdEf0123456789%3D failed"
-    text = cli.render_table(leaky, Path("out"))
+    text = console.render_table(leaky, Path("out"))
     assert "AbCdEf0123456789" not in text and "sig=REDACTED" in text
 
 
 def test_the_table_maps_renamed_inputs_to_their_files() -> None:
     renamed = [("notes~2.txt", Path("/data/tuesday/notes.txt"))]
-    lines = cli.render_table(SUMMARY, Path("out"), renamed).splitlines()
+    lines = console.render_table(SUMMARY, Path("out"), renamed).splitlines()
     at = lines.index("Inputs with the same name, renamed in the results (1):")
     assert lines[at + 1] == "  notes~2.txt  <-  /data/tuesday/notes.txt"
-    assert "renamed" not in cli.render_table(SUMMARY, Path("out"))  # said only when it happened
+    assert "renamed" not in console.render_table(SUMMARY, Path("out"))  # said only when it happened
 
 
 def test_an_empty_run_says_so() -> None:
     summary = {**SUMMARY, "top": [], "files": [], "state": "SUCCEEDED"}
-    assert "No words counted." in cli.render_table(summary, Path("out"))
+    assert "No words counted." in console.render_table(summary, Path("out"))
 
 
 def test_top_and_tokenizer_flags_override_the_config(tmp_path: Path) -> None:
@@ -141,8 +141,10 @@ def test_a_failed_run_is_not_reported_twice(capsys: pytest.CaptureFixture[str]) 
     stream = io.StringIO()
     configure_events("json", stream)
     structlog.contextvars.bind_contextvars(run_id="20261122t010203z-abcdef")
+    reported = RunFailedError("the pool broke")
+    reported.reported_by_run = True  # as run_pipeline marks what its `run.failed` event said
     try:
-        assert cli._report(RunFailedError("the pool broke"), "json") == 1
+        assert cli._report(reported, "json") == 1
         assert stream.getvalue() == ""  # the run's own run.failed event already said it
         assert cli._report(InputError("results folder is not empty"), "json") == 2
         (event,) = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -177,7 +179,7 @@ def test_events_stop_quietly_once_the_stderr_reader_is_gone(monkeypatch: pytest.
 
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # restored after the test
     target = PipeClosedAfter(lines=1)
-    stream = cli.EventStream(target)
+    stream = console.EventStream(target)
     assert stream.write("first\n") == len("first\n") and not stream.reader_gone
     assert stream.write("second\n") == len("second\n")  # dropped, not raised
     assert stream.reader_gone and target.written == ["first\n"]
@@ -198,4 +200,4 @@ def test_any_other_write_error_still_surfaces() -> None:
             pass
 
     with pytest.raises(OSError, match="No space"):
-        cli.EventStream(Full()).write("x\n")
+        console.EventStream(Full()).write("x\n")

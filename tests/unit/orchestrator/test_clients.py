@@ -13,7 +13,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
 )
 
-from orchestrator.clients import (
+from orchestrator.azure.clients import (
     BATCH,
     STORAGE,
     RequestCounter,
@@ -210,7 +210,7 @@ async def test_entra_id_without_an_identity_is_a_credential_error_before_any_req
 ) -> None:
     import azure.identity.aio
 
-    from orchestrator.clients import check_credentials
+    from orchestrator.azure.clients import check_credentials
 
     identity = NoIdentity()
     monkeypatch.setattr(azure.identity.aio, "DefaultAzureCredential", lambda: identity)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.clients import BATCH, STORAGE, body_format, wrong_service_reason
+from orchestrator.azure.clients import BATCH, STORAGE, body_format, wrong_service_reason
 
 BUSY_STATUSES = [408, 429, 500, 502, 503, 504]  # DESIGN: retried, never blamed on the address
 

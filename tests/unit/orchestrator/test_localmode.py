@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import localmode
+from orchestrator.azure.clients import endpoint_port
 from orchestrator.errors import ConfigError, UsageError
-from orchestrator.local import EMULATOR_ACCOUNT_KEY, project_root
+from orchestrator.local import services as localmode
+from orchestrator.local.processes import EMULATOR_ACCOUNT_KEY, project_root
 from orchestrator.settings import Settings, load_settings
 
 
@@ -21,9 +22,9 @@ def settings_in(folder: Path) -> Settings:
 
 
 def test_ports_and_endpoints() -> None:
-    assert localmode.endpoint_port("http://127.0.0.1:0/devstoreaccount1") == 0
-    assert localmode.endpoint_port("https://acct.blob.core.windows.net") == 443
-    assert localmode.endpoint_port("http://127.0.0.1:8123") == 8123
+    assert endpoint_port("http://127.0.0.1:0/devstoreaccount1") == 0
+    assert endpoint_port("https://acct.blob.core.windows.net") == 443
+    assert endpoint_port("http://127.0.0.1:8123") == 8123
     assert (
         localmode.with_port("http://127.0.0.1:0/devstoreaccount1", "http://127.0.0.1:40123/devstoreaccount1")
         == "http://127.0.0.1:40123/devstoreaccount1"

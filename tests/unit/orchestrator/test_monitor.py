@@ -22,10 +22,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from orchestrator import monitor
+from orchestrator.azure import monitor
+from orchestrator.azure.monitor import (
+    TaskOutcome,
+    completion_filter,
+    next_poll_interval,
+    outcome_of,
+    watch_job,
+)
+from orchestrator.azure.retry import RetryPolicy
 from orchestrator.errors import RunFailedError
-from orchestrator.monitor import TaskOutcome, completion_filter, next_poll_interval, outcome_of, watch_job
-from orchestrator.retry import RetryPolicy
 
 FAST = RetryPolicy(max_attempts=2, base_delay_s=0.0, max_delay_s=0.0, deadline_s=10)
 T0 = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from orchestrator.pipeline import (
+from orchestrator.run.pipeline import (
     ALLOWED,
     TERMINAL,
     RunState,

@@ -1,10 +1,10 @@
-"""Pool options and node classification (pure parts of orchestrator/pool.py)."""
+"""Pool options and node classification (pure parts of orchestrator/azure/pool.py)."""
 
 from __future__ import annotations
 
 from azure.batch.models import BatchNode
 
-from orchestrator.pool import classify_nodes, pool_create_options, stderr_tail
+from orchestrator.azure.pool import classify_nodes, pool_create_options, stderr_tail
 from orchestrator.settings import PoolSettings
 
 

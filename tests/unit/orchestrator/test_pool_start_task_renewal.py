@@ -17,8 +17,8 @@ from azure.batch.models import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator import pool, sas
-from orchestrator.local import AZURITE_ACCOUNT_KEY, AZURITE_ACCOUNT_NAME
+from orchestrator.azure import pool, sas
+from orchestrator.local.processes import AZURITE_ACCOUNT_KEY, AZURITE_ACCOUNT_NAME
 
 ACCOUNT_URL = "http://127.0.0.1:10000/devstoreaccount1"
 CONTAINER = "topn-app"

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from orchestrator.cli import render_run, render_runs
+from orchestrator.console import render_run, render_runs
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.journal import JournalInput, RunRecord
-from orchestrator.pipeline import RunState, RunStateMachine, TransitionError
-from orchestrator.resume import (
+from orchestrator.run.pipeline import RunState, RunStateMachine, TransitionError
+from orchestrator.run.resume import (
     RESULT_SHAPING,
     SasRefreshPlan,
     plan_sas_refresh,

@@ -16,7 +16,7 @@ from azure.core.exceptions import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.retry import (
+from orchestrator.azure.retry import (
     RetryPolicy,
     backoff_delay_s,
     is_transient,

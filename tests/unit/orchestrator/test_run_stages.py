@@ -13,15 +13,16 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.clients import BATCH, Clients, RequestCounter
+from orchestrator.azure.clients import BATCH, Clients, RequestCounter
 from orchestrator.errors import InputError, RunFailedError, ServiceUnavailableError
-from orchestrator.failures import RunDeadlineError, explain
 from orchestrator.inputs import InputFile
 from orchestrator.journal import JournalInput, RunRecord
-from orchestrator.renewal import resumed_job_constraints
-from orchestrator.runcontext import FileResult, RunContext, RunLedger, journal_inputs, new_run_context
+from orchestrator.run.context import FileResult, RunContext, RunLedger, journal_inputs, new_run_context
+from orchestrator.run.failures import RunDeadlineError, explain
+from orchestrator.run.renewal import resumed_job_constraints
+from orchestrator.run.summary import run_summary, written_summary
+from orchestrator.service.poolkeeper import PoolKeeper
 from orchestrator.settings import load_settings
-from orchestrator.summary import run_summary, written_summary
 
 PROJECT = Path(__file__).resolve().parents[3]
 SETTINGS = load_settings(
@@ -35,6 +36,11 @@ class _NoClients:
 
     def __init__(self) -> None:
         self.requests = RequestCounter()
+
+
+def _keeper() -> PoolKeeper:
+    """A pool keeper that never gets to talk to Batch (the stages here only ask it for sizes)."""
+    return PoolKeeper(SETTINGS, cast(Clients, _NoClients()))
 
 
 def context(
@@ -52,6 +58,7 @@ def context(
         inputs,
         cast(Clients, _NoClients()),
         out_dir,
+        pool=_keeper(),
         run_id="r1",
         journal=None,
         progress=None,
@@ -113,7 +120,7 @@ def test_the_summary_counts_what_the_ledger_holds() -> None:
     ledger.counts.add(0, [("a", 2), ("b", 1)])
     ledger.results[0] = FileResult({"path": "f0.txt", "words": 3}, succeeded=True)
     ledger.results[2] = FileResult({"path": "f2.txt", "words": None}, succeeded=False)
-    run.clients.requests.record(BATCH, "create_job")
+    run.requests.record(BATCH, "create_job")
     summary = run_summary(run, ledger, "FAILED")
     totals = summary["totals"]
     assert (summary["run_id"], summary["state"], summary["top"]) == ("r1", "FAILED", [["a", 2], ["b", 1]])
@@ -124,11 +131,13 @@ def test_the_summary_counts_what_the_ledger_holds() -> None:
     assert ledger.failed_files() == 1
 
 
-def test_a_pool_counts_as_broken_until_provisioning_finished() -> None:
-    ledger = RunLedger()
-    assert ledger.pool_broken
-    ledger.stage_s["provisioning"] = 2.0
-    assert not ledger.pool_broken
+def test_a_pool_counts_as_broken_when_this_process_created_it_and_it_never_had_a_usable_node() -> None:
+    keeper = _keeper()
+    assert not keeper.broken()  # not ours to delete
+    keeper.created = True
+    assert keeper.broken()
+    keeper.ever_usable = True
+    assert not keeper.broken()
 
 
 def test_an_unreadable_written_summary_names_the_run_and_the_file(tmp_path: Path) -> None:

@@ -12,8 +12,7 @@ from azure.storage.blob import UserDelegationKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.errors import ConfigError
-from orchestrator.sas import (
+from orchestrator.azure.sas import (
     CLOCK_SKEW,
     blob_url,
     container_url,
@@ -22,6 +21,7 @@ from orchestrator.sas import (
     mint_container_write_sas,
     sas_window,
 )
+from orchestrator.errors import ConfigError
 
 ACCOUNT_KEY = base64.b64encode(b"an account key made up for this test").decode()
 NOW = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ from azure.storage.blob import UserDelegationKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.staging import make_sas_minter
+from orchestrator.azure.staging import make_sas_minter
 
 NOW = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 

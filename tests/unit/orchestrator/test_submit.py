@@ -18,9 +18,9 @@ from azure.core.exceptions import HttpResponseError, ODataV4Format
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.azure.retry import RetryPolicy
+from orchestrator.azure.submit import MAX_REQUEST_BYTES, plan_chunks, submit_tasks, task_json_size
 from orchestrator.errors import RunFailedError
-from orchestrator.retry import RetryPolicy
-from orchestrator.submit import MAX_REQUEST_BYTES, plan_chunks, submit_tasks, task_json_size
 
 FAST = RetryPolicy(max_attempts=4, base_delay_s=0.0, max_delay_s=0.0, deadline_s=30)
 

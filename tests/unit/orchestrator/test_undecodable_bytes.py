@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.cli import render_table
+from orchestrator.console import render_table
 from orchestrator.results import CountsFormatError, file_entry, parse_counts_blob, undecodable_notice
-from orchestrator.runcontext import FileResult, RunLedger
-from orchestrator.summary import run_summary
+from orchestrator.run.context import FileResult, RunLedger
+from orchestrator.run.summary import run_summary
 from tests.unit.orchestrator.test_run_stages import context
 
 

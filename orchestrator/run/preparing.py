@@ -1,4 +1,4 @@
-"""PREPARING: containers and SAS, then the inputs' uploads ‖ provisioning (orchestrator/provisioning.py)."""
+"""PREPARING: containers and SAS, then the inputs' uploads ‖ provisioning (run/provisioning.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import cast
 import anyio
 import structlog
 
-from orchestrator import renewal, staging
-from orchestrator.localfiles import file_md5_hex, file_stat
-from orchestrator.provisioning import provision
-from orchestrator.runcontext import RunContext, RunLedger
-from orchestrator.sas import DelegationKeyProvider
+from orchestrator.azure import staging
+from orchestrator.azure.sas import DelegationKeyProvider
+from orchestrator.files import file_md5_hex, file_stat
+from orchestrator.run import renewal
+from orchestrator.run.context import RunContext, RunLedger
+from orchestrator.run.provisioning import provision
 
 log = structlog.get_logger()
 
@@ -29,8 +30,8 @@ class Prepared:
     task_script_url: str | None  # set when each task must bring the node script along
 
 
-async def prepare(run: RunContext, ledger: RunLedger, node_script: bytes | None) -> Prepared:
-    """Containers, SAS; then uploads ‖ (node script → pool → job → usable nodes)."""
+async def prepare(run: RunContext, ledger: RunLedger) -> Prepared:
+    """Containers, SAS; then uploads ‖ (the kept pool → job → usable nodes)."""
     minter = await staging.make_sas_minter(
         account_url=run.settings.storage.blob_endpoint,
         account_name=run.settings.storage.account_name,
@@ -43,9 +44,7 @@ async def prepare(run: RunContext, ledger: RunLedger, node_script: bytes | None)
     )
     if run.resume is None:  # a resumed run records them once no task carries older ones
         await renewal.record_sas_expiries(run, minter)
-    await staging.ensure_containers(
-        run.blobs, [run.app_container, run.input_container, run.output_container], run.retry
-    )
+    await staging.ensure_containers(run.blobs, [run.input_container, run.output_container], run.retry)
     staged: list[staging.StagedInput] = []
     task_script_url: str | None = None
 
@@ -54,7 +53,8 @@ async def prepare(run: RunContext, ledger: RunLedger, node_script: bytes | None)
 
     async def provision_pool() -> None:
         nonlocal task_script_url
-        task_script_url = await provision(run, ledger, minter, node_script)
+        # Until the run's SAS end (its deadline plus [run] sas_margin_s) nodes must get the script.
+        task_script_url = await provision(run, ledger, minter.expires_at)
 
     async with anyio.create_task_group() as group:
         group.start_soon(stage)
@@ -75,9 +75,9 @@ async def _stage_inputs(run: RunContext, ledger: RunLedger) -> list[staging.Stag
         if run.progress is not None:
             run.progress.update("staging", done, len(run.inputs))
 
-    kept = await _uploads_to_keep(run)
+    kept = await _uploads_to_keep(run, ledger)
     done = len(kept)
-    pending = [item for item in run.inputs if item.relpath not in kept]
+    pending = [item for item in ledger.current_inputs(run.inputs) if item.relpath not in kept]
     fresh = await staging.upload_inputs(
         run.blobs,
         run.input_container,
@@ -96,7 +96,7 @@ async def _stage_inputs(run: RunContext, ledger: RunLedger) -> list[staging.Stag
     return staged
 
 
-async def _uploads_to_keep(run: RunContext) -> dict[str, staging.StagedInput]:
+async def _uploads_to_keep(run: RunContext, ledger: RunLedger) -> dict[str, staging.StagedInput]:
     """A resumed run's recorded uploads whose local file is unchanged (size and mtime, else MD5)."""
     if run.resume is None:
         return {}
@@ -117,7 +117,7 @@ async def _uploads_to_keep(run: RunContext) -> dict[str, staging.StagedInput]:
         if not unchanged and item.task_id in unsubmitted:
             # Changed before its task was submitted: upload it again, and count what it is now.
             position = next(at for at, known in enumerate(run.inputs) if known.relpath == item.relpath)
-            run.inputs[position] = dataclasses.replace(run.inputs[position], size_bytes=stats[index][0])
+            ledger.resized_inputs[position] = stats[index][0]
             continue
         if not unchanged:
             log.warning(

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from orchestrator.azure.states import TaskState
 from orchestrator.errors import UsageError
 from orchestrator.inputs import InputFile
 from orchestrator.journal import RunRecord
@@ -30,7 +31,6 @@ RESULT_SHAPING: dict[str, tuple[str, ...]] = {
 # The SAS a task carries: its inputs' read SAS (resource files) and its output container's write SAS.
 SAS_PURPOSES = ("input_read", "output_write")
 # Task states in which the node has fetched (or is fetching) the resource files: the read SAS is spent.
-STARTED_STATES = frozenset({"preparing", "running"})
 
 
 class UnknownRunError(UsageError):
@@ -106,8 +106,8 @@ class SasRefreshPlan:
     kept_started: tuple[str, ...]  # preparing/running: inputs already fetched, left as they are
 
 
-def plan_sas_refresh(awaited: Sequence[str], job_task_states: Mapping[str, str]) -> SasRefreshPlan:
-    """Sort the tasks the run still awaits by their state in the job (wire names; absent = not in the job).
+def plan_sas_refresh(awaited: Sequence[str], job_task_states: Mapping[str, TaskState]) -> SasRefreshPlan:
+    """Sort the tasks the run still awaits by their state in the job (absent = not in the job).
 
     A completed task is left alone: the monitor collects it whatever SAS it carried.
     """
@@ -118,8 +118,8 @@ def plan_sas_refresh(awaited: Sequence[str], job_task_states: Mapping[str, str])
         state = job_task_states.get(task_id)
         if state is None:
             add_ids.append(task_id)
-        elif state == "active":
+        elif TaskState(state) == TaskState.ACTIVE:
             replace_ids.append(task_id)
-        elif state in STARTED_STATES:
+        elif TaskState(state).started:
             kept.append(task_id)
     return SasRefreshPlan(tuple(replace_ids), tuple(add_ids), tuple(kept))

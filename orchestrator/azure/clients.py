@@ -10,11 +10,14 @@ import dataclasses
 import json
 import re
 from collections import Counter
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.credentials_async import AsyncTokenCredential
@@ -30,15 +33,16 @@ from azure.core.exceptions import (
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob.aio import BlobServiceClient
 
-from orchestrator.errors import ConfigError, CredentialError, ServiceUnavailableError
-from orchestrator.retry import (
+from orchestrator.azure.retry import (
     SDK_RETRY_KWARGS,
     TRANSIENT_STATUSES,
     error_code_of,
     is_transient,
+    response_headers,
     retry_call,
     status_code_of,
 )
+from orchestrator.errors import ConfigError, CredentialError, ServiceUnavailableError
 from orchestrator.settings import Settings, env_var_name
 
 BATCH = "batch"
@@ -145,8 +149,33 @@ def storage_operation(method: str, path: str, query: str, account_in_path: bool)
     return blob_ops.get((method, comp), f"{method} blob comp={comp}" if comp else f"{method} blob")
 
 
+# The counter of the run whose task tree sends a request (anyio tasks inherit it from their parent),
+# so two runs sharing one process's clients each count only their own requests.
+_run_requests: ContextVar[RequestCounter | None] = ContextVar("topn_run_requests", default=None)
+
+
+@contextmanager
+def run_requests(counter: RequestCounter) -> Iterator[RequestCounter]:
+    """Count, in `counter` too, every request sent from this context (a run's task tree)."""
+    token = _run_requests.set(counter)
+    try:
+        yield counter
+    finally:
+        _run_requests.reset(token)
+
+
+@asynccontextmanager
+async def unattributed_requests() -> AsyncIterator[None]:
+    """Requests sent inside belong to the process (the pool keeper), not to the run that asked."""
+    token = _run_requests.set(None)
+    try:
+        yield
+    finally:
+        _run_requests.reset(token)
+
+
 class CountingTransport(AioHttpTransport):  # type: ignore[misc]
-    """aiohttp transport that records each request in a RequestCounter before sending it."""
+    """aiohttp transport that records each request in the process's counter and the current run's."""
 
     def __init__(self, counter: RequestCounter, service: str, account_in_path: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -161,6 +190,9 @@ class CountingTransport(AioHttpTransport):  # type: ignore[misc]
         else:
             operation = storage_operation(request.method, parts.path, parts.query, self._account_in_path)
         self._counter.record(self._service, operation)
+        run_counter = _run_requests.get()
+        if run_counter is not None:
+            run_counter.record(self._service, operation)
         return await super().send(request, **config)
 
 
@@ -229,6 +261,34 @@ async def open_clients(settings: Settings, stack: AsyncExitStack) -> Clients:
         token_credential=token_credential,
         requests=counter,
     )
+
+
+def endpoint_port(endpoint: str) -> int:
+    """The endpoint's port: the one it names, else its scheme's (0 means "not chosen yet")."""
+    parts = urlsplit(endpoint)
+    if parts.port is not None:
+        return parts.port
+    return 443 if parts.scheme == "https" else 80
+
+
+async def accepts_connections(endpoint: str, timeout_s: float) -> bool:
+    """Whether something accepts TCP connections at the endpoint's host and port, within `timeout_s`."""
+    host = urlsplit(endpoint).hostname
+    if not host or endpoint_port(endpoint) == 0:
+        return False
+    with anyio.move_on_after(timeout_s):
+        try:
+            stream = await anyio.connect_tcp(host, endpoint_port(endpoint))
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+def response_header(exc: HttpResponseError, name: str) -> str | None:
+    """A header of the error's response, by case-insensitive name."""
+    return response_headers(exc).get(name.lower())
 
 
 def _credential_fix(settings: Settings, section: str, token_problem: bool = False) -> str:
@@ -339,7 +399,9 @@ def _translate_check_error(exc: Exception, settings: Settings, section: str) -> 
     )
     not_the_service = f"is not the {service} service for the account {account!r}"
     if isinstance(exc, HttpResponseError) and status is not None:
-        reason = wrong_service_reason(section, status, _content_type_of(exc), error_code_of(exc))
+        reason = wrong_service_reason(
+            section, status, response_header(exc, "content-type"), error_code_of(exc)
+        )
         if reason is not None:
             return ConfigError(f"{where} {not_the_service}: {reason}. {_endpoint_fix(section)}")
     if isinstance(exc, WrongServiceAnswer):
@@ -377,21 +439,14 @@ def _translate_check_error(exc: Exception, settings: Settings, section: str) -> 
     return None
 
 
-def _content_type_of(exc: HttpResponseError) -> str | None:
-    # The SDK's response protocol types do not declare `headers`, though every transport has them.
-    headers = getattr(exc.response, "headers", None) or {}
-    for name, value in headers.items():
-        if str(name).lower() == "content-type":
-            return str(value)
-    return None
-
-
 def _answered_busy(exc: BaseException) -> bool:
     return status_code_of(exc) is not None and is_transient(exc)
 
 
 def _is_expected_not_found(exc: ResourceNotFoundError, service: str) -> bool:
-    return wrong_service_reason(service, 404, _content_type_of(exc), error_code_of(exc)) is None
+    return (
+        wrong_service_reason(service, 404, response_header(exc, "content-type"), error_code_of(exc)) is None
+    )
 
 
 async def check_credentials(clients: Clients, settings: Settings) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,11 +23,12 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings, UserDelegationKey
 from azure.storage.blob.aio import BlobServiceClient
 
-from orchestrator import naming, sas
-from orchestrator.errors import InputError
+from orchestrator import naming
+from orchestrator.azure import sas
+from orchestrator.azure.retry import RetryPolicy, retry_call
+from orchestrator.errors import InputError, first_leaf
+from orchestrator.files import read_md5
 from orchestrator.inputs import InputFile
-from orchestrator.retry import RetryPolicy, retry_call
-from orchestrator.submit import first_leaf
 
 log = structlog.get_logger()
 
@@ -64,15 +67,7 @@ async def ensure_containers(
 
 def _md5_of_file(path: Path) -> tuple[bytes | None, bytes]:
     """The file's bytes (when small enough to hold) and its MD5, read in one pass."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as stream:
-        head = stream.read(IN_MEMORY_LIMIT_BYTES + 1)
-        digest.update(head)
-        if len(head) <= IN_MEMORY_LIMIT_BYTES:
-            return head, digest.digest()
-        for chunk in iter(lambda: stream.read(4 * 1024 * 1024), b""):
-            digest.update(chunk)
-    return None, digest.digest()
+    return read_md5(path, IN_MEMORY_LIMIT_BYTES)
 
 
 # A file that changes while it is read or sent is tried again after each of these pauses (giving its
@@ -269,6 +264,14 @@ async def upload_inputs(
     return [item for item in staged if item is not None]
 
 
+def build_node_script() -> bytes:
+    """Pack the node script (node.pack builds the zipapp; no node code runs in this process)."""
+    pack = importlib.import_module("node.pack")
+    with tempfile.TemporaryDirectory(prefix="topn-node-") as folder:
+        path: Path = pack.build_zipapp(Path(folder) / "node.pyz")
+        return path.read_bytes()
+
+
 async def stage_node_script(
     blob_service: BlobServiceClient, container: str, script: bytes, retry: RetryPolicy
 ) -> str:
@@ -324,7 +327,7 @@ async def delete_container(blob_service: BlobServiceClient, container: str, retr
 
 @dataclass(frozen=True)
 class SasMinter:
-    """Mints the run's SAS URLs (via orchestrator/sas.py) with the account key or a user delegation key."""
+    """Mints the run's SAS URLs (azure/sas.py) with the account key or a user delegation key."""
 
     account_url: str  # the blob endpoint, e.g. http://127.0.0.1:10000/devstoreaccount1
     account_name: str

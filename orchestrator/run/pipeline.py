@@ -28,19 +28,25 @@ from typing import Any
 import anyio
 import structlog
 
-from orchestrator import naming, sas, submit
-from orchestrator.cleaning import clean_up
-from orchestrator.clients import BATCH, STORAGE, Clients
-from orchestrator.collecting import run_and_collect
-from orchestrator.errors import InputError, ServiceUnavailableError
-from orchestrator.failures import RunDeadlineError, explain
+from orchestrator import naming
+from orchestrator.azure import sas
+from orchestrator.azure.clients import BATCH, STORAGE, Clients, run_requests
+from orchestrator.errors import InputError, ServiceUnavailableError, TopnError, first_leaf
 from orchestrator.inputs import InputFile
 from orchestrator.journal import Journal, RunRecord
-from orchestrator.preparing import prepare
-from orchestrator.provisioning import build_node_script
 from orchestrator.results import claim_results_folder, write_summary
-from orchestrator.runcontext import ProgressSink, RunContext, RunLedger, journal_inputs, new_run_context
-from orchestrator.runstate import (
+from orchestrator.run.cleaning import clean_up
+from orchestrator.run.collecting import run_and_collect
+from orchestrator.run.context import (
+    PoolSupply,
+    ProgressSink,
+    RunContext,
+    RunLedger,
+    journal_inputs,
+    new_run_context,
+)
+from orchestrator.run.failures import RunDeadlineError, explain
+from orchestrator.run.machine import (
     ALLOWED,
     TERMINAL,
     RunState,
@@ -49,9 +55,10 @@ from orchestrator.runstate import (
     TransitionError,
     check_transition,
 )
+from orchestrator.run.preparing import prepare
+from orchestrator.run.submitting import submit_run_tasks
+from orchestrator.run.summary import run_summary, written_summary
 from orchestrator.settings import Settings
-from orchestrator.submitting import submit_run_tasks
-from orchestrator.summary import run_summary, written_summary
 
 # The names the CLI, the tests and the benchmarks import from here, wherever they are defined.
 __all__ = [
@@ -63,8 +70,8 @@ __all__ = [
     "RunStateMachine",
     "StateRecorder",
     "TransitionError",
-    "build_node_script",
     "check_transition",
+    "leaves_run_resumable",
     "run_pipeline",
     "settings_snapshot",
     "summary_exit_status",
@@ -93,61 +100,67 @@ async def run_pipeline(
     clients: Clients,
     out_dir: Path,
     *,
+    pool: PoolSupply,
     run_id: str | None = None,
     journal: Journal | None = None,
     progress: ProgressSink | None = None,
-    node_script: bytes | None = None,
     max_files_per_task: int | None = None,
     resume: RunRecord | None = None,
 ) -> dict[str, Any]:
     """Run the whole workflow for `inputs`; returns summary.json's content (also written to out_dir).
 
-    `node_script` replaces the packed node (tests); `max_files_per_task` (default `[run]
-    max_files_per_task`) = 1 gives one task per file. `resume` continues that journalled run (see
-    orchestrator/resume.py, which builds the inputs and settings from it).
+    `pool` is the process's pool keeper (service/poolkeeper.py): the run uses the pool and never
+    changes it. `max_files_per_task` (default `[run] max_files_per_task`) = 1 gives one task per
+    file. `resume` continues that journalled run (see run/resume.py, which builds its inputs and
+    settings).
     """
     if not inputs:
         raise InputError("no input files to process")
     if resume is not None:
         run_id = resume.run_id
     run_id = run_id or naming.new_run_id()
-    structlog.contextvars.bind_contextvars(run_id=run_id)
-    claim_results_folder(out_dir, run_id)  # before anything is created: exit 2 leaves no trace
-    per_task = max_files_per_task if max_files_per_task is not None else settings.run.max_files_per_task
-    run = new_run_context(
-        settings,
-        inputs,
-        clients,
-        out_dir,
-        run_id=run_id,
-        journal=journal,
-        progress=progress,
-        max_files_per_task=per_task,
-        resume=resume,
-        started=time.monotonic(),
-    )
-    machine = RunStateMachine(run_id, journal, RunState(resume.state) if resume else RunState.CREATED)
-    return await _run(run, RunLedger(), machine, node_script)
+    # Bound for this run's scope only: the process (a daemon) goes on after it.
+    with structlog.contextvars.bound_contextvars(run_id=run_id):
+        # Before anything is created: exit 2 leaves no trace.
+        await anyio.to_thread.run_sync(claim_results_folder, out_dir, run_id)
+        per_task = max_files_per_task if max_files_per_task is not None else settings.run.max_files_per_task
+        run = new_run_context(
+            settings,
+            inputs,
+            clients,
+            out_dir,
+            pool=pool,
+            run_id=run_id,
+            journal=journal,
+            progress=progress,
+            max_files_per_task=per_task,
+            resume=resume,
+            started=time.monotonic(),
+        )
+        machine = RunStateMachine(run_id, journal, RunState(resume.state) if resume else RunState.CREATED)
+        with run_requests(run.requests):
+            return await _run(run, RunLedger(), machine)
 
 
-async def _run(
-    run: RunContext, ledger: RunLedger, machine: RunStateMachine, node_script: bytes | None
-) -> dict[str, Any]:
+async def _run(run: RunContext, ledger: RunLedger, machine: RunStateMachine) -> dict[str, Any]:
     """The flow: each state's stage, in order; then clean-up and the final state."""
     if run.journal is not None and run.resume is None:
         await run.journal.create_run(
-            run.run_id, settings_snapshot(run.settings), journal_inputs(run), out_dir=run.out_dir
+            run.run_id,
+            settings_snapshot(run.settings),
+            await anyio.to_thread.run_sync(journal_inputs, run),  # one stat per input
+            out_dir=run.out_dir,
         )
     _announce_start(run, machine)
     try:
         if machine.reached(RunState.CLEANING):
-            summary = written_summary(run)  # written before CLEANING began
+            summary = await anyio.to_thread.run_sync(written_summary, run)  # written before CLEANING
         else:
             # When this run's `run_timeout_s` ends (wall clock): what a resumed run's old SAS must outlive.
             deadline_at = sas.utc_now() + timedelta(seconds=run.settings.run.run_timeout_s)
             with anyio.fail_after(run.settings.run.run_timeout_s):
                 await machine.advance(RunState.PREPARING)
-                prepared = await prepare(run, ledger, node_script)
+                prepared = await prepare(run, ledger)
                 await machine.advance(RunState.SUBMITTING)
                 await submit_run_tasks(run, ledger, prepared, deadline_at)
                 await machine.advance(RunState.RUNNING)
@@ -161,14 +174,16 @@ async def _run(
             final_state = RunState.FAILED if ledger.failed_files() else RunState.SUCCEEDED
             summary = run_summary(run, ledger, final_state.value)
             # Before CLEANING: a resume from CLEANING needs nothing that clean-up deletes.
-            write_summary(run.out_dir, summary)
+            await anyio.to_thread.run_sync(write_summary, run.out_dir, summary)
             await machine.move(RunState.CLEANING)
         final = RunState(summary["state"])
         failed = int(summary.get("totals", {}).get("failed", 0))
         ledger.job_created = True  # the job exists by now (a resumed CLEANING redoes its deletion)
-        await clean_up(run, ledger, failed=False)
+        await clean_up(run, ledger)
     except BaseException as error:
         reported = await _stop(run, ledger, machine, error)
+        if isinstance(reported, TopnError):
+            reported.reported_by_run = True  # `run.failed` said it
         if reported is error:
             raise
         raise reported from None
@@ -184,8 +199,8 @@ async def _run(
         submitting_s=ledger.stage_s.get("submitting", 0.0),
         running_s=ledger.stage_s.get("running", 0.0),
         collecting_s=ledger.stage_s.get("collecting", 0.0),
-        batch_requests=run.clients.requests.total(BATCH),
-        storage_requests=run.clients.requests.total(STORAGE),
+        batch_requests=run.requests.total(BATCH),
+        storage_requests=run.requests.total(STORAGE),
     )
     return summary
 
@@ -210,6 +225,18 @@ def _announce_start(run: RunContext, machine: RunStateMachine) -> None:
         )
 
 
+def leaves_run_resumable(error: BaseException) -> bool:
+    """Whether a run that stopped on `error` is left in place for `topn resume` (not finished).
+
+    A signal, a service that stopped answering and the run's deadline cost time, not the run: job,
+    pool and blobs stay, and the journal keeps the state reached.
+    """
+    leaf = first_leaf(error)
+    if isinstance(leaf, (anyio.get_cancelled_exc_class(), KeyboardInterrupt)):
+        return True
+    return isinstance(leaf, ServiceUnavailableError | RunDeadlineError)
+
+
 async def _stop(
     run: RunContext, ledger: RunLedger, machine: RunStateMachine, error: BaseException
 ) -> BaseException:
@@ -220,7 +247,7 @@ async def _stop(
     reached - so `topn resume` continues them. Returns the error to raise: ours as is, anything
     else explained (which service, which endpoint).
     """
-    leaf = submit.first_leaf(error) if isinstance(error, BaseExceptionGroup) else error
+    leaf = first_leaf(error)
     cancelled = isinstance(leaf, (anyio.get_cancelled_exc_class(), KeyboardInterrupt))
     if cancelled:
         log.warning(
@@ -232,9 +259,7 @@ async def _stop(
         return error
     with anyio.CancelScope(shield=True):
         reported = await explain(leaf, run.settings, run.started)
-        # A service that stopped answering, or the run's deadline, costs time, not the run: it is
-        # left in place (not cleaned up, not marked finished) for `topn resume`.
-        resumable = isinstance(reported, ServiceUnavailableError | RunDeadlineError)
+        resumable = leaves_run_resumable(reported)
         if resumable:
             reported = type(reported)(
                 f"{reported}. Once that is fixed, `topn resume {run.run_id}` continues this run"
@@ -256,7 +281,7 @@ async def _clean_up_failed_run(run: RunContext, ledger: RunLedger, machine: RunS
     try:
         if machine.state not in TERMINAL and machine.state != RunState.CLEANING:
             await machine.move(RunState.CLEANING)
-        await clean_up(run, ledger, failed=True)
+        await clean_up(run, ledger)
     except Exception as cleanup_error:  # clean-up must never hide the run's own error
         log.warning("cleanup.failed", error_type=type(cleanup_error).__name__, error=str(cleanup_error)[:300])
     if machine.state == RunState.CLEANING:

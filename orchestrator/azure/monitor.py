@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 from typing import Any, Protocol
 
 import anyio
@@ -18,8 +17,9 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 from azure.batch.models import BatchJob, BatchTask, BatchTaskCountsResult
 
+from orchestrator.azure.retry import RetryPolicy, retry_call
+from orchestrator.azure.states import job_state, task_succeeded
 from orchestrator.errors import RunFailedError
-from orchestrator.retry import RetryPolicy, retry_call
 
 log = structlog.get_logger()
 
@@ -32,7 +32,6 @@ BACKOFF_FACTOR = 1.5
 PROGRESS_EVENT_INTERVAL_S = 1.0
 # After this many polls without progress, check that the job itself is still active.
 IDLE_POLLS_BEFORE_JOB_CHECK = 5
-JOB_STATES_THAT_RUN_TASKS = frozenset({"active", "enabling", "disabling"})
 
 
 class MonitorClient(Protocol):
@@ -88,12 +87,11 @@ def outcome_of(task: BatchTask) -> TaskOutcome:
     """Success means result `success` and exit code 0; a node that never ran the task is a failure too."""
     info = task.execution_info
     exit_code = info.exit_code if info is not None else None
-    result = wire_value(info.result) if info is not None else None
     failure = info.failure_info if info is not None else None
     duration = None
     if info is not None and info.start_time is not None and info.end_time is not None:
         duration = max(0.0, (info.end_time - info.start_time).total_seconds())
-    succeeded = result == "success" and exit_code == 0 and failure is None
+    succeeded = task_succeeded(info) and exit_code == 0 and failure is None
     return TaskOutcome(
         task_id=str(task.id),
         succeeded=succeeded,
@@ -103,13 +101,6 @@ def outcome_of(task: BatchTask) -> TaskOutcome:
         node_id=task.node_info.node_id if task.node_info is not None else None,
         duration_s=duration,
     )
-
-
-def wire_value(value: object) -> str | None:
-    """An SDK enum or string as its wire text (`str()` of a str-Enum gives the member's name)."""
-    if value is None:
-        return None
-    return str(value.value) if isinstance(value, Enum) else str(value)
 
 
 def counts_of(result: BatchTaskCountsResult) -> Counts:
@@ -183,12 +174,13 @@ async def _check_job_still_runs(batch: MonitorClient, job_id: str, waiting: int,
     job = await retry_call(
         retry, "get_job", lambda: batch.get_job(job_id, select=["id", "state", "executionInfo"])
     )
-    state = wire_value(job.state)
-    if state in JOB_STATES_THAT_RUN_TASKS:
+    state = job_state(job)
+    if state.runs_tasks:
         return
     reason = job.execution_info.termination_reason if job.execution_info is not None else None
     raise RunFailedError(
-        f"job {job_id} is {state}{f' ({reason})' if reason else ''} with {waiting} task(s) not finished; "
+        f"job {job_id} is {state.value}{f' ({reason})' if reason else ''} "
+        f"with {waiting} task(s) not finished; "
         "they will never run. Check who stopped it, then run again"
     )
 

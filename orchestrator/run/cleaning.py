@@ -1,4 +1,7 @@
-"""CLEANING: delete what config says to (job, run blobs, pool), bounded and shielded from cancellation."""
+"""CLEANING: delete what config says to (job, run blobs), bounded and shielded from cancellation.
+
+The pool is not the run's: whether it goes after the run is the process shell's decision.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,15 @@ import contextlib
 import anyio
 from azure.core.exceptions import HttpResponseError
 
-from orchestrator import naming, staging
-from orchestrator.retry import retry_call
-from orchestrator.runcontext import RunContext, RunLedger
+from orchestrator import naming
+from orchestrator.azure import staging
+from orchestrator.azure.retry import retry_call
+from orchestrator.run.context import RunContext, RunLedger
+from orchestrator.settings import CLEANUP_TIMEOUT_S
 
-CLEANUP_TIMEOUT_S = 60.0
 
-
-async def clean_up(run: RunContext, ledger: RunLedger, *, failed: bool) -> None:
-    """Delete what config says to (job, run blobs, pool); a pool this run created and broke goes too."""
+async def clean_up(run: RunContext, ledger: RunLedger) -> None:
+    """Delete what config says to: the run's job and its blobs."""
     settings = run.settings.run
     with anyio.move_on_after(CLEANUP_TIMEOUT_S, shield=True):
         async with anyio.create_task_group() as group:
@@ -23,19 +26,12 @@ async def clean_up(run: RunContext, ledger: RunLedger, *, failed: bool) -> None:
                 group.start_soon(_delete_job, run)
             if settings.delete_run_blobs:
                 group.start_soon(_delete_run_blobs, run)
-            if run.settings.pool.delete_after_run or (failed and ledger.pool_created and ledger.pool_broken):
-                group.start_soon(_delete_pool, run)
 
 
 async def _delete_job(run: RunContext) -> None:
     # Start the deletion and move on: the service finishes it, nobody needs to wait.
     with contextlib.suppress(HttpResponseError):
         await retry_call(run.retry, "delete_job", lambda: run.batch.begin_delete_job(run.job_id))
-
-
-async def _delete_pool(run: RunContext) -> None:
-    with contextlib.suppress(HttpResponseError):
-        await retry_call(run.retry, "delete_pool", lambda: run.batch.begin_delete_pool(run.settings.pool.id))
 
 
 async def _delete_run_blobs(run: RunContext) -> None:

@@ -24,8 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import structlog
 
-from orchestrator import local
+from orchestrator.azure.clients import accepts_connections, endpoint_port
 from orchestrator.errors import ConfigError, ServiceUnavailableError, UsageError
+from orchestrator.local import processes
 from orchestrator.settings import Settings
 
 log = structlog.get_logger()
@@ -82,14 +83,6 @@ def write_recorded(settings: Settings, services: dict[str, RecordedService]) -> 
     temporary.replace(path)
 
 
-def endpoint_port(endpoint: str) -> int:
-    """The endpoint's port (0 means "not chosen yet")."""
-    parts = urlsplit(endpoint)
-    if parts.port is not None:
-        return parts.port
-    return 443 if parts.scheme == "https" else 80
-
-
 def with_port(endpoint: str, announced: str) -> str:
     """`endpoint` with the scheme, host and port of the `announced` one, keeping the configured path."""
     configured, actual = urlsplit(endpoint), urlsplit(announced)
@@ -98,17 +91,7 @@ def with_port(endpoint: str, announced: str) -> str:
 
 async def is_serving(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """True when something accepts TCP connections at the endpoint's host and port."""
-    parts = urlsplit(endpoint)
-    if not parts.hostname or endpoint_port(endpoint) == 0:
-        return False
-    with anyio.move_on_after(timeout_s):
-        try:
-            stream = await anyio.connect_tcp(parts.hostname, endpoint_port(endpoint))
-        except OSError:
-            return False
-        await stream.aclose()
-        return True
-    return False
+    return await accepts_connections(endpoint, timeout_s)
 
 
 def check_emulator_key(settings: Settings) -> None:
@@ -119,7 +102,7 @@ def check_emulator_key(settings: Settings) -> None:
     it would put it on a process command line, readable by every user of the machine, and make any
     key look right; so local mode refuses it and says how to proceed.
     """
-    if settings.batch.account_key not in (None, local.EMULATOR_ACCOUNT_KEY):
+    if settings.batch.account_key not in (None, processes.EMULATOR_ACCOUNT_KEY):
         raise ConfigError(
             "TOPN_BATCH_ACCOUNT_KEY is set, but local mode starts the Batch emulator with its public "
             "development key (the one config/local.toml holds). Unset TOPN_BATCH_ACCOUNT_KEY for local "
@@ -127,21 +110,23 @@ def check_emulator_key(settings: Settings) -> None:
         )
 
 
-async def _start(settings: Settings, name: str, port: int, detached: bool) -> local.ServiceProcess:
+async def _start(settings: Settings, name: str, port: int, detached: bool) -> processes.ServiceProcess:
     base = local_dir(settings)
     try:
         if name == AZURITE:
-            return await local.start_azurite(base / "azurite", base / "logs", port=port, detached=detached)
+            return await processes.start_azurite(
+                base / "azurite", base / "logs", port=port, detached=detached
+            )
         check_emulator_key(settings)
-        return await local.start_emulator(
+        return await processes.start_emulator(
             base / "emulator",
             base / "logs",
             port=port,
             account_name=settings.batch.account_name,
-            account_key=local.EMULATOR_ACCOUNT_KEY,
+            account_key=processes.EMULATOR_ACCOUNT_KEY,
             detached=detached,
         )
-    except local.LocalServiceError as exc:
+    except processes.LocalServiceError as exc:
         raise ServiceUnavailableError(f"local mode could not start {name}: {exc}") from None
 
 
@@ -160,9 +145,10 @@ async def _find_serving(settings: Settings, name: str) -> str | None:
     configured = _configured(settings, name)
     if endpoint_port(configured) != 0:
         return configured if await is_serving(configured) else None
-    recorded = read_recorded(settings).get(name)
+    recorded = (await anyio.to_thread.run_sync(read_recorded, settings)).get(name)
     # The recorded process must still be ours: after a reboot its port may belong to something else.
-    if recorded is not None and _is_our_process(recorded) and await is_serving(recorded.endpoint):
+    ours = recorded is not None and await anyio.to_thread.run_sync(_is_our_process, recorded)
+    if recorded is not None and ours and await is_serving(recorded.endpoint):
         return with_port(configured, recorded.endpoint)
     return None
 
@@ -179,7 +165,7 @@ async def ensure_services(settings: Settings, stack: AsyncExitStack) -> Settings
         check_emulator_key(settings)  # before anything is started
     if None in serving.values():
         # Taken before starting and released after the services below are stopped.
-        stack.callback(acquire_start_lock(settings).close)
+        stack.callback((await anyio.to_thread.run_sync(acquire_start_lock, settings)).close)
     for name, endpoint in serving.items():
         if endpoint is None:
             configured = _configured(settings, name)
@@ -219,8 +205,8 @@ def acquire_start_lock(settings: Settings) -> TextIO:
     return handle
 
 
-async def _stop_child(service: local.ServiceProcess) -> None:
-    status = await local.stop_service(service, STOP_GRACE_S)
+async def _stop_child(service: processes.ServiceProcess) -> None:
+    status = await processes.stop_service(service, STOP_GRACE_S)
     log.info("local.service_stopped", service=service.name, pid=service.pid, exit_status=status)
 
 
@@ -288,14 +274,14 @@ async def local_down(settings: Settings) -> list[RecordedService]:
     for service in read_recorded(settings).values():
         if not _alive(service.pid) or not _is_our_process(service):
             continue
-        local.signal_pid(service.pid, signal.SIGTERM)
+        processes.signal_pid(service.pid, signal.SIGTERM)
         # Another process's pid gives no event to wait on: poll it, for at most the grace period.
         for _ in range(int(STOP_GRACE_S / POLL_S)):
             if not (_alive(service.pid) and _is_our_process(service)):
                 break
             await anyio.sleep(POLL_S)
         if _alive(service.pid) and _is_our_process(service):
-            local.signal_pid(service.pid, signal.SIGKILL)
+            processes.signal_pid(service.pid, signal.SIGKILL)
         stopped.append(service)
         log.info("local.service_stopped", service=service.name, pid=service.pid, exit_status=None)
     services_file(settings).unlink(missing_ok=True)

@@ -18,10 +18,12 @@ from azure.batch.models import (
 )
 from azure.core.exceptions import HttpResponseError
 
-from orchestrator import naming, renewal, submit
-from orchestrator.preparing import Prepared
-from orchestrator.retry import error_code_of, retry_call
-from orchestrator.runcontext import RunContext, RunLedger
+from orchestrator import naming
+from orchestrator.azure import submit
+from orchestrator.azure.retry import error_code_of, retry_call
+from orchestrator.run import renewal
+from orchestrator.run.context import RunContext, RunLedger
+from orchestrator.run.preparing import Prepared
 
 log = structlog.get_logger()
 

@@ -78,13 +78,14 @@ def error_code_of(exc: BaseException) -> str | None:
         if isinstance(code, str):
             return code
         if exc.response is not None:
-            header = _headers_of(exc).get("x-ms-error-code")
+            header = response_headers(exc).get("x-ms-error-code")
             if header:
                 return str(header)
     return None
 
 
-def _headers_of(exc: HttpResponseError) -> Mapping[str, str]:
+def response_headers(exc: HttpResponseError) -> Mapping[str, str]:
+    """The error response's headers, names lower-cased."""
     # The SDK's response protocol types do not declare `headers`, though every transport has them.
     # Lower-cased here so the lookups below do not depend on the transport's header mapping.
     headers = getattr(exc.response, "headers", None) or {}
@@ -126,7 +127,7 @@ def retry_after_s(exc: BaseException) -> float | None:
     """The delay the service asked for (Retry-After, retry-after-ms, x-ms-retry-after-ms), if any."""
     if not isinstance(exc, HttpResponseError) or exc.response is None:
         return None
-    headers = _headers_of(exc)
+    headers = response_headers(exc)
     for millisecond_header in ("retry-after-ms", "x-ms-retry-after-ms"):
         raw = headers.get(millisecond_header)
         if raw:

@@ -9,6 +9,7 @@ whose start task failed (`wait_until_usable(..., reboot_failed_nodes=True)`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -36,15 +37,15 @@ from azure.batch.models._models import BatchNodeRebootOptions  # not exported (S
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.polling import AsyncLROPoller
 
+from orchestrator.azure.monitor import next_poll_interval
+from orchestrator.azure.retry import RetryPolicy, error_code_of, retry_call
+from orchestrator.azure.sas import CLOCK_SKEW, utc_now
+from orchestrator.azure.states import NodeState, allocation_steady, node_state
 from orchestrator.errors import PoolError
-from orchestrator.monitor import next_poll_interval, wire_value
-from orchestrator.retry import RetryPolicy, error_code_of, retry_call
-from orchestrator.sas import CLOCK_SKEW, utc_now
 from orchestrator.settings import PoolSettings
 
 log = structlog.get_logger()
 
-USABLE_STATES = frozenset({"idle", "running"})
 START_TASK_STDERR = "startup/stderr.txt"
 STDERR_TAIL_BYTES = 2048
 POOL_POLL_MIN_S = 0.25
@@ -56,6 +57,27 @@ NODE_SCRIPT_FILE = "node.pyz"
 SCRIPT_METADATA = "topn-node-script"
 SCRIPT_SINCE_METADATA = "topn-node-script-since"
 RenewalReason = Literal["expiring", "other_script"]
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a pool can run at once, as last seen: usable nodes and their task slots."""
+
+    usable_nodes: int
+    slots: int
+
+
+@dataclass(frozen=True)
+class PoolHandle:
+    """What a run needs of the kept pool: its id, and the node script URL a task must bring, if any."""
+
+    pool_id: str
+    # Set when the pool's nodes may hold another node script: each task then downloads this one.
+    task_script_url: str | None
+
+
+class PoolDeleter(Protocol):
+    def begin_delete_pool(self, pool_id: str, **kwargs: Any) -> Awaitable[AsyncLROPoller[None]]: ...
 
 
 class PoolClient(Protocol):
@@ -138,6 +160,12 @@ async def ensure_pool(
             f"cannot create pool {settings.id}: {error_code_of(error)} ({error.status_code})"
         ) from None
     return True
+
+
+async def delete_pool(batch: PoolDeleter, pool_id: str, retry: RetryPolicy) -> None:
+    """Start deleting a pool and move on: the service finishes it; a pool already gone is fine."""
+    with contextlib.suppress(HttpResponseError):
+        await retry_call(retry, "delete_pool", lambda: batch.begin_delete_pool(pool_id))
 
 
 # -- a kept pool's start task ---------------------------------------------------------------------
@@ -340,9 +368,9 @@ async def reboot_node(batch: PoolClient, pool_id: str, node_id: str, reason: str
 
 def classify_nodes(nodes: Sequence[BatchNode]) -> tuple[list[BatchNode], list[BatchNode], list[BatchNode]]:
     """(usable, start task failed, unusable) nodes of a listing."""
-    usable = [node for node in nodes if wire_value(node.state) in USABLE_STATES]
-    start_failed = [node for node in nodes if wire_value(node.state) == "starttaskfailed"]
-    unusable = [node for node in nodes if wire_value(node.state) == "unusable"]
+    usable = [node for node in nodes if node_state(node).usable]
+    start_failed = [node for node in nodes if node_state(node) == NodeState.START_TASK_FAILED]
+    unusable = [node for node in nodes if node_state(node) == NodeState.UNUSABLE]
     return usable, start_failed, unusable
 
 
@@ -408,7 +436,7 @@ async def wait_until_usable(
                     )
                 if not nodes:
                     await _check_allocation(batch, pool_id, retry)
-                states = tuple(sorted(str(wire_value(node.state)) for node in nodes))
+                states = tuple(sorted(str(node.state) for node in nodes))
                 interval = next_poll_interval(
                     interval, states != last_states, POOL_POLL_MIN_S, POOL_POLL_MAX_S
                 )
@@ -424,11 +452,11 @@ async def wait_until_usable(
 async def _check_allocation(batch: PoolClient, pool_id: str, retry: RetryPolicy) -> None:
     """A pool with no nodes and a resize error will never get any: say why instead of waiting."""
     pool = await retry_call(retry, "get_pool", lambda: batch.get_pool(pool_id))
-    if pool.resize_errors and wire_value(pool.allocation_state) == "steady":
+    if pool.resize_errors and allocation_steady(pool):
         error = pool.resize_errors[0]
         raise PoolError(f"pool {pool_id} could not allocate nodes: {error.code}: {error.message}")
     if (
-        wire_value(pool.allocation_state) == "steady"
+        allocation_steady(pool)
         and not pool.enable_auto_scale
         and (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0) == 0
     ):

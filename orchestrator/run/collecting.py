@@ -11,11 +11,12 @@ import anyio
 import structlog
 from azure.core.exceptions import HttpResponseError
 
-from orchestrator import collect, monitor, naming, submit
+from orchestrator import naming
+from orchestrator.azure import collect, monitor, submit
+from orchestrator.files import file_stat
 from orchestrator.journal import outcome_succeeded
-from orchestrator.localfiles import file_stat
 from orchestrator.results import FileCounts, failure_details, file_entry, top_of
-from orchestrator.runcontext import FileResult, RunContext, RunLedger
+from orchestrator.run.context import FileResult, RunContext, RunLedger
 
 log = structlog.get_logger()
 
@@ -96,7 +97,10 @@ async def _settle_recorded_task(
             ledger.results[index] = FileResult(
                 file_entry(relpath, task_id=task_id, succeeded=False, error=details), succeeded=False
             )
-        elif saved is not None and file_stat(Path(saved.local_path))[0] == saved.size_bytes:
+        elif (
+            saved is not None
+            and (await anyio.to_thread.run_sync(file_stat, Path(saved.local_path)))[0] == saved.size_bytes
+        ):
             # Saved already: its counts come from the counts blob, the file is not fetched again.
             counts = await collect.read_counts(run.blobs, run.output_container, relpath, run.retry)
             _add_success(run, ledger, index, task_id, counts)

@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.errors import RunFailedError
 from orchestrator.results import build_summary, read_summary, summary_path
-from orchestrator.runcontext import RunContext, RunLedger
+from orchestrator.run.context import RunContext, RunLedger
 
 
 def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[str, Any]:
@@ -21,10 +21,10 @@ def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[st
         "words": sum(int(result.entry["words"] or 0) for result in succeeded),
         "invalid_bytes": sum(int(result.entry.get("invalid_bytes") or 0) for result in succeeded),
         "distinct_words": len(ledger.counts.totals),
-        "bytes": sum(item.size_bytes for item in run.inputs),
+        "bytes": sum(item.size_bytes for item in ledger.current_inputs(run.inputs)),
         "duration_s": round(time.monotonic() - run.started, 3),
         "stages_s": dict(ledger.stage_s),
-        "requests": run.clients.requests.snapshot(),
+        "requests": run.requests.snapshot(),
         "job_id": run.job_id,
         "pool_id": run.settings.pool.id,
     }

@@ -19,8 +19,8 @@ import anyio
 from azure.batch.models import BatchCreateTaskCollectionResult, BatchTaskCreateOptions, BatchTaskGroup
 from azure.core.exceptions import HttpResponseError
 
-from orchestrator.errors import RunFailedError
-from orchestrator.retry import RetryPolicy, backoff_delay_s, error_code_of, retry_call, status_code_of
+from orchestrator.azure.retry import RetryPolicy, backoff_delay_s, error_code_of, retry_call, status_code_of
+from orchestrator.errors import RunFailedError, first_leaf
 
 MAX_TASKS_PER_REQUEST = 100
 # The service refuses bodies of 1 MB or more; keep a margin for the envelope and rounding.
@@ -137,12 +137,6 @@ async def submit_tasks(
     except BaseExceptionGroup as errors:
         raise first_leaf(errors) from None
     return report
-
-
-def first_leaf(errors: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real error inside a (nested) exception group: what a task group's caller reports."""
-    first = errors.exceptions[0]
-    return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def check_results(

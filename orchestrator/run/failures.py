@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
-import anyio
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-from orchestrator import submit
+from orchestrator.azure import submit
+from orchestrator.azure.clients import accepts_connections
 from orchestrator.errors import RunFailedError, ServiceUnavailableError, TopnError
 from orchestrator.settings import Settings
 
@@ -70,13 +70,8 @@ def _service_named_in(settings: Settings, text: str) -> tuple[str, str] | None:
 async def _unreachable_service(settings: Settings) -> tuple[str, str] | None:
     """The first service that refuses a TCP connection now (a quick probe, after the fact)."""
     for service, endpoint in _services(settings):
-        parts = urlsplit(endpoint)
-        if parts.hostname is None:
+        if urlsplit(endpoint).hostname is None:
             continue
-        try:
-            with anyio.fail_after(PROBE_TIMEOUT_S):
-                stream = await anyio.connect_tcp(parts.hostname, parts.port or 443)
-            await stream.aclose()
-        except (OSError, TimeoutError):
+        if not await accepts_connections(endpoint, PROBE_TIMEOUT_S):
             return service, endpoint
     return None

@@ -101,7 +101,7 @@ class ServiceProcess:
 
 def project_root() -> Path:
     """The checkout this package runs from (holds package.json and node_modules/)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def azurite_command(azurite_bin: Path, location: Path, host: str = "127.0.0.1", port: int = 0) -> list[str]:

@@ -23,13 +23,25 @@ def file_mtime_ns(path: Path) -> int:
         return 0
 
 
+READ_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def read_md5(path: Path, keep_up_to: int = 0) -> tuple[bytes | None, bytes]:
+    """A file's MD5 in one pass, and its bytes too when there are at most `keep_up_to` (else None)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as stream:
+        head = stream.read(keep_up_to + 1)
+        digest.update(head)
+        if len(head) <= keep_up_to:
+            return head, digest.digest()
+        for chunk in iter(lambda: stream.read(READ_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return None, digest.digest()
+
+
 def file_md5_hex(path: Path) -> str | None:
     """The MD5 of a file's bytes, or None when it cannot be read."""
-    digest = hashlib.md5(usedforsecurity=False)
     try:
-        with path.open("rb") as stream:
-            for chunk in iter(lambda: stream.read(4 * 1024 * 1024), b""):
-                digest.update(chunk)
+        return read_md5(path)[1].hex()
     except OSError:
         return None
-    return digest.hexdigest()

@@ -15,10 +15,11 @@ import structlog
 from azure.batch.models import BatchJobConstraints, BatchJobUpdateOptions
 from azure.core.exceptions import ResourceNotFoundError
 
-from orchestrator import monitor, resume
-from orchestrator.retry import retry_call
-from orchestrator.runcontext import RunContext
-from orchestrator.staging import SasMinter
+from orchestrator.azure.retry import retry_call
+from orchestrator.azure.staging import SasMinter
+from orchestrator.azure.states import TaskState, task_state
+from orchestrator.run import resume
+from orchestrator.run.context import RunContext
 
 log = structlog.get_logger()
 
@@ -46,9 +47,9 @@ async def renew_expiring_tasks(run: RunContext, deadline_at: datetime) -> tuple[
     if not resume.sas_expire_before(record.sas_expiries, deadline_at):
         return [], any(task_id in submitted_before for task_id in awaited)
 
-    async def listing() -> dict[str, str]:
+    async def listing() -> dict[str, TaskState]:
         found = run.batch.list_tasks(run.job_id, select=["id", "state"])
-        return {str(task.id): monitor.wire_value(task.state) or "" async for task in found}
+        return {str(task.id): task_state(task) async for task in found}
 
     states = await retry_call(run.retry, "list_tasks", listing)
     plan = resume.plan_sas_refresh(awaited, states)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -11,13 +13,27 @@ from azure.batch.aio import BatchClient
 from azure.storage.blob.aio import BlobServiceClient
 
 from orchestrator import naming
-from orchestrator.clients import Clients
+from orchestrator.azure.clients import Clients, RequestCounter
+from orchestrator.azure.pool import Capacity, PoolHandle
+from orchestrator.azure.retry import RetryPolicy
+from orchestrator.files import file_mtime_ns
 from orchestrator.inputs import InputFile
 from orchestrator.journal import Journal, JournalInput, RunRecord
-from orchestrator.localfiles import file_mtime_ns
 from orchestrator.results import RunCounts
-from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
+
+
+class PoolSupply(Protocol):
+    """The pool as a run may use it (the process's pool keeper): never created, changed or deleted here."""
+
+    @property
+    def pool_id(self) -> str: ...
+
+    async def ensure(self, needed_until: datetime) -> PoolHandle: ...
+
+    async def wait_usable(self) -> Capacity: ...
+
+    def planned_slots(self) -> int: ...
 
 
 class ProgressSink(Protocol):
@@ -36,9 +52,9 @@ class RunContext:
 
     settings: Settings
     clients: Clients
-    # One list shared by the stages: a resumed run corrects the size of an input that changed
-    # before its task was submitted (it is uploaded again, and the summary counts what it is now).
-    inputs: list[InputFile]
+    pool: PoolSupply
+    requests: RequestCounter  # this run's requests only (the clients may serve other runs too)
+    inputs: tuple[InputFile, ...]
     out_dir: Path
     run_id: str
     journal: Journal | None
@@ -79,16 +95,22 @@ class RunLedger:
     """What the run has done so far: what it created, how long each stage took, each file's result."""
 
     stage_s: dict[str, float] = field(default_factory=dict)
-    pool_created: bool = False
     job_created: bool = False
     job_is_new: bool = True  # False when a resumed run found its job still there
     results: dict[int, FileResult] = field(default_factory=dict)  # by input index
+    # A resumed run's inputs that changed before their task was submitted, by index: uploaded again
+    # and counted at their size now.
+    resized_inputs: dict[int, int] = field(default_factory=dict)
     counts: RunCounts = field(default_factory=RunCounts)
 
-    @property
-    def pool_broken(self) -> bool:
-        """Whether provisioning never finished (a pool this run created then goes in clean-up)."""
-        return "provisioning" not in self.stage_s
+    def current_inputs(self, inputs: Sequence[InputFile]) -> list[InputFile]:
+        """The run's inputs with the sizes they have now."""
+        return [
+            dataclasses.replace(item, size_bytes=self.resized_inputs[index])
+            if index in self.resized_inputs
+            else item
+            for index, item in enumerate(inputs)
+        ]
 
     def failed_files(self) -> int:
         return sum(1 for result in self.results.values() if not result.succeeded)
@@ -100,6 +122,7 @@ def new_run_context(
     clients: Clients,
     out_dir: Path,
     *,
+    pool: PoolSupply,
     run_id: str,
     journal: Journal | None,
     progress: ProgressSink | None,
@@ -108,7 +131,7 @@ def new_run_context(
     started: float,
 ) -> RunContext:
     """The context of a run: its names, and its work units (a resumed run's own, never a new plan)."""
-    inputs = list(inputs)
+    inputs = tuple(inputs)
     prefix = settings.storage.container_prefix
     if resume is not None:
         task_ids = list(resume.task_ids)
@@ -116,11 +139,9 @@ def new_run_context(
         by_task = resume.inputs_by_task
         units = [[index_of[item.relpath] for item in by_task[task_id]] for task_id in task_ids]
     else:
-        pool_settings = settings.pool
-        slots = max(1, pool_settings.dedicated_nodes + pool_settings.low_priority_nodes)
         units = naming.plan_work_units(
             [item.size_bytes for item in inputs],
-            slots * pool_settings.task_slots_per_node,
+            pool.planned_slots(),
             command_chars=[naming.command_chars(item.relpath) for item in inputs],
             max_files_per_unit=max_files_per_task,
         )
@@ -128,6 +149,8 @@ def new_run_context(
     return RunContext(
         settings=settings,
         clients=clients,
+        pool=pool,
+        requests=RequestCounter(),
         inputs=inputs,
         out_dir=out_dir,
         run_id=run_id,

@@ -1,0 +1,1 @@
+"""Thin operations over the Azure SDKs: clients, retry, SAS, blobs, pool, submit, monitor, collect."""

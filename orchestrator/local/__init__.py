@@ -1,0 +1,1 @@
+"""Azurite and the Batch emulator as child processes (local mode)."""

@@ -1,0 +1,51 @@
+"""Provisioning, half of PREPARING: the pool from the keeper → the run's job → usable nodes.
+
+The run never creates, changes or deletes the pool: the process's pool keeper does (and stages the
+node script its start task brings). The job is created while the nodes boot, so tasks can queue.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+
+from azure.batch.models import BatchJobConstraints, BatchJobCreateOptions, BatchPoolInfo
+from azure.core.exceptions import ResourceExistsError
+
+from orchestrator.azure.retry import retry_call
+from orchestrator.run.context import RunContext, RunLedger
+
+
+async def provision(run: RunContext, ledger: RunLedger, needed_until: datetime) -> str | None:
+    """The pool's handle, this run's job, a usable node.
+
+    `needed_until` is when the run's SAS end: a node that joins or reboots until then runs the start
+    task. Returns the node script's URL when each task must bring it along, else None.
+    """
+    started = time.monotonic()
+    handle = await run.pool.ensure(needed_until)
+    await _create_job(run, ledger, handle.pool_id)  # tasks may queue while the nodes boot
+    await run.pool.wait_usable()
+    ledger.stage_s["provisioning"] = round(time.monotonic() - started, 3)
+    return handle.task_script_url
+
+
+async def _create_job(run: RunContext, ledger: RunLedger, pool_id: str) -> None:
+    settings = run.settings.run
+    job = BatchJobCreateOptions(
+        id=run.job_id,
+        pool_info=BatchPoolInfo(pool_id=pool_id),
+        # noaction until every task is added: a job with zero tasks counts as complete.
+        all_tasks_complete_mode="noaction",
+        constraints=BatchJobConstraints(
+            max_wall_clock_time=timedelta(seconds=settings.run_timeout_s),
+            max_task_retry_count=settings.task_max_retries,
+        ),
+    )
+    # JobExists means a resumed run: the job is ours (its id holds our run id).
+    try:
+        await retry_call(run.retry, "create_job", lambda: run.batch.create_job(job))
+        ledger.job_is_new = True
+    except ResourceExistsError:
+        ledger.job_is_new = False
+    ledger.job_created = True

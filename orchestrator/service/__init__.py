@@ -1,0 +1,1 @@
+"""The process shell: services, clients, credential check, journal, signals; the pool keeper."""
