@@ -192,7 +192,11 @@ def select_properties(request: web.Request) -> list[str] | None:
     value = query_value(request, "$select")
     if not value:
         return None
-    return [name.strip() for name in value.split(",") if name.strip()]
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    wire = request.get(WIRE)
+    if wire is not None and not wire.adapter.is_current:
+        names = [wire.adapter.current_name(name) for name in names]
+    return names
 
 
 def apply_select(body: dict[str, Any], selected: list[str] | None) -> dict[str, Any]:

@@ -217,13 +217,13 @@ def conform(body: Any, schema: Schema, prefix: str = "", what: str = "request bo
             continue  # a JSON null means "not set" to the service
         name = prefix + key
         rule = schema.get(key)
+        if (rule is None or isinstance(rule, Refused)) and _is_empty(value):
+            continue  # an empty list, empty object or false asks for nothing (older clients send some)
         if rule is None:
             raise invalid_property(
                 name, f"is not a property of a {what} in api-version {API_VERSION} (or it is not emulated)"
             )
         if isinstance(rule, Refused):
-            if _is_empty(value):
-                continue  # an empty list or false asks for nothing
             raise invalid_property(name, rule.reason)
         result[key] = _conform_value(value, rule, name, what)
     return result

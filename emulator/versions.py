@@ -288,7 +288,12 @@ STEPS: tuple[VersionStep, ...] = (
         "`preProcessingError`; no low-priority nodes, `isDedicated` or `outputFiles`",
         _dedicated_up,
         _dedicated_down,
-        {"targetDedicatedNodes": "targetDedicated", "preProcessingError": "schedulingError"},
+        {
+            "targetDedicatedNodes": "targetDedicated",
+            "currentDedicatedNodes": "currentDedicated",
+            "resizeErrors": "resizeError",
+            "preProcessingError": "schedulingError",
+        },
     ),
     VersionStep(
         "2017-06-01.5.1",
@@ -389,6 +394,14 @@ class WireAdapter:
         for step in reversed(self.steps):
             segments = [step.renamed.get(segment, segment) for segment in segments]
         return ".".join(segments)
+
+    def current_name(self, path: str) -> str:
+        """A property path an old client names (in `$select`) as the current shape calls it."""
+        segments = path.split("/")
+        for step in self.steps:
+            renamed = {old: new for new, old in step.renamed.items()}
+            segments = [renamed.get(segment, segment) for segment in segments]
+        return "/".join(segments)
 
     def error(self, error: ServiceError) -> ServiceError:
         """The error with its `PropertyName` detail in this version's names."""

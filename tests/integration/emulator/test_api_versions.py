@@ -142,6 +142,10 @@ async def test_tutorial_era_client_reads_back_what_it_wrote(
         assert newer not in pool
     assert pool["startTask"]["runElevated"] is True and "userIdentity" not in pool["startTask"]
     assert pool["startTask"]["resourceFiles"] == [{"blobSource": script_url, "filePath": "words.txt"}]
+    selected = await http.ok(
+        "GET", f"/pools/{pool_id}", query={"$select": "id,targetDedicated,currentDedicated"}
+    )
+    assert selected == {"id": pool_id, "targetDedicated": 1, "currentDedicated": 1}
 
     nodes: list[dict[str, Any]] = []
 
@@ -199,3 +203,86 @@ async def test_tutorial_era_client_reads_back_what_it_wrote(
 
     await http.ok("DELETE", f"/jobs/{job_id}")
     await http.ok("DELETE", f"/pools/{pool_id}")
+
+
+async def test_cli_numbers_as_strings_create_and_resize_a_pool(
+    batch_emulator: BatchEndpoint, session: aiohttp.ClientSession
+) -> None:
+    http = SignedHttp(batch_emulator, session, TRACK1_AND_CLI)
+    pool_id = unique("pool")
+    base = {"id": pool_id, "vmSize": "standard_d2s_v3", "virtualMachineConfiguration": vm_configuration()}
+    status, error = await http.call("POST", "/pools", {**base, "targetDedicatedNodes": "one"})
+    assert (status, error["code"]) == (400, "InvalidPropertyValue")
+    assert {"key": "PropertyName", "value": "targetDedicatedNodes"} in error["values"]
+    status, error = await http.call(
+        "POST", "/pools", {**base, "mountConfiguration": [{"nfsMountConfiguration": {}}]}
+    )
+    assert status == 400 and {"key": "PropertyName", "value": "mountConfiguration"} in error["values"]
+
+    await http.ok(
+        "POST", "/pools", {**base, "targetDedicatedNodes": "1", "enableInterNodeCommunication": "false"}
+    )
+    pool = await wait_pool_nodes(http, pool_id, "currentDedicatedNodes", 1)
+    assert pool["targetDedicatedNodes"] == 1 and pool["enableInterNodeCommunication"] is False
+    await http.ok("POST", f"/pools/{pool_id}/resize", {"targetDedicatedNodes": "2"})
+    await wait_pool_nodes(http, pool_id, "currentDedicatedNodes", 2)
+    await http.ok("DELETE", f"/pools/{pool_id}")
+
+
+@pytest.mark.parametrize(
+    ("version", "shape"),
+    [
+        ("2017-06-01.5.1", "bare+validation"),
+        ("2019-08-01.10.0", "bare"),
+        (JS_CLIENT, "slots"),
+        (CURRENT, "slots"),
+    ],
+)
+async def test_task_counts_take_each_versions_shape(
+    batch_emulator: BatchEndpoint, session: aiohttp.ClientSession, version: str, shape: str
+) -> None:
+    http = SignedHttp(batch_emulator, session, version)
+    job_id = unique("job")
+    await http.ok("POST", "/jobs", {"id": job_id, "poolInfo": {"poolId": unique("nopool")}})
+    await http.ok("POST", f"/jobs/{job_id}/tasks", {"id": "waits", "commandLine": "/bin/true"})
+    counts = await http.ok("GET", f"/jobs/{job_id}/taskcounts")
+    expected = {"active": 1, "running": 0, "completed": 0, "succeeded": 0, "failed": 0}
+    if shape == "slots":
+        assert counts["taskCounts"] == expected and counts["taskSlotCounts"]["active"] == 1
+    else:
+        assert {key: counts.pop(key) for key in expected} == expected
+        assert counts == ({"validationStatus": "validated"} if shape == "bare+validation" else {})
+    await http.ok("DELETE", f"/jobs/{job_id}")
+
+
+async def test_2019_era_pool_keeps_its_slots_name_and_start_task_default(
+    batch_emulator: BatchEndpoint, session: aiohttp.ClientSession
+) -> None:
+    http = SignedHttp(batch_emulator, session, "2019-08-01.10.0")
+    old = SignedHttp(batch_emulator, session, "2019-06-01.9.0")
+    pool_id = unique("pool")
+    start_task = {
+        "commandLine": "/bin/true",
+        "resourceFiles": [{"httpUrl": "http://127.0.0.1:9/x", "filePath": "x"}],
+    }
+    for client, name in ((http, pool_id), (old, pool_id + "-old")):
+        await client.ok(
+            "POST",
+            "/pools",
+            {
+                "id": name,
+                "vmSize": "standard_d2s_v3",
+                "virtualMachineConfiguration": vm_configuration(),
+                "maxTasksPerNode": 3,
+                "startTask": start_task,
+            },
+        )
+    pool = await http.ok("GET", f"/pools/{pool_id}")
+    assert pool["maxTasksPerNode"] == 3 and "taskSlotsPerNode" not in pool
+    assert pool["startTask"]["resourceFiles"] == start_task["resourceFiles"]
+    assert pool["startTask"]["waitForSuccess"] is True  # the default from 2019-08-01.10.0 on
+    assert (await old.ok("GET", f"/pools/{pool_id}-old"))["startTask"]["waitForSuccess"] is False
+    current = await SignedHttp(batch_emulator, session, CURRENT).ok("GET", f"/pools/{pool_id}")
+    assert current["taskSlotsPerNode"] == 3
+    for name in (pool_id, pool_id + "-old"):
+        await http.ok("DELETE", f"/pools/{name}")

@@ -80,6 +80,7 @@ def test_nulls_are_unset_and_unknown_or_refused_properties_are_named() -> None:
     }
     assert schema.conform({"a": None, "b": [None, {"c": "4"}], "r": []}, rule) == {"b": [{"c": 4}]}
     assert refused_name(lambda: schema.conform({"z": 1}, rule)) == "z"
+    assert schema.conform({"certificateReferences": [], "r": {}, "z": False}, rule) == {}
     assert refused_name(lambda: schema.conform({"b": [{"d": 1}]}, rule)) == "b.d"
     with pytest.raises(ServiceError) as refused:
         schema.conform({"r": {"x": 1}}, rule)

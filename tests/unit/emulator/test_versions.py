@@ -139,6 +139,13 @@ def test_errors_from_the_current_shape_name_the_old_properties() -> None:
     }
 
 
+def test_selected_names_are_read_in_the_current_shape() -> None:
+    adapter = adapter_for(TUTORIAL_ERA)
+    assert adapter.current_name("targetDedicated") == "targetDedicatedNodes"
+    assert adapter.current_name("maxTasksPerNode") == "taskSlotsPerNode"
+    assert adapter_for("2025-06-01").current_name("targetDedicated") == "targetDedicated"
+
+
 def test_answers_take_each_versions_shape() -> None:
     pool = {
         "id": "p",
