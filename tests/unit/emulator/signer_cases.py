@@ -51,6 +51,7 @@ def request_cases(api_version: str) -> list[RequestCase]:
 
     return [
         case("GET", f"/pools?{version}&maxresults=2"),
+        case("GET", f"/jobs?{version}&%24select=&maxresults=5"),  # a blank value: only JS signs it
         case("GET", f"/jobs/j1/tasks?{version}&%24filter=state%20eq%20%27completed%27&%24select=id%2Cstate"),
         case("HEAD", f"/pools/p1?{version}"),
         case("POST", f"/pools?{version}", '{"id":"p1","vmSize":"standard_d2s_v3","targetDedicatedNodes":1}'),

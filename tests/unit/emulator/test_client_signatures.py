@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from emulator.auth import decode_account_key, verify_shared_key
+from emulator.auth import CANONICALIZATIONS, decode_account_key, sign, string_to_sign, verify_shared_key
 from tests.unit.emulator.signer_cases import ACCOUNT, CLIENT_API_VERSIONS, KEY, OTHER_KEY, SignedRequest
 
 VECTORS: list[SignedRequest] = json.loads(
@@ -89,3 +89,34 @@ def test_tutorial_sdk_signs_file_paths_with_decoded_separators() -> None:
     assert {v["client"] for v in file_requests} == set(CLIENT_API_VERSIONS)
     for vector in file_requests:
         assert verify(vector), label(vector)
+
+
+def matching_forms(vector: SignedRequest) -> set[str]:
+    """The names of the canonical forms under which the vector's signature is right."""
+    parts = urlsplit(vector["url"])
+    signature = vector["headers"].get("authorization") or vector["headers"]["Authorization"]
+    headers = list(vector["headers"].items())
+    return {
+        form.clients
+        for form in CANONICALIZATIONS
+        if "SharedKey "
+        + ACCOUNT
+        + ":"
+        + sign(
+            decode_account_key(KEY),
+            string_to_sign(vector["method"], parts.path, parts.query, headers, ACCOUNT, form),
+        )
+        == signature
+    }
+
+
+def test_blank_query_values_are_signed_only_by_the_javascript_client() -> None:
+    blank = [v for v in VECTORS if "%24select=&" in v["url"]]
+    assert {v["client"] for v in blank} == set(CLIENT_API_VERSIONS)
+    javascript_form = next(form.clients for form in CANONICALIZATIONS if "JavaScript" in form.clients)
+    for vector in blank:
+        forms = matching_forms(vector)
+        if vector["client"].startswith("javascript"):
+            assert forms == {javascript_form}, label(vector)
+        else:
+            assert javascript_form not in forms and forms, label(vector)
