@@ -1,7 +1,8 @@
 """The SharedKey verifier against signatures made by other Microsoft clients' own signers.
 
-The vectors were produced by the signers of @azure/batch 10.2.0 (JavaScript), azure-batch 14.2.0 and
-azure-batch 1.1.0 (see signer_cases.py); an integration test re-signs them live and compares.
+The vectors were produced by the signers of @azure/batch 10.2.0 (JavaScript), azure-batch 14.2.0,
+azure-batch 1.1.0 and the azure-batch 15.0.0b1 that az batch bundles (see signer_cases.py); an
+integration test re-signs them live and compares. azure-batch 15.1 is tested in-process in test_auth.py.
 """
 
 from __future__ import annotations

@@ -65,10 +65,15 @@ def sign_all() -> list[SignedRequest]:
                 "headers": _node_fetch_wire_headers(case, headers),
             }
         )
-    for client, venv in (("python-14.2.0", venvs.AZURE_BATCH_14), ("python-1.1.0", venvs.TUTORIAL)):
+    track1 = HERE / "python" / "sign_requests_track1.py"
+    track2 = HERE / "python" / "sign_requests_track2.py"
+    for client, venv, script in (
+        ("python-14.2.0", venvs.AZURE_BATCH_14, track1),
+        ("python-1.1.0", venvs.TUTORIAL, track1),
+        ("python-15.0.0b1-az-cli", venvs.AZURE_CLI, track2),
+    ):
         cases = request_cases(CLIENT_API_VERSIONS[client])
-        python = str(venvs.ensure(venv))
-        headers_list = _run_signer([python, str(HERE / "python" / "sign_requests_track1.py")], cases)
+        headers_list = _run_signer([str(venvs.ensure(venv)), str(script)], cases)
         for case, headers in zip(cases, headers_list, strict=True):
             signed.append(
                 {"client": client, "method": case["method"], "url": case["url"], "headers": headers}
