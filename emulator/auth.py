@@ -1,4 +1,4 @@
-"""SharedKey signature verification, matching what azure-batch 15.x signs (pure functions)."""
+"""SharedKey signature verification, matching what each Microsoft Batch client signs (pure functions)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -44,36 +44,92 @@ def decode_account_key(account_key: str) -> bytes:
         ) from exc
 
 
+@dataclass(frozen=True)
+class Canonicalization:
+    """How one family of Microsoft clients builds the parts of the string to sign where families differ."""
+
+    clients: str
+    # The Content-Length value signed when the request carries no Content-Length header, by method.
+    length_when_absent: Callable[[str], str]
+    lowercase_query_names: bool = False
+    # Whether a query parameter with an empty value is still signed as "name:".
+    sign_blank_query_values: bool = False
+    # Whether an encoded "/" or "\\" in the path (`%2F`, `%5C`, as in node file paths) is signed as "/".
+    path_separators_decoded: bool = False
+
+
+def _python_length_when_absent(method: str) -> str:
+    # azure-batch 15.x signs "0" for any bodiless method but GET/HEAD; its transports then send
+    # `Content-Length: 0`, as requests does for the track-1 SDKs (1.x-14.x), which sign the header sent.
+    return "" if method in ("GET", "HEAD") else "0"
+
+
+def _javascript_length_when_absent(method: str) -> str:
+    # @azure/batch (ms-rest-js) signs "0" only for a bodiless POST (node-fetch sends `Content-Length: 0`
+    # there) and an empty value otherwise: its DELETE and bodiless PATCH carry no Content-Length at all.
+    return "0" if method == "POST" else ""
+
+
+def _documented_length_when_absent(method: str) -> str:
+    # The REST documentation: a standard header not sent is signed as an empty line.
+    return ""
+
+
+CANONICALIZATIONS = (
+    Canonicalization(
+        "azure-batch for Python (1.x to 15.x, also inside az batch)", _python_length_when_absent
+    ),
+    Canonicalization(
+        "azure-batch for Python 1.x (the seed tutorial's SDK)",
+        _python_length_when_absent,
+        path_separators_decoded=True,
+    ),
+    Canonicalization(
+        "@azure/batch for JavaScript (ms-rest-js)",
+        _javascript_length_when_absent,
+        sign_blank_query_values=True,
+    ),
+    Canonicalization(
+        "the Batch REST documentation (lowercase query names)",
+        _documented_length_when_absent,
+        lowercase_query_names=True,
+    ),
+)
+
+
 def string_to_sign(
     method: str,
     raw_path: str,
     raw_query: str,
     headers: Iterable[tuple[str, str]],
     account_name: str,
-    lowercase_query_names: bool = False,
+    canonicalization: Canonicalization = CANONICALIZATIONS[0],
 ) -> str:
-    """The canonical string the client signed.
+    """The canonical string a client of the given family signed.
 
-    `raw_path` and `raw_query` are as sent on the wire (still percent-encoded): the SDK signs the
-    encoded path and the decoded query values, so decoding must happen here, once.
-    `lowercase_query_names` gives the documented REST canonicalization; the Python SDK does not lowercase.
+    `raw_path` and `raw_query` are as sent on the wire (still percent-encoded): clients sign the
+    encoded path and the decoded query values, so decoding must happen here, once. A Content-Length
+    header that was sent is signed as sent (`0` included); only an absent one depends on the family.
     """
     header_list = list(headers)
     values = {name.lower(): value for name, value in header_list if value}
-    if method not in ("GET", "HEAD") and "content-length" not in values:
-        values["content-length"] = "0"
+    if "content-length" not in values:
+        values["content-length"] = canonicalization.length_when_absent(method)
     text = method + "\n" + "\n".join(values.get(name, "") for name in SIGNED_HEADERS) + "\n"
     ocp_headers = sorted(
         (name.lower(), value) for name, value in header_list if "ocp-" in name.lower() and value
     )
     for name, value in ocp_headers:
         text += f"{name}:{value}\n"
-    text += f"/{account_name}{raw_path}"
-    query = parse_qs(raw_query)
-    if lowercase_query_names:
+    path = raw_path
+    if canonicalization.path_separators_decoded:
+        path = path.replace("%5C", "/").replace("%2F", "/")
+    text += f"/{account_name}{path}"
+    query = parse_qs(raw_query, keep_blank_values=canonicalization.sign_blank_query_values)
+    if canonicalization.lowercase_query_names:
         query = {name.lower(): query_values for name, query_values in query.items()}
     for name in sorted(query):
-        if query[name][0]:
+        if query[name][0] or canonicalization.sign_blank_query_values:
             text += f"\n{name}:{query[name][0]}"
     return text
 
@@ -107,10 +163,14 @@ def verify_shared_key(
             False, f"the account {claimed_account!r} is not served here (this is {account_name!r})"
         )
     header_list = list(headers)
-    for lowercase_names in (False, True):
-        expected = sign(
-            key, string_to_sign(method, raw_path, raw_query, header_list, account_name, lowercase_names)
-        )
-        if hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8", "replace")):
+    claimed = signature.encode("utf-8", "replace")
+    tried: set[str] = set()
+    # Most common form first; which form matched reveals nothing about the key, so stop at a match.
+    for canonicalization in CANONICALIZATIONS:
+        text = string_to_sign(method, raw_path, raw_query, header_list, account_name, canonicalization)
+        if text in tried:
+            continue
+        tried.add(text)
+        if hmac.compare_digest(sign(key, text).encode("ascii"), claimed):
             return AuthResult(True)
     return AuthResult(False, "the signature does not match: check the account key")

@@ -126,10 +126,11 @@ class Autoscaler:
         state = self.pools.setdefault(pool, PoolAutoScale())
         now = anyio.current_time()
         if state.last_enable is not None and now - state.last_enable < ENABLE_THROTTLE_S * self.time_scale:
-            # The service's code and status for this limit (its error-code table): 503, not retried forever.
+            # The code Microsoft's SDKs name for this limit (BatchErrorCodeStrings / BatchErrorCode), as a
+            # 409 so no SDK retries it: the caller waits the 30 s (docs/emulator.md, "Choices").
             raise ServiceError(
-                503,
-                "TooManyEnableAutoScaleRequests",
+                409,
+                "AutoScaleTooManyRequestsToEnable",
                 "Too many enable autoscale requests were issued on the pool; wait 30 seconds between them.",
             )
         state.last_enable = now

@@ -150,11 +150,11 @@ async def reboot_node(request: web.Request) -> web.StreamResponse:
 
 @route("GET", "/supportedimages", "list_supported_images")
 async def list_supported_images(request: web.Request) -> web.StreamResponse:
-    return paged(request, enumerate(_supported_images(), 1), dict_getter, lambda image: image, None)
+    return paged(request, enumerate(supported_images(), 1), dict_getter, lambda image: image, None)
 
 
 @functools.cache
-def _supported_images() -> list[dict[str, Any]]:
+def supported_images() -> list[dict[str, Any]]:
     images: list[dict[str, Any]] = json.loads(
         resources.files("emulator").joinpath("supported_images.json").read_text()
     )
@@ -164,7 +164,8 @@ def _supported_images() -> list[dict[str, Any]]:
 # -- jobs ---------------------------------------------------------------------------------------
 @route("POST", "/jobs", "create_job")
 async def create_job(request: web.Request) -> web.StreamResponse:
-    job = services(request).account.add_job(validation.validate_job(await read_body(request)))
+    svc = services(request)
+    job = svc.account.add_job(validation.validate_job(await read_body(request)))
     return created(request, f"/jobs/{job.id}", job.etag, job.last_modified)
 
 

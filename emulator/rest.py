@@ -18,6 +18,7 @@ from emulator.faults import FaultInjector
 from emulator.odata import FieldGetter, FilterError, Node, check_fields, evaluate, parse_filter
 from emulator.runner import Runner
 from emulator.state import Account
+from emulator.versions import WireAdapter
 from emulator.wire import (
     API_VERSION,
     ServiceError,
@@ -61,8 +62,17 @@ class Services:
     stats: Stats = field(default_factory=Stats)
 
 
+@dataclass(frozen=True)
+class WireContext:
+    """The request's api-version adapter and operation, set by the middleware before the handler runs."""
+
+    adapter: WireAdapter
+    operation: str
+
+
 SERVICES = web.AppKey("services", Services)
 REQUEST_ID = web.RequestKey("request_id", str)
+WIRE = web.RequestKey("wire", WireContext)
 OPERATIONS: dict[Handler, str] = {}
 ROUTES: list[tuple[str, str, Handler]] = []
 
@@ -145,7 +155,28 @@ async def read_json(request: web.Request, limit: int) -> Any:
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
-    return validation.require_object(await read_json(request, services(request).limits.max_body_bytes))
+    """The JSON object body, translated to the current api-version's shape."""
+    body = validation.require_object(await read_json(request, services(request).limits.max_body_bytes))
+    wire = request.get(WIRE)
+    if wire is not None and not wire.adapter.is_current:
+        body = wire.adapter.request(wire.operation, body)
+    return body
+
+
+def downgraded(response: web.StreamResponse, wire: WireContext) -> web.StreamResponse:
+    """A JSON answer in the shape the request's (older) api-version reads."""
+    if (
+        wire.adapter.is_current
+        or not isinstance(response, web.Response)
+        or response.status != 200
+        or response.content_type != "application/json"
+        or not isinstance(response.body, bytes)
+    ):
+        return response
+    body = json.loads(response.body)
+    if isinstance(body, dict):
+        response.body = json.dumps(wire.adapter.answer(wire.operation, body), separators=(",", ":")).encode()
+    return response
 
 
 def query_value(request: web.Request, name: str) -> str | None:
@@ -161,7 +192,11 @@ def select_properties(request: web.Request) -> list[str] | None:
     value = query_value(request, "$select")
     if not value:
         return None
-    return [name.strip() for name in value.split(",") if name.strip()]
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    wire = request.get(WIRE)
+    if wire is not None and not wire.adapter.is_current:
+        names = [wire.adapter.current_name(name) for name in names]
+    return names
 
 
 def apply_select(body: dict[str, Any], selected: list[str] | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from emulator import handlers  # noqa: F401 (importing it registers every route)
+from emulator import handlers, node_agent_skus  # noqa: F401 (importing them registers every route)
 from emulator.auth import verify_shared_key
 from emulator.rest import (
     OPERATIONS,
@@ -18,17 +18,17 @@ from emulator.rest import (
     ROUTES,
     SERVICES,
     STATS_PATH,
+    WIRE,
     Handler,
     Services,
+    WireContext,
+    downgraded,
     error_response,
     json_response,
     services,
 )
-from emulator.wire import (
-    API_VERSION,
-    ServiceError,
-    is_known_api_version_form,
-)
+from emulator.versions import adapter_for
+from emulator.wire import ServiceError
 
 log = structlog.get_logger("emulator")
 
@@ -59,8 +59,11 @@ async def service_middleware(request: web.Request, handler: Handler) -> web.Stre
             return web.Response(status=403, text="stats are served on loopback only")
         return json_response(stats_body(svc))
     try:
-        response = await _dispatch(request, handler, svc, request_id)
+        response = await _dispatch(request, handler, svc, operation)
     except ServiceError as error:
+        wire = request.get(WIRE)
+        if wire is not None:
+            error = wire.adapter.error(error)
         response = error_response(request, error, request_id)
     except Exception:
         log.exception("request.crashed", operation=operation, method=request.method, path=request.path)
@@ -87,7 +90,7 @@ async def service_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def _dispatch(
-    request: web.Request, handler: Handler, svc: Services, request_id: str
+    request: web.Request, handler: Handler, svc: Services, operation: str
 ) -> web.StreamResponse:
     result = verify_shared_key(
         request.headers.get("Authorization"),
@@ -115,12 +118,8 @@ async def _dispatch(
             "A query parameter that's mandatory for this request is not specified.",
             {"QueryParameterName": "api-version"},
         )
-    if not is_known_api_version_form(version):
-        raise ServiceError(
-            400,
-            "UnsupportedRequestVersion",
-            f"The api-version {version!r} is not supported; use {API_VERSION}.",
-        )
+    wire = WireContext(adapter_for(version), operation)
+    request[WIRE] = wire
     exception = request.match_info.http_exception
     if exception is not None:
         if exception.status == 405:
@@ -130,11 +129,12 @@ async def _dispatch(
         raise ServiceError(
             404, "ResourceNotFound", "The specified resource does not exist (or is not emulated)."
         )
+    wire.adapter.require_operation(operation)
     fault = svc.faults.request_fault(request.headers.get("client-request-id"))
     if fault is not None:
         svc.stats.faults_injected[str(fault.status)] += 1
         raise ServiceError(fault.status, fault.code, fault.message, retry_after_s=fault.retry_after_s)
-    return await handler(request)
+    return downgraded(await handler(request), wire)
 
 
 def stats_body(svc: Services) -> dict[str, Any]:

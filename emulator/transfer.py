@@ -180,6 +180,35 @@ def _upload_failure(code: str, message: str) -> TransferError:
     return TransferError(FailureInfo("usererror", code, message))
 
 
+def upload_settings(headers: list[dict[str, Any]]) -> tuple[ContentSettings | None, dict[str, str] | None]:
+    """An output file's `uploadHeaders` as blob properties and metadata (`x-ms-meta-*`)."""
+    values = {str(header["name"]).lower(): str(header.get("value", "")) for header in headers}
+
+    def header(name: str) -> str | None:
+        return values.get(f"x-ms-blob-{name}") or values.get(name) or None
+
+    settings = ContentSettings(
+        content_type=header("content-type"),
+        content_encoding=header("content-encoding"),
+        content_language=header("content-language"),
+        content_disposition=header("content-disposition"),
+        cache_control=header("cache-control"),
+    )
+    metadata = {
+        name[len("x-ms-meta-") :]: value for name, value in values.items() if name.startswith("x-ms-meta-")
+    }
+    has_settings = any(
+        (
+            settings.content_type,
+            settings.content_encoding,
+            settings.content_language,
+            settings.content_disposition,
+            settings.cache_control,
+        )
+    )
+    return (settings if has_settings else None), (metadata or None)
+
+
 async def upload_output_files(
     output_files: Sequence[Mapping[str, Any]], working_dir: Path, task_dir: Path, succeeded: bool
 ) -> None:
@@ -195,8 +224,7 @@ async def upload_output_files(
             attempted = True
             container_spec = spec["destination"]["container"]
             container_url = str(container_spec["containerUrl"])
-            headers = {h["name"].lower(): h["value"] for h in container_spec.get("uploadHeaders") or []}
-            content_type = headers.get("x-ms-blob-content-type") or headers.get("content-type")
+            settings, metadata = upload_settings(container_spec.get("uploadHeaders") or [])
             uploads = plan_uploads(str(spec["filePattern"]), container_spec.get("path"), working_dir)
             try:
                 async with ContainerClient.from_container_url(
@@ -208,9 +236,8 @@ async def upload_output_files(
                                 upload.blob_name,
                                 data,
                                 overwrite=True,
-                                content_settings=ContentSettings(content_type=content_type)
-                                if content_type
-                                else None,
+                                content_settings=settings,
+                                metadata=metadata,
                             )
                         target = f"{strip_query(container_url)}/{upload.blob_name}"
                         log_lines.append(f"uploaded {upload.source.name} to {target}")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
+from emulator import schema
 from emulator.autoscale_settings import validate_pool_autoscale
 from emulator.model import DEALLOCATION_OPTIONS, REBOOT_OPTIONS
 from emulator.wire import (
@@ -23,6 +24,22 @@ JOB_ACTIONS = ("none", "disable", "terminate")
 MAX_NODES = 1000
 # What the service reports for a job created without constraints.
 DEFAULT_JOB_CONSTRAINTS = {"maxWallClockTime": UNLIMITED_DURATION, "maxTaskRetryCount": 0}
+DEFAULT_RETENTION = "P7D"
+# Output upload headers the emulator applies to the blob (anything else would be dropped unseen).
+UPLOAD_HEADERS = frozenset(
+    {
+        "content-type",
+        "x-ms-blob-content-type",
+        "content-encoding",
+        "x-ms-blob-content-encoding",
+        "content-language",
+        "x-ms-blob-content-language",
+        "content-disposition",
+        "x-ms-blob-content-disposition",
+        "cache-control",
+        "x-ms-blob-cache-control",
+    }
+)
 
 
 def without_nulls(value: Any) -> Any:
@@ -134,6 +151,8 @@ def check_resource_files(files: list[Any], name: str = "resourceFiles") -> None:
             raise invalid_property(f"{name}.{sources[0]}", "must be a URL string")
         if not isinstance(resource.get("blobPrefix", ""), str):
             raise invalid_property(f"{name}.blobPrefix", "must be a string")
+        if "blobPrefix" in resource and sources[0] == "httpUrl":
+            raise invalid_property(f"{name}.blobPrefix", "is valid only with storageContainerUrl")
         if sources[0] == "autoStorageContainerName":
             raise invalid_property(
                 f"{name}.autoStorageContainerName", "auto-storage is not emulated; use a SAS URL"
@@ -171,6 +190,15 @@ def check_output_files(files: list[Any]) -> None:
             raise invalid_property(
                 "outputFiles.destination.container.uploadHeaders", "must be [{name, value}]"
             )
+        for header in headers:
+            if header["name"].lower() not in UPLOAD_HEADERS and not header["name"].lower().startswith(
+                "x-ms-meta-"
+            ):
+                raise invalid_property(
+                    "outputFiles.destination.container.uploadHeaders",
+                    f"the header {header['name']} is not emulated; use content-type, content-encoding, "
+                    "content-language, content-disposition, cache-control or x-ms-meta-*",
+                )
         options = output.get("uploadOptions") or {}
         if not isinstance(options, dict):
             raise invalid_property("outputFiles.uploadOptions", "must be a JSON object")
@@ -183,7 +211,7 @@ def check_output_files(files: list[Any]) -> None:
 
 def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
     """A create-pool body, with the defaults the service fills in."""
-    body = without_nulls(body)
+    body = schema.conform(body, schema.POOL, what="pool")
     _check_id(body)
     _require(body, "vmSize")
     autoscale = validate_pool_autoscale(body)
@@ -199,6 +227,7 @@ def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
     _check_int(body, "targetLowPriorityNodes", 0, MAX_NODES)
     _check_int(body, "taskSlotsPerNode", 1, 256)
     _check_duration(body, "resizeTimeout")
+    _check_pool_settings(body)
     spec = dict(body)
     spec.setdefault("taskSlotsPerNode", 1)
     spec.setdefault("targetDedicatedNodes", 0)
@@ -218,6 +247,20 @@ def validate_pool(body: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def _check_pool_settings(body: Mapping[str, Any]) -> None:
+    """Pool properties that are emulated for some values only."""
+    if not body.get("enableAutoScale"):
+        for name in ("autoScaleFormula", "autoScaleEvaluationInterval"):
+            if name in body:
+                raise invalid_property(name, "may be set only with enableAutoScale true")
+    order = _check_object(body, "taskSchedulingPolicy").get("jobDefaultOrder", "none")
+    if order not in ("none", "creationtime"):
+        raise invalid_property("taskSchedulingPolicy.jobDefaultOrder", "must be none or creationtime")
+    mode = _check_object(body, "upgradePolicy").get("mode", "manual")
+    if mode != "manual":
+        raise invalid_property("upgradePolicy.mode", "OS upgrades are not emulated; only manual is")
+
+
 def validate_start_task(start_task: Mapping[str, Any]) -> dict[str, Any]:
     """A pool's start task (on create or update), with the defaults the service fills in."""
     if not isinstance(_require(start_task, "commandLine", "startTask."), str):
@@ -228,9 +271,10 @@ def validate_start_task(start_task: Mapping[str, Any]) -> dict[str, Any]:
     _check_int(start_task, "maxTaskRetryCount", -1, 100, "startTask.")
     if "waitForSuccess" in start_task and not isinstance(start_task["waitForSuccess"], bool):
         raise invalid_property("startTask.waitForSuccess", "must be true or false")
+    # The service's defaults since 2019-08-01.10.0 (older api-versions send an explicit false).
     return {
         "maxTaskRetryCount": 0,
-        "waitForSuccess": False,
+        "waitForSuccess": True,
         "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
         **start_task,
     }
@@ -257,10 +301,7 @@ POOL_UPDATABLE_WHEN_EMPTY = frozenset(
 
 def validate_pool_update(body: Mapping[str, Any]) -> dict[str, Any]:
     """An update_pool (PATCH) body: the properties to replace, each validated as on create."""
-    body = without_nulls(body)
-    if body.get("applicationPackageReferences"):
-        raise invalid_property("applicationPackageReferences", "application packages are not emulated")
-    body = {key: value for key, value in body.items() if key != "applicationPackageReferences"}
+    body = schema.conform(body, schema.POOL, what="pool")
     unknown = sorted(set(body) - POOL_UPDATABLE_ANYTIME - POOL_UPDATABLE_WHEN_EMPTY)
     if unknown:
         raise invalid_property(
@@ -274,6 +315,7 @@ def validate_pool_update(body: Mapping[str, Any]) -> dict[str, Any]:
         changes["startTask"] = validate_start_task(start_task)
     check_metadata(body)
     _check_int(body, "taskSlotsPerNode", 1, 256)
+    _check_pool_settings(body)
     if "vmSize" in body and not isinstance(body["vmSize"], str):
         raise invalid_property("vmSize", "must be a string")
     if "taskSchedulingPolicy" in body:
@@ -298,7 +340,7 @@ def validate_reboot(body: Mapping[str, Any]) -> str:
 
 def validate_resize(body: Mapping[str, Any]) -> tuple[int, int, str]:
     """A resize body: the new dedicated and low-priority targets (both default to 0) and deallocation."""
-    body = without_nulls(body)
+    body = schema.conform(body, schema.RESIZE, what="pool resize")
     _check_int(body, "targetDedicatedNodes", 0, MAX_NODES)
     _check_int(body, "targetLowPriorityNodes", 0, MAX_NODES)
     _check_duration(body, "resizeTimeout")
@@ -330,18 +372,14 @@ def _check_job_common(body: Mapping[str, Any]) -> None:
             raise missing_property("poolInfo.poolId")
     check_environment(_check_list(body, "commonEnvironmentSettings"), "commonEnvironmentSettings")
     check_metadata(body)
-    for flag in ("allowTaskPreemption", "usesTaskDependencies"):
-        if flag in body and not isinstance(body[flag], bool):
-            raise invalid_property(flag, "must be true or false")
+    if body.get("allowTaskPreemption"):
+        raise invalid_property("allowTaskPreemption", "preemption by higher-priority jobs is not emulated")
 
 
 def validate_job(body: Mapping[str, Any]) -> dict[str, Any]:
-    body = without_nulls(body)
+    body = schema.conform(body, schema.JOB, what="job")
     _check_id(body)
     _require(body, "poolInfo")
-    for unsupported in ("jobManagerTask", "jobPreparationTask", "jobReleaseTask"):
-        if body.get(unsupported):
-            raise invalid_property(unsupported, "job manager, preparation and release tasks are not emulated")
     if body.get("usesTaskDependencies"):
         raise invalid_property("usesTaskDependencies", "task dependencies are not emulated")
     _check_job_common(body)
@@ -357,7 +395,7 @@ def validate_job(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def validate_job_update(body: Mapping[str, Any]) -> dict[str, Any]:
-    body = without_nulls(body)
+    body = schema.conform(body, schema.JOB, what="job")
     allowed = {
         "priority",
         "allowTaskPreemption",
@@ -379,26 +417,22 @@ def validate_job_update(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def validate_task(body: Mapping[str, Any], job_spec: Mapping[str, Any]) -> dict[str, Any]:
     """A task body; raises ServiceError with the code a per-task result or a 400 carries."""
-    body = without_nulls(body)
+    body = schema.conform(body, schema.TASK, what="task")
     _check_user_identity(body)
     _check_id(body)
     _require(body, "commandLine")
-    if not isinstance(body["commandLine"], str):
-        raise invalid_property("commandLine", "must be a string")
-    for unsupported in (
-        "multiInstanceSettings",
-        "dependsOn",
-        "containerSettings",
-        "applicationPackageReferences",
-    ):
-        if body.get(unsupported):
-            raise invalid_property(unsupported, f"{unsupported} is not emulated")
     check_resource_files(_check_list(body, "resourceFiles"))
     check_output_files(_check_list(body, "outputFiles"))
     check_environment(_check_list(body, "environmentSettings"), "environmentSettings")
     constraints = _check_object(body, "constraints")
     _check_duration(constraints, "maxWallClockTime", "constraints.")
     _check_duration(constraints, "retentionTime", "constraints.")
+    retention = constraints.get("retentionTime")
+    if retention is not None and parse_duration(retention) < parse_duration(DEFAULT_RETENTION):
+        raise invalid_property(
+            "constraints.retentionTime",
+            "clean-up of task folders is not emulated; give 7 days or more (folders stay until the job goes)",
+        )
     _check_int(constraints, "maxTaskRetryCount", -1, 100, "constraints.")
     _check_int(body, "requiredSlots", 1, 256)
     exit_conditions = _check_object(body, "exitConditions")
@@ -413,7 +447,7 @@ def validate_task(body: Mapping[str, Any], job_spec: Mapping[str, Any]) -> dict[
     spec = dict(body)
     spec["constraints"] = {
         "maxWallClockTime": constraints.get("maxWallClockTime", "P10675199DT2H48M5.4775807S"),
-        "retentionTime": constraints.get("retentionTime", "P7D"),
+        "retentionTime": constraints.get("retentionTime", DEFAULT_RETENTION),
         "maxTaskRetryCount": constraints.get(
             "maxTaskRetryCount", (job_spec.get("constraints") or {}).get("maxTaskRetryCount", 0)
         ),

@@ -19,7 +19,6 @@ _DURATION_PATTERN = re.compile(
     r"^P(?:(?P<days>\d+(?:\.\d+)?)D)?"
     r"(?:T(?:(?P<hours>\d+(?:\.\d+)?)H)?(?:(?P<minutes>\d+(?:\.\d+)?)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
 )
-_API_VERSION_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}(?:\.\d+(?:\.\d+)?)?$")
 _etag_counter = itertools.count(1)
 _ETAG_BASE = 0x8DE0000_00000000
 
@@ -77,10 +76,6 @@ def new_etag() -> str:
 def is_valid_id(candidate: object) -> bool:
     """Pool, job and task ids: 1-64 letters, digits, hyphens and underscores."""
     return isinstance(candidate, str) and _ID_PATTERN.match(candidate) is not None
-
-
-def is_known_api_version_form(value: str) -> bool:
-    return _API_VERSION_PATTERN.match(value) is not None
 
 
 def error_body(

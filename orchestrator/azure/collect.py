@@ -12,7 +12,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob.aio import BlobServiceClient
 
 from orchestrator import naming
-from orchestrator.azure.pool import STDERR_TAIL_BYTES, stderr_tail
+from orchestrator.azure.nodefiles import STDERR_TAIL_BYTES, stderr_tail
 from orchestrator.azure.retry import RetryPolicy, retry_call
 from orchestrator.results import CountsFormatError, FileCounts, parse_counts_blob, write_result
 

@@ -17,7 +17,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 from azure.batch.models import BatchJob, BatchTask, BatchTaskCountsResult
 
-from orchestrator.azure.retry import RetryPolicy, retry_call
+from orchestrator.azure.retry import RetryPolicy, next_poll_interval, retry_call
 from orchestrator.azure.states import job_state, task_succeeded
 from orchestrator.errors import RunFailedError
 
@@ -27,7 +27,6 @@ log = structlog.get_logger()
 TASK_SELECT = ["id", "state", "stateTransitionTime", "executionInfo", "nodeInfo"]
 # Listings overlap the previous watermark by this much, in case the service's clock steps backwards.
 WATERMARK_OVERLAP = timedelta(seconds=2)
-BACKOFF_FACTOR = 1.5
 # tasks.progress at most this often while counts keep moving (a steady stream would flood the log).
 PROGRESS_EVENT_INTERVAL_S = 1.0
 # After this many polls without progress, check that the job itself is still active.
@@ -66,13 +65,6 @@ class Counts:
     completed: int
     succeeded: int
     failed: int
-
-
-def next_poll_interval(current: float, moved: bool, minimum: float, maximum: float) -> float:
-    """Back off by 1.5x while nothing changes (capped), snap back to the minimum on progress."""
-    if moved:
-        return minimum
-    return min(maximum, max(minimum, current * BACKOFF_FACTOR))
 
 
 def completion_filter(watermark: datetime | None) -> str:

@@ -38,8 +38,8 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.core.polling import AsyncLROPoller
 
 from orchestrator.azure import quota
-from orchestrator.azure.monitor import next_poll_interval
-from orchestrator.azure.retry import RetryPolicy, error_code_of, retry_call
+from orchestrator.azure.nodefiles import stderr_tail
+from orchestrator.azure.retry import RetryPolicy, error_code_of, next_poll_interval, retry_call
 from orchestrator.azure.sas import CLOCK_SKEW, utc_now
 from orchestrator.azure.states import NodeState, allocation_steady, node_state
 from orchestrator.errors import PoolError
@@ -48,7 +48,6 @@ from orchestrator.settings import PoolSettings
 log = structlog.get_logger()
 
 START_TASK_STDERR = "startup/stderr.txt"
-STDERR_TAIL_BYTES = 2048
 POOL_POLL_MIN_S = 0.25
 POOL_POLL_MAX_S = 5.0
 # Where the start task puts the node script it downloads (its resource file's filePath).
@@ -533,9 +532,3 @@ async def _start_task_error(
         f"the start task failed on node {node.id} of pool {pool_id} (exit code {exit_code}); "
         f"the end of its stderr:\n{quoted}\n{advice}"
     )
-
-
-def stderr_tail(data: bytes, max_bytes: int = STDERR_TAIL_BYTES, max_lines: int = 20) -> str:
-    """The last lines of a log, decoded leniently, at most `max_bytes` and `max_lines`."""
-    text = data[-max_bytes:].decode("utf-8", errors="replace")
-    return "\n".join(text.rstrip("\n").splitlines()[-max_lines:])

@@ -195,3 +195,14 @@ async def retry_call(
                 error_type=type(exc).__name__,
             )
             await anyio.sleep(delay)
+
+
+# Polling: how much longer to wait while nothing changes.
+POLL_BACKOFF_FACTOR = 1.5
+
+
+def next_poll_interval(current: float, moved: bool, minimum: float, maximum: float) -> float:
+    """Back off by 1.5x while nothing changes (capped), snap back to the minimum on progress."""
+    if moved:
+        return minimum
+    return min(maximum, max(minimum, current * POLL_BACKOFF_FACTOR))

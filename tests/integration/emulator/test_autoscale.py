@@ -195,8 +195,8 @@ async def test_enable_evaluate_disable_and_their_errors(start_emulator: StartEmu
                 models.BatchPoolEnableAutoScaleOptions(auto_scale_formula="$TargetDedicatedNodes = 2;"),
             )
         assert (throttled.value.status_code, throttled.value.error.code) == (
-            503,
-            "TooManyEnableAutoScaleRequests",
+            409,
+            "AutoScaleTooManyRequestsToEnable",
         )
 
         await wait_for(lambda: _nodes_are(client, pool_id, 1), what="the enabled formula to add a node")

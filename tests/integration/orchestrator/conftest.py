@@ -11,6 +11,8 @@ from blockbuster import BlockBuster, blockbuster_ctx
 ALLOWED_TO_BLOCK: list[tuple[str, set[str]]] = [
     ("orchestrator/settings.py", {"load_settings"}),  # the CLI loads settings once, before the loop
     ("orchestrator/inputs.py", {"discover_inputs"}),  # and finds the inputs before it, too
+    # The SDK clients read a few platform facts as they are built: once per process, at start.
+    ("orchestrator/azure/clients.py", {"open_clients"}),
 ]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+import structlog
 from azure.batch.models._models import BatchJobTerminateOptions  # not exported (SDK quirk)
 from azure.core.exceptions import ResourceNotFoundError
 from structlog.testing import capture_logs
@@ -94,6 +95,8 @@ async def test_a_run_collects_results_merges_them_and_reports_the_failed_file(
             pool=PoolKeeper(settings, clients, stand_in_node()),
         )
         record = await journal.load_run(summary["run_id"])
+    # The run bound its id for its own scope: a process that goes on (a daemon) is not left with it.
+    assert "run_id" not in structlog.contextvars.get_contextvars()
 
     good = {relpath: text for relpath, text in texts.items() if "FAIL" not in text}
     reference: Counter[str] = Counter()

@@ -164,7 +164,7 @@ def test_pool_and_job_validation_fill_defaults() -> None:
         }
     )
     assert pool["taskSlotsPerNode"] == 1 and pool["targetDedicatedNodes"] == 0
-    assert pool["startTask"]["waitForSuccess"] is False and pool["startTask"]["maxTaskRetryCount"] == 0
+    assert pool["startTask"]["waitForSuccess"] is True and pool["startTask"]["maxTaskRetryCount"] == 0
     with pytest.raises(ServiceError) as error:
         validation.validate_pool({"id": "p", "vmSize": "s"})
     assert (error.value.code, error.value.values["PropertyName"]) == (

@@ -26,11 +26,10 @@ from orchestrator.azure import monitor
 from orchestrator.azure.monitor import (
     TaskOutcome,
     completion_filter,
-    next_poll_interval,
     outcome_of,
     watch_job,
 )
-from orchestrator.azure.retry import RetryPolicy
+from orchestrator.azure.retry import RetryPolicy, next_poll_interval
 from orchestrator.errors import RunFailedError
 
 FAST = RetryPolicy(max_attempts=2, base_delay_s=0.0, max_delay_s=0.0, deadline_s=10)

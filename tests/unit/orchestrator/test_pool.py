@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from azure.batch.models import BatchNode
 
-from orchestrator.azure.pool import classify_nodes, pool_create_options, stderr_tail
+from orchestrator.azure.nodefiles import stderr_tail
+from orchestrator.azure.pool import classify_nodes, pool_create_options
 from orchestrator.settings import PoolSettings
 
 
