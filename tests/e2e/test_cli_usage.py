@@ -218,8 +218,10 @@ async def test_a_wrong_storage_key_stops_before_anything_is_created(
     assert done.returncode == 2, done.stderr
     message = failure_message(done.stderr)
     assert "TOPN_STORAGE_ACCOUNT_KEY" in message and "devstoreaccount1" in message
-    # Only the Batch half of the credential check reached the emulator: no pool, no job.
-    assert after["requests_total"] - before["requests_total"] == 1
+    # Only the Batch half of the credential check reached the emulator (a pool read and one page of
+    # jobs): no pool, no job.
+    assert after["requests_total"] - before["requests_total"] == 2
+    assert after["requests"]["list_jobs"] - before["requests"].get("list_jobs", 0) == 1
     assert after["requests"].get("create_pool", 0) == before["requests"].get("create_pool", 0)
     assert await containers_with_prefix(azurite, "wrongstore") == []
     assert find_secrets([("stdout", done.stdout), ("stderr", done.stderr)], [WRONG_KEY]) == []
