@@ -72,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="multiply autoscale periods (30 s samples, evaluation intervals) by F, e.g. 0.01 in tests",
     )
+    parser.add_argument(
+        "--task-counts-lag-s",
+        type=float,
+        default=0.0,
+        help="serve job task counts as they were this long ago (the service's counts can lag)",
+    )
     quotas = parser.add_argument_group("account quotas (none by default)")
     quotas.add_argument("--max-active-jobs", type=int, default=None, help="active jobs (+ job schedules)")
     quotas.add_argument("--max-dedicated-cores", type=int, default=None, help="dedicated cores of all pools")
@@ -148,6 +154,8 @@ def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]
         problems.append("--max-tasks-per-request must be >= 1 and --max-body-bytes >= 1024")
     if not args.account_name:
         problems.append("--account-name must not be empty")
+    if not 0 <= args.task_counts_lag_s <= 3600:
+        problems.append(f"--task-counts-lag-s must be from 0 to 3600, got {args.task_counts_lag_s}")
     if not 0 < args.time_scale <= 1000:
         problems.append(f"--time-scale must be above 0 and at most 1000, got {args.time_scale}")
     for flag in ("max_active_jobs", "max_dedicated_cores", "max_low_priority_cores", "max_pools"):
@@ -174,7 +182,9 @@ async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> 
                 account, FaultInjector(faults), session, "", root / ".python-bin", args.nodes_max_processes
             )
             limits = Limits(args.max_tasks_per_request, args.max_body_bytes, faults.pool_allocation_delay_s)
-            app = build_app(Services(account, runner, runner.faults, key, limits, group))
+            services = Services(account, runner, runner.faults, key, limits, group)
+            services.count_history.lag_s = args.task_counts_lag_s
+            app = build_app(services)
             app[AUTOSCALER] = Autoscaler(account, runner, group, args.time_scale)
             app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await app_runner.setup()

@@ -232,8 +232,10 @@ async def delete_job(request: web.Request) -> web.StreamResponse:
 
 @route("GET", "/jobs/{job_id}/taskcounts", "get_job_task_counts")
 async def get_job_task_counts(request: web.Request) -> web.StreamResponse:
-    job = services(request).account.get_job(request.match_info["job_id"])
-    return json_response({"taskCounts": job.counts.to_wire(), "taskSlotCounts": job.slot_counts.to_wire()})
+    svc = services(request)
+    job = svc.account.get_job(request.match_info["job_id"])
+    current = {"taskCounts": job.counts.to_wire(), "taskSlotCounts": job.slot_counts.to_wire()}
+    return json_response(svc.count_history.serve(job.id, current))  # stale with --task-counts-lag-s
 
 
 # -- tasks --------------------------------------------------------------------------------------

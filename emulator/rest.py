@@ -14,6 +14,7 @@ from aiohttp import web
 from anyio.abc import TaskGroup
 
 from emulator import validation
+from emulator.countlag import CountHistory
 from emulator.faults import FaultInjector
 from emulator.odata import FieldGetter, FilterError, Node, check_fields, evaluate, parse_filter
 from emulator.runner import Runner
@@ -60,6 +61,7 @@ class Services:
     limits: Limits
     background: TaskGroup
     stats: Stats = field(default_factory=Stats)
+    count_history: CountHistory = field(default_factory=CountHistory)  # --task-counts-lag-s
 
 
 @dataclass(frozen=True)
