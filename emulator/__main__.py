@@ -73,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="multiply autoscale periods (30 s samples, evaluation intervals) by F, e.g. 0.01 in tests",
     )
     parser.add_argument(
+        "--refuse-start-task-failed-reboot",
+        action="store_true",
+        help="answer 409 to a reboot of a starttaskfailed node (as the service may)",
+    )
+    parser.add_argument(
         "--task-counts-lag-s",
         type=float,
         default=0.0,
@@ -181,7 +186,12 @@ async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> 
             runner = Runner(
                 account, FaultInjector(faults), session, "", root / ".python-bin", args.nodes_max_processes
             )
-            limits = Limits(args.max_tasks_per_request, args.max_body_bytes, faults.pool_allocation_delay_s)
+            limits = Limits(
+                args.max_tasks_per_request,
+                args.max_body_bytes,
+                faults.pool_allocation_delay_s,
+                reboot_start_task_failed=not args.refuse_start_task_failed_reboot,
+            )
             services = Services(account, runner, runner.faults, key, limits, group)
             services.count_history.lag_s = args.task_counts_lag_s
             app = build_app(services)

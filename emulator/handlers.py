@@ -143,6 +143,14 @@ async def reboot_node(request: web.Request) -> web.StreamResponse:
     pool, node = _node(request)
     # The body is optional (the SDK sends one only with options): requeue is the default.
     body = await read_body(request) if request.content_length else {}
+    if node.state == NodeState.START_TASK_FAILED and not svc.limits.reboot_start_task_failed:
+        # --refuse-start-task-failed-reboot: what the service may answer (reboot is for idle or
+        # running nodes), so a client's handling of the refusal can be tested.
+        raise ServiceError(
+            409,
+            "OperationInvalidForCurrentState",
+            "The node is starttaskfailed; a node can be rebooted when it is idle or running.",
+        )
     svc.account.begin_reboot_node(node, validation.validate_reboot(body))
     svc.background.start_soon(svc.runner.reboot_node, pool, node)
     return web.Response(status=202, headers=entity_headers(pool.etag, pool.last_modified))

@@ -48,6 +48,7 @@ class Limits:
     max_tasks_per_request: int = 100
     max_body_bytes: int = 1_048_576
     pool_allocation_delay_s: float = 0.0
+    reboot_start_task_failed: bool = True  # False: --refuse-start-task-failed-reboot
 
 
 @dataclass

@@ -95,6 +95,8 @@ class PoolClient(Protocol):
         self, pool_id: str, node_id: str, options: BatchNodeRebootOptions | None = None, **kwargs: Any
     ) -> Awaitable[AsyncLROPoller[None]]: ...
 
+    def get_node(self, pool_id: str, node_id: str, **kwargs: Any) -> Awaitable[BatchNode]: ...
+
     async def download_node_file(
         self, pool_id: str, node_id: str, file_path: str, **kwargs: Any
     ) -> AsyncIterator[bytes]: ...
@@ -373,17 +375,36 @@ async def _renew_start_task(
     )
 
 
-async def reboot_node(batch: PoolClient, pool_id: str, node_id: str, reason: str, retry: RetryPolicy) -> None:
-    """Reboot a node so it runs the pool's current start task (its running tasks are requeued)."""
+async def reboot_node(
+    batch: PoolClient, pool_id: str, node_id: str, reason: str, retry: RetryPolicy
+) -> str | None:
+    """Reboot a node so it runs the pool's current start task (its running tasks are requeued).
+
+    Returns None when the node reboots (or left the pool), else the error code Batch refused the
+    reboot with: a node whose start task failed may be refused (reboot is for idle or running nodes).
+    """
     # With no options the SDK fails before sending (reference gotcha 5): say requeue, the default.
     options = BatchNodeRebootOptions(node_reboot_kind="requeue")
     try:
         await retry_call(retry, "reboot_node", lambda: batch.begin_reboot_node(pool_id, node_id, options))
-    except (ResourceExistsError, ResourceNotFoundError):
-        # 409: rebooting already (a retried request that did arrive) or no longer failed; 404: it
-        # left the pool. Either way the wait that follows sees what the node does next.
-        return
+    except ResourceNotFoundError:
+        return None  # it left the pool: the wait that follows sees what the pool does next
+    except ResourceExistsError as error:
+        # 409: rebooting already (a retried request that did arrive), or refused. The node's state
+        # tells them apart: still `starttaskfailed` means the reboot will never happen.
+        try:
+            node = await retry_call(
+                retry, "get_node", lambda: batch.get_node(pool_id, node_id, select=["id", "state"])
+            )
+        except ResourceNotFoundError:
+            return None
+        if node_state(node) != NodeState.START_TASK_FAILED:
+            return None
+        code = error_code_of(error) or "Conflict"
+        log.warning("node.reboot_refused", pool_id=pool_id, node_id=node_id, reason=reason, error_code=code)
+        return code
     log.info("node.rebooted", pool_id=pool_id, node_id=node_id, reason=reason)
+    return None
 
 
 def classify_nodes(nodes: Sequence[BatchNode]) -> tuple[list[BatchNode], list[BatchNode], list[BatchNode]]:
@@ -416,6 +437,7 @@ async def wait_until_usable(
     # Node id -> when the failed start task had begun when topn rebooted the node: a later start
     # that failed too is a failure of the renewed start task.
     rebooted: dict[str, datetime | None] = {}
+    refused: dict[str, str] = {}  # node id -> the code Batch refused its reboot with
     try:
         with anyio.fail_after(timeout_s):
             while True:
@@ -434,9 +456,14 @@ async def wait_until_usable(
                     for node in start_failed:
                         if str(node.id) not in rebooted:
                             rebooted[str(node.id)] = _start_time(node)
-                            await reboot_node(batch, pool_id, str(node.id), "start_task_failed", retry)
+                            code = await reboot_node(batch, pool_id, str(node.id), "start_task_failed", retry)
+                            if code is not None:
+                                refused[str(node.id)] = code
+                    # A refused reboot will not happen: that node stays failed (reported below at once).
                     start_failed = [
-                        node for node in start_failed if _start_time(node) != rebooted[str(node.id)]
+                        node
+                        for node in start_failed
+                        if str(node.id) in refused or _start_time(node) != rebooted[str(node.id)]
                     ]
                 if len(usable) >= needed:
                     log.info(
@@ -448,8 +475,15 @@ async def wait_until_usable(
                     )
                     return len(usable)
                 if start_failed and not usable:
+                    failed = start_failed[0]
                     raise await _start_task_error(
-                        batch, pool_id, start_failed[0], retry, created, rebooted=bool(rebooted)
+                        batch,
+                        pool_id,
+                        failed,
+                        retry,
+                        created,
+                        rebooted=bool(rebooted),
+                        reboot_refused=refused.get(str(failed.id)),
                     )
                 if unusable and len(unusable) == len(nodes):
                     raise PoolError(
@@ -502,6 +536,7 @@ async def _start_task_error(
     retry: RetryPolicy,
     created: bool,
     rebooted: bool = False,
+    reboot_refused: str | None = None,
 ) -> PoolError:
     """PoolError quoting the tail of the failed start task's stderr."""
     info = node.start_task_info
@@ -520,6 +555,13 @@ async def _start_task_error(
     if created:
         advice = (
             "Fix the start task ([pool] start_task_command); topn deletes the pool it created for this run."
+        )
+    elif reboot_refused is not None:
+        advice = (
+            f"topn renewed the start task, but Batch refused to reboot the node ({reboot_refused}), so "
+            "it would never run the renewed one. Remove the node from the pool (Azure portal: the pool > "
+            "Nodes > Remove; Batch then allocates a new one that runs the current start task) or delete "
+            "the pool, then run again."
         )
     elif rebooted:
         advice = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -241,3 +242,44 @@ async def test_a_rebooted_node_that_fails_again_fails_the_wait_with_the_start_ta
     assert "rebooted the node once" in message
     assert [entry["node_id"] for entry in logs if entry["event"] == "node.rebooted"] == [failed.id]
     assert stats["requests"]["reboot_node"] == 1
+
+
+async def test_a_refused_reboot_fails_the_wait_at_once_with_the_start_task_error_and_the_fix(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    # The service may refuse to reboot a starttaskfailed node (reboot is for idle or running nodes):
+    # waiting for a reboot that never comes would last until ready_timeout_s.
+    batch: BatchEndpoint = await start_emulator(
+        ["--fault-start-task-failures", "1", "--refuse-start-task-failed-reboot"]
+    )
+    settings = kept_pool_settings(batch, azurite, tmp_path / "state", "refused")
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(settings, stack)
+        container, blob_name = await stage_script(clients, settings, stand_in_node())
+        url = read_url(azurite, container, blob_name, timedelta(hours=1))
+        await pool.ensure_pool(clients.batch, settings.pool, url, naming.start_task_command_line(), FAST)
+        failed = await wait_until(
+            lambda: node_in_state(clients.batch, settings.pool.id, "starttaskfailed"),
+            "the start task to fail",
+        )
+        started = time.monotonic()
+        with capture_logs() as logs, pytest.raises(PoolError) as stopped:
+            await pool.wait_until_usable(
+                clients.batch,
+                settings.pool.id,
+                timeout_s=60,
+                retry=FAST,
+                created=False,
+                reboot_failed_nodes=True,
+            )
+        waited_s = time.monotonic() - started
+    message = str(stopped.value)
+    assert waited_s < 10, "the refusal is handled at once, not after the ready timeout"
+    assert f"node {failed.id}" in message and "injected start task failure" in message
+    assert "refused to reboot the node (OperationInvalidForCurrentState)" in message
+    assert "Remove the node from the pool" in message
+    refusals = [entry for entry in logs if entry["event"] == "node.reboot_refused"]
+    assert [(entry["node_id"], entry["error_code"]) for entry in refusals] == [
+        (failed.id, "OperationInvalidForCurrentState")
+    ]
+    assert not [entry for entry in logs if entry["event"] == "node.rebooted"]
