@@ -281,9 +281,11 @@ def _status_command(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.journal import journal_path
     from orchestrator.run.resume import unknown_run
     from orchestrator.service.shell import read_live_job
-    from orchestrator.service.status import describe_run, recent_runs_in
+    from orchestrator.service.status import describe_run, pool_warnings, recent_runs_in
 
     journal_file = journal_path(settings.local.state_dir)
+    for pool_id, message in pool_warnings(settings.local.state_dir).items():
+        log.warning("pool.image_end_of_life", pool_id=pool_id, message=message)  # until the pool moves on
     if args.run_id is None:
         runs = anyio.run(recent_runs_in, journal_file, STATUS_RECENT_RUNS, args.json)
         text = json.dumps(runs, ensure_ascii=False, indent=2) + "\n" if args.json else render_runs(runs)

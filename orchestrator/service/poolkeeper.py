@@ -18,10 +18,11 @@ import anyio
 import structlog
 
 from orchestrator import naming
-from orchestrator.azure import pool, staging
+from orchestrator.azure import images, pool, staging
 from orchestrator.azure.clients import Clients, unattributed_requests
 from orchestrator.azure.pool import Capacity, PoolHandle
 from orchestrator.azure.sas import DelegationKeyProvider, utc_now
+from orchestrator.service import status
 from orchestrator.settings import Settings, start_task_command
 
 log = structlog.get_logger()
@@ -56,6 +57,7 @@ class PoolKeeper:
         self._capacity_at: float | None = None  # time.monotonic() of the reading in `_capacity`
         self.created = False  # this process created the pool
         self.ever_usable = False  # it has had a usable node since this keeper first saw it
+        self.image_check: images.ImageCheck | None = None  # the pool's image pair, checked once
 
     @property
     def pool_id(self) -> str:
@@ -148,6 +150,14 @@ class PoolKeeper:
         )
         script_url = minter.blob_read_url(app_container, blob_name)
         start_command = start_task_command(settings)
+        if self.image_check is None:
+            # Once per process, before the pool is created or reused: a retired pair fails later, barely.
+            self.image_check = await images.check_pool_image(
+                self._clients.batch, settings.pool, settings.retry, utc_now(), source=str(settings.source)
+            )
+            await status.remember_pool_warning(
+                settings.local.state_dir, settings.pool.id, self.image_check.warning
+            )
         created = await pool.ensure_pool(
             self._clients.batch,
             settings.pool,

@@ -7,6 +7,7 @@ counts the same things in a fixed number of SQL queries however many runs the jo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,38 @@ def describe_run(record: RunRecord) -> dict[str, Any]:
             {"state": change.state, "at": format_timestamp(change.at)} for change in record.state_history
         ],
     }
+
+
+# Warnings about a pool that outlive the process that found them (an image near its end of life),
+# by pool id: `topn status` repeats them.
+POOL_WARNINGS_FILE = "pool-warnings.json"
+
+
+async def remember_pool_warning(state_dir: Path, pool_id: str, message: str | None) -> None:
+    """Keep (or, with None, drop) the warning about a pool for `topn status`."""
+    path = anyio.Path(state_dir) / POOL_WARNINGS_FILE
+    warnings = _parse_warnings(await path.read_text(encoding="utf-8")) if await path.is_file() else {}
+    if message is None and pool_id not in warnings:
+        return
+    if message is None:
+        warnings.pop(pool_id)
+    else:
+        warnings[pool_id] = message
+    await anyio.Path(state_dir).mkdir(parents=True, exist_ok=True)
+    await path.write_text(json.dumps(warnings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def pool_warnings(state_dir: Path) -> dict[str, str]:
+    """The pool warnings `topn status` shows (read before its event loop starts)."""
+    path = state_dir / POOL_WARNINGS_FILE
+    return _parse_warnings(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _parse_warnings(text: str) -> dict[str, str]:
+    try:
+        loaded = json.loads(text)
+    except ValueError:
+        return {}  # a damaged file only loses warnings; the next check writes it again
+    if not isinstance(loaded, dict):
+        return {}
+    return {str(key): str(value) for key, value in loaded.items() if isinstance(value, str)}
