@@ -15,8 +15,10 @@ $(INSTALLED): pyproject.toml | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
 	touch $@
 
-$(NODE_MODULES): package.json package-lock.json
+$(NODE_MODULES): package.json package-lock.json tools/entra-azurite/package.json tools/entra-azurite/package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	# Azurite with OAuth and the Node 22 it needs, for the Entra ID end-to-end test (apart: own bin links).
+	npm ci --prefix tools/entra-azurite --no-audit --no-fund --loglevel=error
 	touch $@
 
 setup: $(INSTALLED) $(NODE_MODULES)
