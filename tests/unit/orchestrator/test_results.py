@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.errors import InputError
-from orchestrator.naming import UnsafeNameError
+from orchestrator.naming import UnsafeNameError, output_name
 from orchestrator.results import (
     CountsFormatError,
     RunCounts,
@@ -190,3 +190,15 @@ def test_a_resumed_run_clears_temporaries_a_crash_left_and_keeps_its_results(tmp
         "kept_OUTPUT.txt",
         "notes.part",
     ]
+
+
+@pytest.mark.parametrize(
+    "relpath", ["a" * 251 + ".txt", "é" * 125 + ".text", "語" * 83 + "a.docx", "deep/" + "z" * 255]
+)
+def test_the_result_of_a_255_byte_input_name_can_be_written(tmp_path: Path, relpath: str) -> None:
+    """The input's own name is legal here, so its result must be too (the filesystem holds both)."""
+    (tmp_path / "in" / relpath).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "in" / relpath).write_bytes(b"x")  # the input itself is a legal file name
+    written = write_result(tmp_path / "out", output_name(relpath), b"word\t1\n")
+    assert written.read_bytes() == b"word\t1\n"
+    assert written.parent == (tmp_path / "out" / relpath).parent
