@@ -271,9 +271,15 @@ def _read_summary(out_dir: Path, run_id: str) -> dict[str, Any]:
     try:
         return read_summary(out_dir)
     except (OSError, ValueError) as error:
+        if not out_dir.exists():
+            raise UsageError(
+                f"run {run_id} has finished but its results folder {out_dir} is not there any more; "
+                "it was moved or deleted"
+            ) from None
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise UsageError(
-            f"run {run_id} has finished but its summary {summary_path(out_dir)} cannot be read ({error}); "
-            "its results folder was moved or deleted"
+            f"run {run_id} has finished but its summary {summary_path(out_dir)} cannot be read: {reason} "
+            "(check that the file is readable and was not edited)"
         ) from None
 
 

@@ -201,3 +201,15 @@ def test_any_other_write_error_still_surfaces() -> None:
 
     with pytest.raises(OSError, match="No space"):
         console.EventStream(Full()).write("x\n")
+
+
+def test_a_finished_run_whose_summary_is_unreadable_is_not_said_to_be_moved(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "summary.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(cli.UsageError) as raised:
+        cli._read_summary(tmp_path / "out", "20261122t010203z-abcdef")
+    assert str(tmp_path / "out" / "summary.json") in str(raised.value)
+    assert "moved or deleted" not in str(raised.value)
+    with pytest.raises(cli.UsageError, match="moved or deleted") as raised:
+        cli._read_summary(tmp_path / "gone", "20261122t010203z-abcdef")
+    assert str(tmp_path / "gone") in str(raised.value)
