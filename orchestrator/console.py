@@ -18,7 +18,7 @@ STDERR_TAIL_LINES = 5
 
 
 class EventStream:
-    """Event lines to stderr; once nobody reads stderr any more (EPIPE), they are dropped.
+    """Event lines to stderr; once stderr cannot take them (EPIPE, ENOSPC, closed), they are dropped.
 
     `topn run DIR 2>&1 | head` closes the pipe after a few lines. Events are a view of the run, not
     its record (that is the journal, the results and summary.json), so losing the reader must not
@@ -33,7 +33,7 @@ class EventStream:
         if not self.reader_gone:
             try:
                 return self._target.write(text)
-            except BrokenPipeError:
+            except (OSError, ValueError):  # EPIPE, a full disk (`2>/dev/full`), a closed file
                 self._drop_stderr()
         return len(text)
 
@@ -41,7 +41,7 @@ class EventStream:
         if not self.reader_gone:
             try:
                 self._target.flush()
-            except BrokenPipeError:
+            except (OSError, ValueError):
                 self._drop_stderr()
 
     def isatty(self) -> bool:
@@ -158,5 +158,9 @@ def print_summary(
     else:
         renamed = [(item.relpath, item.path) for item in renamed_inputs(inputs)]
         text = render_table(summary, out_dir, renamed)
-    sys.stdout.write(redact_text(text))
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(redact_text(text))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`topn run … | head`): the results and summary.json are on disk already.
+        sys.stdout = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - kept open until exit
