@@ -17,7 +17,14 @@ import anyio
 
 from orchestrator.journal.queries import load_runs, run_summaries
 from orchestrator.journal.records import JournalInput, RunRecord, RunSummary
-from orchestrator.journal.schema import JournalError, connect, format_timestamp, now
+from orchestrator.journal.schema import (
+    JournalError,
+    JournalUnusableError,
+    connect,
+    connect_read_only,
+    format_timestamp,
+    now,
+)
 from orchestrator.secrets import redact_value, strip_secrets
 
 T = TypeVar("T")
@@ -88,6 +95,15 @@ class Journal:
         """Open (creating if needed) the journal at `path`, a file or a state folder that holds one."""
         path, connection = await anyio.to_thread.run_sync(connect, Path(path))
         return cls(path, connection)
+
+    @classmethod
+    async def open_for_reading(cls, path: Path) -> Journal:
+        """Open to read (`topn status`): as `open`, or read-only when the state folder cannot be written."""
+        try:
+            return await cls.open(path)
+        except JournalUnusableError:
+            connection = await anyio.to_thread.run_sync(connect_read_only, Path(path))
+            return cls(Path(path), connection)
 
     async def close(self) -> None:
         """Wait for the write in progress, then close; safe to call twice."""

@@ -29,7 +29,7 @@ async def recent_runs_in(journal_file: Path, limit: int, whole: bool) -> list[di
     """`recent_runs` of the journal file; a missing journal is no runs (and nothing is created)."""
     if not await anyio.Path(journal_file).is_file():
         return []
-    async with await Journal.open(journal_file) as journal:
+    async with await Journal.open_for_reading(journal_file) as journal:
         return await recent_runs(journal, limit, whole)
 
 
