@@ -191,18 +191,6 @@ def test_events_stop_quietly_once_the_stderr_reader_is_gone(monkeypatch: pytest.
     sys.stderr.close()  # the process would keep it; the test closes it before stderr is restored
 
 
-def test_any_other_write_error_still_surfaces() -> None:
-    class Full:
-        def write(self, text: str, /) -> int:
-            raise OSError(28, "No space left on device")
-
-        def flush(self) -> None:
-            pass
-
-    with pytest.raises(OSError, match="No space"):
-        console.EventStream(Full()).write("x\n")
-
-
 def test_a_finished_run_whose_summary_is_unreadable_is_not_said_to_be_moved(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "summary.json").write_text("{not json", encoding="utf-8")
