@@ -255,6 +255,7 @@ def _run_body(
 ) -> int:
     """`topn run` and `topn resume`: one run in the process shell, under signals; print; exit status."""
     from orchestrator.run.pipeline import summary_exit_status
+    from orchestrator.service.runlock import run_lock
     from orchestrator.service.shell import open_services, run_once
     from orchestrator.service.signals import run_supervised
 
@@ -270,7 +271,10 @@ def _run_body(
         print_summary(summary, out_dir, as_json=as_json, inputs=inputs)
         return summary
 
-    with progress:
+    locked_run_id = resume_run_id or run_id
+    assert locked_run_id is not None, "a run body always has its run id"
+    # One driver per run: a second `topn resume` of this run is exit 2 at once, naming our pid.
+    with run_lock(settings.local.state_dir, locked_run_id), progress:
         outcome = run_supervised(body, lambda received: _exit_on_repeat(received, log_format))
     status = _report(outcome.error, log_format) if outcome.error is not None else EXIT_FAILED
     if outcome.signalled is not None:
