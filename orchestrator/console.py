@@ -145,7 +145,15 @@ def render_run(run: Mapping[str, Any]) -> str:
                 f"  {failure.get('file')}: exit code {failure.get('exit_code')}, "
                 f"failure {failure.get('failure_code') or '-'}: {failure.get('message') or ''}".rstrip()
             )
-    if not run["finished"]:
+    error = run.get("last_error")
+    if error:
+        lines += [
+            "",
+            f"Stopped in {error.get('state')} at {error.get('at')}: {error.get('error_type')}",
+            f"  {error.get('message')}",
+            f"Next: {error.get('next_step')}",
+        ]
+    elif not run["finished"]:
         lines += ["", f"Continue it with `topn resume {run['run_id']}`."]
     return "\n".join(lines) + "\n"
 

@@ -72,6 +72,8 @@ class RunRecord:
     downloads: Mapping[str, DownloadRecord]  # by relpath
     out_dir: str | None = None  # the results folder (absolute), when create_run was told it
     file_failures: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # by relpath
+    # The error that ended the run's last attempt (error_type, message, resumable, state, at), if any.
+    last_error: Mapping[str, Any] | None = None
 
     @property
     def is_finished(self) -> bool:

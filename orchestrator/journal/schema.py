@@ -12,7 +12,7 @@ from typing import Final
 from orchestrator.errors import TopnError, UsageError
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -96,6 +96,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             error_json TEXT NOT NULL,
             at TEXT NOT NULL,
             PRIMARY KEY (run_id, relpath)
+        ) WITHOUT ROWID""",
+    ),
+    # Version 5: the error that ended a run (kept for `topn status RUN_ID`; the latest one wins).
+    (
+        """CREATE TABLE run_errors (
+            run_id TEXT PRIMARY KEY REFERENCES runs (run_id),
+            error_json TEXT NOT NULL,
+            at TEXT NOT NULL
         ) WITHOUT ROWID""",
     ),
 )

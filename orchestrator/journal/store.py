@@ -327,6 +327,20 @@ class Journal:
 
         await self._write(write, durable=False)
 
+    async def record_run_error(
+        self, run_id: str, *, error_type: str, message: str, resumable: bool, state: str
+    ) -> None:
+        """Keep the error that ended the run's attempt (in `state`), for `topn status`; secrets redacted."""
+        error = {"error_type": error_type, "message": message, "resumable": resumable, "state": state}
+        error_json = json.dumps(redact_value(_jsonable(error)), sort_keys=True, ensure_ascii=False)
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            _upsert(connection, "run_errors", {"run_id": run_id}, error_json=error_json, at=at)
+
+        await self._write(write, durable=True)
+
     # ----------------------------------------------------------------- reads
 
     async def load_run(self, run_id: str) -> RunRecord | None:

@@ -107,6 +107,7 @@ def describe_run(record: RunRecord) -> dict[str, Any]:
         "tasks_failed": len(failed),
         "tasks_in_flight": len(incomplete_task_ids(record)),
         "failures": failures,
+        "last_error": _last_error(record),
         "sas_expiries": {
             purpose: format_timestamp(moment) for purpose, moment in record.sas_expiries.items()
         },
@@ -114,3 +115,19 @@ def describe_run(record: RunRecord) -> dict[str, Any]:
             {"state": change.state, "at": format_timestamp(change.at)} for change in record.state_history
         ],
     }
+
+
+def _last_error(record: RunRecord) -> dict[str, Any] | None:
+    """Why the run's last attempt stopped, with the next step; None once it succeeded or never stopped."""
+    if record.last_error is None or record.state == "SUCCEEDED":
+        return None
+    error = dict(record.last_error)
+    if record.is_finished:
+        error["next_step"] = "fix the cause, then start the files again with `topn run`"
+    elif error.get("resumable"):
+        error["next_step"] = f"once the cause is fixed: topn resume {record.run_id}"
+    else:
+        error["next_step"] = (
+            f"topn resume {record.run_id} (it may stop the same way until the cause is fixed)"
+        )
+    return error

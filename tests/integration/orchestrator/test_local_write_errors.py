@@ -20,11 +20,13 @@ from structlog.testing import capture_logs
 
 from orchestrator import naming, results
 from orchestrator.azure.clients import open_clients
+from orchestrator.console import render_run
 from orchestrator.errors import LocalWriteError
 from orchestrator.inputs import discover_inputs
 from orchestrator.journal import Journal
 from orchestrator.run.pipeline import run_pipeline
 from orchestrator.service.poolkeeper import PoolKeeper
+from orchestrator.service.status import describe_run
 from tests.conftest import StartEmulator, StorageEndpoint
 from tests.integration.orchestrator.test_pipeline_run import settings_for, stand_in_node
 
@@ -118,11 +120,16 @@ async def test_a_full_disk_interrupts_the_run_and_resume_finishes_it(
     assert not record.is_finished and record.state in ("RUNNING", "COLLECTING")  # interrupted, not FAILED
     failed = [entry for entry in logs if entry["event"] == "run.failed"]
     assert len(failed) == 1 and failed[0]["resumable"] is True
+    # The journal keeps why it stopped; `topn status RUN_ID` shows it and the next step (point 10).
+    shown = render_run(describe_run(record))
+    assert "LocalWriteError" in shown and "No space left on device" in shown
+    assert f"Next: once the cause is fixed: topn resume {record.run_id}" in shown
 
     disk.full = False  # space freed
     summary = await _run(tmp_path, settings, record.run_id)
     _assert_complete(summary, tmp_path / "out")
-    assert (await _only_run(tmp_path)).state == "SUCCEEDED"
+    finished = await _only_run(tmp_path)
+    assert finished.state == "SUCCEEDED" and describe_run(finished)["last_error"] is None
 
 
 async def test_a_results_folder_removed_during_the_run_is_not_silently_made_again(
