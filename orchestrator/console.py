@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,12 +54,33 @@ class EventStream:
         sys.stderr = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - kept open until exit
 
 
-def render_table(summary: Mapping[str, Any], out_dir: Path, renamed: Sequence[tuple[str, Path]] = ()) -> str:
+# A word is never cut shorter than this, however narrow the terminal.
+MIN_WORD_COLUMNS = 12
+
+
+def shorten_word(word: str, columns: int) -> str:
+    """`word` cut to `columns` characters with `…` and its length, when longer (the table only)."""
+    if len(word) <= columns:
+        return word
+    note = f"… ({len(word):,} chars)"
+    return word[: max(1, columns - len(note))] + note
+
+
+def render_table(
+    summary: Mapping[str, Any],
+    out_dir: Path,
+    renamed: Sequence[tuple[str, Path]] = (),
+    columns: int | None = None,
+) -> str:
     """The readable result for stdout: run line, top words, failed files, inputs given another name.
 
     `renamed` pairs a run name with the file it stands for, so a user can tell which of two
-    `notes.txt` became `notes~2.txt` (and which results are whose).
+    `notes.txt` became `notes~2.txt` (and which results are whose). A word longer than the terminal
+    (`columns`, default its width) allows is shortened here; summary.json and the `_OUTPUT` files keep
+    it whole.
     """
+    if columns is None:
+        columns = shutil.get_terminal_size((100, 24)).columns
     totals = summary.get("totals", {})
     lines = [
         f"Run {summary.get('run_id')}: {summary.get('state')} - {totals.get('files', 0)} files, "
@@ -71,8 +93,10 @@ def render_table(summary: Mapping[str, Any], out_dir: Path, renamed: Sequence[tu
     lines.append("")
     top = summary.get("top", [])
     if top:
-        width = max(len("word"), *(len(str(word)) for word, _ in top))
         count_width = max(len("count"), *(len(str(count)) for _, count in top))
+        word_columns = max(MIN_WORD_COLUMNS, columns - 3 - 2 - 2 - count_width)
+        top = [(shorten_word(str(word), word_columns), count) for word, count in top]
+        width = max(len("word"), *(len(word) for word, _ in top))
         lines.append(f"{'#':>3}  {'word':<{width}}  {'count':>{count_width}}")
         for rank, (word, count) in enumerate(top, start=1):
             lines.append(f"{rank:>3}  {word:<{width}}  {count:>{count_width}}")

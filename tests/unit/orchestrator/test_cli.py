@@ -201,3 +201,13 @@ def test_a_finished_run_whose_summary_is_unreadable_is_not_said_to_be_moved(tmp_
     with pytest.raises(cli.UsageError, match="moved or deleted") as raised:
         cli._read_summary(tmp_path / "gone", "20261122t010203z-abcdef")
     assert str(tmp_path / "gone") in str(raised.value)
+
+
+def test_a_word_longer_than_the_terminal_is_shortened_in_the_table_only() -> None:
+    long_word = "a" * 3_000_000  # a 3 MB single-word file's only word
+    summary = {**SUMMARY, "top": [[long_word, 1], ["short", 1]], "files": []}
+    text = console.render_table(summary, Path("results/r"), columns=80)
+    assert len(text) < 2_000
+    assert all(len(line) <= 80 for line in text.splitlines()[2:5])  # header and the two rows
+    assert "… (3,000,000 chars)" in text and " short " in text
+    assert summary["top"][0][0] == long_word  # summary.json's content is untouched
