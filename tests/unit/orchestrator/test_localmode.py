@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,6 +92,11 @@ def test_local_down_stops_a_child_service_a_dead_run_left_behind(tmp_path: Path)
     # A stand-in survivor whose command line looks like the emulator's (what `_is_our_process` checks).
     survivor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "emulator"])
     try:
+        command_line = Path(f"/proc/{survivor.pid}/cmdline")
+        for _ in range(100):  # just after exec the kernel may not show the new command line yet
+            if b"emulator" in command_line.read_bytes():
+                break
+            time.sleep(0.05)
         record = localmode.local_dir(settings) / "children" / "emulator.json"
         record.parent.mkdir(parents=True)
         record.write_text(json.dumps({"pid": survivor.pid, "parent_pid": 999999, "endpoint": "http://x"}))
