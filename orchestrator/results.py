@@ -20,6 +20,7 @@ from typing import Any
 
 from orchestrator import naming
 from orchestrator.errors import InputError, LocalWriteError
+from orchestrator.secrets import redact_value
 
 COUNTS_FORMAT = "topn.counts"
 RUN_MARKER = ".topn-run"  # holds the run id that owns a results folder
@@ -276,7 +277,8 @@ def summary_path(out_dir: Path) -> Path:
 
 
 def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:
-    """summary.json, written atomically, UTF-8, stable key order."""
+    """summary.json, written atomically, UTF-8, stable key order; a SAS or key in an error is redacted."""
+    summary = redact_value(summary)
     path = summary_path(out_dir)
     try:
         _check_still_there(out_dir)
