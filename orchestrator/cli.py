@@ -105,8 +105,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def ensure_standard_streams() -> None:
+    """Give a closed stdin, stdout or stderr (`>&-`, `2>&-`) /dev/null before anything opens a file.
+
+    Otherwise the next file or socket opened would take the free descriptor 1 or 2, and a printed
+    table or an event line would land inside it (the journal, a child service's log), and Python's
+    `sys.stdout` / `sys.stderr` would be None. Output to a closed stream is dropped; the run goes on.
+    """
+    for descriptor in (0, 1, 2):
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != descriptor:
+                os.dup2(null, descriptor)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as the process
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script; returns the exit status."""
+    ensure_standard_streams()
     args = build_parser().parse_args(argv)
     log_format: Literal["json", "console"] = args.log_format or default_log_format(sys.stderr)
     # Events follow sys.stderr at write time, so a live progress bar can route them above itself.
@@ -134,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    path = args.config if args.config is not None else default_config_path(Path.cwd())
+    path = args.config if args.config is not None else default_config_path(_working_folder())
     settings = load_settings(path, environ)
     register_secrets(secret_values(settings))
     overrides: dict[str, Any] = {}
@@ -146,6 +168,17 @@ def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         settings = replace(settings, run=replace(settings.run, **overrides))
     # Relative state folders are relative to where topn was started, resolved once here.
     return replace(settings, local=replace(settings.local, state_dir=settings.local.state_dir.resolve()))
+
+
+def _working_folder() -> Path:
+    """The current folder; one that was deleted under the shell is exit 2 with the fix, not a crash."""
+    try:
+        return Path.cwd()
+    except FileNotFoundError:
+        raise UsageError(
+            "the current folder no longer exists (it was deleted or moved); `cd` into an existing "
+            "folder and run topn again"
+        ) from None
 
 
 def _report(error: TopnError, log_format: str, stream: TextIO | None = None) -> int:
@@ -167,11 +200,13 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
     # Imported here so `topn local` and `--help` stay quick and independent of the run machinery.
     from orchestrator import naming
     from orchestrator.inputs import discover_inputs
+    from orchestrator.journal import check_state_folder
     from orchestrator.results import check_results_folder_creatable, claim_results_folder
 
     if not args.paths:
         raise UsageError("give at least one file or folder to process, e.g. `topn run examples/texts`")
     inputs = discover_inputs(args.paths)  # InputError (exit 2) before anything is started
+    check_state_folder(settings.local.state_dir)
     run_id = naming.new_run_id()
     out_dir = args.out if args.out is not None else Path("results") / run_id
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -183,7 +218,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
 
 
 def _resume_command(args: argparse.Namespace, settings: Settings, log_format: str) -> int:
-    from orchestrator.journal import journal_path
+    from orchestrator.journal import check_state_folder, journal_path
     from orchestrator.run.pipeline import summary_exit_status
     from orchestrator.run.resume import resumed_inputs, resumed_out_dir, resumed_settings, unknown_run
 
@@ -192,6 +227,8 @@ def _resume_command(args: argparse.Namespace, settings: Settings, log_format: st
     if record is None:
         raise unknown_run(args.run_id, journal_file)
     out_dir = resumed_out_dir(record)
+    if not record.is_finished:
+        check_state_folder(settings.local.state_dir)
     if record.is_finished:  # nothing to do: show what it ended with
         summary = _read_summary(out_dir, record.run_id)
         print_summary(summary, out_dir, as_json=args.json, inputs=resumed_inputs(record))
@@ -218,6 +255,7 @@ def _run_body(
 ) -> int:
     """`topn run` and `topn resume`: one run in the process shell, under signals; print; exit status."""
     from orchestrator.run.pipeline import summary_exit_status
+    from orchestrator.service.runlock import run_lock
     from orchestrator.service.shell import open_services, run_once
     from orchestrator.service.signals import run_supervised
 
@@ -233,7 +271,10 @@ def _run_body(
         print_summary(summary, out_dir, as_json=as_json, inputs=inputs)
         return summary
 
-    with progress:
+    locked_run_id = resume_run_id or run_id
+    assert locked_run_id is not None, "a run body always has its run id"
+    # One driver per run: a second `topn resume` of this run is exit 2 at once, naming our pid.
+    with run_lock(settings.local.state_dir, locked_run_id), progress:
         outcome = run_supervised(body, lambda received: _exit_on_repeat(received, log_format))
     status = _report(outcome.error, log_format) if outcome.error is not None else EXIT_FAILED
     if outcome.signalled is not None:
@@ -263,7 +304,7 @@ async def _load_record(journal_file: Path, run_id: str) -> Any:
 
     if not await anyio.Path(journal_file).is_file():
         return None
-    async with await Journal.open(journal_file) as journal:
+    async with await Journal.open_for_reading(journal_file) as journal:
         return await journal.load_run(run_id)
 
 
@@ -271,9 +312,15 @@ def _read_summary(out_dir: Path, run_id: str) -> dict[str, Any]:
     try:
         return read_summary(out_dir)
     except (OSError, ValueError) as error:
+        if not out_dir.exists():
+            raise UsageError(
+                f"run {run_id} has finished but its results folder {out_dir} is not there any more; "
+                "it was moved or deleted"
+            ) from None
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise UsageError(
-            f"run {run_id} has finished but its summary {summary_path(out_dir)} cannot be read ({error}); "
-            "its results folder was moved or deleted"
+            f"run {run_id} has finished but its summary {summary_path(out_dir)} cannot be read: {reason} "
+            "(check that the file is readable and was not edited)"
         ) from None
 
 
@@ -323,6 +370,9 @@ def _local_command(args: argparse.Namespace, settings: Settings) -> int:
         )
     action = args.local_command
     if action == "up":
+        from orchestrator.journal import check_state_folder
+
+        check_state_folder(settings.local.state_dir)
         services = anyio.run(localmode.local_up, settings)
         for service in services.values():
             print(f"{service.name:<9} {service.endpoint}  (pid {service.pid})")

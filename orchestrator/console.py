@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ STDERR_TAIL_LINES = 5
 
 
 class EventStream:
-    """Event lines to stderr; once nobody reads stderr any more (EPIPE), they are dropped.
+    """Event lines to stderr; once stderr cannot take them (EPIPE, ENOSPC, closed), they are dropped.
 
     `topn run DIR 2>&1 | head` closes the pipe after a few lines. Events are a view of the run, not
     its record (that is the journal, the results and summary.json), so losing the reader must not
@@ -33,7 +34,7 @@ class EventStream:
         if not self.reader_gone:
             try:
                 return self._target.write(text)
-            except BrokenPipeError:
+            except (OSError, ValueError):  # EPIPE, a full disk (`2>/dev/full`), a closed file
                 self._drop_stderr()
         return len(text)
 
@@ -41,7 +42,7 @@ class EventStream:
         if not self.reader_gone:
             try:
                 self._target.flush()
-            except BrokenPipeError:
+            except (OSError, ValueError):
                 self._drop_stderr()
 
     def isatty(self) -> bool:
@@ -53,12 +54,33 @@ class EventStream:
         sys.stderr = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - kept open until exit
 
 
-def render_table(summary: Mapping[str, Any], out_dir: Path, renamed: Sequence[tuple[str, Path]] = ()) -> str:
+# A word is never cut shorter than this, however narrow the terminal.
+MIN_WORD_COLUMNS = 12
+
+
+def shorten_word(word: str, columns: int) -> str:
+    """`word` cut to `columns` characters with `…` and its length, when longer (the table only)."""
+    if len(word) <= columns:
+        return word
+    note = f"… ({len(word):,} chars)"
+    return word[: max(1, columns - len(note))] + note
+
+
+def render_table(
+    summary: Mapping[str, Any],
+    out_dir: Path,
+    renamed: Sequence[tuple[str, Path]] = (),
+    columns: int | None = None,
+) -> str:
     """The readable result for stdout: run line, top words, failed files, inputs given another name.
 
     `renamed` pairs a run name with the file it stands for, so a user can tell which of two
-    `notes.txt` became `notes~2.txt` (and which results are whose).
+    `notes.txt` became `notes~2.txt` (and which results are whose). A word longer than the terminal
+    (`columns`, default its width) allows is shortened here; summary.json and the `_OUTPUT` files keep
+    it whole.
     """
+    if columns is None:
+        columns = shutil.get_terminal_size((100, 24)).columns
     totals = summary.get("totals", {})
     lines = [
         f"Run {summary.get('run_id')}: {summary.get('state')} - {totals.get('files', 0)} files, "
@@ -71,8 +93,10 @@ def render_table(summary: Mapping[str, Any], out_dir: Path, renamed: Sequence[tu
     lines.append("")
     top = summary.get("top", [])
     if top:
-        width = max(len("word"), *(len(str(word)) for word, _ in top))
         count_width = max(len("count"), *(len(str(count)) for _, count in top))
+        word_columns = max(MIN_WORD_COLUMNS, columns - 3 - 2 - 2 - count_width)
+        top = [(shorten_word(str(word), word_columns), count) for word, count in top]
+        width = max(len("word"), *(len(word) for word, _ in top))
         lines.append(f"{'#':>3}  {'word':<{width}}  {'count':>{count_width}}")
         for rank, (word, count) in enumerate(top, start=1):
             lines.append(f"{rank:>3}  {word:<{width}}  {count:>{count_width}}")
@@ -145,7 +169,15 @@ def render_run(run: Mapping[str, Any]) -> str:
                 f"  {failure.get('file')}: exit code {failure.get('exit_code')}, "
                 f"failure {failure.get('failure_code') or '-'}: {failure.get('message') or ''}".rstrip()
             )
-    if not run["finished"]:
+    error = run.get("last_error")
+    if error:
+        lines += [
+            "",
+            f"Stopped in {error.get('state')} at {error.get('at')}: {error.get('error_type')}",
+            f"  {error.get('message')}",
+            f"Next: {error.get('next_step')}",
+        ]
+    elif not run["finished"]:
         lines += ["", f"Continue it with `topn resume {run['run_id']}`."]
     return "\n".join(lines) + "\n"
 
@@ -158,5 +190,9 @@ def print_summary(
     else:
         renamed = [(item.relpath, item.path) for item in renamed_inputs(inputs)]
         text = render_table(summary, out_dir, renamed)
-    sys.stdout.write(redact_text(text))
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(redact_text(text))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`topn run … | head`): the results and summary.json are on disk already.
+        sys.stdout = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - kept open until exit

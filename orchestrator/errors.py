@@ -39,6 +39,14 @@ class PoolError(TopnError):
     """The pool cannot run tasks: start task failed, allocation failed, quota reached."""
 
 
+class LocalWriteError(TopnError):
+    """A result file or summary.json could not be written (disk full, read-only or vanished folder).
+
+    Nothing is lost: the results stay in Blob Storage and the journal keeps the state reached, so the
+    run stops as interrupted and `topn resume` finishes it once the folder is usable again.
+    """
+
+
 class RunFailedError(TopnError):
     """The run could not finish; the journal keeps what was done so `topn resume` can go on."""
 

@@ -67,6 +67,7 @@ def _walk_argument(argument: Path) -> Iterator[tuple[Path, str, os.stat_result]]
             f"cannot read input {argument}: {error.strerror} (check its permissions, or leave it out)"
         ) from None
     if stat.S_ISREG(info.st_mode):
+        _check_readable(argument)
         yield argument, argument.name, info
         return
     if not stat.S_ISDIR(info.st_mode):
@@ -115,7 +116,7 @@ def _walk_folder(
             ) from None
         relpath = prefix / entry.name
         if stat.S_ISDIR(info.st_mode):
-            if (path / RUN_MARKER).is_file():
+            if _holds_run_marker(path):
                 # An earlier run's results (`topn run .` twice puts them below the inputs): their
                 # counts and summary are not the user's texts. Named as an argument, they are taken.
                 continue
@@ -127,7 +128,31 @@ def _walk_folder(
                 )
             yield from _walk_folder(path, relpath, ancestors | {identity})
         elif stat.S_ISREG(info.st_mode):
+            _check_readable(path)
             yield path, str(relpath), info
+
+
+def _holds_run_marker(folder: Path) -> bool:
+    """Whether `folder` is a topn results folder; one that cannot be entered is refused, naming it."""
+    try:
+        return stat.S_ISREG((folder / RUN_MARKER).stat().st_mode)
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        raise InputError(
+            f"cannot list folder {folder}: {error.strerror} (check its permissions, or leave it out)"
+        ) from None
+
+
+def _check_readable(path: Path) -> None:
+    """Open the file once: one that cannot be read is refused now, not found out on the node."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise InputError(
+            f"cannot read input {path}: {error.strerror} (check its permissions, or leave it out)"
+        ) from None
+    os.close(descriptor)
 
 
 def make_relpaths_unique(relpaths: Sequence[str]) -> list[str]:

@@ -6,6 +6,7 @@ is always computed here and never spelled out anywhere else.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import secrets
@@ -117,10 +118,33 @@ def check_relative_name(name: str) -> str:
     return name
 
 
+# A file name's limit on common filesystems (ext4, XFS, btrfs, APFS, tmpfs): 255 bytes.
+MAX_FILE_NAME_BYTES = 255
+# An extension longer than this is part of the name to shorten, not something worth keeping whole.
+_KEPT_EXTENSION_BYTES = 16
+_NAME_HASH_CHARS = 12
+
+
 def output_name(relpath: str) -> str:
-    """`<relpath without extension>_OUTPUT<ext>`, the seed's output name with the folders kept."""
+    """`<relpath without extension>_OUTPUT<ext>`, the seed's output name with the folders kept.
+
+    A legal input name of up to 255 bytes would give a result name over the filesystem's limit, so a
+    result name that would pass `MAX_FILE_NAME_BYTES` is shortened deterministically: the start of the
+    name (cut on a character boundary), `~` and a hash of the whole relpath (two long names never
+    collide), `_OUTPUT` and the extension. summary.json's `output` says which file belongs to which input.
+    """
     path = PurePosixPath(check_relative_name(relpath))
-    return str(path.with_name(f"{path.stem}_OUTPUT{path.suffix}"))
+    name = f"{path.stem}_OUTPUT{path.suffix}"
+    if len(name.encode("utf-8")) <= MAX_FILE_NAME_BYTES:
+        return str(path.with_name(name))
+    stem, suffix = path.stem, path.suffix
+    if len(suffix.encode("utf-8")) > _KEPT_EXTENSION_BYTES:
+        stem, suffix = path.name, ""
+    digest = hashlib.sha256(relpath.encode("utf-8")).hexdigest()[:_NAME_HASH_CHARS]
+    tail = f"~{digest}_OUTPUT{suffix}"
+    budget = MAX_FILE_NAME_BYTES - len(tail.encode("utf-8"))
+    start = stem.encode("utf-8")[:budget].decode("utf-8", errors="ignore")  # never half a character
+    return str(path.with_name(start + tail))
 
 
 def counts_name(relpath: str) -> str:
@@ -156,15 +180,22 @@ def task_command_line(
     if not files:
         raise ValueError("a work unit needs at least one input")
     words = ["exec", interpreter_word(python), interpreter_word(script)]
+    # Every value is glued to its flag (`--flag=value`): a name such as `-a_OUTPUT.txt` or `--` given
+    # as a separate argument would be read by the node's parser as an option.
     for node_input, _ in files:
-        words += ["--filepath", shlex.quote(node_input)]
+        words.append(_flag("--filepath", node_input))
     # No destination flag: the node reads $TOPN_OUTPUT_SAS_URL itself, so the SAS stays out of argv.
-    words += ["--top", str(top), "--tokenizer", shlex.quote(tokenizer)]
+    words += [_flag("--top", str(top)), _flag("--tokenizer", tokenizer)]
     for _, relpath in files:
-        words += ["--output-name", shlex.quote(output_name(relpath))]
+        words.append(_flag("--output-name", output_name(relpath)))
     for _, relpath in files:
-        words += ["--counts-name", shlex.quote(counts_name(relpath))]
+        words.append(_flag("--counts-name", counts_name(relpath)))
     return f"/bin/sh -c {shlex.quote(' '.join(words))}"
+
+
+def _flag(flag: str, value: str) -> str:
+    """One shell word `--flag=value` that the node's parser can only read as that flag's value."""
+    return shlex.quote(f"{flag}={value}")
 
 
 MAX_FILES_PER_UNIT = 64

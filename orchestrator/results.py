@@ -8,6 +8,7 @@ broken by first occurrence: earliest input first, then position inside that inpu
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import os
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import naming
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, LocalWriteError
+from orchestrator.secrets import redact_value
 
 COUNTS_FORMAT = "topn.counts"
 RUN_MARKER = ".topn-run"  # holds the run id that owns a results folder
@@ -215,10 +217,43 @@ def result_path(out_dir: Path, name: str) -> Path:
 
 
 def write_result(out_dir: Path, name: str, data: bytes) -> Path:
-    """Write one result file under `out_dir` atomically, refusing any name that would leave it."""
+    """Write one result file under `out_dir` atomically, refusing any name that would leave it.
+
+    LocalWriteError (the run stays resumable) names the file, the folder, the error and the fix.
+    """
     path = result_path(out_dir, name)
-    write_atomic(path, data)
+    try:
+        _check_still_there(out_dir)
+        write_atomic(path, data)
+    except OSError as error:
+        raise LocalWriteError(local_write_message(out_dir, path, error)) from None
     return path
+
+
+def _check_still_there(out_dir: Path) -> None:
+    """A results folder removed during the run is not silently made again (earlier results went with it)."""
+    if not out_dir.is_dir():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(out_dir))
+
+
+# What to do about a write the system refused, by errno; anything else: the generic advice.
+_WRITE_FIXES = {
+    errno.ENOSPC: "free some space on that disk",
+    errno.EDQUOT: "free some space within your disk quota",
+    errno.EROFS: "remount the filesystem read-write",
+    errno.EACCES: "make the folder writable for this user",
+    errno.EPERM: "make the folder writable for this user",
+    errno.ENOENT: "the folder was moved or deleted; put it back (results saved so far are fetched again)",
+    errno.ENOTDIR: "something in its path is no longer a folder; put the folder back",
+}
+
+
+def local_write_message(out_dir: Path, path: Path, error: OSError) -> str:
+    """Why a result could not be written, and what to do: named file, folder, error and fix."""
+    code = errno.errorcode.get(error.errno or 0, "")
+    reason = f"{error.strerror or error}{f' ({code})' if code else ''}"
+    fix = _WRITE_FIXES.get(error.errno or 0, "make the folder usable again")
+    return f"cannot write {path} in the results folder {out_dir}: {reason}; {fix}"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -242,9 +277,14 @@ def summary_path(out_dir: Path) -> Path:
 
 
 def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:
-    """summary.json, written atomically, UTF-8, stable key order."""
+    """summary.json, written atomically, UTF-8, stable key order; a SAS or key in an error is redacted."""
+    summary = redact_value(summary)
     path = summary_path(out_dir)
-    write_atomic(path, (json.dumps(summary, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    try:
+        _check_still_there(out_dir)
+        write_atomic(path, (json.dumps(summary, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    except OSError as error:
+        raise LocalWriteError(local_write_message(out_dir, path, error)) from None
     return path
 
 

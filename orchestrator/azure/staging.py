@@ -46,6 +46,9 @@ class StagedInput:
     md5_hex: str
     size_bytes: int
     skipped: bool
+    # Why it is not in Blob Storage after all: it vanished or became unreadable after discovery (or
+    # kept changing). Only this file fails; its task runs the others.
+    unreadable: str | None = None
 
 
 UploadedCallback = Callable[[StagedInput], Awaitable[None]]
@@ -176,9 +179,7 @@ async def _upload_once(
         before = await anyio.to_thread.run_sync(_file_version, path)
         data, md5 = await anyio.to_thread.run_sync(_md5_of_file, path)
     except OSError as error:
-        raise InputError(
-            f"cannot read input {path}: {error.strerror} (it changed since the run started?)"
-        ) from None
+        raise InputError(_unreadable(path, error)) from None
     blob = blob_service.get_blob_client(container, blob_name)
     settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5))
     sent: list[tuple[bytes, int]] = []  # (md5, size) of what the last put sent
@@ -225,6 +226,19 @@ async def _upload_once(
     return UploadedFile(md5_hex=md5.hex(), size_bytes=size_bytes, skipped=skipped)
 
 
+def _unreadable(path: Path, error: OSError) -> str:
+    """Why an input found at discovery cannot be uploaded now."""
+    if isinstance(error, FileNotFoundError):
+        return (
+            f"input {path} was removed after the run started; only this file fails "
+            "(restore it and run it again)"
+        )
+    return (
+        f"cannot read input {path}: {error.strerror or error} (it changed since the run started); "
+        "only this file fails"
+    )
+
+
 async def upload_inputs(
     blob_service: BlobServiceClient,
     container: str,
@@ -243,7 +257,13 @@ async def upload_inputs(
         async with limiter:
             started = time.monotonic()
             blob_name = naming.input_blob_name(run_id, item.relpath)
-            uploaded = await upload_input_file(blob_service, container, blob_name, item.path, retry)
+            try:
+                uploaded = await upload_input_file(blob_service, container, blob_name, item.path, retry)
+            except (InputError, OSError) as error:  # gone, unreadable or never still since discovery
+                reason = str(error) if isinstance(error, InputError) else _unreadable(item.path, error)
+                staged[index] = StagedInput(index, item.relpath, blob_name, "", 0, False, unreadable=reason)
+                log.warning("input.unreadable", file=item.relpath, error=reason)
+                return
             # The size is what was uploaded: the file may have changed since it was discovered.
             result = StagedInput(
                 index, item.relpath, blob_name, uploaded.md5_hex, uploaded.size_bytes, uploaded.skipped

@@ -36,6 +36,7 @@ from orchestrator.journal.schema import (
     SCHEMA_VERSION,
     JournalError,
     JournalUnusableError,
+    check_state_folder,
     format_timestamp,
     journal_path,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "RunSummary",
     "StateChange",
     "UploadRecord",
+    "check_state_folder",
     "format_timestamp",
     "journal_path",
 ]

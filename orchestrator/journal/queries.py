@@ -195,6 +195,10 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 "SELECT relpath, error_json FROM file_failures WHERE run_id = ? ORDER BY relpath", (run_id,)
             )
         }
+        error_row = connection.execute(
+            "SELECT error_json, at FROM run_errors WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        last_error = {**json.loads(error_row[0]), "at": error_row[1]} if error_row is not None else None
         records.append(
             RunRecord(
                 run_id=run_id,
@@ -211,6 +215,7 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 out_dir=out_dir,
                 file_failures=file_failures,
                 task_generations=generations,
+                last_error=last_error,
             )
         )
     return records

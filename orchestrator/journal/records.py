@@ -74,6 +74,8 @@ class RunRecord:
     file_failures: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # by relpath
     # Work units whose task a resume re-issued: the generation in the job (naming.task_generation_id).
     task_generations: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # The error that ended the run's last attempt (error_type, message, resumable, state, at), if any.
+    last_error: Mapping[str, Any] | None = None
 
     @property
     def is_finished(self) -> bool:

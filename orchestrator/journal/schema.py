@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -10,7 +12,7 @@ from typing import Final
 from orchestrator.errors import TopnError, UsageError
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -107,6 +109,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (run_id, task_id)
         ) WITHOUT ROWID""",
     ),
+    # Version 6: the error that ended a run (kept for `topn status RUN_ID`; the latest one wins).
+    (
+        """CREATE TABLE run_errors (
+            run_id TEXT PRIMARY KEY REFERENCES runs (run_id),
+            error_json TEXT NOT NULL,
+            at TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 
 
@@ -138,6 +148,48 @@ def parse_timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
+_STATE_DIR_FIX = "set [local] state_dir (or TOPN_LOCAL_STATE_DIR) to a writable folder"
+
+
+def check_state_folder(state_dir: Path) -> None:
+    """Refuse a state folder that cannot hold the journal and local data (exit 2), before anything starts.
+
+    It is made if missing; a file in its place, a folder that cannot be made, a read-only or
+    not-writable folder is a JournalUnusableError naming the folder, the error and the fix.
+    """
+    if state_dir.exists() and not state_dir.is_dir():
+        raise JournalUnusableError(f"the state folder {state_dir} is a file, not a folder; {_STATE_DIR_FIX}")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise JournalUnusableError(
+            f"cannot create the state folder {state_dir}: {error.strerror or error}; {_STATE_DIR_FIX}"
+        ) from None
+    try:  # a real write: permission bits do not tell a read-only filesystem (or root) apart
+        handle, probe = tempfile.mkstemp(dir=state_dir, prefix=".write-probe-")
+        os.close(handle)
+        Path(probe).unlink()
+    except OSError as error:
+        raise JournalUnusableError(
+            f"the state folder {state_dir} is not writable: {error.strerror or error}; {_STATE_DIR_FIX}"
+        ) from None
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """The journal opened for reading only, for `topn status` on a state folder it may not write.
+
+    SQLite's `immutable` mode needs no -wal/-shm files: it reads the main file as it is, so a run
+    another process is writing at this moment may show its state as of its last checkpoint.
+    """
+    if path.is_dir():
+        path = journal_path(path)
+    uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+    try:
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as error:
+        raise JournalUnusableError(f"cannot read the journal {path}: {error}") from error
+
+
 def connect(path: Path) -> tuple[Path, sqlite3.Connection]:
     """Open the database in WAL mode and bring its schema up to date (runs on a worker thread)."""
     if path.is_dir():
@@ -146,8 +198,7 @@ def connect(path: Path) -> tuple[Path, sqlite3.Connection]:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise JournalUnusableError(
-            f"cannot create the state folder {path.parent} for the journal: {error};"
-            " set [local] state_dir (or TOPN_LOCAL_STATE_DIR) to a writable folder"
+            f"cannot create the state folder {path.parent} for the journal: {error}; {_STATE_DIR_FIX}"
         ) from error
     try:
         connection = sqlite3.connect(

@@ -17,7 +17,14 @@ import anyio
 
 from orchestrator.journal.queries import load_runs, run_summaries
 from orchestrator.journal.records import JournalInput, RunRecord, RunSummary
-from orchestrator.journal.schema import JournalError, connect, format_timestamp, now
+from orchestrator.journal.schema import (
+    JournalError,
+    JournalUnusableError,
+    connect,
+    connect_read_only,
+    format_timestamp,
+    now,
+)
 from orchestrator.secrets import redact_value, strip_secrets
 
 T = TypeVar("T")
@@ -88,6 +95,15 @@ class Journal:
         """Open (creating if needed) the journal at `path`, a file or a state folder that holds one."""
         path, connection = await anyio.to_thread.run_sync(connect, Path(path))
         return cls(path, connection)
+
+    @classmethod
+    async def open_for_reading(cls, path: Path) -> Journal:
+        """Open to read (`topn status`): as `open`, or read-only when the state folder cannot be written."""
+        try:
+            return await cls.open(path)
+        except JournalUnusableError:
+            connection = await anyio.to_thread.run_sync(connect_read_only, Path(path))
+            return cls(Path(path), connection)
 
     async def close(self) -> None:
         """Wait for the write in progress, then close; safe to call twice."""
@@ -332,6 +348,20 @@ class Journal:
             )
 
         await self._write(write, durable=False)
+
+    async def record_run_error(
+        self, run_id: str, *, error_type: str, message: str, resumable: bool, state: str
+    ) -> None:
+        """Keep the error that ended the run's attempt (in `state`), for `topn status`; secrets redacted."""
+        error = {"error_type": error_type, "message": message, "resumable": resumable, "state": state}
+        error_json = json.dumps(redact_value(_jsonable(error)), sort_keys=True, ensure_ascii=False)
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            _upsert(connection, "run_errors", {"run_id": run_id}, error_json=error_json, at=at)
+
+        await self._write(write, durable=True)
 
     # ----------------------------------------------------------------- reads
 

@@ -32,6 +32,26 @@ AZURITE_ACCOUNT_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
 
+# Linux: a child started for one run gets SIGTERM when topn dies, even by SIGKILL. The signal is
+# armed in the child before it execs the service (PR_SET_PDEATHSIG survives exec); it fires when the
+# thread that forked it ends, which is the event loop's thread here (asyncio forks on it). If topn
+# died before the signal was armed, the child never starts the service at all.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def dies_with_this_process(argv: Sequence[str]) -> list[str]:
+    """`argv` behind a launcher that makes the service end with this process (Linux; elsewhere as is)."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+
+
 _AZURITE_READY = re.compile(r"Azurite Blob service successfully listens on (http://[\w.\-]+:\d+)")
 
 
@@ -211,7 +231,7 @@ async def start_service(
                 # Its own session even as a child: Ctrl-C in a terminal signals the whole foreground
                 # group, and the services must outlive the run's clean-up, then be stopped by us.
                 process = await anyio.open_process(
-                    list(argv),
+                    dies_with_this_process(argv),
                     stdin=None,
                     stdout=stdout_file,
                     stderr=stderr_file,

@@ -166,11 +166,15 @@ async def ensure_services(settings: Settings, stack: AsyncExitStack) -> Settings
     if None in serving.values():
         # Taken before starting and released after the services below are stopped.
         stack.callback((await anyio.to_thread.run_sync(acquire_start_lock, settings)).close)
+        # Whoever started services on this state folder before us is gone (it no longer holds the
+        # lock): what it left running would share our data folders, so it is stopped first.
+        await stop_survivors(settings)
     for name, endpoint in serving.items():
         if endpoint is None:
             configured = _configured(settings, name)
             service = await _start(settings, name, endpoint_port(configured), detached=False)
-            stack.push_async_callback(_stop_child, service)
+            await anyio.to_thread.run_sync(_record_child, settings, service)
+            stack.push_async_callback(_stop_child, settings, service)
             endpoint = with_port(configured, service.endpoint)
             log.info(
                 "local.service_started", service=name, endpoint=endpoint, pid=service.pid, detached=False
@@ -205,9 +209,56 @@ def acquire_start_lock(settings: Settings) -> TextIO:
     return handle
 
 
-async def _stop_child(service: processes.ServiceProcess) -> None:
+async def _stop_child(settings: Settings, service: processes.ServiceProcess) -> None:
     status = await processes.stop_service(service, STOP_GRACE_S)
+    _child_record(settings, service.name).unlink(missing_ok=True)
     log.info("local.service_stopped", service=service.name, pid=service.pid, exit_status=status)
+
+
+def _child_record(settings: Settings, name: str) -> Path:
+    """Where a run's own child service is recorded, so that a survivor can be found after topn died."""
+    return local_dir(settings) / "children" / f"{name}.json"
+
+
+def _record_child(settings: Settings, service: processes.ServiceProcess) -> None:
+    path = _child_record(settings, service.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"pid": service.pid, "parent_pid": os.getpid(), "endpoint": service.endpoint}
+    path.write_text(json.dumps(document) + "\n", encoding="utf-8")
+
+
+async def stop_survivors(settings: Settings) -> list[RecordedService]:
+    """Stop the child services a dead topn left running (call with the start lock held).
+
+    On Linux they end with their parent (PR_SET_PDEATHSIG); elsewhere, or if one ignored that
+    signal, the records under `<state_dir>/local/children/` find them.
+    """
+    stopped: list[RecordedService] = []
+    for name in (AZURITE, EMULATOR):
+        path = _child_record(settings, name)
+        try:
+            recorded = RecordedService(name, int(json.loads(path.read_text(encoding="utf-8"))["pid"]), "")
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        if _alive(recorded.pid) and _is_our_process(recorded):
+            await _stop_pid(recorded)
+            stopped.append(recorded)
+            log.warning("local.survivor_stopped", service=name, pid=recorded.pid)
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+async def _stop_pid(service: RecordedService) -> None:
+    """SIGTERM another process's service, then SIGKILL after the grace period."""
+    processes.signal_pid(service.pid, signal.SIGTERM)
+    # Another process's pid gives no event to wait on: poll it, for at most the grace period.
+    for _ in range(int(STOP_GRACE_S / POLL_S)):
+        if not (_alive(service.pid) and _is_our_process(service)):
+            return
+        await anyio.sleep(POLL_S)
+    if _alive(service.pid) and _is_our_process(service):
+        processes.signal_pid(service.pid, signal.SIGKILL)
 
 
 async def local_up(settings: Settings) -> dict[str, RecordedService]:
@@ -271,17 +322,15 @@ def _alive(pid: int) -> bool:
 async def local_down(settings: Settings) -> list[RecordedService]:
     """Stop the services `topn local up` started (SIGTERM, then SIGKILL after a grace period)."""
     stopped: list[RecordedService] = []
+    try:
+        with acquire_start_lock(settings):  # held by a live run: its own services are not survivors
+            stopped += await stop_survivors(settings)
+    except UsageError:
+        pass
     for service in read_recorded(settings).values():
         if not _alive(service.pid) or not _is_our_process(service):
             continue
-        processes.signal_pid(service.pid, signal.SIGTERM)
-        # Another process's pid gives no event to wait on: poll it, for at most the grace period.
-        for _ in range(int(STOP_GRACE_S / POLL_S)):
-            if not (_alive(service.pid) and _is_our_process(service)):
-                break
-            await anyio.sleep(POLL_S)
-        if _alive(service.pid) and _is_our_process(service):
-            processes.signal_pid(service.pid, signal.SIGKILL)
+        await _stop_pid(service)
         stopped.append(service)
         log.info("local.service_stopped", service=service.name, pid=service.pid, exit_status=None)
     services_file(settings).unlink(missing_ok=True)

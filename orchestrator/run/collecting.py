@@ -219,6 +219,7 @@ async def _record_failure(
     run: RunContext, ledger: RunLedger, index: int, outcome: monitor.TaskOutcome, message: str, tail: str
 ) -> None:
     relpath = run.inputs[index].relpath
+    message = ledger.unreadable_inputs.get(index, message)  # the reason, not its consequence on the node
     details = failure_details(
         exit_code=outcome.exit_code, failure_code=outcome.failure_code, message=message, stderr_tail=tail
     )

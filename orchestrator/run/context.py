@@ -116,6 +116,8 @@ class RunLedger:
     # A resumed run's inputs that changed before their task was submitted, by index: uploaded again
     # and counted at their size now.
     resized_inputs: dict[int, int] = field(default_factory=dict)
+    # Inputs that could not be uploaded (vanished or unreadable since discovery), by index: why.
+    unreadable_inputs: dict[int, str] = field(default_factory=dict)
     counts: RunCounts = field(default_factory=RunCounts)
 
     def current_inputs(self, inputs: Sequence[InputFile]) -> list[InputFile]:

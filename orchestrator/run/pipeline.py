@@ -31,7 +31,7 @@ import structlog
 from orchestrator import naming
 from orchestrator.azure import sas
 from orchestrator.azure.clients import BATCH, STORAGE, Clients, run_requests
-from orchestrator.errors import InputError, ServiceUnavailableError, TopnError, first_leaf
+from orchestrator.errors import InputError, LocalWriteError, ServiceUnavailableError, TopnError, first_leaf
 from orchestrator.inputs import InputFile
 from orchestrator.journal import Journal, RunRecord
 from orchestrator.results import claim_results_folder, write_summary
@@ -229,12 +229,13 @@ def leaves_run_resumable(error: BaseException) -> bool:
     """Whether a run that stopped on `error` is left in place for `topn resume` (not finished).
 
     A signal, a service that stopped answering and the run's deadline cost time, not the run: job,
-    pool and blobs stay, and the journal keeps the state reached.
+    pool and blobs stay, and the journal keeps the state reached. So does a results folder that
+    could not be written (disk full, read-only, vanished): the results wait in Blob Storage.
     """
     leaf = first_leaf(error)
     if isinstance(leaf, (anyio.get_cancelled_exc_class(), KeyboardInterrupt)):
         return True
-    return isinstance(leaf, ServiceUnavailableError | RunDeadlineError)
+    return isinstance(leaf, ServiceUnavailableError | RunDeadlineError | LocalWriteError)
 
 
 async def _stop(
@@ -256,6 +257,8 @@ async def _stop(
             resume_command=f"topn resume {run.run_id}",
             duration_s=round(time.monotonic() - run.started, 3),
         )
+        with anyio.CancelScope(shield=True):
+            await _keep_error(run, machine, "Interrupted", "stopped by a signal (Ctrl-C or SIGTERM)", True)
         return error
     with anyio.CancelScope(shield=True):
         reported = await explain(leaf, run.settings, run.started)
@@ -273,7 +276,24 @@ async def _stop(
             resumable=resumable,
             duration_s=round(time.monotonic() - run.started, 3),
         )
+        await _keep_error(run, machine, type(reported).__name__, str(reported), resumable)
     return reported
+
+
+async def _keep_error(
+    run: RunContext, machine: RunStateMachine, error_type: str, message: str, resumable: bool
+) -> None:
+    """The journal keeps why the run stopped, for `topn status RUN_ID`; never hides the error itself."""
+    if run.journal is None:
+        return
+    try:
+        await run.journal.record_run_error(
+            run.run_id, error_type=error_type, message=message, resumable=resumable, state=machine.state.value
+        )
+    except Exception as journal_error:  # e.g. the disk that stopped the run is the journal's too
+        log.warning(
+            "journal.error_not_kept", error_type=type(journal_error).__name__, error=str(journal_error)[:300]
+        )
 
 
 async def _clean_up_failed_run(run: RunContext, ledger: RunLedger, machine: RunStateMachine) -> None:

@@ -89,6 +89,20 @@ async def _stage_inputs(run: RunContext, ledger: RunLedger) -> list[staging.Stag
         on_uploaded=uploaded,
     )
     by_relpath = {**kept, **{item.relpath: item for item in fresh}}
+    for index, item in enumerate(run.inputs):
+        fresh_item = by_relpath[item.relpath]
+        if fresh_item.unreadable is not None:
+            ledger.unreadable_inputs[index] = fresh_item.unreadable
+            ledger.resized_inputs[index] = 0  # nothing of it was uploaded or counted
+        elif fresh_item.size_bytes != ledger.resized_inputs.get(index, item.size_bytes):
+            # Written to between discovery and upload: counted as uploaded, and said so.
+            ledger.resized_inputs[index] = fresh_item.size_bytes
+            log.warning(
+                "input.changed",
+                file=item.relpath,
+                note=f"its size changed from {item.size_bytes} to {fresh_item.size_bytes} bytes since "
+                "discovery; it is counted as uploaded",
+            )
     # upload_inputs numbers what it was given; the run numbers all its inputs.
     staged = [
         dataclasses.replace(by_relpath[item.relpath], index=index) for index, item in enumerate(run.inputs)

@@ -105,9 +105,12 @@ def task_of_unit(
     settings = run.settings.run
     staged = [prepared.staged[index] for index in unit]
     files = [(naming.node_input_path(item.index, item.relpath), item.relpath) for item in staged]
+    # An input that could not be uploaded has no blob: a resource file for it would fail the whole
+    # task before it starts, so the node is given the name alone and fails only that file.
     resource_files = [
         ResourceFile(http_url=minter.blob_read_url(run.input_container, item.blob_name), file_path=node_input)
         for item, (node_input, _) in zip(staged, files, strict=True)
+        if item.unreadable is None
     ]
     script = naming.NODE_SCRIPT_PATH
     if prepared.task_script_url is not None:

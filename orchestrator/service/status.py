@@ -30,7 +30,7 @@ async def recent_runs_in(journal_file: Path, limit: int, whole: bool) -> list[di
     """`recent_runs` of the journal file; a missing journal is no runs (and nothing is created)."""
     if not await anyio.Path(journal_file).is_file():
         return []
-    async with await Journal.open(journal_file) as journal:
+    async with await Journal.open_for_reading(journal_file) as journal:
         return await recent_runs(journal, limit, whole)
 
 
@@ -108,6 +108,7 @@ def describe_run(record: RunRecord) -> dict[str, Any]:
         "tasks_failed": len(failed),
         "tasks_in_flight": len(incomplete_task_ids(record)),
         "failures": failures,
+        "last_error": _last_error(record),
         "sas_expiries": {
             purpose: format_timestamp(moment) for purpose, moment in record.sas_expiries.items()
         },
@@ -150,3 +151,19 @@ def _parse_warnings(text: str) -> dict[str, str]:
     if not isinstance(loaded, dict):
         return {}
     return {str(key): str(value) for key, value in loaded.items() if isinstance(value, str)}
+
+
+def _last_error(record: RunRecord) -> dict[str, Any] | None:
+    """Why the run's last attempt stopped, with the next step; None once it succeeded or never stopped."""
+    if record.last_error is None or record.state == "SUCCEEDED":
+        return None
+    error = dict(record.last_error)
+    if record.is_finished:
+        error["next_step"] = "fix the cause, then start the files again with `topn run`"
+    elif error.get("resumable"):
+        error["next_step"] = f"once the cause is fixed: topn resume {record.run_id}"
+    else:
+        error["next_step"] = (
+            f"topn resume {record.run_id} (it may stop the same way until the cause is fixed)"
+        )
+    return error

@@ -12,7 +12,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -45,6 +45,16 @@ AWKWARD_TEXTS = {
     'double"quote.txt': "sail storm sail\n",
     "ünïcødé/日本 語.txt": "Œuvre œuvre naïve\n",
     "a&b=c;d+e.txt": "mill wheel mill\n",
+    # Names an option parser could take for options (issue 10, point 1).
+    "-a.txt": "dash dash line\n",
+    "--": "double double dash\n",
+    "--top=1": "flag flag like\n",
+    # 255-byte names, the most a file name may hold: their `_OUTPUT` names must be shortened (point 2).
+    "a" * 251 + ".txt": "long long name\n",
+    "é" * 125 + ".text": "lång lång namn\n",
+    "語" * 83 + "a.docx": "長 長 名\n",
+    # A path as long as a blob name allows (960 characters under the run's prefix).
+    "/".join(["d" * 200] * 4) + "/" + "f" * 152 + ".txt": "deep deep path\n",
 }
 
 
@@ -128,9 +138,13 @@ def test_awkward_files_and_names_give_correct_results_and_are_never_overwritten(
     for relpath, text in small.items():
         expected = reference_top([text], "words", TOP)
         assert files[relpath]["top"] == expected, relpath
-        # The result file sits where its name says, spelled exactly as the input's (no %-escapes).
-        local = tmp_path / "out" / naming.output_name(relpath)
-        assert output_rows(local) == expected, relpath
+        # The result file sits where summary.json says, in the input's folder, named after the input
+        # (spelled exactly as the input's, no %-escapes) and within the filesystem's name limit.
+        output = PurePosixPath(files[relpath]["output"])
+        assert output.parent == PurePosixPath(relpath).parent, relpath
+        assert output.name.startswith(PurePosixPath(relpath).stem[:40]), relpath
+        assert "_OUTPUT" in output.name and len(output.name.encode()) <= 255, relpath
+        assert output_rows(tmp_path / "out" / output) == expected, relpath
 
     # The empty file: listed, succeeded, zero words.
     assert files["empty.txt"]["words"] == 0 and files["empty.txt"]["top"] == []

@@ -191,13 +191,23 @@ def test_events_stop_quietly_once_the_stderr_reader_is_gone(monkeypatch: pytest.
     sys.stderr.close()  # the process would keep it; the test closes it before stderr is restored
 
 
-def test_any_other_write_error_still_surfaces() -> None:
-    class Full:
-        def write(self, text: str, /) -> int:
-            raise OSError(28, "No space left on device")
+def test_a_finished_run_whose_summary_is_unreadable_is_not_said_to_be_moved(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "summary.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(cli.UsageError) as raised:
+        cli._read_summary(tmp_path / "out", "20261122t010203z-abcdef")
+    assert str(tmp_path / "out" / "summary.json") in str(raised.value)
+    assert "moved or deleted" not in str(raised.value)
+    with pytest.raises(cli.UsageError, match="moved or deleted") as raised:
+        cli._read_summary(tmp_path / "gone", "20261122t010203z-abcdef")
+    assert str(tmp_path / "gone") in str(raised.value)
 
-        def flush(self) -> None:
-            pass
 
-    with pytest.raises(OSError, match="No space"):
-        console.EventStream(Full()).write("x\n")
+def test_a_word_longer_than_the_terminal_is_shortened_in_the_table_only() -> None:
+    long_word = "a" * 3_000_000  # a 3 MB single-word file's only word
+    summary = {**SUMMARY, "top": [[long_word, 1], ["short", 1]], "files": []}
+    text = console.render_table(summary, Path("results/r"), columns=80)
+    assert len(text) < 2_000
+    assert all(len(line) <= 80 for line in text.splitlines()[2:5])  # header and the two rows
+    assert "… (3,000,000 chars)" in text and " short " in text
+    assert summary["top"][0][0] == long_word  # summary.json's content is untouched

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import pytest
 import structlog
@@ -87,3 +88,22 @@ def test_bad_levels_and_formats_are_refused() -> None:
 
 def test_json_is_the_default_off_a_terminal() -> None:
     assert default_log_format(io.StringIO()) == "json"
+
+
+def test_an_event_stream_on_a_full_disk_drops_events_instead_of_failing_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from orchestrator.console import EventStream
+
+    class FullDisk:
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+        def flush(self) -> None:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sys, "stderr", sys.stderr)  # the stream swaps sys.stderr for /dev/null
+    stream = EventStream(FullDisk())
+    assert stream.write("an event\n") == len("an event\n")
+    stream.flush()
+    assert stream.reader_gone

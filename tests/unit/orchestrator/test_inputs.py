@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,3 +186,52 @@ def test_results_of_an_earlier_run_below_the_inputs_are_not_inputs(tmp_path: Pat
     # Named explicitly, a results folder is read like any other.
     named = discover_inputs([earlier])
     assert [item.relpath for item in named] == ["a_OUTPUT.txt", "summary.json"]
+
+
+DISCOVER_AS_USER = """
+import sys
+from pathlib import Path
+from orchestrator.errors import InputError
+from orchestrator.inputs import discover_inputs
+try:
+    discover_inputs([Path(sys.argv[1])])
+except InputError as error:
+    print(error)
+    sys.exit(2)
+"""
+
+
+def _discover_without_privileges(folder: Path) -> subprocess.CompletedProcess[str]:
+    """discover_inputs as a user whom permission bits stop (root reads everything, so: nobody)."""
+    command = [sys.executable, "-c", DISCOVER_AS_USER, str(folder)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.fail("running as root, this test needs `setpriv` to drop to an unprivileged user")
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    root = Path(__file__).resolve().parents[3]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(root)}
+    )
+
+
+@pytest.mark.parametrize("unreadable", ["file", "folder"])
+def test_an_unreadable_file_or_folder_is_refused_at_discovery_naming_it(
+    tmp_path: Path, unreadable: str
+) -> None:
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "ok.txt").write_text("fine")
+    (folder / "sub" / "secret.txt").write_text("hidden")
+    target = folder / "sub" / "secret.txt" if unreadable == "file" else folder / "sub"
+    target.chmod(0)
+    tmp_path.chmod(0o755)
+    folder.chmod(0o755)
+    for ancestor in tmp_path.parents:  # the unprivileged user must reach the folder itself
+        if str(ancestor).startswith(tempfile.gettempdir()) and ancestor != Path(tempfile.gettempdir()):
+            ancestor.chmod(0o755)
+    try:
+        completed = _discover_without_privileges(folder)
+    finally:
+        target.chmod(0o755 if unreadable == "folder" else 0o644)
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert str(target) in completed.stdout and "Permission denied" in completed.stdout

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
 import socket
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import pytest
 
 from orchestrator.azure.clients import endpoint_port
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.local import services as localmode
-from orchestrator.local.processes import EMULATOR_ACCOUNT_KEY, project_root
+from orchestrator.local.processes import EMULATOR_ACCOUNT_KEY, dies_with_this_process, project_root
 from orchestrator.settings import Settings, load_settings
 
 
@@ -78,3 +84,34 @@ def test_only_the_emulators_public_key_may_start_the_emulator(tmp_path: Path) ->
         localmode.check_emulator_key(replace(settings, batch=replace(settings.batch, account_key=exported)))
     message = str(raised.value)
     assert "Unset TOPN_BATCH_ACCOUNT_KEY" in message and exported not in message
+
+
+def test_local_down_stops_a_child_service_a_dead_run_left_behind(tmp_path: Path) -> None:
+    """Where no parent-death signal stopped it (another OS, an ignored signal), its record finds it."""
+    settings = settings_in(tmp_path)
+    # A stand-in survivor whose command line looks like the emulator's (what `_is_our_process` checks).
+    survivor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "emulator"])
+    try:
+        command_line = Path(f"/proc/{survivor.pid}/cmdline")
+        for _ in range(100):  # just after exec the kernel may not show the new command line yet
+            if b"emulator" in command_line.read_bytes():
+                break
+            time.sleep(0.05)
+        record = localmode.local_dir(settings) / "children" / "emulator.json"
+        record.parent.mkdir(parents=True)
+        record.write_text(json.dumps({"pid": survivor.pid, "parent_pid": 999999, "endpoint": "http://x"}))
+        stopped = anyio.run(localmode.local_down, settings)
+        assert [service.pid for service in stopped] == [survivor.pid]
+        assert survivor.wait(timeout=10) is not None and not record.exists()
+    finally:
+        survivor.kill()
+        survivor.wait(timeout=10)
+
+
+def test_a_run_local_service_is_started_behind_the_parent_death_launcher() -> None:
+    wrapped = dies_with_this_process(["azurite-blob", "--silent"])
+    if sys.platform.startswith("linux"):
+        assert wrapped[-3:] == [str(os.getpid()), "azurite-blob", "--silent"]
+        assert "PR_SET_PDEATHSIG" in " ".join(wrapped)
+    else:
+        assert wrapped == ["azurite-blob", "--silent"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from structlog.testing import capture_logs
 
 from orchestrator.azure import monitor
 from orchestrator.azure.monitor import (
+    WATERMARK_OVERLAP,
     TaskOutcome,
     completion_filter,
     outcome_of,
@@ -245,3 +247,45 @@ async def test_counts_that_lag_behind_an_ended_job_never_fail_a_run_whose_tasks_
     assert all(outcome.succeeded for outcome in outcomes)
     assert job.job_checks == 1
     assert job.filters[-1] == "state eq 'completed'"  # the confirming listing starts from the beginning
+
+
+class FilteringJob(FakeJob):
+    """A FakeJob whose listing honours the `stateTransitionTime ge` filter, as the service does."""
+
+    def __init__(self, schedule: list[list[BatchTask]]) -> None:
+        super().__init__(schedule)
+        self.listing_sizes: list[int] = []
+
+    def list_tasks(self, job_id: str, **kwargs: Any) -> AsyncIterator[BatchTask]:
+        query = kwargs["filter"]
+        self.filters.append(query)
+        found = re.search(r"stateTransitionTime ge datetime'([^']+)'", query)
+        since = (
+            datetime.strptime(found.group(1), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC) if found else None
+        )
+        listed = [t for t in self.completed if since is None or t.state_transition_time >= since]
+        self.listing_sizes.append(len(listed))
+
+        async def pages() -> AsyncIterator[BatchTask]:
+            for item in listed:
+                yield item
+
+        return pages()
+
+
+async def test_the_watermark_moves_forward_with_each_completion_and_listings_stay_small() -> None:
+    """Each listing starts just before the newest completion seen: its size follows what changed."""
+    spacing = timedelta(seconds=10)  # well beyond the listing's overlap
+    schedule = [[task(f"t{n}", exit_code=0, result="success", when=T0 + n * spacing)] for n in range(12)]
+    job = FilteringJob(schedule)
+    outcomes = await run_watch(job, [f"t{n}" for n in range(12)])
+    assert [outcome.task_id for outcome in outcomes] == [f"t{n}" for n in range(12)]
+    moments = [
+        datetime.strptime(found, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        for query in job.filters[1:]
+        for found in re.findall(r"datetime'([^']+)'", query)
+    ]
+    assert len(moments) == len(job.filters) - 1 == 11
+    # Listing n starts one overlap before completion n-1, the newest one seen so far.
+    assert moments == [T0 + n * spacing - WATERMARK_OVERLAP for n in range(11)]
+    assert max(job.listing_sizes) <= 2  # O(changed): the new completion, plus the one at the watermark

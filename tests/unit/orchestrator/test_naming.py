@@ -76,14 +76,19 @@ relpaths = st.lists(
 relpaths = relpaths.filter(lambda relpath: re.match(r"[A-Za-z]:", relpath) is None)
 
 
+def _values(words: list[str], flag: str) -> list[str]:
+    """The values of every `--flag=value` word, in order."""
+    return [word.partition("=")[2] for word in words if word.startswith(flag + "=")]
+
+
 @given(relpath=relpaths)
 def test_task_command_line_round_trips_through_two_shells(relpath: str) -> None:
     command = naming.task_command_line([("in/000001.txt", relpath)], top=5, tokenizer="words")
     outer = shlex.split(command)
     assert outer[:2] == ["/bin/sh", "-c"] and len(outer) == 3
     inner = shlex.split(outer[2])
-    assert inner[inner.index("--output-name") + 1] == naming.output_name(relpath)
-    assert inner[inner.index("--counts-name") + 1] == naming.counts_name(relpath)
+    assert _values(inner, "--output-name") == [naming.output_name(relpath)]
+    assert _values(inner, "--counts-name") == [naming.counts_name(relpath)]
     assert "--output-container-url" not in inner and "TOPN_OUTPUT_SAS_URL" not in command
     assert inner[2] == "$AZ_BATCH_NODE_SHARED_DIR/node.pyz"
 
@@ -97,15 +102,15 @@ def test_output_names_of_distinct_inputs_are_distinct_from_counts(relpath: str) 
 def test_a_unit_of_several_files_passes_the_names_in_the_same_order() -> None:
     files = [("in/000000.txt", "a b.txt"), ("in/000001", "x/it's")]
     inner = shlex.split(shlex.split(naming.task_command_line(files, top=3, tokenizer="tutorial"))[2])
-    assert [inner[i + 1] for i, word in enumerate(inner) if word == "--filepath"] == [
+    assert _values(inner, "--filepath") == [
         "in/000000.txt",
         "in/000001",
     ]
-    assert [inner[i + 1] for i, word in enumerate(inner) if word == "--output-name"] == [
+    assert _values(inner, "--output-name") == [
         "a b_OUTPUT.txt",
         "x/it's_OUTPUT",
     ]
-    assert [inner[i + 1] for i, word in enumerate(inner) if word == "--counts-name"] == [
+    assert _values(inner, "--counts-name") == [
         "counts/a b.txt.counts.json.gz",
         "counts/x/it's.counts.json.gz",
     ]
@@ -221,3 +226,46 @@ def test_task_generations_are_distinct_valid_batch_ids(index: int, generation: i
     assert naming.task_generation_id(unit, generation + 1) != batch_id
     with pytest.raises(ValueError, match="negative"):
         naming.task_generation_id(unit, -1)
+
+
+# Legal input names of exactly 255 bytes: ASCII, 2-byte and 3-byte UTF-8, and no extension at all.
+LONGEST_NAMES = [
+    "a" * 251 + ".txt",
+    "é" * 125 + ".text",
+    "語" * 83 + "a.docx",
+    "z" * 255,
+    "x." + "y" * 253,  # an "extension" too long to keep whole
+]
+
+
+@pytest.mark.parametrize("relpath", LONGEST_NAMES + [f"deep/{name}" for name in LONGEST_NAMES])
+def test_a_result_name_never_passes_the_filesystem_limit(relpath: str) -> None:
+    assert len(PurePosixPath(relpath).name.encode()) <= naming.MAX_FILE_NAME_BYTES
+    result = PurePosixPath(naming.output_name(relpath))
+    assert len(result.name.encode()) <= naming.MAX_FILE_NAME_BYTES
+    assert result.parent == PurePosixPath(relpath).parent  # folders kept
+    assert "_OUTPUT" in result.name
+    assert naming.output_name(relpath) == naming.output_name(relpath)  # deterministic
+    source = PurePosixPath(relpath)
+    if len(source.suffix) <= 5:
+        assert result.name.endswith("_OUTPUT" + source.suffix)  # the extension survives
+    assert result.name.encode()[:40] == source.name.encode()[:40]  # still recognisable
+
+
+def test_a_short_result_name_is_unchanged() -> None:
+    # 248 bytes + `_OUTPUT` = 255: still fits, so no hash.
+    name = "b" * 244 + ".txt"
+    assert naming.output_name(name) == "b" * 244 + "_OUTPUT.txt"
+
+
+long_stems = st.text(alphabet=st.sampled_from(["a", "é", "語", "🙂", " "]), min_size=60, max_size=80)
+
+
+@given(first=long_stems, second=long_stems)
+def test_two_long_names_never_share_a_result_name(first: str, second: str) -> None:
+    names = {first * 3 + ".txt", second * 3 + ".txt"}
+    outputs = {naming.output_name(name) for name in names}
+    assert len(outputs) == len(names)
+    for output in outputs:
+        assert len(output.encode()) <= naming.MAX_FILE_NAME_BYTES
+        output.encode().decode("utf-8")  # cut on a character boundary

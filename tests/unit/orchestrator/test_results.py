@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.errors import InputError
-from orchestrator.naming import UnsafeNameError
+from orchestrator.errors import InputError, LocalWriteError
+from orchestrator.naming import UnsafeNameError, output_name
 from orchestrator.results import (
     CountsFormatError,
     RunCounts,
@@ -171,6 +171,7 @@ def test_a_symlink_inside_the_results_folder_cannot_lead_a_result_out(tmp_path: 
 
 def test_a_plain_result_name_is_written_below_the_folder(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
+    out_dir.mkdir()  # claimed by the run before any result is written
     written = write_result(out_dir, "日本/b c#?%_OUTPUT.txt", b"rows\n")
     assert written == out_dir / "日本" / "b c#?%_OUTPUT.txt"
     assert written.read_bytes() == b"rows\n"
@@ -190,3 +191,22 @@ def test_a_resumed_run_clears_temporaries_a_crash_left_and_keeps_its_results(tmp
         "kept_OUTPUT.txt",
         "notes.part",
     ]
+
+
+@pytest.mark.parametrize(
+    "relpath", ["a" * 251 + ".txt", "é" * 125 + ".text", "語" * 83 + "a.docx", "deep/" + "z" * 255]
+)
+def test_the_result_of_a_255_byte_input_name_can_be_written(tmp_path: Path, relpath: str) -> None:
+    """The input's own name is legal here, so its result must be too (the filesystem holds both)."""
+    (tmp_path / "in" / relpath).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "in" / relpath).write_bytes(b"x")  # the input itself is a legal file name
+    (tmp_path / "out").mkdir()
+    written = write_result(tmp_path / "out", output_name(relpath), b"word\t1\n")
+    assert written.read_bytes() == b"word\t1\n"
+    assert written.parent == (tmp_path / "out" / relpath).parent
+
+
+def test_a_results_folder_removed_meanwhile_is_not_made_again(tmp_path: Path) -> None:
+    with pytest.raises(LocalWriteError, match="moved or deleted") as raised:
+        write_result(tmp_path / "gone", "a_OUTPUT.txt", b"rows\n")
+    assert str(tmp_path / "gone") in str(raised.value) and not (tmp_path / "gone").exists()

@@ -45,7 +45,12 @@ def main() -> int:
     for filepath, output_name, counts_name in zip(
         args.filepath, args.output_name, args.counts_name, strict=True
     ):
-        text = Path(filepath).read_text(encoding="utf-8", errors="replace")
+        try:
+            text = Path(filepath).read_text(encoding="utf-8", errors="replace")
+        except OSError as error:  # as the node does: this input fails, the others go on (exit 2)
+            print(f"stand-in node: cannot read input {filepath!r}: {error.strerror}", file=sys.stderr)
+            status = max(status, 2)
+            continue
         if "SLEEP-THIS-FILE" in text:
             time.sleep(600)  # a task still running when the run is cancelled
         if "FAIL-THIS-FILE" in text:

@@ -1,0 +1,52 @@
+"""One driver per run: a per-run lock file that the operating system releases when its holder dies.
+
+`fcntl.flock` locks belong to the open file description, so a process killed with SIGKILL (or a
+machine that rebooted) holds nothing: the next `topn resume` takes the lock at once. The holder's
+pid is written into the file only to name it in the refusal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from orchestrator.errors import UsageError
+
+
+class RunLockedError(UsageError):
+    """Another live process drives this run (exit 2 at once, naming its pid)."""
+
+
+def lock_path(state_dir: Path, run_id: str) -> Path:
+    """Where the lock of `run_id` lives: `<state_dir>/locks/<run_id>.lock`."""
+    return state_dir / "locks" / f"{run_id}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(state_dir: Path, run_id: str) -> Iterator[None]:
+    """Hold the run's lock for the block; RunLockedError when another live process holds it."""
+    path = lock_path(state_dir, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", errors="replace").strip() or "unknown"
+            raise RunLockedError(
+                f"run {run_id} is being driven by another topn process (pid {holder}); wait for it to "
+                f"finish, or stop it (Ctrl-C, or `kill {holder}`) and then `topn resume {run_id}`"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:
+            yield
+        finally:
+            # Emptied before unlocking, so a reader never names a pid that no longer holds it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(descriptor, 0)
+    finally:
+        os.close(descriptor)  # releases the lock
