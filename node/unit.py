@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from node.counting import BLOCK_BYTES
 from node.manifest import ManifestError, UnitInput, UnitManifest, parse_manifest
 from node.ranges import RangeCounter
 from node.report import output_text
@@ -58,6 +59,8 @@ CHUNK_BYTES = 4 << 20
 # Chunks up to this size are counted on the event loop; larger ones in a thread, so that the other
 # downloads keep moving while a big chunk is counted.
 INLINE_COUNT_BYTES = 64 << 10
+# An entry with at most this many distinct words is written to the result on the event loop.
+INLINE_WRITE_WORDS = 4096
 RESULT_CONTENT_TYPE = "application/json"
 OUTPUT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
@@ -259,7 +262,10 @@ class UnitRunner:
             for index, unit_input in pending:
                 result = await self._process(index, unit_input, uploader)
                 async with self._write_lock:
-                    await asyncio.to_thread(writer.add, result)
+                    if len(result.counts) <= INLINE_WRITE_WORDS:
+                        writer.add(result)
+                    else:
+                        await asyncio.to_thread(writer.add, result)
 
         count = min(self._plan.concurrency, len(self._manifest.inputs))
         workers = [asyncio.ensure_future(worker()) for _ in range(count)]
@@ -303,15 +309,21 @@ class UnitRunner:
             downloader = await blob.download_blob(offset=start or None, **conditions)
             etag = downloader.properties.etag
             size = _total_size(downloader.properties.content_range, start + downloader.size)
+            fed = 0
             async for chunk in downloader.chunks():
+                fed += len(chunk)
                 done = (
                     counter.feed(chunk)
                     if len(chunk) <= INLINE_COUNT_BYTES
-                    else await asyncio.to_thread(counter.feed, chunk)
+                    else await asyncio.to_thread(_feed_in_blocks, counter, chunk)
                 )
                 if done:
                     break
-            counted = await asyncio.to_thread(counter.finish)
+            # Folding the distinct words of a big input takes a while; a small one's is quick.
+            if fed <= INLINE_COUNT_BYTES:
+                counted = counter.finish()
+            else:
+                counted = await asyncio.to_thread(counter.finish)
         except AzureError as error:
             return FileResult(
                 index,
@@ -341,6 +353,13 @@ class UnitRunner:
         spool.seek(0)
         failures = await uploader.upload([Blob(self._manifest.result_name, spool, RESULT_CONTENT_TYPE)])
         self.upload_failures += [failure.message for failure in failures]
+
+
+def _feed_in_blocks(counter: RangeCounter, chunk: bytes) -> bool:
+    """Feed a chunk in the node's usual block size: the token lists of one block stay small."""
+    # any() stops at the first True: later blocks belong to the next range.
+    starts = range(0, len(chunk), BLOCK_BYTES)
+    return any(counter.feed(chunk[start : start + BLOCK_BYTES]) for start in starts)
 
 
 def _top(counts: list[tuple[str, int]], top: int) -> list[tuple[str, int]]:

@@ -169,12 +169,21 @@ async def test_a_unit_of_many_small_blobs_writes_outputs_and_one_result_blob_tha
         assert uploaded.decode("utf-8").endswith("Node: tvm-7\nTask: t000003\nJob:  topn-job\nPool: local\n")
 
 
+@pytest.mark.parametrize(
+    ("repeats", "chunk_bytes"),
+    [
+        # Ranges over many GET requests of 512 bytes, each counted on the event loop.
+        (41, 512),
+        # Ranges of ~13 KB read in one GET of the rest of the blob (over 64 KiB), counted in a thread.
+        (481, 4 << 20),
+    ],
+)
 async def test_a_file_split_into_8_ranges_over_three_units_merges_to_the_one_process_count(
-    azurite: StorageEndpoint, node_pyz: Path, tmp_path: Path
+    azurite: StorageEndpoint, node_pyz: Path, tmp_path: Path, repeats: int, chunk_bytes: int
 ) -> None:
-    # EDGE_TEXT has a BOM and nominal boundaries inside multi-byte characters and words; repeated
-    # so that the ranges span several GET requests (--chunk-bytes 512).
-    data = EDGE_TEXT * 41
+    # EDGE_TEXT has a BOM and multi-byte characters; with these repeats the 8 nominal boundaries
+    # fall inside multi-byte characters and inside words (checked below).
+    data = EDGE_TEXT * repeats
     inputs_container, etags = await _new_container(azurite, {"logs/big.log": data})
     output_container, _ = await _new_container(azurite)
     source = _container_url(azurite, inputs_container, READ_ONLY)
@@ -196,7 +205,9 @@ async def test_a_file_split_into_8_ranges_over_three_units_merges_to_the_one_pro
             manifest = _manifest(f"{tokenizer}-{number}", tokenizer, [source], unit_inputs, top=6)
             path = tmp_path / f"{manifest.unit}.json"
             path.write_bytes(encode_manifest(manifest))
-            completed = await _run_unit(node_pyz, str(path), output_url, tmp_path, ["--chunk-bytes", "512"])
+            completed = await _run_unit(
+                node_pyz, str(path), output_url, tmp_path, ["--chunk-bytes", str(chunk_bytes)]
+            )
             assert completed.returncode == 0, completed.stderr
             _no_secrets(completed, azurite)
             results.append(
