@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -56,9 +56,11 @@ READ_RETRIES = 4
 # One GET per chunk: small enough that `concurrency` downloads in flight stay a few MiB each, large
 # enough that a big range costs few requests. A blob up to this size is read in a single request.
 CHUNK_BYTES = 4 << 20
-# Chunks up to this size are counted on the event loop; larger ones in a thread, so that the other
-# downloads keep moving while a big chunk is counted.
+# A download of up to this many bytes is counted on the event loop (a millisecond or so); a larger
+# one in a thread, overlapped with its own next chunks, so the other downloads keep moving.
 INLINE_COUNT_BYTES = 64 << 10
+# Chunks of one big input downloaded ahead of the one being counted: download and counting overlap.
+READ_AHEAD_CHUNKS = 2
 # An entry with at most this many distinct words is written to the result on the event loop.
 INLINE_WRITE_WORDS = 4096
 RESULT_CONTENT_TYPE = "application/json"
@@ -309,20 +311,14 @@ class UnitRunner:
             downloader = await blob.download_blob(offset=start or None, **conditions)
             etag = downloader.properties.etag
             size = _total_size(downloader.properties.content_range, start + downloader.size)
-            fed = 0
-            async for chunk in downloader.chunks():
-                fed += len(chunk)
-                done = (
-                    counter.feed(chunk)
-                    if len(chunk) <= INLINE_COUNT_BYTES
-                    else await asyncio.to_thread(_feed_in_blocks, counter, chunk)
-                )
-                if done:
-                    break
-            # Folding the distinct words of a big input takes a while; a small one's is quick.
-            if fed <= INLINE_COUNT_BYTES:
+            if downloader.size <= INLINE_COUNT_BYTES:
+                # Small (most inputs): one chunk, counted on the loop; no thread hop, no extra task.
+                async for chunk in downloader.chunks():
+                    if counter.feed(chunk):
+                        break
                 counted = counter.finish()
             else:
+                await _count_overlapped(downloader.chunks(), counter)
                 counted = await asyncio.to_thread(counter.finish)
         except AzureError as error:
             return FileResult(
@@ -353,6 +349,33 @@ class UnitRunner:
         spool.seek(0)
         failures = await uploader.upload([Blob(self._manifest.result_name, spool, RESULT_CONTENT_TYPE)])
         self.upload_failures += [failure.message for failure in failures]
+
+
+async def _count_overlapped(chunks: AsyncIterator[bytes], counter: RangeCounter) -> None:
+    """Count chunks in a thread while the next ones download (at most READ_AHEAD_CHUNKS held)."""
+    queue: asyncio.Queue[bytes | Exception | None] = asyncio.Queue(maxsize=READ_AHEAD_CHUNKS)
+
+    async def download() -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put(chunk)
+            await queue.put(None)
+        except Exception as error:  # handed to the counting side, which raises it
+            await queue.put(error)
+
+    downloading = asyncio.ensure_future(download())
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            if await asyncio.to_thread(_feed_in_blocks, counter, item):
+                return  # the range is complete: the rest of the blob is never requested
+    finally:
+        downloading.cancel()
+        await asyncio.gather(downloading, return_exceptions=True)
 
 
 def _feed_in_blocks(counter: RangeCounter, chunk: bytes) -> bool:

@@ -176,6 +176,8 @@ async def test_a_unit_of_many_small_blobs_writes_outputs_and_one_result_blob_tha
         (41, 512),
         # Ranges of ~13 KB read in one GET of the rest of the blob (over 64 KiB), counted in a thread.
         (481, 4 << 20),
+        # The same over 4 KiB GETs, downloaded ahead while counted, stopped once the range is done.
+        (481, 4096),
     ],
 )
 async def test_a_file_split_into_8_ranges_over_three_units_merges_to_the_one_process_count(
