@@ -295,3 +295,63 @@ async def test_a_read_only_output_sas_exits_3_and_a_bad_manifest_exits_2(
     completed = await _run_unit(node_pyz, str(path), read_only_output, tmp_path)
     assert completed.returncode == 2
     assert "unsupported topn.unit version 2" in completed.stderr
+
+
+# Runs `node unit` from the zipapp and prints the process's own peak RSS (VmHWM, in KiB) last.
+_PEAK_RSS_WRAPPER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv.pop(1))
+from node.cli import main
+code = main(sys.argv[1:])
+status = Path("/proc/self/status").read_text().splitlines()
+print(next(line for line in status if line.startswith("VmHWM:")).split()[1], file=sys.stderr)
+sys.exit(code)
+"""
+
+
+async def _peak_rss_kib(pyz: Path, manifest: Path, output_url: str, cwd: Path) -> int:
+    completed = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-c",
+            _PEAK_RSS_WRAPPER,
+            str(pyz),
+            "unit",
+            "--manifest",
+            str(manifest),
+            "--chunk-bytes",
+            "1048576",
+        ],
+        cwd=cwd,
+        env={**os.environ, "TOPN_OUTPUT_SAS_URL": output_url, "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return int(completed.stderr.strip().splitlines()[-1])
+
+
+async def test_a_blob_is_streamed_never_held_whole(
+    azurite: StorageEndpoint, node_pyz: Path, tmp_path: Path
+) -> None:
+    # 48 MB of text: held whole (or even a quarter of it), it would show in the peak RSS.
+    line = b" ".join(f"w{index}".encode() for index in range(1000)) + b"\n"
+    big = line * (48_000_000 // len(line))
+    inputs_container, _ = await _new_container(azurite, {"big.txt": big, "tiny.txt": b"tiny words\n"})
+    output_container, _ = await _new_container(azurite)
+    source = _container_url(azurite, inputs_container, READ_ONLY)
+    output_url = _container_url(azurite, output_container, WRITE_ONLY)
+    peaks = {}
+    for name in ("tiny.txt", "big.txt"):
+        manifest = _manifest(name[:-4], "words", [source], [UnitInput(name, 0, name, f"{name}_OUTPUT")])
+        path = tmp_path / f"{name}.json"
+        path.write_bytes(encode_manifest(manifest))
+        peaks[name] = await _peak_rss_kib(node_pyz, path, output_url, tmp_path)
+    result = decode_result_blob(await _download(azurite, output_container, "results/big.json.gz"))
+    assert result.files[0].words == 1000 * (48_000_000 // len(line))
+    # The same process reading a tiny blob is the baseline: the big one adds only chunks in flight
+    # (1 MiB each here, two read ahead), the SDK's copies of them and the distinct words.
+    assert peaks["big.txt"] - peaks["tiny.txt"] < 24_000, peaks
