@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
 import tempfile
 import traceback
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -71,7 +71,7 @@ class UsageError(Exception):
     """Bad flags or an unusable manifest: exit 2 with the message."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class UnitPlan:
     manifest_location: str
     destination: Destination
@@ -291,7 +291,7 @@ class UnitRunner:
         output = Blob(unit_input.output_name, text.encode("utf-8"), OUTPUT_CONTENT_TYPE)
         failures = await uploader.upload([output])
         self.upload_failures += [failure.message for failure in failures]
-        return FileResult(**{**result.__dict__, "output_uploaded": not failures})
+        return dataclasses.replace(result, output_uploaded=not failures)
 
     async def _read_and_count(self, index: int, unit_input: UnitInput) -> FileResult:
         from azure.core import MatchConditions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -173,7 +174,7 @@ def test_merge_refuses_a_gap_two_versions_a_failed_range_and_a_short_end() -> No
         merge_ranges([parts[0], parts[2]])
     with pytest.raises(MergeError, match="end at byte"):
         merge_ranges(parts[:2])
-    other_version = FileResult(**{**parts[1].__dict__, "etag": '"0x2"'})
+    other_version = dataclasses.replace(parts[1], etag='"0x2"')
     with pytest.raises(MergeError, match="two versions"):
         merge_ranges([parts[0], other_version, parts[2]])
     failed = FileResult(1, "f", "failed", None, (5, 10), error_kind="changed", error_message="412")
