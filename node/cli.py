@@ -279,9 +279,14 @@ def _quiet_azure_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 usage or unreadable input, 3 upload failed, 1 bug)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["unit"]:  # `node unit --manifest ...`: a whole work unit read from Blob Storage
+        from node.unit import main as unit_main
+
+        return unit_main(arguments[1:])
     environ = os.environ
     try:
-        plan = plan_from_args(argv, environ)
+        plan = plan_from_args(arguments, environ)
     except UsageError as error:
         _say(str(error))
         return EXIT_USAGE

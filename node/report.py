@@ -17,6 +17,8 @@ COUNTS_SUFFIX = ".counts.json.gz"
 DASHES = "-" * 30
 _BATCH_IDS = (("Node: ", "AZ_BATCH_NODE_ID"), ("Task: ", "AZ_BATCH_TASK_ID"), ("Job:  ", "AZ_BATCH_JOB_ID"))
 _POOL_ID = ("Pool: ", "AZ_BATCH_POOL_ID")
+# The variables `_OUTPUT` shows, which a unit's result blob keeps so `_OUTPUT` can be rendered anywhere.
+BATCH_ID_VARIABLES = tuple(variable for _, variable in (*_BATCH_IDS, _POOL_ID))
 
 
 def output_text(top: list[tuple[str, int]], environ: Mapping[str, str]) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 UPLOAD_RETRIES = 4
@@ -72,7 +72,7 @@ def seed_container_url(blob_endpoint: str, container: str, sas_token: str) -> De
 @dataclass(frozen=True)
 class Blob:
     name: str
-    data: bytes
+    data: bytes | IO[bytes]  # a file is read from its current position (the SDK finds its length)
     content_type: str
 
 
