@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from emulator.auth import decode_account_key
 from emulator.autoscale import AUTOSCALER, Autoscaler
+from emulator.entra import EntraSettings
 from emulator.faults import FaultInjector, FaultSettings
 from emulator.quota import Quotas
 from emulator.rest import Limits, Services
@@ -71,6 +73,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="multiply autoscale periods (30 s samples, evaluation intervals) by F, e.g. 0.01 in tests",
+    )
+    entra = parser.add_argument_group("HTTPS and Microsoft Entra ID (off by default)")
+    entra.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this PEM certificate")
+    entra.add_argument("--tls-key", type=Path, default=None, help="the certificate's PEM private key")
+    entra.add_argument(
+        "--entra-token-key-file",
+        type=Path,
+        default=None,
+        help="also accept HS256 bearer tokens signed with this file's bytes (audience: the Batch resource)",
+    )
+    entra.add_argument(
+        "--entra-denied-operations",
+        default="",
+        help="comma-separated operations a bearer token's identity may not do (403), e.g. list_jobs",
     )
     parser.add_argument(
         "--refuse-start-task-failed-reboot",
@@ -159,6 +175,8 @@ def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]
         problems.append("--max-tasks-per-request must be >= 1 and --max-body-bytes >= 1024")
     if not args.account_name:
         problems.append("--account-name must not be empty")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        problems.append("--tls-cert and --tls-key go together")
     if not 0 <= args.task_counts_lag_s <= 3600:
         problems.append(f"--task-counts-lag-s must be from 0 to 3600, got {args.task_counts_lag_s}")
     if not 0 < args.time_scale <= 1000:
@@ -194,13 +212,23 @@ async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> 
             )
             services = Services(account, runner, runner.faults, key, limits, group)
             services.count_history.lag_s = args.task_counts_lag_s
+            if args.entra_token_key_file is not None:
+                services.entra = EntraSettings(
+                    key=args.entra_token_key_file.read_bytes(),
+                    denied_operations=frozenset(filter(None, args.entra_denied_operations.split(","))),
+                )
             app = build_app(services)
             app[AUTOSCALER] = Autoscaler(account, runner, group, args.time_scale)
             app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await app_runner.setup()
             try:
-                await web.TCPSite(app_runner, HOST, args.port, backlog=1024).start()
-                endpoint = f"http://{HOST}:{app_runner.addresses[0][1]}"
+                tls = None
+                if args.tls_cert is not None:
+                    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                    tls.load_cert_chain(args.tls_cert, args.tls_key)
+                await web.TCPSite(app_runner, HOST, args.port, backlog=1024, ssl_context=tls).start()
+                scheme = "https" if tls is not None else "http"
+                endpoint = f"{scheme}://{HOST}:{app_runner.addresses[0][1]}"
                 runner.account_url = endpoint
                 group.start_soon(Scheduler(account, runner.run_attempt, args.nodes_max_processes).run)
                 log.info("emulator.started", endpoint=endpoint, account_name=account.name, root=str(root))

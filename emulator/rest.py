@@ -15,6 +15,7 @@ from anyio.abc import TaskGroup
 
 from emulator import validation
 from emulator.countlag import CountHistory
+from emulator.entra import EntraSettings
 from emulator.faults import FaultInjector
 from emulator.odata import FieldGetter, FilterError, Node, check_fields, evaluate, parse_filter
 from emulator.runner import Runner
@@ -63,6 +64,7 @@ class Services:
     background: TaskGroup
     stats: Stats = field(default_factory=Stats)
     count_history: CountHistory = field(default_factory=CountHistory)  # --task-counts-lag-s
+    entra: EntraSettings | None = None  # --entra-token-key-file: bearer tokens accepted too
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,13 @@ class NodeContext:
     python_bin_dir: Path
 
 
+def _trusted_certificates() -> dict[str, str]:
+    """The CA file the emulator trusts, trusted on its nodes too: a node image trusts what its host does
+    (the Entra ID tests serve Storage over HTTPS with a certificate of their own)."""
+    ca_file = os.environ.get("SSL_CERT_FILE")
+    return {"SSL_CERT_FILE": ca_file} if ca_file else {}
+
+
 def task_environment(
     context: NodeContext,
     task_dir: Path,
@@ -97,6 +104,7 @@ def task_environment(
         "PWD": str(working_dir),
         "USER": "_azbatch",
         "LANG": "C.UTF-8",
+        **_trusted_certificates(),
         "AZ_BATCH_ACCOUNT_NAME": context.account_name,
         "AZ_BATCH_ACCOUNT_URL": context.account_url.rstrip("/") + "/",
         "AZ_BATCH_POOL_ID": context.pool_id,

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from emulator import handlers, node_agent_skus  # noqa: F401 (importing them registers every route)
 from emulator.auth import verify_shared_key
+from emulator.entra import EntraSettings, check_bearer
 from emulator.rest import (
     OPERATIONS,
     REQUEST_ID,
@@ -92,24 +93,11 @@ async def service_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def _dispatch(
     request: web.Request, handler: Handler, svc: Services, operation: str
 ) -> web.StreamResponse:
-    result = verify_shared_key(
-        request.headers.get("Authorization"),
-        request.method,
-        request.raw_path.split("?", 1)[0],
-        request.rel_url.raw_query_string,
-        request.headers.items(),
-        svc.account.name,
-        svc.key,
-    )
-    if not result.ok:
-        raise ServiceError(
-            403,
-            "AuthenticationFailed",
-            "Server failed to authenticate the request. Make sure the value of the Authorization header "
-            "is formed "
-            "correctly including the signature.",
-            {"AuthenticationErrorDetail": result.reason},
-        )
+    authorization = request.headers.get("Authorization") or ""
+    if svc.entra is not None and authorization.lower().startswith("bearer "):
+        _check_bearer(svc.entra, authorization, operation)  # a Microsoft Entra ID token instead
+    else:
+        _check_shared_key(request, svc)
     version = request.query.get("api-version")
     if not version:
         raise ServiceError(
@@ -135,6 +123,43 @@ async def _dispatch(
         svc.stats.faults_injected[str(fault.status)] += 1
         raise ServiceError(fault.status, fault.code, fault.message, retry_after_s=fault.retry_after_s)
     return downgraded(await handler(request), wire)
+
+
+def _check_shared_key(request: web.Request, svc: Services) -> None:
+    result = verify_shared_key(
+        request.headers.get("Authorization"),
+        request.method,
+        request.raw_path.split("?", 1)[0],
+        request.rel_url.raw_query_string,
+        request.headers.items(),
+        svc.account.name,
+        svc.key,
+    )
+    if not result.ok:
+        raise ServiceError(
+            403,
+            "AuthenticationFailed",
+            "Server failed to authenticate the request. Make sure the value of the Authorization header "
+            "is formed "
+            "correctly including the signature.",
+            {"AuthenticationErrorDetail": result.reason},
+        )
+
+
+def _check_bearer(entra: EntraSettings, authorization: str, operation: str) -> None:
+    """A Microsoft Entra ID token (emulator/entra.py), and whether its identity may do `operation`."""
+    checked = check_bearer(authorization, entra.key)
+    if not checked.ok:
+        code = (
+            "InvalidAuthenticationTokenAudience" if "audience" in checked.reason else "AuthenticationFailed"
+        )
+        raise ServiceError(401, code, f"Server failed to authenticate the request: {checked.reason}.")
+    if operation in entra.denied_operations:
+        raise ServiceError(
+            403,
+            "AuthorizationPermissionMismatch",
+            "This request is not authorized to perform this operation using this permission.",
+        )
 
 
 def stats_body(svc: Services) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -212,11 +213,23 @@ def _storage_account_in_path(blob_endpoint: str, account_name: str) -> bool:
     return _segments(urlsplit(blob_endpoint).path)[:1] == [account_name]
 
 
-async def open_clients(settings: Settings, stack: AsyncExitStack) -> Clients:
-    """Build the Batch and Blob clients (shared key or Entra ID); `stack` closes them."""
+async def open_clients(
+    settings: Settings, stack: AsyncExitStack, credential: AsyncTokenCredential | None = None
+) -> Clients:
+    """Build the Batch and Blob clients (shared key or Entra ID); `stack` closes them.
+
+    With Entra ID the token credential is `credential` when given (an embedding application's own),
+    else azure-identity's DefaultAzureCredential. A CA file in SSL_CERT_FILE (the variable OpenSSL
+    reads) is what both clients verify HTTPS endpoints against: a TLS-inspecting proxy's CA, or a
+    local service's own certificate.
+    """
     counter = RequestCounter()
-    token_credential: AsyncTokenCredential | None = None
-    if "entra_id" in (settings.batch.auth, settings.storage.auth):
+    token_credential: AsyncTokenCredential | None = credential
+    verify: dict[str, Any] = {}
+    ca_file = os.environ.get("SSL_CERT_FILE")
+    if ca_file:
+        verify["connection_verify"] = ca_file
+    if token_credential is None and "entra_id" in (settings.batch.auth, settings.storage.auth):
         # Imported here: azure-identity is only needed, and only worth its import time, with Entra ID.
         from azure.identity.aio import DefaultAzureCredential
 
@@ -232,7 +245,7 @@ async def open_clients(settings: Settings, stack: AsyncExitStack) -> Clients:
     batch = BatchClient(
         settings.batch.endpoint,
         batch_credential,
-        transport=CountingTransport(counter, BATCH, account_in_path=False, **SDK_RETRY_KWARGS),
+        transport=CountingTransport(counter, BATCH, account_in_path=False, **SDK_RETRY_KWARGS, **verify),
         **SDK_RETRY_KWARGS,
     )
     await stack.enter_async_context(batch)
@@ -246,7 +259,7 @@ async def open_clients(settings: Settings, stack: AsyncExitStack) -> Clients:
             "account_key": settings.storage.account_key,
         }
     in_path = _storage_account_in_path(settings.storage.blob_endpoint, settings.storage.account_name)
-    sdk_kwargs: dict[str, Any] = dict(SDK_RETRY_KWARGS)
+    sdk_kwargs: dict[str, Any] = dict(SDK_RETRY_KWARGS, **verify)
     blob_service = BlobServiceClient(
         settings.storage.blob_endpoint,
         credential=storage_credential,

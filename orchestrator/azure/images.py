@@ -8,13 +8,15 @@ an end of life within END_OF_LIFE_WARNING is a warning (event `pool.image_end_of
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
-from azure.batch.models import BatchSupportedImage
+from azure.batch.models import BatchPool, BatchSupportedImage
+from azure.core.exceptions import ResourceNotFoundError
 
 from orchestrator.azure.retry import RetryPolicy, retry_call
 from orchestrator.errors import ConfigError
@@ -28,6 +30,8 @@ MAX_ALTERNATIVES = 6
 
 class ImageLister(Protocol):
     def list_supported_images(self, **kwargs: Any) -> AsyncIterator[BatchSupportedImage]: ...
+
+    def get_pool(self, pool_id: str, **kwargs: Any) -> Awaitable[BatchPool]: ...
 
 
 @dataclass(frozen=True)
@@ -114,10 +118,39 @@ def judge_image(settings: PoolSettings, supported: Sequence[SupportedImage], now
     return ImageCheck(match, warning, alternatives)
 
 
+async def image_in_use(batch: ImageLister, settings: PoolSettings, retry: RetryPolicy) -> PoolSettings:
+    """`settings` with the image pair of the pool as it exists (a kept pool may predate the config)."""
+    try:
+        existing = await retry_call(
+            retry,
+            "get_pool",
+            lambda: batch.get_pool(settings.id, select=["id", "virtualMachineConfiguration"]),
+        )
+    except ResourceNotFoundError:
+        return settings  # to be created: the configured pair is what it gets
+    machine = existing.virtual_machine_configuration
+    if machine is None or machine.image_reference is None:
+        return settings
+    reference = machine.image_reference
+    return dataclasses.replace(
+        settings,
+        image_publisher=str(reference.publisher or settings.image_publisher),
+        image_offer=str(reference.offer or settings.image_offer),
+        image_sku=str(reference.sku or settings.image_sku),
+        node_agent_sku_id=str(machine.node_agent_sku_id or settings.node_agent_sku_id),
+    )
+
+
 async def check_pool_image(
     batch: ImageLister, settings: PoolSettings, retry: RetryPolicy, now: datetime, *, source: str
 ) -> ImageCheck:
-    """Check the configured image pair; ConfigError (exit 2) when Batch does not support it."""
+    """Check the pool's image pair (the existing pool's own, else the configured one).
+
+    ConfigError (exit 2) when Batch does not support it.
+    """
+    configured_settings = settings
+    settings = await image_in_use(batch, settings, retry)
+    kept = settings != configured_settings
 
     async def listing() -> list[SupportedImage]:
         return [supported_image_of(item) async for item in batch.list_supported_images()]
@@ -130,12 +163,25 @@ async def check_pool_image(
     )
     if verdict.image is None:
         choices = "; ".join(image.describe() for image in verdict.alternatives) or "none listed"
+        where = (
+            f"pool {settings.id} exists with {configured}, which is not an image and node agent pair "
+            "this Batch account supports (list_supported_images); delete the pool so topn creates it "
+            f"with a supported [pool] image_* and node_agent_sku_id (in {source})"
+            if kept
+            else f"[pool] image_publisher, image_offer, image_sku and node_agent_sku_id (in {source}): "
+            f"{configured} is not an image and node agent pair this Batch account supports "
+            "(list_supported_images)"
+        )
+        raise ConfigError(f"{where}. Supported pairs include: {choices}.")
+    end_of_life = verdict.image.end_of_life
+    if not kept and end_of_life is not None and end_of_life <= now:
+        # Batch stops accepting pools of a pair at its end of life: creating one would fail.
+        choices = "; ".join(image.describe() for image in verdict.alternatives) or "none listed"
         raise ConfigError(
             f"[pool] image_publisher, image_offer, image_sku and node_agent_sku_id (in {source}): "
-            f"{configured} is not an image and node agent pair this Batch account supports "
-            f"(list_supported_images). Supported pairs include: {choices}."
+            f"{configured} reached its Batch end of life on {end_of_life:%Y-%m-%d}, so no pool can be "
+            f"created with it. Supported pairs include: {choices}."
         )
-    end_of_life = verdict.image.end_of_life
     log.info(
         "pool.image_checked",
         pool_id=settings.id,

@@ -4,11 +4,13 @@ emulator/supported_images.json), through the real SDK client."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import pytest
+from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from structlog.testing import capture_logs
@@ -85,3 +87,49 @@ async def test_an_unsupported_pair_is_exit_2_naming_the_supported_alternatives(
     assert "[pool] image_publisher, image_offer, image_sku and node_agent_sku_id (in t.toml)" in message
     assert "'batch.node.ubuntu 20.04' is not an image and node agent pair" in message
     assert "canonical/ubuntu-24_04-lts/server with node agent 'batch.node.ubuntu 24.04'" in message
+
+
+async def test_a_kept_pool_is_judged_by_its_own_image_not_the_config(batch_emulator: BatchEndpoint) -> None:
+    # A pool kept from an older config (Ubuntu 22.04) while the config now names 24.04: the pool's
+    # own pair is what its nodes run, so that is the one checked and warned about.
+    pool_id = f"kept-jammy-{uuid.uuid4().hex[:6]}"
+    async with client(batch_emulator) as batch:
+        await batch.create_pool(
+            models.BatchPoolCreateOptions(
+                id=pool_id,
+                vm_size="standard_d2s_v3",
+                target_dedicated_nodes=0,
+                virtual_machine_configuration=models.VirtualMachineConfiguration(
+                    image_reference=models.BatchVmImageReference(
+                        publisher=JAMMY.image_publisher, offer=JAMMY.image_offer, sku=JAMMY.image_sku
+                    ),
+                    node_agent_sku_id=JAMMY.node_agent_sku_id,
+                ),
+            )
+        )
+        try:
+            verdict = await images.check_pool_image(
+                batch, PoolSettings(id=pool_id), FAST, datetime(2027, 3, 1, tzinfo=UTC), source="t.toml"
+            )
+            retired = await images.check_pool_image(
+                batch, PoolSettings(id=pool_id), FAST, datetime(2027, 6, 1, tzinfo=UTC), source="t.toml"
+            )
+        finally:
+            await batch.begin_delete_pool(pool_id)
+    assert verdict.image is not None and verdict.image.offer == JAMMY.image_offer
+    assert verdict.warning is not None and "in 60 days" in verdict.warning
+    # Past its end of life the pair is still listed (the service's list decides what exists), so it
+    # keeps warning with the days since; the alternatives never include it.
+    assert retired.warning is not None and "days ago" in retired.warning
+    assert all(item.offer != JAMMY.image_offer for item in retired.alternatives)
+
+
+async def test_a_pair_past_its_end_of_life_cannot_make_a_new_pool(batch_emulator: BatchEndpoint) -> None:
+    absent = dataclasses.replace(JAMMY, id=f"never-{uuid.uuid4().hex[:6]}")
+    async with client(batch_emulator) as batch:
+        with pytest.raises(ConfigError) as refused:
+            await images.check_pool_image(
+                batch, absent, FAST, datetime(2027, 6, 1, tzinfo=UTC), source="t.toml"
+            )
+    assert "reached its Batch end of life on 2027-04-30" in str(refused.value)
+    assert "canonical/ubuntu-24_04-lts/server" in str(refused.value)
