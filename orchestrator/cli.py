@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topn",
         description="Count the top N words of text files on Azure Batch (or its local emulator).",
-        epilog="Exit status: 0 all files succeeded, 1 some failed, 2 usage or configuration error.",
+        epilog=(
+            "Exit status: 0 all files succeeded, 1 some failed (or the run stopped; `topn status` says "
+            "why), 2 usage or configuration error, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM."
+        ),
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

@@ -115,3 +115,17 @@ def test_a_resume_uploads_only_what_the_journal_does_not_hold(tmp_path: Path) ->
         return clients.blob_service.uploaded
 
     assert anyio.run(staged_on_resume) == [naming.input_blob_name(RUN_ID, "f2.txt")]
+
+
+def test_a_renamed_duplicates_summary_entry_names_its_source_path() -> None:
+    inputs = [
+        InputFile(Path("/a/notes.txt"), "notes.txt", 1),
+        InputFile(Path("/b/notes.txt"), "notes~2.txt", 1),
+    ]
+    run = run_context(inputs, FakeClients())
+    ledger = RunLedger()
+    for index in range(2):
+        collecting._add_success(run, ledger, index, f"t{index:06d}", FileCounts(1, 1, 0, [("word", 1)]))
+    files = {entry["path"]: entry for entry in run_summary(run, ledger, "SUCCEEDED")["files"]}
+    assert files["notes~2.txt"]["source"] == "/b/notes.txt"
+    assert "source" not in files["notes.txt"]
