@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     local_parser = commands.add_parser("local", help="the local emulators (Azurite and the Batch emulator)")
     local_commands = local_parser.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     local_commands.add_parser("up", parents=[common], help="start them and keep them running across runs")
-    local_commands.add_parser("down", parents=[common], help="stop what `topn local up` started")
+    down = local_commands.add_parser("down", parents=[common], help="stop what `topn local up` started")
+    down.add_argument("--force", action="store_true", help="stop them even while a run is using them")
     local_commands.add_parser("status", parents=[common], help="show what `topn local up` started")
     return parser
 
@@ -379,6 +380,15 @@ def _local_command(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{service.name:<9} {service.endpoint}  (pid {service.pid})")
         print(f"State: {localmode.services_file(settings)}  -  stop them with `topn local down`.")
     elif action == "down":
+        from orchestrator.service.runlock import runs_being_driven
+
+        driven = runs_being_driven(settings.local.state_dir)
+        if driven and not args.force:
+            names = ", ".join(f"{run_id} (pid {pid})" for run_id, pid in driven)
+            raise UsageError(
+                f"runs are using the local services: {names}. Wait for them to finish, or stop the "
+                "services anyway with `topn local down --force` (those runs can be resumed later)"
+            )
         stopped = anyio.run(localmode.local_down, settings)
         for service in stopped:
             print(f"stopped {service.name} (pid {service.pid})")
