@@ -205,7 +205,11 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
     from orchestrator import naming
     from orchestrator.inputs import discover_inputs
     from orchestrator.journal import check_state_folder
-    from orchestrator.results import check_results_folder_creatable, claim_results_folder
+    from orchestrator.results import (
+        check_result_paths_fit,
+        check_results_folder_creatable,
+        claim_results_folder,
+    )
 
     if not args.paths:
         raise UsageError("give at least one file or folder to process, e.g. `topn run examples/texts`")
@@ -218,6 +222,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
         # pipeline's own check only raises (it writes nothing), so its message is reused here.
         claim_results_folder(out_dir, run_id)
     check_results_folder_creatable(out_dir)  # e.g. --out under a file: refused before services start
+    check_result_paths_fit(out_dir, [item.relpath for item in inputs])
     return _run_body(settings, inputs, out_dir, log_format, as_json=args.json, run_id=run_id)
 
 
