@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topn",
         description="Count the top N words of text files on Azure Batch (or its local emulator).",
-        epilog="Exit status: 0 all files succeeded, 1 some failed, 2 usage or configuration error.",
+        epilog=(
+            "Exit status: 0 all files succeeded, 1 some failed (or the run stopped; `topn status` says "
+            "why), 2 usage or configuration error, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM."
+        ),
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -100,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     local_parser = commands.add_parser("local", help="the local emulators (Azurite and the Batch emulator)")
     local_commands = local_parser.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     local_commands.add_parser("up", parents=[common], help="start them and keep them running across runs")
-    local_commands.add_parser("down", parents=[common], help="stop what `topn local up` started")
+    down = local_commands.add_parser("down", parents=[common], help="stop what `topn local up` started")
+    down.add_argument("--force", action="store_true", help="stop them even while a run is using them")
     local_commands.add_parser("status", parents=[common], help="show what `topn local up` started")
     return parser
 
@@ -201,7 +205,11 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
     from orchestrator import naming
     from orchestrator.inputs import discover_inputs
     from orchestrator.journal import check_state_folder
-    from orchestrator.results import check_results_folder_creatable, claim_results_folder
+    from orchestrator.results import (
+        check_result_paths_fit,
+        check_results_folder_creatable,
+        claim_results_folder,
+    )
 
     if not args.paths:
         raise UsageError("give at least one file or folder to process, e.g. `topn run examples/texts`")
@@ -214,6 +222,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
         # pipeline's own check only raises (it writes nothing), so its message is reused here.
         claim_results_folder(out_dir, run_id)
     check_results_folder_creatable(out_dir)  # e.g. --out under a file: refused before services start
+    check_result_paths_fit(out_dir, [item.relpath for item in inputs])
     return _run_body(settings, inputs, out_dir, log_format, as_json=args.json, run_id=run_id)
 
 
@@ -378,6 +387,15 @@ def _local_command(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{service.name:<9} {service.endpoint}  (pid {service.pid})")
         print(f"State: {localmode.services_file(settings)}  -  stop them with `topn local down`.")
     elif action == "down":
+        from orchestrator.service.runlock import runs_being_driven
+
+        driven = runs_being_driven(settings.local.state_dir)
+        if driven and not args.force:
+            names = ", ".join(f"{run_id} (pid {pid})" for run_id, pid in driven)
+            raise UsageError(
+                f"runs are using the local services: {names}. Wait for them to finish, or stop the "
+                "services anyway with `topn local down --force` (those runs can be resumed later)"
+            )
         stopped = anyio.run(localmode.local_down, settings)
         for service in stopped:
             print(f"stopped {service.name} (pid {service.pid})")

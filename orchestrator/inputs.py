@@ -8,9 +8,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import structlog
+
 from orchestrator import naming
 from orchestrator.errors import InputError
 from orchestrator.results import RUN_MARKER
+
+log = structlog.get_logger()
 
 # Azure rejects blob names over 1,024 characters; the run prefix takes about 30 of them.
 MAX_RELPATH_CHARS = 960
@@ -130,6 +134,20 @@ def _walk_folder(
         elif stat.S_ISREG(info.st_mode):
             _check_readable(path)
             yield path, str(relpath), info
+        else:  # a FIFO, socket or device inside a folder: not a text file, said so rather than silently
+            log.warning("input.skipped", file=str(path), reason=_kind_of(info.st_mode))
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return f"{kind}, not a regular file"
+    return "not a regular file"
 
 
 def _holds_run_marker(folder: Path) -> bool:

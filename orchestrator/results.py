@@ -333,6 +333,22 @@ def claim_results_folder(out_dir: Path, run_id: str) -> None:
         ) from None
 
 
+# Linux's PATH_MAX: a longer path cannot be opened at all.
+MAX_PATH_BYTES = 4095
+
+
+def check_result_paths_fit(out_dir: Path, relpaths: Iterable[str]) -> None:
+    """Refuse (exit 2) inputs whose result file would have a path too long to open, before anything starts."""
+    base = len(str(out_dir.absolute()).encode("utf-8")) + 1
+    for relpath in relpaths:
+        length = base + len(naming.output_name(relpath).encode("utf-8"))
+        if length > MAX_PATH_BYTES:
+            raise InputError(
+                f"the result of input {relpath[:80]}... would have a {length}-byte path under {out_dir}, "
+                f"more than the system's {MAX_PATH_BYTES}; pass a shorter --out, or name a deeper folder"
+            )
+
+
 def check_results_folder_creatable(out_dir: Path) -> None:
     """Refuse (exit 2) an --out below something that is not a folder, before anything starts."""
     ancestor = out_dir

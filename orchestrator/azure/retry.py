@@ -108,6 +108,18 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | ConnectionError)
 
 
+# A note retry_call adds to the error it gives up on: which limit of [retry] ended the retries.
+RETRY_LIMIT_NOTE = "topn: retries ended by [retry] "
+
+
+def retry_limit_of(error: BaseException) -> str | None:
+    """`max_attempts` or `deadline_s`: the [retry] limit that ended retry_call's retries of `error`."""
+    for note in getattr(error, "__notes__", ()):
+        if isinstance(note, str) and note.startswith(RETRY_LIMIT_NOTE):
+            return note.removeprefix(RETRY_LIMIT_NOTE)
+    return None
+
+
 def parse_retry_after_header(value: str, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After value (delta seconds or an HTTP date); None if unreadable."""
     value = value.strip()
@@ -179,12 +191,26 @@ async def retry_call(
             with anyio.fail_after(max(remaining, 0.0)):
                 return await call()
         except Exception as exc:
-            if not retry_if(exc) or attempt >= policy.max_attempts:
+            if not retry_if(exc):
+                raise
+            if attempt >= policy.max_attempts:
+                if attempt > 1:
+                    exc.add_note(f"{RETRY_LIMIT_NOTE}max_attempts")
                 raise
             requested = retry_after_s(exc)
             delay = requested if requested is not None else backoff_delay_s(policy, attempt, rand())
             if anyio.current_time() + delay >= deadline:
+                exc.add_note(f"{RETRY_LIMIT_NOTE}deadline_s")
                 raise
+            if attempt == 1:  # once per call: what is being retried, and for how long at most
+                log.info(
+                    "request.retrying",
+                    operation=operation,
+                    status_code=status_code_of(exc),
+                    error_type=type(exc).__name__,
+                    max_attempts=policy.max_attempts,
+                    deadline_s=policy.deadline_s,
+                )
             log.debug(
                 "request.retried",
                 operation=operation,

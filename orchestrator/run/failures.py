@@ -9,6 +9,7 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError, Servic
 
 from orchestrator.azure import submit
 from orchestrator.azure.clients import accepts_connections
+from orchestrator.azure.retry import retry_limit_of
 from orchestrator.errors import RunFailedError, ServiceUnavailableError, TopnError
 from orchestrator.settings import Settings
 
@@ -38,12 +39,11 @@ async def explain(error: BaseException, settings: Settings, run_started: float) 
         if named is not None:
             service, endpoint = named
             return ServiceUnavailableError(
-                f"the {service} endpoint {endpoint} stopped answering ({type(error).__name__}) within "
-                f"the retry deadline ([retry] deadline_s = {settings.retry.deadline_s:.0f} s); check that it "
-                "is running and reachable, then run again"
+                f"the {service} endpoint {endpoint} stopped answering ({type(error).__name__}) "
+                f"{_retry_limit(error, settings)}; check that it is running and reachable, then run again"
             )
         return ServiceUnavailableError(
-            f"a request got no answer within the retry deadline ({type(error).__name__}); check the "
+            f"a request got no answer {_retry_limit(error, settings)} ({type(error).__name__}); check the "
             f"Batch endpoint {settings.batch.endpoint} and the Storage endpoint "
             f"{settings.storage.blob_endpoint}, then run again"
         )
@@ -53,6 +53,13 @@ async def explain(error: BaseException, settings: Settings, run_started: float) 
         service = named[0] if named is not None else "Batch or Storage"
         return RunFailedError(f"a {service} request failed: {submit.describe_http_error(error)}")
     return error
+
+
+def _retry_limit(error: BaseException, settings: Settings) -> str:
+    """Which [retry] limit ended the retries: the one that did, not always the deadline."""
+    if retry_limit_of(error) == "max_attempts":
+        return f"after [retry] max_attempts = {settings.retry.max_attempts} attempts"
+    return f"within the retry deadline ([retry] deadline_s = {settings.retry.deadline_s:.0f} s)"
 
 
 def _services(settings: Settings) -> list[tuple[str, str]]:

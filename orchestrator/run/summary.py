@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import PurePosixPath
 from typing import Any
 
 from orchestrator.errors import RunFailedError
@@ -12,7 +13,7 @@ from orchestrator.run.context import RunContext, RunLedger
 
 def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[str, Any]:
     """summary.json's content (DESIGN §4) for a run that ends in `final_state`."""
-    files = [result.entry for _, result in sorted(ledger.results.items())]
+    files = [_with_source(run, index, result.entry) for index, result in sorted(ledger.results.items())]
     succeeded = [result for result in ledger.results.values() if result.succeeded]
     totals: dict[str, Any] = {
         "files": len(run.inputs),
@@ -29,6 +30,14 @@ def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[st
         "pool_id": run.settings.pool.id,
     }
     return build_summary(run.run_id, final_state, ledger.counts.top(run.settings.run.top), files, totals)
+
+
+def _with_source(run: RunContext, index: int, entry: dict[str, Any]) -> dict[str, Any]:
+    """A renamed duplicate's entry (`notes~2.txt`) also names the file it stands for (`source`)."""
+    item = run.inputs[index]
+    if PurePosixPath(item.relpath).name == item.path.name:
+        return entry
+    return {**entry, "source": str(item.path)}
 
 
 def written_summary(run: RunContext) -> dict[str, Any]:

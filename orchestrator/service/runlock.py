@@ -50,3 +50,21 @@ def run_lock(state_dir: Path, run_id: str) -> Iterator[None]:
                 os.ftruncate(descriptor, 0)
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def runs_being_driven(state_dir: Path) -> list[tuple[str, str]]:
+    """(run id, holder pid) of every run a live process holds the lock of, on this state folder."""
+    driven: list[tuple[str, str]] = []
+    for path in sorted((state_dir / "locks").glob("*.lock")):
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", errors="replace").strip() or "unknown"
+            driven.append((path.stem, holder))
+        finally:
+            os.close(descriptor)  # a shared lock we got is released with it
+    return driven

@@ -211,3 +211,9 @@ def test_a_word_longer_than_the_terminal_is_shortened_in_the_table_only() -> Non
     assert all(len(line) <= 80 for line in text.splitlines()[2:5])  # header and the two rows
     assert "… (3,000,000 chars)" in text and " short " in text
     assert summary["top"][0][0] == long_word  # summary.json's content is untouched
+
+
+def test_help_lists_every_exit_status() -> None:
+    text = cli.build_parser().format_help()
+    for status in ("0 all files succeeded", "1 some failed", "2 usage", "130", "143"):
+        assert status in " ".join(text.split()), status

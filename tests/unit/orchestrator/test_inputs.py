@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from orchestrator.errors import InputError
 from orchestrator.inputs import discover_inputs, make_relpaths_unique, renamed_inputs
@@ -235,3 +236,15 @@ def test_an_unreadable_file_or_folder_is_refused_at_discovery_naming_it(
         target.chmod(0o755 if unreadable == "folder" else 0o644)
     assert completed.returncode == 2, completed.stdout + completed.stderr
     assert str(target) in completed.stdout and "Permission denied" in completed.stdout
+
+
+def test_a_fifo_inside_a_folder_is_skipped_with_an_event(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("words")
+    os.mkfifo(tmp_path / "in" / "pipe")
+    with capture_logs() as logs:
+        found = discover_inputs([tmp_path / "in"])
+    assert [item.relpath for item in found] == ["a.txt"]
+    skipped = [entry for entry in logs if entry["event"] == "input.skipped"]
+    assert [entry["file"] for entry in skipped] == [str(tmp_path / "in" / "pipe")]
+    assert "FIFO" in skipped[0]["reason"]

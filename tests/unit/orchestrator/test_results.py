@@ -16,6 +16,7 @@ from orchestrator.naming import UnsafeNameError, output_name
 from orchestrator.results import (
     CountsFormatError,
     RunCounts,
+    check_result_paths_fit,
     claim_results_folder,
     parse_counts_blob,
     result_path,
@@ -210,3 +211,12 @@ def test_a_results_folder_removed_meanwhile_is_not_made_again(tmp_path: Path) ->
     with pytest.raises(LocalWriteError, match="moved or deleted") as raised:
         write_result(tmp_path / "gone", "a_OUTPUT.txt", b"rows\n")
     assert str(tmp_path / "gone") in str(raised.value) and not (tmp_path / "gone").exists()
+
+
+def test_a_result_path_longer_than_the_system_allows_is_refused_before_the_run(tmp_path: Path) -> None:
+    deep = "/".join(["語" * 80] * 12)  # 960 characters, 2,880 bytes of folders
+    check_result_paths_fit(tmp_path / "out", [deep + "/a.txt"])  # fits under a short --out
+    long_out = tmp_path.joinpath(*[letter * 250 for letter in "outxy"])  # 1,250 bytes more
+    with pytest.raises(InputError, match="pass a shorter --out") as raised:
+        check_result_paths_fit(long_out, ["ok.txt", deep + "/a.txt"])
+    assert raised.value.exit_code == 2

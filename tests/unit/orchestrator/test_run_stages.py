@@ -12,8 +12,10 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from orchestrator.azure.clients import BATCH, Clients, RequestCounter
+from orchestrator.azure.retry import RetryPolicy, retry_call
 from orchestrator.errors import InputError, RunFailedError, ServiceUnavailableError
 from orchestrator.inputs import InputFile
 from orchestrator.journal import JournalInput, RunRecord
@@ -172,3 +174,39 @@ async def test_a_service_error_without_a_request_is_put_in_words() -> None:
     explained = await explain(HttpResponseError(message="boom"), SETTINGS, time.monotonic())
     assert type(explained) is RunFailedError
     assert str(explained).startswith("a Batch or Storage request failed: ")
+
+
+async def test_retries_that_ran_out_of_attempts_say_so_and_name_the_limit() -> None:
+    policy = RetryPolicy(max_attempts=3, base_delay_s=0.0, max_delay_s=0.0, deadline_s=60.0)
+    calls = 0
+
+    async def refused() -> None:
+        nonlocal calls
+        calls += 1
+        raise ServiceRequestError("Cannot connect to host 127.0.0.1:7 ssl:default [Connection refused]")
+
+    with capture_logs() as logs, pytest.raises(ServiceRequestError) as raised:
+        await retry_call(policy, "upload_blob", refused)
+    assert calls == 3
+    retrying = [entry for entry in logs if entry["event"] == "request.retrying"]
+    assert len(retrying) == 1 and retrying[0]["log_level"] == "info"
+    assert (retrying[0]["operation"], retrying[0]["max_attempts"], retrying[0]["deadline_s"]) == (
+        "upload_blob",
+        3,
+        60.0,
+    )
+    explained = str(await explain(raised.value, SETTINGS, time.monotonic()))
+    assert f"after [retry] max_attempts = {SETTINGS.retry.max_attempts} attempts" in explained
+    assert "deadline_s" not in explained
+
+
+async def test_retries_cut_by_the_deadline_name_deadline_s() -> None:
+    policy = RetryPolicy(max_attempts=100, base_delay_s=5.0, max_delay_s=5.0, deadline_s=1.0)
+
+    async def refused() -> None:
+        raise ServiceRequestError("Cannot connect to host 127.0.0.1:7 ssl:default [Connection refused]")
+
+    with pytest.raises(ServiceRequestError) as raised:
+        await retry_call(policy, "upload_blob", refused)
+    explained = str(await explain(raised.value, SETTINGS, time.monotonic()))
+    assert "[retry] deadline_s" in explained and "max_attempts" not in explained

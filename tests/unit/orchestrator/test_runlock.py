@@ -88,3 +88,21 @@ def test_topn_resume_of_a_run_another_process_drives_is_exit_2_at_once(
     assert cli.main(["resume", RUN_ID, "--log-format", "console"]) == 2
     assert time.monotonic() - started < 10  # at once: no service was started
     assert f"pid {holder.pid}" in capsys.readouterr().err
+
+
+def test_local_down_while_a_run_is_driven_asks_for_force(
+    tmp_path: Path,
+    holder: subprocess.Popen[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOPN_LOCAL_STATE_DIR", str(tmp_path / "state"))
+    assert cli.main(["local", "down", "--log-format", "console"]) == 2
+    err = capsys.readouterr().err
+    assert f"{RUN_ID} (pid {holder.pid})" in err and "--force" in err
+    assert cli.main(["local", "down", "--force", "--log-format", "console"]) == 0
+    assert "nothing to stop" in capsys.readouterr().out
+    holder.kill()
+    holder.wait(timeout=10)
+    assert cli.main(["local", "down", "--log-format", "console"]) == 0  # a dead holder holds nothing
