@@ -214,7 +214,6 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
     if not args.paths:
         raise UsageError("give at least one file or folder to process, e.g. `topn run examples/texts`")
     inputs = discover_inputs(args.paths)  # InputError (exit 2) before anything is started
-    check_state_folder(settings.local.state_dir)
     run_id = naming.new_run_id()
     out_dir = args.out if args.out is not None else Path("results") / run_id
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -223,6 +222,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
         claim_results_folder(out_dir, run_id)
     check_results_folder_creatable(out_dir)  # e.g. --out under a file: refused before services start
     check_result_paths_fit(out_dir, [item.relpath for item in inputs])
+    check_state_folder(settings.local.state_dir)  # last: it makes the folder when it is missing
     return _run_body(settings, inputs, out_dir, log_format, as_json=args.json, run_id=run_id)
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+
+# The SDKs' user-agent policy asks `platform` once per process, through a subprocess (a blocking
+# call, cached once it succeeds). Asked here, before any test's loop runs, so that a test file run
+# alone is not failed by that first call (before, only a full run's earlier tests had warmed it).
+platform.platform()
 
 # Where topn may block, by file and function: what production runs before the event loop starts.
 ALLOWED_TO_BLOCK: list[tuple[str, set[str]]] = [

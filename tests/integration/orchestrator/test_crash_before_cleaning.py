@@ -8,7 +8,6 @@ lets the run finish, puts that snapshot back and resumes from it. Real Azurite a
 
 from __future__ import annotations
 
-import platform
 import shutil
 import sqlite3
 from contextlib import AsyncExitStack
@@ -27,7 +26,6 @@ from tests.conftest import StartEmulator, StorageEndpoint
 from tests.integration.orchestrator.test_pipeline_run import settings_for, stand_in_node
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-platform.platform()  # the SDKs' user agent asks once per process, blocking: not inside the loop
 
 TEXTS = {"a.txt": "one two two", "b.txt": "three three three"}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import platform
 import shutil
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -31,9 +30,6 @@ from tests.conftest import StartEmulator, StorageEndpoint
 from tests.integration.orchestrator.test_pipeline_run import settings_for, stand_in_node
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-# The SDKs' user agent asks `platform` once per process, through a subprocess; run alone, this
-# module would otherwise be the one to pay that (blocking) first call inside the event loop.
-platform.platform()
 
 TEXTS = {"a.txt": "one two two", "b.txt": "three three three", "c/d.txt": "four"}
 

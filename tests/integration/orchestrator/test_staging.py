@@ -253,17 +253,18 @@ async def test_a_file_that_keeps_changing_is_reported_and_leaves_no_blob(
     async def record(item: staging.StagedInput) -> None:
         recorded.append(item.relpath)
 
-    with pytest.raises(staging.InputChangedError) as raised:
-        await staging.upload_inputs(
-            blob_service,
-            container,
-            "r2",
-            discover_inputs([path]),
-            concurrency=1,
-            retry=FAST_RETRY,
-            on_uploaded=record,
-        )
-    assert str(path) in str(raised.value) and "kept changing" in str(raised.value)
+    # That file fails alone (issue 10, point 5): staged as unreadable, with the reason, not the run.
+    (staged,) = await staging.upload_inputs(
+        blob_service,
+        container,
+        "r2",
+        discover_inputs([path]),
+        concurrency=1,
+        retry=FAST_RETRY,
+        on_uploaded=record,
+    )
+    assert staged.unreadable is not None
+    assert str(path) in staged.unreadable and "kept changing" in staged.unreadable
     assert len(calls) == len(staging.CHANGED_INPUT_RETRY_DELAYS_S) + 1  # bounded
     assert recorded == []  # nothing journalled as uploaded
     listed = [blob.name async for blob in blob_service.get_container_client(container).list_blobs()]

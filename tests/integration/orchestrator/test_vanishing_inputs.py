@@ -3,7 +3,6 @@ says why, and the run finishes (issue 10, point 5). Real Azurite and emulator; t
 
 from __future__ import annotations
 
-import platform
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from tests.conftest import StartEmulator, StorageEndpoint
 from tests.integration.orchestrator.test_pipeline_run import settings_for, stand_in_node
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-platform.platform()  # the SDKs' user agent asks once per process, blocking: not inside the loop
 
 TEXTS = {"a.txt": "alpha alpha beta", "b.txt": "gone gone gone gone", "c.txt": "gamma beta"}
 
