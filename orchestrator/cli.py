@@ -97,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_id", nargs="?", default=None, metavar="RUN_ID", help="the run to describe")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    daemon = commands.add_parser(
+        "daemon", parents=[common], help="watch an inbox and turn arriving files into results (foreground)"
+    )
+    daemon.add_argument(
+        "--inbox", type=Path, default=None, help="the folder to watch (or [daemon] inbox_dir)"
+    )
+    daemon.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="health server address (default [daemon] listen, 127.0.0.1:9464; port 0 picks one)",
+    )
+
     local_parser = commands.add_parser("local", help="the local emulators (Azurite and the Batch emulator)")
     local_commands = local_parser.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     local_commands.add_parser("up", parents=[common], help="start them and keep them running across runs")
@@ -109,8 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     log_format: Literal["json", "console"] = args.log_format or default_log_format(sys.stderr)
-    # Events follow sys.stderr at write time, so a live progress bar can route them above itself.
-    configure_events(log_format, EventStream(CurrentStderr()), args.log_level)
+    if args.command == "daemon":
+        # A daemon's events are its stdout (it prints nothing else): JSON lines for log shipping.
+        log_format = args.log_format or "json"
+        configure_events(log_format, EventStream(sys.stdout), args.log_level)
+    else:
+        # Events follow sys.stderr at write time, so a live progress bar can route them above itself.
+        configure_events(log_format, EventStream(CurrentStderr()), args.log_level)
     try:
         settings = _load(args, os.environ)
         if args.command == "run":
@@ -119,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _resume_command(args, settings, log_format)
         if args.command == "status":
             return _status_command(args, settings)
+        if args.command == "daemon":
+            from orchestrator.service.daemon import serve
+
+            return serve(settings, args.inbox, args.listen)
         return _local_command(args, settings)
     except TopnError as error:
         return _report(error, log_format)
