@@ -208,10 +208,12 @@ async def serve_health(
     """Serve until cancelled; `task_status.started(url)` once bound (a bind error reaches the starter)."""
     host, port = split_listen(listen)
     token = required_token(host, os.environ)
-    runner = web.AppRunner(build_app(daemon, token), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        build_app(daemon, token), access_log=None, handle_signals=False, shutdown_timeout=1.0
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, host, port)
         try:
             await site.start()
         except OSError as error:

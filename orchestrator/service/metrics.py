@@ -22,6 +22,10 @@ def topn_version() -> str:
         return "unknown"
 
 
+# Read once at import (before any event loop): the lookup stats the file system.
+TOPN_VERSION = topn_version()
+
+
 class DaemonMetrics:
     """Every metric named in issue 12, registered on the daemon's own registry."""
 
@@ -82,7 +86,7 @@ class DaemonMetrics:
             registry=registry,
         )
         self.build_info = Gauge("topn_build_info", "topn's version", ["version"], registry=registry)
-        self.build_info.labels(version=topn_version()).set(1)
+        self.build_info.labels(version=TOPN_VERSION).set(1)
         for outcome in ("succeeded", "failed"):
             self.batches.labels(outcome=outcome)
             self.tasks_completed.labels(outcome=outcome)
