@@ -357,7 +357,9 @@ async def _watch_signals(daemon: Daemon, scope: anyio.CancelScope) -> None:
             daemon.policy.on_signal(signal.Signals(received), time.monotonic())
 
 
-def serve(settings: Settings, inbox: Path | None, listen: str | None) -> int:
+def serve(
+    settings: Settings, inbox: Path | None, listen: str | None, node_script: bytes | None = None
+) -> int:
     """`topn daemon`: lock the state folder and inbox, run in the foreground until drained; exit status."""
     from orchestrator.errors import UsageError
     from orchestrator.service.instance import single_instance
@@ -369,5 +371,6 @@ def serve(settings: Settings, inbox: Path | None, listen: str | None) -> int:
     folders.create()
     with single_instance(settings.local.state_dir, folders.inbox):
         structlog.contextvars.bind_contextvars(service="topn")
-        anyio.run(lambda: run_daemon(settings, folders, listen=listen or settings.daemon.listen))
+        address = listen or settings.daemon.listen
+        anyio.run(lambda: run_daemon(settings, folders, listen=address, node_script=node_script))
     return 0
