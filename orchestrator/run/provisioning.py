@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from azure.batch.models import BatchJobConstraints, BatchJobCreateOptions, BatchPoolInfo
 from azure.core.exceptions import ResourceExistsError
 
-from orchestrator.azure.retry import retry_call
+from orchestrator.azure.retry import error_code_of, retry_call
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.settings import RunSettings
 
@@ -51,6 +51,9 @@ async def _create_job(run: RunContext, ledger: RunLedger, pool_id: str) -> None:
     try:
         await retry_call(run.retry, "create_job", lambda: run.batch.create_job(job))
         ledger.job_is_new = True
-    except ResourceExistsError:
+    except ResourceExistsError as error:
+        # A full active-jobs quota is a 409 too (ActiveJobAndScheduleQuotaReached): not our job.
+        if error_code_of(error) not in ("JobExists", None):
+            raise
         ledger.job_is_new = False
     ledger.job_created = True

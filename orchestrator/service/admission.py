@@ -35,6 +35,7 @@ JOB_PREFIX = naming.job_id("")
 log = structlog.get_logger()
 
 QUOTA_ERROR_CODE = "ActiveJobAndScheduleQuotaReached"
+JOB_EXISTS_CODE = "JobExists"
 FIRST_BACKOFF_S = 1.0
 
 
@@ -56,11 +57,13 @@ async def admit(settings: Settings, clients: Clients, run_id: str) -> Admission:
     job = job_create_options(settings.run, naming.job_id(run_id), settings.pool.id)
     try:
         await retry_call(settings.retry, "create_job", lambda: clients.batch.create_job(job))
-    except ResourceExistsError:
-        return Admission.EXISTS
     except HttpResponseError as error:
-        if error_code_of(error) == QUOTA_ERROR_CODE:
+        # Both are 409s (azure-core raises ResourceExistsError for either): the code tells them apart.
+        code = error_code_of(error)
+        if code == QUOTA_ERROR_CODE:
             return Admission.QUOTA
+        if isinstance(error, ResourceExistsError) and code in (JOB_EXISTS_CODE, None):
+            return Admission.EXISTS
         raise
     return Admission.CREATED
 
