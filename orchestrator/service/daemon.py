@@ -30,6 +30,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from orchestrator import naming
+from orchestrator.errors import TopnError, first_leaf
 from orchestrator.journal.intake import IntakeFile, IntakeStore
 from orchestrator.service import admission
 from orchestrator.service.batching import BatchLimits, Claimed, close_batches
@@ -324,7 +325,24 @@ async def run_daemon(
     on_ready: Callable[[Daemon], None] | None = None,
 ) -> None:
     """The daemon in the foreground until a signal drains it (exit 0) or a second one ends it."""
-    from orchestrator.service.health import serve_health
+    try:
+        await _run_daemon(settings, folders, listen=listen, node_script=node_script, on_ready=on_ready)
+    except BaseExceptionGroup as group:
+        leaf = first_leaf(group)
+        if isinstance(leaf, TopnError):  # a refusal the user can act on (exit 2 for config errors)
+            raise leaf from None
+        raise
+
+
+async def _run_daemon(
+    settings: Settings,
+    folders: DaemonFolders,
+    *,
+    listen: str,
+    node_script: bytes | None,
+    on_ready: Callable[[Daemon], None] | None,
+) -> None:
+    from orchestrator.service.health import serve_health  # it imports this module's types
 
     metrics = DaemonMetrics()
     settings = daemon_settings(settings)

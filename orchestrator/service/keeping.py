@@ -107,7 +107,7 @@ async def apply_autoscale(settings: Settings, clients: Clients) -> None:
 
 
 def _details(error: object) -> str:
-    values = getattr(error, "values_property", None) or []
+    values = getattr(error, "error_values", None) or []
     return "; ".join(f"{item.name}: {item.value}" for item in values if getattr(item, "value", None))
 
 

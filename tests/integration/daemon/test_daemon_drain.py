@@ -25,7 +25,9 @@ FILES = 10
 EXIT_WITHIN_S = 25.0
 
 
-async def wait_event(child: DaemonChild, predicate: str, field: str | None = None, value: object = None) -> None:
+async def wait_event(
+    child: DaemonChild, predicate: str, field: str | None = None, value: object = None
+) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for event in list(child.events):
@@ -41,7 +43,9 @@ async def test_sigterm_drains_exits_zero_and_the_next_start_reattaches(
     batch = await start_emulator(["--nodes-max-processes", "1"])  # tasks take turns: the run lasts
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    env = topn_environment(batch, azurite, tmp_path / "state", **{**FAST_DAEMON, "TOPN_POOL_ID": "drain-pool"})
+    env = topn_environment(
+        batch, azurite, tmp_path / "state", **{**FAST_DAEMON, "TOPN_POOL_ID": "drain-pool"}
+    )
     log = tmp_path / "daemon.stderr.log"
     child = DaemonChild.start(inbox, env, log)
     await wait_ready(child)

@@ -43,7 +43,10 @@ async def test_a_quota_of_two_active_jobs_queues_batches_and_finishes_them_all(
     folders = folders_under(tmp_path)
     most_active = 0
     credential = AzureNamedKeyCredential(batch.account_name, batch.account_key)
-    async with BatchClient(batch.endpoint, credential) as observer, running_daemon(settings, folders) as daemon:
+    async with (
+        BatchClient(batch.endpoint, credential) as observer,
+        running_daemon(settings, folders) as daemon,
+    ):
         for index in range(FILES):
             await anyio.Path(folders.inbox / f"q{index}.txt").write_text(f"quota{index} q", encoding="utf-8")
 
@@ -59,7 +62,9 @@ async def test_a_quota_of_two_active_jobs_queues_batches_and_finishes_them_all(
         status, metrics = await get_json(f"{daemon.state.listen_url}/metrics")
         assert status == 200
         refusals = next(
-            float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("topn_quota_refusals_total")
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("topn_quota_refusals_total")
         )
         assert refusals >= 1  # the quota was met, and waited out
         assert 'topn_batches_total{outcome="succeeded"} 5.0' in metrics
