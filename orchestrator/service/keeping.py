@@ -27,6 +27,7 @@ from orchestrator.azure.clients import Clients, unattributed_requests
 from orchestrator.azure.pool import Capacity, PoolHandle
 from orchestrator.azure.retry import error_code_of, retry_call
 from orchestrator.azure.sas import utc_now
+from orchestrator.azure.states import wire_text
 from orchestrator.errors import ConfigError
 from orchestrator.service.poolkeeper import SCRIPT_SAS_LIFETIME, PoolKeeper
 from orchestrator.settings import Settings
@@ -126,7 +127,9 @@ async def read_pool_view(settings: Settings, clients: Clients, keeper: PoolKeepe
         pool = await retry_call(settings.retry, "get_pool", lambda: clients.batch.get_pool(pool_id))
 
         async def listing() -> Counter[str]:
-            return Counter([str(node.state) async for node in clients.batch.list_nodes(pool_id)])
+            return Counter(
+                [wire_text(node.state) or "unknown" async for node in clients.batch.list_nodes(pool_id)]
+            )
 
         states = await retry_call(settings.retry, "list_nodes", listing)
     target = int(pool.target_dedicated_nodes or 0) + int(pool.target_low_priority_nodes or 0)
