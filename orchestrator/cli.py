@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="health server address (default [daemon] listen, 127.0.0.1:9464; port 0 picks one)",
     )
 
+    pool_parser = commands.add_parser("pool", help="the kept pool (runs and the daemon never delete it)")
+    pool_commands = pool_parser.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
+    pool_commands.add_parser(
+        "delete", parents=[common], help="start deleting the configured pool ([pool] id)"
+    )
+
     local_parser = commands.add_parser("local", help="the local emulators (Azurite and the Batch emulator)")
     local_commands = local_parser.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     local_commands.add_parser("up", parents=[common], help="start them and keep them running across runs")
@@ -141,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from orchestrator.service.daemon import serve
 
             return serve(settings, args.inbox, args.listen)
+        if args.command == "pool":
+            return _pool_command(settings)
         return _local_command(args, settings)
     except TopnError as error:
         return _report(error, log_format)
@@ -330,6 +338,19 @@ async def _load_runs(journal_file: Path) -> list[Any]:
         return []
     async with await Journal.open(journal_file) as journal:
         return await journal.list_runs()
+
+
+def _pool_command(settings: Settings) -> int:
+    """`topn pool delete`: the explicit way to remove the kept pool (Batch finishes the deletion)."""
+    from orchestrator.service.shell import open_services
+
+    async def delete() -> None:
+        async with open_services(settings) as services:
+            await services.pool.delete()
+
+    anyio.run(delete)
+    print(f"deleting pool {settings.pool.id} (Batch finishes it in the background)")
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- local up / down
