@@ -107,7 +107,8 @@ async def burst(root: Path, files: int, max_active_runs: int) -> None:
 async def trickle(root: Path, duration_s: float, rate: float) -> None:
     folders = DaemonFolders(root / "inbox", root / "done", root / "failed", root / "outbox")
     folders.create()
-    settings = settings_for(root / "state")  # the defaults: settle 1 s, 2 s old, batches close after 30 s
+    # The defaults (config/local.toml closes batches after 5 s for trying things out).
+    settings = settings_for(root / "state", batch_max_wait_s=30.0, settle_s=1.0, min_age_s=2.0)
     ready: list[Daemon] = []
     is_ready = anyio.Event()
     latencies: list[float] = []
