@@ -1,5 +1,7 @@
 """Restart without loss: files stream in while the daemon is SIGKILLed at seeded random moments.
 
+Batch answers 10 % of requests with 503 or 429 meanwhile (the emulator's fault injection).
+
 The short CI version of issue 12's crash test (5 kills; `bench/daemon_soak.py` does more). The
 schedule's delays spread over start-up, recovery, claiming, batching and every run state. In the
 end every input must be exactly once in done/ or failed/, every input that ran must have exactly
@@ -117,7 +119,19 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
     rng = random.Random(SEED)
-    batch = await start_emulator()
+    # With 5 % of Batch requests answered 503 or 429 (Retry-After), as the soak's injected faults.
+    batch = await start_emulator(
+        [
+            "--fault-seed",
+            str(SEED),
+            "--fault-503",
+            "0.05",
+            "--fault-429",
+            "0.05",
+            "--fault-retry-after-s",
+            "0.2",
+        ]
+    )
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     env = topn_environment(
