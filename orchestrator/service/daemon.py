@@ -32,9 +32,10 @@ from anyio.abc import TaskStatus
 from orchestrator import naming
 from orchestrator.errors import TopnError, first_leaf
 from orchestrator.journal.intake import IntakeFile, IntakeStore
+from orchestrator.secrets import redact_text
 from orchestrator.service import admission
 from orchestrator.service.batching import BatchLimits, Claimed, close_batches
-from orchestrator.service.batchrun import BatchProgress, BatchRunner
+from orchestrator.service.batchrun import RETRY_AFTER_INTERRUPTION_S, BatchProgress, BatchRunner
 from orchestrator.service.claims import Claimer, DaemonFolders
 from orchestrator.service.drain import DrainPolicy
 from orchestrator.service.intake import CompleteFile, Inbox, watch_inbox
@@ -233,7 +234,14 @@ class Daemon:
         self._scopes[batch_id] = scope
         try:
             with structlog.contextvars.bound_contextvars(run_id=batch_id), scope:
-                await self.runner.run(batch_id, progress)
+                try:
+                    await self.runner.run(batch_id, progress)
+                except Exception as error:  # the daemon outlives any one batch: it is tried again later
+                    log.warning(
+                        "daemon.batch_interrupted", batch_id=batch_id, error=redact_text(str(error))[:300]
+                    )
+                    await anyio.sleep(RETRY_AFTER_INTERRUPTION_S)
+                    self._queued.append(batch_id)
         finally:
             self._scopes.pop(batch_id, None)
             self.state.in_flight.pop(batch_id, None)
