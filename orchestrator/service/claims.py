@@ -145,10 +145,13 @@ class Claimer:
         complete_at = format_timestamp(now())
         new: list[IntakeFile] = []
         duplicates: list[IntakeFile] = []
+        unfinished: list[IntakeFile] = []
         for item, sha, size in hashed:
             claim_id = new_claim_id(sha)
             original = known.get(sha)
-            if original is None:
+            if original is not None and original.source_path == item.path and original.state == "claimed":
+                unfinished.append(original)  # its own claim, whose rename failed: finish it, no new row
+            elif original is None:
                 claimed = self._folders.claimed / claim_id / item.relpath
                 new.append(_intake_file(item, claim_id, sha, size, claimed, complete_at, "claimed"))
                 if self._settings.dedupe:
@@ -163,7 +166,7 @@ class Claimer:
         if copy:
             await anyio.to_thread.run_sync(_copy_claimed, new)
         else:
-            await anyio.to_thread.run_sync(self._move_claimed, new, duplicates, files)
+            await anyio.to_thread.run_sync(self._move_claimed, [*new, *unfinished], duplicates, files)
         for duplicate in duplicates:
             log.info("intake.duplicate", claim_id=duplicate.claim_id, original_batch_id=duplicate.batch_id)
         return new, duplicates

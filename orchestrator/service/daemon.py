@@ -119,8 +119,12 @@ class Daemon:
 
     async def claim(self, files: Sequence[CompleteFile]) -> list[IntakeFile]:
         """Claim complete files; new claims wait for a batch."""
-        async with self._claim_lock:
-            new, duplicates = await self.claimer.claim(files)
+        try:
+            async with self._claim_lock:
+                new, duplicates = await self.claimer.claim(files)
+        except OSError as error:  # e.g. no permission to rename: the files stay, the next check tries again
+            log.warning("intake.claim_failed", files=len(files), error=redact_text(str(error))[:300])
+            return []
         now = time.monotonic()
         for item in new:
             self.metrics.inputs_received.labels(source=item.source).inc()
