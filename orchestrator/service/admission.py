@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
+from azure.batch.models import BatchMetadataItem
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from orchestrator import naming
@@ -36,6 +38,7 @@ log = structlog.get_logger()
 
 QUOTA_ERROR_CODE = "ActiveJobAndScheduleQuotaReached"
 JOB_EXISTS_CODE = "JobExists"
+OWNER_METADATA = "topn-daemon"
 FIRST_BACKOFF_S = 1.0
 
 
@@ -52,9 +55,19 @@ def quota_backoff_s(refusals: int, max_s: float) -> float:
     return min(max_s, FIRST_BACKOFF_S * float(2 ** min(refusals - 1, 30)))
 
 
+def daemon_owner(settings: Settings) -> str:
+    """Which daemon a job belongs to: its state folder (where its journal is), as a short hash.
+
+    The CLI resolves the state folder once, before the event loop; no file system call here.
+    """
+    return hashlib.sha256(str(settings.local.state_dir).encode()).hexdigest()[:16]
+
+
 async def admit(settings: Settings, clients: Clients, run_id: str) -> Admission:
     """Create the batch's job; QUOTA when the account's active-jobs quota refuses it."""
     job = job_create_options(settings.run, naming.job_id(run_id), settings.pool.id)
+    # Reconciliation only ever touches jobs marked as this daemon's, never another topn's on the pool.
+    job.metadata = [BatchMetadataItem(name=OWNER_METADATA, value=daemon_owner(settings))]
     try:
         await retry_call(settings.retry, "create_job", lambda: clients.batch.create_job(job))
     except HttpResponseError as error:
@@ -77,6 +90,7 @@ class JobView:
     pool_id: str | None
     created_at: datetime | None
     ended_at: datetime | None
+    owner: str | None = None  # the `topn-daemon` metadata: which daemon created the job
 
 
 def jobs_to_delete(
@@ -84,11 +98,12 @@ def jobs_to_delete(
     known_run_ids: Collection[str],
     pool_id: str,
     *,
+    owner: str,
     now: datetime,
     retention_s: float,
     grace_s: float,
 ) -> tuple[list[str], list[str]]:
-    """(completed jobs past retention, unknown jobs past the grace) among the daemon's pool's `topn-` jobs."""
+    """(completed jobs past retention, unknown jobs of this daemon past the grace) on the daemon's pool."""
     expired: list[str] = []
     unknown: list[str] = []
     for job in jobs:
@@ -98,7 +113,11 @@ def jobs_to_delete(
             continue
         run_id = job.job_id[len(JOB_PREFIX) :]
         if run_id not in known_run_ids:
-            if job.created_at is not None and (now - job.created_at).total_seconds() >= grace_s:
+            if (
+                job.owner == owner
+                and job.created_at is not None
+                and (now - job.created_at).total_seconds() >= grace_s
+            ):
                 unknown.append(job.job_id)
             continue
         ended = job.ended_at
@@ -117,6 +136,7 @@ async def list_jobs(settings: Settings, clients: Clients) -> list[JobView]:
         async for job in clients.batch.list_jobs():
             execution = getattr(job, "execution_info", None)
             pool_info = getattr(job, "pool_info", None)
+            owners = [item.value for item in job.metadata or [] if item.name == OWNER_METADATA]
             views.append(
                 JobView(
                     job_id=str(job.id),
@@ -124,6 +144,7 @@ async def list_jobs(settings: Settings, clients: Clients) -> list[JobView]:
                     pool_id=getattr(pool_info, "pool_id", None),
                     created_at=getattr(job, "creation_time", None),
                     ended_at=getattr(execution, "end_time", None),
+                    owner=owners[0] if owners else None,
                 )
             )
         return views
@@ -139,6 +160,7 @@ async def tidy_jobs(settings: Settings, clients: Clients, known_run_ids: Collect
         jobs,
         known_run_ids,
         settings.pool.id,
+        owner=daemon_owner(settings),
         now=utc_now(),
         retention_s=settings.daemon.job_retention_s,
         grace_s=settings.daemon.reconcile_grace_s,

@@ -26,9 +26,16 @@ def test_no_refusal_no_wait() -> None:
 
 
 def job(
-    job_id: str, state: JobState, *, pool: str = "p", age_s: float = 0, ended_s: float | None = None
+    job_id: str,
+    state: JobState,
+    *,
+    pool: str = "p",
+    age_s: float = 0,
+    ended_s: float | None = None,
+    owner: str | None = "me",
 ) -> JobView:
     return JobView(
+        owner=owner,
         job_id=job_id,
         state=state,
         pool_id=pool,
@@ -44,11 +51,13 @@ def test_only_the_daemons_pools_topn_jobs_past_their_time_are_deleted() -> None:
         job("topn-running", JobState.ACTIVE, age_s=99_999),  # ours and active: never
         job("topn-stray", JobState.ACTIVE, age_s=700),  # unknown, past the grace: reconciled
         job("topn-young-stray", JobState.ACTIVE, age_s=5),  # unknown, within the grace: waits
+        job("topn-other-topn", JobState.ACTIVE, age_s=99_999, owner="another"),  # another daemon's
+        job("topn-a-cli-run", JobState.ACTIVE, age_s=99_999, owner=None),  # a `topn run`'s
         job("topn-elsewhere", JobState.ACTIVE, pool="other", age_s=99_999),  # another pool's
         job("someone-else", JobState.COMPLETED, ended_s=99_999),  # not topn's
         job("topn-going", JobState.DELETING, age_s=99_999),
     ]
     known = {"old", "fresh", "running", "going"}
-    expired, unknown = jobs_to_delete(jobs, known, "p", now=NOW, retention_s=86_400, grace_s=600)
+    expired, unknown = jobs_to_delete(jobs, known, "p", owner="me", now=NOW, retention_s=86_400, grace_s=600)
     assert expired == ["topn-old"]
     assert unknown == ["topn-stray"]
