@@ -30,6 +30,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from orchestrator import naming
+from orchestrator.azure.clients import BATCH, STORAGE
 from orchestrator.errors import TopnError, first_leaf
 from orchestrator.journal.intake import IntakeFile, IntakeStore
 from orchestrator.secrets import redact_text
@@ -106,7 +107,7 @@ class Daemon:
         self._claim_lock = anyio.Lock()
         self._last_tidy = -TIDY_EVERY_S
         self._last_pool_view = -POOL_VIEW_EVERY_S
-        self._requests_seen: dict[str, dict[str, int]] = {}
+        self._requests_seen: dict[str, dict[tuple[str, str], int]] = {}
         self._tops: dict[str, list[list[Any]]] = {}
         self.policy = DrainPolicy(
             grace_s=settings.drain_timeout_s,
@@ -302,12 +303,14 @@ class Daemon:
             self.metrics.sas_expiry.set(view.sas_expires_at.timestamp())
 
     def _count_requests(self) -> None:
-        snapshot = self.services.clients.requests.snapshot()
-        for service, operations in snapshot.items():
+        counter = self.services.clients.requests
+        for service in (BATCH, STORAGE):
+            answers = counter.answers(service)
             seen = self._requests_seen.setdefault(service, {})
-            deltas = {(op, "sent"): count - seen.get(op, 0) for op, count in operations.items()}
-            self.metrics.count_requests(service, deltas)
-            seen.update(operations)
+            self.metrics.count_requests(
+                service, {key: count - seen.get(key, 0) for key, count in answers.items()}
+            )
+            seen.update(answers)
 
     async def cached_top(self, run_id: str, out_dir: Path) -> list[list[Any]]:
         """A finished run's top words, read once from its summary.json."""
