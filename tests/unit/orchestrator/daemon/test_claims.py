@@ -94,3 +94,26 @@ async def test_finishing_keeps_names_never_overwrites_and_explains_failures(
         assert not folders.claimed.exists()  # emptied and pruned
     finally:
         await store.close()
+
+
+async def test_delete_done_deletes_finished_inputs_and_keeps_failed_ones(
+    folders: DaemonFolders, tmp_path: Path
+) -> None:
+    store = await IntakeStore.open(tmp_path / "state")
+    try:
+        claimer = Claimer(store, folders, DaemonSettings(delete_done=True))
+        new, _ = await claimer.claim(
+            [complete(folders, "ok.txt", "fine"), complete(folders, "no.txt", "bad")]
+        )
+        await store.create_batch("batch2", [item.claim_id for item in new], 7)
+        files = await store.batch_files("batch2")
+        outcomes = {item.claim_id: (None if item.relpath == "ok.txt" else {"reason": "r"}) for item in files}
+        await claimer.finish(files, outcomes)
+        assert list(folders.done.iterdir()) == []
+        assert sorted(path.name for path in folders.failed.iterdir()) == ["no.txt", "no.txt.error.json"]
+        assert {item.relpath: item.state for item in await store.batch_files("batch2")} == {
+            "ok.txt": "done",
+            "no.txt": "failed",
+        }
+    finally:
+        await store.close()
