@@ -81,14 +81,19 @@ class Daemon:
     """The long-lived service on one set of shared services."""
 
     def __init__(
-        self, services: Services, store: IntakeStore, folders: DaemonFolders, metrics: DaemonMetrics
-    ):
+        self,
+        services: Services,
+        store: IntakeStore,
+        folders: DaemonFolders,
+        metrics: DaemonMetrics,
+        daemon_id: str,
+    ) -> None:
         settings = services.settings.daemon
         self.services = services
         self.store = store
         self.folders = folders
         self.metrics = metrics
-        self.state = DaemonState(daemon_id=uuid.uuid4().hex[:12], folders=folders)
+        self.state = DaemonState(daemon_id=daemon_id, folders=folders)
         self.inbox = Inbox(folders.inbox, settle_s=settings.settle_s, min_age_s=settings.min_age_s)
         self.claimer = Claimer(store, folders, settings)
         self.supply = DaemonPoolSupply(services.pool, services.settings)
@@ -361,12 +366,14 @@ async def _run_daemon(
 
     metrics = DaemonMetrics()
     settings = daemon_settings(settings)
-    async with AsyncExitStack() as stack:
-        services = await stack.enter_async_context(open_services(settings, node_script))
-        store = await IntakeStore.open(services.journal.path)
-        stack.push_async_callback(store.close)
-        daemon = Daemon(services, store, folders, metrics)
-        with structlog.contextvars.bound_contextvars(daemon_id=daemon.state.daemon_id):
+    daemon_id = uuid.uuid4().hex[:12]
+    # Bound first, so every line of this process carries it (local services' events too).
+    with structlog.contextvars.bound_contextvars(daemon_id=daemon_id):
+        async with AsyncExitStack() as stack:
+            services = await stack.enter_async_context(open_services(settings, node_script))
+            store = await IntakeStore.open(services.journal.path)
+            stack.push_async_callback(store.close)
+            daemon = Daemon(services, store, folders, metrics, daemon_id)
             async with anyio.create_task_group() as group:
                 group.start_soon(_watch_signals, daemon, group.cancel_scope)
                 url = await group.start(serve_health, daemon, listen)
@@ -380,7 +387,7 @@ async def _run_daemon(
                 group.start_soon(daemon._intake)
                 await daemon.loop()
                 group.cancel_scope.cancel()  # the health server and the signal watcher
-    log.info("daemon.stopped")
+        log.info("daemon.stopped")
 
 
 async def _watch_signals(daemon: Daemon, scope: anyio.CancelScope) -> None:

@@ -82,3 +82,10 @@ async def test_sigterm_drains_exits_zero_and_the_next_start_reattaches(
     assert resumed and resumed[0]["tasks_submitted"] == FILES  # re-attached: no task added again
     again.process.send_signal(signal.SIGINT)
     assert await anyio.to_thread.run_sync(lambda: again.process.wait(EXIT_WITHIN_S + 5)) == 0
+
+    # stdout is nothing but JSON events, each with the fields log shipping keys on (issue 12 point 9).
+    for event in [*child.events, *again.events]:
+        assert event.get("event") != "not-json", event
+        assert {"timestamp", "level", "event", "service", "daemon_id"} <= event.keys(), event
+        assert event["service"] == "topn" and event["timestamp"].endswith("Z")
+    assert len({event["daemon_id"] for event in child.events}) == 1
