@@ -64,6 +64,7 @@ class DaemonState:
     recovered: bool = False
     draining: bool = False
     pool_resize_errors: int = 0
+    services_reachable: bool = True  # the last pool view was read (Batch answered)
     listen_url: str | None = None
     in_flight: dict[str, BatchProgress] = field(default_factory=dict)
     waiting_batches: list[str] = field(default_factory=list)
@@ -74,7 +75,9 @@ class DaemonState:
 
     @property
     def ready(self) -> bool:
-        return self.recovered and not self.draining and self.pool_resize_errors == 0
+        return (
+            self.recovered and not self.draining and self.pool_resize_errors == 0 and self.services_reachable
+        )
 
 
 class Daemon:
@@ -298,7 +301,12 @@ class Daemon:
         self.metrics.active_jobs.set(active)
 
     async def _read_pool(self) -> None:
-        view = await read_pool_view(self.services.settings, self.services.clients, self.services.pool)
+        try:
+            view = await read_pool_view(self.services.settings, self.services.clients, self.services.pool)
+        except Exception:
+            self.state.services_reachable = False  # not ready until Batch answers again
+            raise
+        self.state.services_reachable = True
         self.state.pool_nodes = dict(view.nodes_by_state)
         self.state.pool_resize_errors = view.resize_errors
         for node_state, count in view.nodes_by_state.items():

@@ -109,6 +109,7 @@ class _Handlers:
             "recovered": state.recovered,
             "draining": state.draining,
             "pool_resize_errors": state.pool_resize_errors,
+            "services_reachable": state.services_reachable,
         }
         return web.json_response(body, status=200 if state.ready else 503)
 

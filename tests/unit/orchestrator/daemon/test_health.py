@@ -58,6 +58,9 @@ async def test_readyz_only_after_recovery_without_resize_errors_and_not_draining
         state.pool_resize_errors = 1
         assert (await client.get("/readyz")).status == 503
         state.pool_resize_errors = 0
+        state.services_reachable = False  # the loop's last pool view could not be read
+        assert (await client.get("/readyz")).status == 503
+        state.services_reachable = True
         state.draining = True
         assert (await client.get("/readyz")).status == 503
     finally:
