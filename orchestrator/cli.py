@@ -100,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_id", nargs="?", default=None, metavar="RUN_ID", help="the run to describe")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    daemon = commands.add_parser(
+        "daemon", parents=[common], help="watch an inbox and turn arriving files into results (foreground)"
+    )
+    daemon.add_argument(
+        "--inbox", type=Path, default=None, help="the folder to watch (or [daemon] inbox_dir)"
+    )
+    daemon.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="health server address (default [daemon] listen, 127.0.0.1:9464; port 0 picks one)",
+    )
+
+    pool_parser = commands.add_parser("pool", help="the kept pool (runs and the daemon never delete it)")
+    pool_commands = pool_parser.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
+    pool_commands.add_parser(
+        "delete", parents=[common], help="start deleting the configured pool ([pool] id)"
+    )
+
     local_parser = commands.add_parser("local", help="the local emulators (Azurite and the Batch emulator)")
     local_commands = local_parser.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     local_commands.add_parser("up", parents=[common], help="start them and keep them running across runs")
@@ -135,8 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_standard_streams()
     args = build_parser().parse_args(argv)
     log_format: Literal["json", "console"] = args.log_format or default_log_format(sys.stderr)
-    # Events follow sys.stderr at write time, so a live progress bar can route them above itself.
-    configure_events(log_format, EventStream(CurrentStderr()), args.log_level)
+    if args.command == "daemon":
+        # A daemon's events are its stdout (it prints nothing else): JSON lines for log shipping.
+        log_format = args.log_format or "json"
+        configure_events(log_format, EventStream(sys.stdout), args.log_level)
+    else:
+        # Events follow sys.stderr at write time, so a live progress bar can route them above itself.
+        configure_events(log_format, EventStream(CurrentStderr()), args.log_level)
     try:
         settings = _load(args, os.environ)
         if args.command == "run":
@@ -145,6 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _resume_command(args, settings, log_format)
         if args.command == "status":
             return _status_command(args, settings)
+        if args.command == "daemon":
+            from orchestrator.service.daemon import serve
+
+            return serve(settings, args.inbox, args.listen)
+        if args.command == "pool":
+            return _pool_command(settings)
         return _local_command(args, settings)
     except TopnError as error:
         return _report(error, log_format)
@@ -366,6 +396,19 @@ async def _load_runs(journal_file: Path) -> list[Any]:
         return []
     async with await Journal.open(journal_file) as journal:
         return await journal.list_runs()
+
+
+def _pool_command(settings: Settings) -> int:
+    """`topn pool delete`: the explicit way to remove the kept pool (Batch finishes the deletion)."""
+    from orchestrator.service.shell import open_services
+
+    async def delete() -> None:
+        async with open_services(settings) as services:
+            await services.pool.delete()
+
+    anyio.run(delete)
+    print(f"deleting pool {settings.pool.id} (Batch finishes it in the background)")
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- local up / down

@@ -129,6 +129,41 @@ class LocalSettings:
     state_dir: Path  # ".topn": journal, local service data and logs (relative to the working directory)
 
 
+# The daemon's defaults, beside its settings so docs and code cannot disagree.
+DEFAULT_BATCH_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_LISTEN = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """`topn daemon`: the inbox and its sibling folders, micro-batching, limits, drain, health server."""
+
+    inbox_dir: Path | None = None  # --inbox; required by `topn daemon` (one or the other)
+    done_dir: Path | None = None  # None: `done/` beside the inbox
+    failed_dir: Path | None = None  # None: `failed/` beside the inbox
+    outbox_dir: Path | None = None  # None: `outbox/` beside the inbox
+    delete_done: bool = False  # delete finished inputs instead of moving them to done_dir
+    dedupe: bool = True  # content already claimed is counted, not run again
+    rescan_s: float = 60.0
+    settle_s: float = 1.0
+    min_age_s: float = 2.0
+    batch_max_files: int = 500
+    batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
+    batch_max_wait_s: float = 30.0
+    max_active_runs: int = 8
+    quota_backoff_max_s: float = 60.0
+    job_retention_s: float = 86400.0
+    reconcile_grace_s: float = 600.0
+    drain_timeout_s: float = 20.0
+    listen: str = DEFAULT_LISTEN
+    heartbeat_s: float = 1.0
+    autoscale: bool = True
+    max_nodes: int = 4
+    low_priority: bool = False
+    autoscale_interval_s: float = 300.0
+    autoscale_formula: str | None = None  # None: the default formula (docs/daemon.md)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything one topn process was configured with."""
@@ -140,6 +175,7 @@ class Settings:
     run: RunSettings
     local: LocalSettings
     retry: RetryPolicy
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -149,6 +185,7 @@ SECTIONS: dict[str, type[Any]] = {
     "run": RunSettings,
     "local": LocalSettings,
     "retry": RetryPolicy,
+    "daemon": DaemonSettings,
 }
 
 
@@ -283,6 +320,8 @@ def load_settings(path: Path, environ: Mapping[str, str]) -> Settings:
 # TOPN_ variables that are not settings: what a compute node reads (node/cli.py), which a user testing
 # the node locally may well have exported in the same shell.
 NODE_VARIABLES = frozenset({"TOPN_BLOB_ENDPOINT", "TOPN_OUTPUT_SAS_URL"})
+# TOPN_ variables inside a section's prefix that are secrets read where they are used, not settings.
+SECRET_VARIABLES = frozenset({"TOPN_DAEMON_TOKEN"})
 
 
 def _check_override_sections(environ: Mapping[str, str]) -> None:
@@ -314,6 +353,8 @@ def _build_section(
     # An override for a key the section does not have is a typo that would silently do nothing.
     section_prefix = f"{ENV_PREFIX}{section.upper()}_"
     for name in environ:
+        if name in SECRET_VARIABLES:
+            continue
         if name.startswith(section_prefix) and name[len(section_prefix) :].lower() not in fields:
             raise ConfigError(
                 f"{name} (environment): [{section}] has no key {name[len(section_prefix) :].lower()!r}. "
@@ -559,6 +600,35 @@ def _validate(settings: Settings) -> None:
         _check_node_runtime(settings)
     if not str(settings.local.state_dir).strip():
         raise ConfigError(f"{_origin(settings, 'local', 'state_dir')}: must not be empty.")
+    _validate_daemon(settings)
+
+
+def _validate_daemon(settings: Settings) -> None:
+    daemon = settings.daemon
+    for key in (
+        "rescan_s",
+        "settle_s",
+        "batch_max_files",
+        "batch_max_bytes",
+        "batch_max_wait_s",
+        "max_active_runs",
+        "quota_backoff_max_s",
+        "drain_timeout_s",
+        "heartbeat_s",
+        "max_nodes",
+        "autoscale_interval_s",
+    ):
+        _positive(settings, "daemon", key, getattr(daemon, key))
+    for key in ("min_age_s", "job_retention_s", "reconcile_grace_s"):
+        _positive(settings, "daemon", key, getattr(daemon, key), allow_zero=True)
+    host, _, port = daemon.listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"{_origin(settings, 'daemon', 'listen')}: {daemon.listen!r} is not HOST:PORT "
+            f"(e.g. {DEFAULT_LISTEN}; port 0 picks a free port)."
+        )
+    if daemon.autoscale_formula is not None and not daemon.autoscale_formula.strip():
+        raise ConfigError(f"{_origin(settings, 'daemon', 'autoscale_formula')}: must not be empty when set.")
 
 
 def secret_values(settings: Settings) -> list[str]:

@@ -58,9 +58,18 @@ class RequestCounter:
 
     def __init__(self) -> None:
         self._counts: dict[str, Counter[str]] = {BATCH: Counter(), STORAGE: Counter()}
+        # (operation, HTTP status or "error") per service, for the daemon's metrics.
+        self._answers: dict[str, Counter[tuple[str, str]]] = {BATCH: Counter(), STORAGE: Counter()}
 
     def record(self, service: str, operation: str) -> None:
         self._counts.setdefault(service, Counter())[operation] += 1
+
+    def record_answer(self, service: str, operation: str, status: str) -> None:
+        self._answers.setdefault(service, Counter())[(operation, status)] += 1
+
+    def answers(self, service: str) -> dict[tuple[str, str], int]:
+        """Requests answered, by (operation, status): an HTTP status code, or "error" for no answer."""
+        return dict(self._answers.get(service, Counter()))
 
     def total(self, service: str) -> int:
         return sum(self._counts.get(service, Counter()).values())
@@ -194,7 +203,13 @@ class CountingTransport(AioHttpTransport):  # type: ignore[misc]
         run_counter = _run_requests.get()
         if run_counter is not None:
             run_counter.record(self._service, operation)
-        return await super().send(request, **config)
+        status = "error"
+        try:
+            response = await super().send(request, **config)
+            status = str(response.status_code)
+            return response
+        finally:
+            self._counter.record_answer(self._service, operation, status)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Final
 from orchestrator.errors import TopnError, UsageError
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -114,6 +114,37 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """CREATE TABLE run_errors (
             run_id TEXT PRIMARY KEY REFERENCES runs (run_id),
             error_json TEXT NOT NULL,
+            at TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ),
+    # Version 7: the daemon's intake (journal/intake.py): claimed files and the batches they form.
+    (
+        """CREATE TABLE intake_files (
+            claim_id TEXT PRIMARY KEY,
+            sha256 TEXT NOT NULL,
+            relpath TEXT NOT NULL,
+            source_path TEXT NOT NULL,
+            claimed_path TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            complete_at TEXT NOT NULL,
+            state TEXT NOT NULL,
+            batch_id TEXT,
+            final_path TEXT,
+            outcome TEXT,
+            error_json TEXT,
+            at TEXT NOT NULL
+        )""",
+        "CREATE INDEX intake_files_by_sha ON intake_files (sha256)",
+        "CREATE INDEX intake_files_by_state ON intake_files (state)",
+        "CREATE INDEX intake_files_by_batch ON intake_files (batch_id)",
+        """CREATE TABLE intake_batches (
+            batch_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            files INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            outcome TEXT,
             at TEXT NOT NULL
         ) WITHOUT ROWID""",
     ),

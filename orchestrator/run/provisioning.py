@@ -16,6 +16,7 @@ from orchestrator.azure import quota
 from orchestrator.azure.retry import error_code_of, retry_call
 from orchestrator.errors import RunFailedError
 from orchestrator.run.context import RunContext, RunLedger
+from orchestrator.settings import RunSettings
 
 
 async def provision(run: RunContext, ledger: RunLedger, needed_until: datetime) -> str | None:
@@ -32,10 +33,10 @@ async def provision(run: RunContext, ledger: RunLedger, needed_until: datetime) 
     return handle.task_script_url
 
 
-async def _create_job(run: RunContext, ledger: RunLedger, pool_id: str) -> None:
-    settings = run.settings.run
-    job = BatchJobCreateOptions(
-        id=run.job_id,
+def job_create_options(settings: RunSettings, job_id: str, pool_id: str) -> BatchJobCreateOptions:
+    """A run's job as created (also by the daemon, which creates it first to wait out the job quota)."""
+    return BatchJobCreateOptions(
+        id=job_id,
         pool_info=BatchPoolInfo(pool_id=pool_id),
         # noaction until every task is added: a job with zero tasks counts as complete.
         all_tasks_complete_mode="noaction",
@@ -44,6 +45,10 @@ async def _create_job(run: RunContext, ledger: RunLedger, pool_id: str) -> None:
             max_task_retry_count=settings.task_max_retries,
         ),
     )
+
+
+async def _create_job(run: RunContext, ledger: RunLedger, pool_id: str) -> None:
+    job = job_create_options(run.settings.run, run.job_id, pool_id)
     # JobExists means a resumed run: the job is ours (its id holds our run id).
     try:
         await retry_call(run.retry, "create_job", lambda: run.batch.create_job(job))

@@ -93,6 +93,11 @@ class PoolKeeper:
             assert self._capacity is not None
             return self._capacity
 
+    @property
+    def script_sas_expires_at(self) -> datetime | None:
+        """When the start task's node script SAS ends (None before the first `ensure`)."""
+        return self._staged.expires_at if self._staged is not None else None
+
     def planned_slots(self) -> int:
         """Task slots to size work units by: the last reading if fresh, else what config asks for."""
         if self._capacity_is_fresh() and self._capacity is not None and self._capacity.slots:
