@@ -21,7 +21,7 @@ from typing import Any, Literal, TextIO
 import anyio
 import structlog
 
-from orchestrator.console import EventStream, print_summary, render_run, render_runs
+from orchestrator.console import EventStream, ensure_standard_streams, print_summary, render_run, render_runs
 from orchestrator.errors import ConfigError, TopnError, UsageError
 from orchestrator.events import (
     LEVELS,
@@ -32,7 +32,6 @@ from orchestrator.inputs import InputFile
 from orchestrator.local import services as localmode
 from orchestrator.local.processes import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
-from orchestrator.results import read_summary, summary_path
 from orchestrator.secrets import redact_text, register_secrets
 from orchestrator.settings import Settings, load_settings, secret_values
 
@@ -126,27 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--force", action="store_true", help="stop them even while a run is using them")
     local_commands.add_parser("status", parents=[common], help="show what `topn local up` started")
     return parser
-
-
-def ensure_standard_streams() -> None:
-    """Give a closed stdin, stdout or stderr (`>&-`, `2>&-`) /dev/null before anything opens a file.
-
-    Otherwise the next file or socket opened would take the free descriptor 1 or 2, and a printed
-    table or an event line would land inside it (the journal, a child service's log), and Python's
-    `sys.stdout` / `sys.stderr` would be None. Output to a closed stream is dropped; the run goes on.
-    """
-    for descriptor in (0, 1, 2):
-        try:
-            os.fstat(descriptor)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != descriptor:
-                os.dup2(null, descriptor)
-                os.close(null)
-    if sys.stdout is None:
-        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as the process
-    if sys.stderr is None:
-        sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as the process
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -260,16 +238,17 @@ def _resume_command(args: argparse.Namespace, settings: Settings, log_format: st
     from orchestrator.journal import check_state_folder, journal_path
     from orchestrator.run.pipeline import summary_exit_status
     from orchestrator.run.resume import resumed_inputs, resumed_out_dir, resumed_settings, unknown_run
+    from orchestrator.service.status import finished_summary, load_record
 
     journal_file = journal_path(settings.local.state_dir)
-    record = anyio.run(_load_record, journal_file, args.run_id)
+    record = anyio.run(load_record, journal_file, args.run_id)
     if record is None:
         raise unknown_run(args.run_id, journal_file)
     out_dir = resumed_out_dir(record)
     if not record.is_finished:
         check_state_folder(settings.local.state_dir)
     if record.is_finished:  # nothing to do: show what it ended with
-        summary = _read_summary(out_dir, record.run_id)
+        summary = finished_summary(out_dir, record.run_id)
         print_summary(summary, out_dir, as_json=args.json, inputs=resumed_inputs(record))
         return summary_exit_status(summary)
     return _run_body(
@@ -337,37 +316,11 @@ def _exit_on_repeat(received: signal.Signals, log_format: str) -> None:
     os._exit(128 + int(received))
 
 
-async def _load_record(journal_file: Path, run_id: str) -> Any:
-    """The run's RunRecord, or None (also when there is no journal yet: nothing is created)."""
-    from orchestrator.journal import Journal
-
-    if not await anyio.Path(journal_file).is_file():
-        return None
-    async with await Journal.open_for_reading(journal_file) as journal:
-        return await journal.load_run(run_id)
-
-
-def _read_summary(out_dir: Path, run_id: str) -> dict[str, Any]:
-    try:
-        return read_summary(out_dir)
-    except (OSError, ValueError) as error:
-        if not out_dir.exists():
-            raise UsageError(
-                f"run {run_id} has finished but its results folder {out_dir} is not there any more; "
-                "it was moved or deleted"
-            ) from None
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise UsageError(
-            f"run {run_id} has finished but its summary {summary_path(out_dir)} cannot be read: {reason} "
-            "(check that the file is readable and was not edited)"
-        ) from None
-
-
 def _status_command(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.journal import journal_path
     from orchestrator.run.resume import unknown_run
     from orchestrator.service.shell import read_live_job
-    from orchestrator.service.status import describe_run, pool_warnings, recent_runs_in
+    from orchestrator.service.status import describe_run, load_record, pool_warnings, recent_runs_in
 
     journal_file = journal_path(settings.local.state_dir)
     for pool_id, message in pool_warnings(settings.local.state_dir).items():
@@ -376,7 +329,7 @@ def _status_command(args: argparse.Namespace, settings: Settings) -> int:
         runs = anyio.run(recent_runs_in, journal_file, STATUS_RECENT_RUNS, args.json)
         text = json.dumps(runs, ensure_ascii=False, indent=2) + "\n" if args.json else render_runs(runs)
     else:
-        record = anyio.run(_load_record, journal_file, args.run_id)
+        record = anyio.run(load_record, journal_file, args.run_id)
         if record is None:
             raise unknown_run(args.run_id, journal_file)
         described = describe_run(record)
@@ -387,15 +340,6 @@ def _status_command(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.write(redact_text(text))
     sys.stdout.flush()
     return EXIT_OK
-
-
-async def _load_runs(journal_file: Path) -> list[Any]:
-    from orchestrator.journal import Journal
-
-    if not await anyio.Path(journal_file).is_file():
-        return []
-    async with await Journal.open(journal_file) as journal:
-        return await journal.list_runs()
 
 
 def _pool_command(settings: Settings) -> int:

@@ -196,3 +196,24 @@ def print_summary(
     except BrokenPipeError:
         # The reader left (`topn run … | head`): the results and summary.json are on disk already.
         sys.stdout = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - kept open until exit
+
+
+def ensure_standard_streams() -> None:
+    """Give a closed stdin, stdout or stderr (`>&-`, `2>&-`) /dev/null before anything opens a file.
+
+    Otherwise the next file or socket opened would take the free descriptor 1 or 2, and a printed
+    table or an event line would land inside it (the journal, a child service's log), and Python's
+    `sys.stdout` / `sys.stderr` would be None. Output to a closed stream is dropped; the run goes on.
+    """
+    for descriptor in (0, 1, 2):
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != descriptor:
+                os.dup2(null, descriptor)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as the process

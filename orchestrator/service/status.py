@@ -13,7 +13,9 @@ from typing import Any
 
 import anyio
 
+from orchestrator.errors import UsageError
 from orchestrator.journal import Journal, RunRecord, RunSummary, format_timestamp
+from orchestrator.results import read_summary, summary_path
 from orchestrator.run.resume import (
     failed_relpaths,
     failed_task_ids,
@@ -167,3 +169,28 @@ def _last_error(record: RunRecord) -> dict[str, Any] | None:
             f"topn resume {record.run_id} (it may stop the same way until the cause is fixed)"
         )
     return error
+
+
+async def load_record(journal_file: Path, run_id: str) -> Any:
+    """The run's RunRecord, or None (also when there is no journal yet: nothing is created)."""
+    if not await anyio.Path(journal_file).is_file():
+        return None
+    async with await Journal.open_for_reading(journal_file) as journal:
+        return await journal.load_run(run_id)
+
+
+def finished_summary(out_dir: Path, run_id: str) -> dict[str, Any]:
+    """The summary.json a finished run wrote; a UsageError naming the problem when it cannot be read."""
+    try:
+        return read_summary(out_dir)
+    except (OSError, ValueError) as error:
+        if not out_dir.exists():
+            raise UsageError(
+                f"run {run_id} has finished but its results folder {out_dir} is not there any more; "
+                "it was moved or deleted"
+            ) from None
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise UsageError(
+            f"run {run_id} has finished but its summary {summary_path(out_dir)} cannot be read: {reason} "
+            "(check that the file is readable and was not edited)"
+        ) from None

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator import cli, console
 from orchestrator.local.processes import project_root
+from orchestrator.service.status import finished_summary
 
 SUMMARY: dict[str, Any] = {
     "run_id": "20261122t010203z-abcdef",
@@ -195,11 +196,11 @@ def test_a_finished_run_whose_summary_is_unreadable_is_not_said_to_be_moved(tmp_
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "summary.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(cli.UsageError) as raised:
-        cli._read_summary(tmp_path / "out", "20261122t010203z-abcdef")
+        finished_summary(tmp_path / "out", "20261122t010203z-abcdef")
     assert str(tmp_path / "out" / "summary.json") in str(raised.value)
     assert "moved or deleted" not in str(raised.value)
     with pytest.raises(cli.UsageError, match="moved or deleted") as raised:
-        cli._read_summary(tmp_path / "gone", "20261122t010203z-abcdef")
+        finished_summary(tmp_path / "gone", "20261122t010203z-abcdef")
     assert str(tmp_path / "gone") in str(raised.value)
 
 
