@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import os
 from pathlib import Path
 
 
@@ -45,3 +48,37 @@ def file_md5_hex(path: Path) -> str | None:
         return read_md5(path)[1].hex()
     except OSError:
         return None
+
+
+class LockHeldError(Exception):
+    """Another live process holds a pid lock; `holder` is the pid it wrote (or "unknown")."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(f"held by pid {holder}")
+        self.holder = holder
+
+
+def take_pid_lock(path: Path) -> int:
+    """Lock `path` for this process and write its pid there; returns the descriptor to release.
+
+    `fcntl.flock` locks belong to the open file description, so a holder killed with SIGKILL holds
+    nothing: the next taker gets the lock at once. The pid is there only to name the holder.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode("ascii", errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise LockHeldError(holder) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+    return descriptor
+
+
+def release_pid_lock(descriptor: int) -> None:
+    """Empty the lock file (no reader names a pid that let go) and release the lock."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(descriptor, 0)
+    os.close(descriptor)

@@ -11,14 +11,12 @@ is when something serves there, and otherwise a service is started on exactly th
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -26,6 +24,7 @@ import structlog
 
 from orchestrator.azure.clients import accepts_connections, endpoint_port
 from orchestrator.errors import ConfigError, ServiceUnavailableError, UsageError
+from orchestrator.files import LockHeldError, release_pid_lock, take_pid_lock
 from orchestrator.local import processes
 from orchestrator.settings import Settings
 
@@ -165,7 +164,7 @@ async def ensure_services(settings: Settings, stack: AsyncExitStack) -> Settings
         check_emulator_key(settings)  # before anything is started
     if None in serving.values():
         # Taken before starting and released after the services below are stopped.
-        stack.callback((await anyio.to_thread.run_sync(acquire_start_lock, settings)).close)
+        stack.callback(release_pid_lock, await anyio.to_thread.run_sync(acquire_start_lock, settings))
         # Whoever started services on this state folder before us is gone (it no longer holds the
         # lock): what it left running would share our data folders, so it is stopped first.
         await stop_survivors(settings)
@@ -183,30 +182,20 @@ async def ensure_services(settings: Settings, stack: AsyncExitStack) -> Settings
     return settings
 
 
-def acquire_start_lock(settings: Settings) -> TextIO:
+def acquire_start_lock(settings: Settings) -> int:
     """Refuse a second process starting services on the same state folder while this one runs.
 
     Two Azurite processes writing one `--location` would corrupt its database; `topn local up` is
-    how several runs share services. Closing the returned file releases the lock.
+    how several runs share services. `release_pid_lock` of the returned descriptor releases it.
     """
-    path = local_dir(settings) / "start.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+", encoding="utf-8")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
+        return take_pid_lock(local_dir(settings) / "start.lock")
+    except LockHeldError as held:
         raise UsageError(
-            f"another topn run (pid {owner}) is using local services it started from {local_dir(settings)}. "
-            "Wait for it to finish, or run `topn local up` once so that runs share the services."
+            f"another topn run (pid {held.holder}) is using local services it started from "
+            f"{local_dir(settings)}. Wait for it to finish, or run `topn local up` once so that runs "
+            "share the services."
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 async def _stop_child(settings: Settings, service: processes.ServiceProcess) -> None:
@@ -263,8 +252,11 @@ async def _stop_pid(service: RecordedService) -> None:
 
 async def local_up(settings: Settings) -> dict[str, RecordedService]:
     """Start detached services that keep running across runs; reuse the ones already up."""
-    with acquire_start_lock(settings):
+    lock = await anyio.to_thread.run_sync(acquire_start_lock, settings)
+    try:
         return await _start_detached_services(settings)
+    finally:
+        release_pid_lock(lock)
 
 
 async def _start_detached_services(settings: Settings) -> dict[str, RecordedService]:
@@ -323,10 +315,14 @@ async def local_down(settings: Settings) -> list[RecordedService]:
     """Stop the services `topn local up` started (SIGTERM, then SIGKILL after a grace period)."""
     stopped: list[RecordedService] = []
     try:
-        with acquire_start_lock(settings):  # held by a live run: its own services are not survivors
-            stopped += await stop_survivors(settings)
+        lock = await anyio.to_thread.run_sync(acquire_start_lock, settings)
     except UsageError:
-        pass
+        pass  # held by a live run: its own services are not survivors
+    else:
+        try:
+            stopped += await stop_survivors(settings)
+        finally:
+            release_pid_lock(lock)
     for service in read_recorded(settings).values():
         if not _alive(service.pid) or not _is_our_process(service):
             continue

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.errors import UsageError
+from orchestrator.files import LockHeldError, release_pid_lock, take_pid_lock
 
 
 class RunLockedError(UsageError):
@@ -28,28 +29,17 @@ def lock_path(state_dir: Path, run_id: str) -> Path:
 @contextlib.contextmanager
 def run_lock(state_dir: Path, run_id: str) -> Iterator[None]:
     """Hold the run's lock for the block; RunLockedError when another live process holds it."""
-    path = lock_path(state_dir, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode("ascii", errors="replace").strip() or "unknown"
-            raise RunLockedError(
-                f"run {run_id} is being driven by another topn process (pid {holder}); wait for it to "
-                f"finish, or stop it (Ctrl-C, or `kill {holder}`) and then `topn resume {run_id}`"
-            ) from None
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
-        try:
-            yield
-        finally:
-            # Emptied before unlocking, so a reader never names a pid that no longer holds it.
-            with contextlib.suppress(OSError):
-                os.ftruncate(descriptor, 0)
+        descriptor = take_pid_lock(lock_path(state_dir, run_id))
+    except LockHeldError as held:
+        raise RunLockedError(
+            f"run {run_id} is being driven by another topn process (pid {held.holder}); wait for it to "
+            f"finish, or stop it (Ctrl-C, or `kill {held.holder}`) and then `topn resume {run_id}`"
+        ) from None
+    try:
+        yield
     finally:
-        os.close(descriptor)  # releases the lock
+        release_pid_lock(descriptor)
 
 
 def runs_being_driven(state_dir: Path) -> list[tuple[str, str]]:

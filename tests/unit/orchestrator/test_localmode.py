@@ -17,6 +17,7 @@ import pytest
 
 from orchestrator.azure.clients import endpoint_port
 from orchestrator.errors import ConfigError, UsageError
+from orchestrator.files import release_pid_lock
 from orchestrator.local import services as localmode
 from orchestrator.local.processes import EMULATOR_ACCOUNT_KEY, dies_with_this_process, project_root
 from orchestrator.settings import Settings, load_settings
@@ -70,8 +71,8 @@ def test_a_second_starter_on_the_same_state_folder_is_refused(tmp_path: Path) ->
         with pytest.raises(UsageError, match="topn local up"):
             localmode.acquire_start_lock(settings)
     finally:
-        first.close()
-    localmode.acquire_start_lock(settings).close()  # free again once the holder is done
+        release_pid_lock(first)
+    release_pid_lock(localmode.acquire_start_lock(settings))  # free again once the holder is done
 
 
 def test_only_the_emulators_public_key_may_start_the_emulator(tmp_path: Path) -> None:
