@@ -26,6 +26,15 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
         ("orchestrator.service", "orchestrator.cli", "orchestrator.console", "orchestrator.local"),
     ),
     ("orchestrator/service/", ("orchestrator.cli", "orchestrator.console")),
+    # Shared packages, like the shared top-level modules.
+    (
+        "orchestrator/settings/",
+        ("orchestrator.run", "orchestrator.service", "orchestrator.cli", "orchestrator.console"),
+    ),
+    (
+        "orchestrator/journal/",
+        ("orchestrator.run", "orchestrator.service", "orchestrator.cli", "orchestrator.console"),
+    ),
 ]
 # Top-level modules of orchestrator/ other than the CLI's own are shared by every room.
 SHARED_TOP_LEVEL_FORBIDDEN = (
