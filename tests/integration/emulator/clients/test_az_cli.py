@@ -1,7 +1,7 @@
 """`az batch` from azure-cli 2.91.0 (its own cached venv) against the emulator.
 
 The install (about 150 packages) can be unavailable offline: then this one test is skipped with
-the reason, except under .ci/run, which sets TOPN_REQUIRE_CLIENT_INSTALLS so it fails instead.
+the reason, except in CI (CI=true, as CI runs .ci/run), where it fails instead.
 """
 
 from __future__ import annotations
