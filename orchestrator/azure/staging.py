@@ -339,6 +339,22 @@ async def stage_node_script(
     return blob_name
 
 
+async def stored_md5s(
+    blob_service: BlobServiceClient, container: str, prefix: str, retry: RetryPolicy
+) -> dict[str, str | None]:
+    """Every blob under `prefix` with the hex MD5 Storage holds for it (None when it holds none)."""
+    client = blob_service.get_container_client(container)
+
+    async def listing() -> dict[str, str | None]:
+        found: dict[str, str | None] = {}
+        async for blob in client.list_blobs(name_starts_with=prefix):
+            md5 = blob.content_settings.content_md5 if blob.content_settings is not None else None
+            found[str(blob.name)] = bytes(md5).hex() if md5 else None
+        return found
+
+    return await retry_call(retry, "list_blobs", listing)
+
+
 async def delete_blobs_with_prefix(
     blob_service: BlobServiceClient, container: str, prefix: str, retry: RetryPolicy, concurrency: int = 16
 ) -> int:

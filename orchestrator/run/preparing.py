@@ -11,6 +11,7 @@ from typing import cast
 import anyio
 import structlog
 
+from orchestrator import naming
 from orchestrator.azure import staging
 from orchestrator.azure.sas import DelegationKeyProvider
 from orchestrator.files import file_md5_hex, file_stat
@@ -143,4 +144,15 @@ async def _uploads_to_keep(run: RunContext, ledger: RunLedger) -> dict[str, stag
         kept[item.relpath] = staging.StagedInput(
             index, item.relpath, upload.blob_name, upload.md5_hex, item.size_bytes, True
         )
+    if kept:
+        # The journal says uploaded; Storage must still hold those bytes (a local Azurite killed
+        # before it saved them, a prefix someone deleted). One listing per 5,000 blobs checks them.
+        stored = await staging.stored_md5s(
+            run.blobs, run.input_container, naming.run_input_prefix(run.run_id), run.retry
+        )
+        kept = {
+            relpath: staged
+            for relpath, staged in kept.items()
+            if stored.get(staged.blob_name, "missing") in (staged.md5_hex, None)
+        }
     return kept

@@ -4,9 +4,11 @@ the inputs its journal does not hold (never everything again)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import anyio
@@ -27,10 +29,22 @@ RUN_ID = "20261206t010203z-abcdef"
 
 
 class RecordingBlobs:
-    """A blob service that records uploads (the staging code's only calls here) and accepts them."""
+    """A blob service that records uploads and lists what it holds (the staging code's only calls here)."""
 
     def __init__(self) -> None:
         self.uploaded: list[str] = []
+        self.stored: dict[str, bytes] = {}  # blob name -> the MD5 Storage holds
+
+    def get_container_client(self, container: str) -> Any:
+        stored = self.stored
+
+        class Container:
+            async def list_blobs(self, name_starts_with: str = "") -> Any:
+                for name, md5 in sorted(stored.items()):
+                    if name.startswith(name_starts_with):
+                        yield SimpleNamespace(name=name, content_settings=SimpleNamespace(content_md5=md5))
+
+        return Container()
 
     def get_blob_client(self, container: str, blob: str) -> Any:
         service = self
@@ -109,6 +123,10 @@ def test_a_resume_uploads_only_what_the_journal_does_not_hold(tmp_path: Path) ->
                 )
             record = await journal.load_run(RUN_ID)
         clients = FakeClients()
+        for item in inputs[:2]:  # what the first run's uploads left in Storage
+            clients.blob_service.stored[naming.input_blob_name(RUN_ID, item.relpath)] = hashlib.md5(
+                item.path.read_bytes(), usedforsecurity=False
+            ).digest()
         resumed = run_context(inputs, clients, resume=record)
         staged = await preparing._stage_inputs(resumed, RunLedger())
         assert [item.relpath for item in staged] == ["f0.txt", "f1.txt", "f2.txt"]
