@@ -9,7 +9,7 @@ import pytest
 from node import cli
 from node.unit import OUTPUT_URL_VARIABLE, plan_from_args
 
-SAS_URL = "https://acct.blob.core.windows.net/results?sv=2025-01-05&sp=cw&sig=AbCdEf0123456789secret"
+SAS_URL = "https://acct.blob.core.windows.net/results?sv=2025-01-05&sp=cw&sig=AbCdEf01secret"
 
 
 @pytest.fixture(autouse=True)
