@@ -22,7 +22,15 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-from orchestrator.journal.schema import JournalError, connect, format_timestamp, now, parse_timestamp
+from orchestrator.journal.schema import (
+    JournalError,
+    connect,
+    format_timestamp,
+    now,
+    parse_timestamp,
+    read_transaction,
+    write_transaction,
+)
 
 T = TypeVar("T")
 
@@ -271,32 +279,13 @@ class IntakeStore:
 
     async def _write(self, work: Callable[[sqlite3.Connection], None]) -> None:
         def transaction() -> None:
-            connection = self._use()
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    work(connection)
-                    connection.execute("COMMIT")
-                except BaseException:
-                    if connection.in_transaction:
-                        connection.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as error:
-                raise JournalError(f"cannot write the journal {self.path}: {error}") from error
+            write_transaction(self._use(), work, self.path)
 
         await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         def transaction() -> T:
-            connection = self._use()
-            try:
-                connection.execute("BEGIN")
-                try:
-                    return work(connection)
-                finally:
-                    connection.execute("COMMIT")
-            except sqlite3.Error as error:
-                raise JournalError(f"cannot read the journal {self.path}: {error}") from error
+            return read_transaction(self._use(), work, self.path)
 
         return await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
 

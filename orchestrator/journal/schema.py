@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from orchestrator.errors import TopnError, UsageError
+
+T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
 SCHEMA_VERSION: Final = 7
@@ -289,3 +292,34 @@ def _migrate(connection: sqlite3.Connection, path: Path) -> None:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
+
+
+def write_transaction(
+    connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], None], path: Path
+) -> None:
+    """Run `work` as one committed transaction (rolled back whole if it fails); JournalError naming `path`."""
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            work(connection)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as error:
+        raise JournalError(f"cannot write the journal {path}: {error}") from error
+
+
+def read_transaction(
+    connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], path: Path
+) -> T:
+    """Run `work` in one read transaction, so it sees a consistent snapshot; JournalError naming `path`."""
+    try:
+        connection.execute("BEGIN")
+        try:
+            return work(connection)
+        finally:
+            connection.execute("COMMIT")
+    except sqlite3.Error as error:
+        raise JournalError(f"cannot read the journal {path}: {error}") from error

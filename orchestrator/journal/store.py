@@ -24,6 +24,8 @@ from orchestrator.journal.schema import (
     connect_read_only,
     format_timestamp,
     now,
+    read_transaction,
+    write_transaction,
 )
 from orchestrator.secrets import redact_value, strip_secrets
 
@@ -436,17 +438,7 @@ class Journal:
             if self._synchronous != wanted:
                 connection.execute(f"PRAGMA synchronous = {wanted}")
                 self._synchronous = wanted
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    work(connection)
-                    connection.execute("COMMIT")
-                except BaseException:
-                    if connection.in_transaction:
-                        connection.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as error:
-                raise JournalError(f"cannot write the journal {self.path}: {error}") from error
+            write_transaction(connection, work, self.path)
 
         # Not abandoned on cancellation: a write that started always finishes (committed or rolled back).
         await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
@@ -455,15 +447,7 @@ class Journal:
         """Run `work` in one read transaction, so it sees a consistent snapshot."""
 
         def transaction() -> T:
-            connection = self._use()
-            try:
-                connection.execute("BEGIN")
-                try:
-                    return work(connection)
-                finally:
-                    connection.execute("COMMIT")
-            except sqlite3.Error as error:
-                raise JournalError(f"cannot read the journal {self.path}: {error}") from error
+            return read_transaction(self._use(), work, self.path)
 
         return await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
 
