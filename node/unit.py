@@ -42,6 +42,7 @@ from node.upload import (
     Destination,
     Uploader,
     check_container_url,
+    describe_error,
     redact,
     url_without_query,
 )
@@ -166,8 +167,9 @@ async def load_manifest(location: str) -> UnitManifest:
                 async with BlobClient.from_blob_url(location, **_client_options(READ_RETRIES)) as blob:
                     data: bytes = await (await blob.download_blob()).readall()
             except AzureError as error:
+                reason = describe_error(error, "read")
                 raise UsageError(
-                    f"cannot read the manifest {url_without_query(location)!r}: {describe_error(error)}"
+                    f"cannot read the manifest {url_without_query(location)!r}: {reason}"
                 ) from None
         else:
             try:
@@ -193,20 +195,6 @@ def _error_kind(error: BaseException) -> str:
     if status == 412:
         return "changed"
     return "read_failed"
-
-
-def describe_error(error: BaseException) -> str:
-    """HTTP status and service error code when there is a response; the error's kind otherwise."""
-    status = getattr(error, "status_code", None)
-    code = getattr(error, "error_code", None)
-    code = getattr(code, "value", code)  # the SDK gives a StorageErrorCode enum for known codes
-    if status is not None:
-        described = f"HTTP {status}" + (f" {code}" if code else "")
-        if status == 403:
-            described += " (the SAS must be valid and allow read on the container)"
-        return described
-    reason = redact(str(error)).splitlines()[0] if str(error) else ""
-    return f"no HTTP response ({type(error).__name__}{': ' + reason if reason else ''})"
 
 
 def _total_size(content_range: str | None, fallback: int) -> int:
@@ -329,7 +317,8 @@ class UnitRunner:
                 unit_input.byte_range,
                 error_kind=_error_kind(error),
                 error_message=f"cannot read blob {unit_input.blob!r} of "
-                f"{url_without_query(self._manifest.sources[unit_input.source])}: {describe_error(error)}",
+                f"{url_without_query(self._manifest.sources[unit_input.source])}: "
+                + describe_error(error, "read"),
             )
         return FileResult(
             index,

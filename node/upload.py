@@ -82,15 +82,18 @@ class UploadFailure:
     message: str
 
 
-def _describe_error(error: BaseException) -> str:
-    """HTTP status and service error code when there is a response; the error's kind otherwise."""
+def describe_error(error: BaseException, needed: str = "create and write") -> str:
+    """HTTP status and service error code when there is a response; the error's kind otherwise.
+
+    `needed` is what the SAS must allow, named in the hint for a 403.
+    """
     status = getattr(error, "status_code", None)
     code = getattr(error, "error_code", None)
     code = getattr(code, "value", code)  # the SDK gives a StorageErrorCode enum for known codes
     if status is not None:
         described = f"HTTP {status}" + (f" {code}" if code else "")
         if status == 403:
-            described += " (the SAS must be valid and allow create and write on the container)"
+            described += f" (the SAS must be valid and allow {needed} on the container)"
         return described
     reason = redact(str(error)).splitlines()[0] if str(error) else ""
     return f"no HTTP response ({type(error).__name__}{': ' + reason if reason else ''})"
@@ -156,7 +159,7 @@ class Uploader:
                         UploadFailure(
                             blob.name,
                             f"upload of {blob.name!r} to container {self._destination.container!r} "
-                            f"at {self._destination.safe_url} failed: {_describe_error(error)}",
+                            f"at {self._destination.safe_url} failed: {describe_error(error)}",
                         )
                     )
 
