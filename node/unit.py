@@ -167,9 +167,9 @@ async def load_manifest(location: str) -> UnitManifest:
                 async with BlobClient.from_blob_url(location, **_client_options(READ_RETRIES)) as blob:
                     data: bytes = await (await blob.download_blob()).readall()
             except AzureError as error:
-                reason = describe_error(error, "read")
+                described = describe_error(error, "read")
                 raise UsageError(
-                    f"cannot read the manifest {url_without_query(location)!r}: {reason}"
+                    f"cannot read the manifest {url_without_query(location)!r}: {described}"
                 ) from None
         else:
             try:
