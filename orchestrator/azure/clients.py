@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
@@ -34,6 +34,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob.aio import BlobServiceClient
 
+from orchestrator.azure.entra import audience_refused, describe_token_failure, is_audience_error
 from orchestrator.azure.retry import (
     SDK_RETRY_KWARGS,
     TRANSIENT_STATUSES,
@@ -234,16 +235,14 @@ async def open_clients(
     """Build the Batch and Blob clients (shared key or Entra ID); `stack` closes them.
 
     With Entra ID the token credential is `credential` when given (an embedding application's own),
-    else azure-identity's DefaultAzureCredential. A CA file in SSL_CERT_FILE (the variable OpenSSL
-    reads) is what both clients verify HTTPS endpoints against: a TLS-inspecting proxy's CA, or a
-    local service's own certificate.
+    else azure-identity's DefaultAzureCredential. `[batch] ca_file` / `[storage] ca_file`, when set,
+    is what that client verifies its HTTPS endpoint against (a TLS-inspecting proxy's CA, or a local
+    service's own certificate); unset, the system's trust store.
     """
     counter = RequestCounter()
     token_credential: AsyncTokenCredential | None = credential
-    verify: dict[str, Any] = {}
-    ca_file = os.environ.get("SSL_CERT_FILE")
-    if ca_file:
-        verify["connection_verify"] = ca_file
+    batch_verify = await anyio.to_thread.run_sync(connection_verify, settings, BATCH)
+    storage_verify = await anyio.to_thread.run_sync(connection_verify, settings, STORAGE)
     if token_credential is None and "entra_id" in (settings.batch.auth, settings.storage.auth):
         # Imported here: azure-identity is only needed, and only worth its import time, with Entra ID.
         from azure.identity.aio import DefaultAzureCredential
@@ -260,7 +259,9 @@ async def open_clients(
     batch = BatchClient(
         settings.batch.endpoint,
         batch_credential,
-        transport=CountingTransport(counter, BATCH, account_in_path=False, **SDK_RETRY_KWARGS, **verify),
+        transport=CountingTransport(
+            counter, BATCH, account_in_path=False, **SDK_RETRY_KWARGS, **batch_verify
+        ),
         **SDK_RETRY_KWARGS,
     )
     await stack.enter_async_context(batch)
@@ -274,7 +275,7 @@ async def open_clients(
             "account_key": settings.storage.account_key,
         }
     in_path = _storage_account_in_path(settings.storage.blob_endpoint, settings.storage.account_name)
-    sdk_kwargs: dict[str, Any] = dict(SDK_RETRY_KWARGS, **verify)
+    sdk_kwargs: dict[str, Any] = dict(SDK_RETRY_KWARGS, **storage_verify)
     blob_service = BlobServiceClient(
         settings.storage.blob_endpoint,
         credential=storage_credential,
@@ -288,6 +289,30 @@ async def open_clients(
         storage_account_key=settings.storage.account_key if settings.storage.auth == "shared_key" else None,
         token_credential=token_credential,
         requests=counter,
+    )
+
+
+def connection_verify(settings: Settings, section: str) -> dict[str, Any]:
+    """The transport's `connection_verify` for `[section] ca_file`, once the file proved a CA bundle.
+
+    Checked here, once, because the SDK loads the file only when it sends a request, where a typo
+    would surface as a TLS failure that names no setting.
+    """
+    ca_file = settings.batch.ca_file if section == BATCH else settings.storage.ca_file
+    if ca_file is None:
+        return {}
+    try:
+        ssl.create_default_context(cafile=str(ca_file))
+    except ssl.SSLError:
+        problem = "it holds no PEM certificate"
+    except OSError as exc:
+        problem = f"it cannot be read ({exc.strerror or type(exc).__name__})"
+    else:
+        return {"connection_verify": str(ca_file)}
+    raise ConfigError(
+        f"[{section}] ca_file {str(ca_file)!r} (in {settings.source} or {env_var_name(section, 'ca_file')}): "
+        f"{problem}. Point it at the PEM certificate of the authority that signed the endpoint's "
+        "certificate, or remove it to use the system's trust store."
     )
 
 
@@ -329,8 +354,9 @@ def _credential_fix(settings: Settings, section: str, token_problem: bool = Fals
     auth = settings.batch.auth if section == "batch" else settings.storage.auth
     if auth == "entra_id" or token_problem:
         return (
-            "Sign in (az login) or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, "
-            "and give the identity "
+            "Give DefaultAzureCredential an identity: `az login`, a managed identity where topn runs, "
+            "or AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (docs/azure.md, section 2); "
+            "and give that identity "
             + (BATCH_ROLE if section == "batch" else STORAGE_ROLE)
             + " on the account (the least-privilege built-in role for what a run does)."
         )
@@ -460,14 +486,16 @@ def _translate_check_error(
         )
     if isinstance(exc, ClientAuthenticationError) and status is None:
         # No response at all: azure-identity could not get a token (no login, no managed identity).
-        reason = str(exc.message)[:300]
         return CredentialError(
-            f"no Microsoft Entra ID token for the {service} account {account!r} ({reason}). "
+            f"no Microsoft Entra ID token for the {service} account {account!r}: "
+            f"{describe_token_failure(str(exc.message))}. "
             + _credential_fix(settings, section, token_problem=True)
         )
     if isinstance(exc, HttpResponseError) and status in (401, 403):
         code = error_code_of(exc) or f"HTTP {status}"
         auth = settings.batch.auth if section == "batch" else settings.storage.auth
+        if auth == "entra_id" and status == 401 and is_audience_error(exc, code):
+            return CredentialError(audience_refused(service, account, endpoint, code, section))
         # A shared key grants everything: only a token's identity can lack a right.
         if auth == "entra_id" and status == 403 and code not in AUTHENTICATION_CODES:
             # Authenticated, but not allowed: a role without this data action (or a network rule).

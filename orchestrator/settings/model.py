@@ -28,12 +28,13 @@ class BatchSettings:
     account_name: str
     auth: Literal["shared_key", "entra_id"]
     account_key: str | None = field(default=None, repr=False)  # secret: TOPN_BATCH_ACCOUNT_KEY
+    ca_file: Path | None = None  # None: the system's trust store
 
     def __repr__(self) -> str:
         key = _MASK if self.account_key else "None"
         return (
             f"BatchSettings(endpoint={self.endpoint!r}, account_name={self.account_name!r}, "
-            f"auth={self.auth!r}, account_key={key})"
+            f"auth={self.auth!r}, account_key={key}, ca_file={self.ca_file!r})"
         )
 
 
@@ -46,12 +47,14 @@ class StorageSettings:
     auth: Literal["shared_key", "entra_id"]
     account_key: str | None = field(default=None, repr=False)  # secret: TOPN_STORAGE_ACCOUNT_KEY
     container_prefix: str = "topn"
+    ca_file: Path | None = None  # None: the system's trust store
 
     def __repr__(self) -> str:
         key = _MASK if self.account_key else "None"
         return (
             f"StorageSettings(blob_endpoint={self.blob_endpoint!r}, account_name={self.account_name!r}, "
-            f"auth={self.auth!r}, account_key={key}, container_prefix={self.container_prefix!r})"
+            f"auth={self.auth!r}, account_key={key}, container_prefix={self.container_prefix!r}, "
+            f"ca_file={self.ca_file!r})"
         )
 
 

@@ -1,0 +1,152 @@
+"""`topn run` with auth = "entra_id" for Batch and Storage, as a user runs it (issue 14, point 8).
+
+topn runs as a subprocess and signs in the way it does in production: DefaultAzureCredential, with
+no credential handed in. What it finds is a managed identity: the App Service variables
+`IDENTITY_ENDPOINT` and `IDENTITY_HEADER` point at an endpoint this test runs (tests/entra_support.py),
+which mints a token per resource. The emulator checks each Batch token's signature and audience,
+Azurite (`--oauth basic`) each Storage token's issuer, audience and lifetime; both serve HTTPS with
+a certificate the test makes, which topn trusts through `[batch] ca_file` / `[storage] ca_file`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from tests.e2e.fault_support import LiveRun, run_topn_live
+from tests.e2e.run_cli import output_rows, reference_top, seed_wheel_cache
+from tests.entra_support import (
+    BATCH_RESOURCE,
+    STORAGE_RESOURCE,
+    EntraServices,
+    IdentityEndpoint,
+    entra_services,
+    identity_endpoint,
+    without_credential_variables,
+)
+from tests.secret_scan import find_secrets, texts_under
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(240)]
+
+TEXTS = {
+    "a.txt": "red green red blue red\n",
+    "sub/b.txt": "green green blue\n",
+    "c.txt": "one two two three three three\n",
+}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def services(tmp_path: Path) -> AsyncIterator[EntraServices]:
+    async with entra_services(tmp_path / "services") as started:
+        yield started
+
+
+def entra_environment(services: EntraServices, state_dir: Path, identity: dict[str, str]) -> dict[str, str]:
+    """The user's environment, signed in only through `identity`, with topn pointed at the services."""
+    keep = {
+        name: value
+        for name, value in without_credential_variables(os.environ).items()
+        if not name.startswith("TOPN_")
+    }
+    seed_wheel_cache(state_dir)
+    return {
+        **keep,
+        **identity,
+        "TOPN_LOCAL_ENABLED": "false",
+        "TOPN_LOCAL_STATE_DIR": str(state_dir),
+        "TOPN_BATCH_ENDPOINT": services.batch_endpoint,
+        "TOPN_BATCH_AUTH": "entra_id",
+        "TOPN_BATCH_CA_FILE": str(services.ca_file),
+        "TOPN_STORAGE_BLOB_ENDPOINT": services.blob_endpoint,
+        "TOPN_STORAGE_AUTH": "entra_id",
+        "TOPN_STORAGE_CA_FILE": str(services.ca_file),
+        "TOPN_POOL_ID": f"entra-cli-{uuid.uuid4().hex[:8]}",
+        "TOPN_POOL_DEDICATED_NODES": "1",
+        "TOPN_RUN_POLL_MIN_S": "0.1",
+        "TOPN_RUN_POLL_MAX_S": "0.5",
+    }
+
+
+def write_texts(folder: Path) -> None:
+    for relpath, text in TEXTS.items():
+        path = folder / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def leaks(run: LiveRun, folder: Path, identity: IdentityEndpoint | None) -> list[str]:
+    """Keys, SAS signatures and tokens (the minted ones, and any bearer token) in what topn left."""
+    minted = [] if identity is None else [*identity.minted, identity.header]
+    return find_secrets([("stdout", run.stdout), ("stderr", run.stderr), *texts_under(folder)], minted)
+
+
+async def test_topn_run_signs_in_with_a_managed_identity_for_both_services(
+    services: EntraServices, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    write_texts(work / "texts")
+    async with identity_endpoint(services.token_key) as identity:
+        env = entra_environment(services, work / ".topn", identity.environment())
+        run = await run_topn_live(["run", "texts", "--out", "results", "--top", "3", "--json"], work, env)
+    assert run.exit_code == 0, run.stderr[-3000:]
+    summary = run.summary()
+    assert summary["state"] == "SUCCEEDED"
+    in_input_order = [TEXTS[relpath] for relpath in sorted(TEXTS)]
+    assert summary["top"] == reference_top(in_input_order, "words", 3)
+    files = {entry["path"]: entry for entry in summary["files"]}
+    assert set(files) == set(TEXTS)
+    for relpath, text in TEXTS.items():
+        assert files[relpath]["status"] == "succeeded"
+        expected = reference_top([text], "words", 3)
+        assert files[relpath]["top"] == expected
+        assert output_rows(work / "results" / (relpath.rsplit(".", 1)[0] + "_OUTPUT.txt")) == expected
+    # The tokens came from the identity endpoint, one resource per service, and nothing was refused.
+    assert identity.refused == []
+    assert set(identity.resources) == {BATCH_RESOURCE, STORAGE_RESOURCE}
+    assert leaks(run, work, identity) == []
+
+
+async def test_tokens_for_another_audience_stop_at_the_credential_check(
+    services: EntraServices, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    write_texts(work / "texts")
+    # The endpoint answers every request with a token for Azure Resource Manager, not for Batch.
+    async with identity_endpoint(services.token_key, audience="https://management.azure.com/") as identity:
+        env = entra_environment(services, work / ".topn", identity.environment())
+        run = await run_topn_live(["run", "texts", "--out", "results"], work, env)
+    assert run.exit_code == 2, run.stderr[-3000:]
+    failed = [event for event in run.events() if event["event"] == "command.failed"]
+    assert len(failed) == 1, run.stderr[-3000:]
+    message = failed[0]["error"]
+    assert failed[0]["error_type"] == "CredentialError"
+    assert "InvalidAuthenticationTokenAudience" in message
+    assert BATCH_RESOURCE in message  # the audience Batch expects
+    assert identity.resources  # it did ask the endpoint
+    assert not (work / "results").exists()
+    assert leaks(run, work, identity) == []
+
+
+async def test_no_identity_anywhere_is_a_clear_exit_2(services: EntraServices, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    write_texts(work / "texts")
+    # App Service's variables name an endpoint nobody listens on (the identity is not enabled).
+    async with identity_endpoint(services.token_key) as gone:
+        closed = gone.environment()
+    env = entra_environment(services, work / ".topn", closed)
+    run = await run_topn_live(["run", "texts", "--out", "results"], work, env)
+    assert run.exit_code == 2, run.stderr[-3000:]
+    failed = [event for event in run.events() if event["event"] == "command.failed"]
+    assert len(failed) == 1, run.stderr[-3000:]
+    message = failed[0]["error"]
+    assert failed[0]["error_type"] == "CredentialError"
+    assert "no Microsoft Entra ID token" in message
+    assert "ManagedIdentityCredential" in message
+    assert "az login" in message
+    assert not (work / "results").exists()
+    assert leaks(run, work, None) == []
