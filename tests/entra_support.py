@@ -197,12 +197,15 @@ class IdentityEndpoint:
 
 
 @asynccontextmanager
-async def identity_endpoint(token_key: bytes, audience: str | None = None) -> AsyncIterator[IdentityEndpoint]:
+async def identity_endpoint(
+    token_key: bytes, wrong_audiences: Mapping[str, str] | None = None
+) -> AsyncIterator[IdentityEndpoint]:
     """An App Service style identity endpoint on a free loopback port.
 
-    Tokens carry the resource asked for as their audience, unless `audience` is given: then every
-    token is for that audience (an identity endpoint, or a cloud, that answers for another resource).
+    Tokens carry the resource asked for as their audience, except for a resource `wrong_audiences`
+    maps to another audience (a token source that answers for another resource).
     """
+    wrong = dict(wrong_audiences or {})
     endpoint = IdentityEndpoint(url="", header=secrets.token_urlsafe(24))
 
     async def token(request: web.Request) -> web.Response:
@@ -217,7 +220,7 @@ async def identity_endpoint(token_key: bytes, audience: str | None = None) -> As
         if not resource:
             endpoint.refused.append("no resource")
             return web.json_response({"error": "resource is required"}, status=400)
-        claims = token_claims(audience if audience is not None else resource)
+        claims = token_claims(wrong.get(resource, resource))
         access_token = sign_token(claims, token_key)
         endpoint.resources.append(resource)
         endpoint.minted.append(access_token)

@@ -494,7 +494,7 @@ def _translate_check_error(
     if isinstance(exc, HttpResponseError) and status in (401, 403):
         code = error_code_of(exc) or f"HTTP {status}"
         auth = settings.batch.auth if section == "batch" else settings.storage.auth
-        if auth == "entra_id" and status == 401 and is_audience_error(exc, code):
+        if auth == "entra_id" and is_audience_error(exc, code):
             return CredentialError(audience_refused(service, account, endpoint, code, section))
         # A shared key grants everything: only a token's identity can lack a right.
         if auth == "entra_id" and status == 403 and code not in AUTHENTICATION_CODES:

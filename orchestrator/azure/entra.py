@@ -32,7 +32,7 @@ def describe_token_failure(message: str) -> str:
             for sentence in re.split(r"(?<=\.)\s+", reason)
             if sentence.strip() and "http" not in sentence and not sentence.startswith(_LINK_SENTENCES)
         ]
-        summary = ". ".join(sentences[:2]).removeprefix(name).strip() or "failed"
+        summary = " ".join(". ".join(sentences[:2]).removeprefix(name).split()) or "failed"
         described.append(f"{name}: {summary[:160]}")
     return "DefaultAzureCredential tried " + "; ".join(described)
 

@@ -111,13 +111,19 @@ async def test_topn_run_signs_in_with_a_managed_identity_for_both_services(
     assert leaks(run, work, identity) == []
 
 
-async def test_tokens_for_another_audience_stop_at_the_credential_check(
-    services: EntraServices, tmp_path: Path
+@pytest.mark.parametrize(
+    ("resource", "service"),
+    [(BATCH_RESOURCE, "Batch"), (STORAGE_RESOURCE, "Storage")],
+    ids=["batch", "storage"],
+)
+async def test_a_token_for_another_audience_stops_at_the_credential_check(
+    resource: str, service: str, services: EntraServices, tmp_path: Path
 ) -> None:
     work = tmp_path / "work"
     write_texts(work / "texts")
-    # The endpoint answers every request with a token for Azure Resource Manager, not for Batch.
-    async with identity_endpoint(services.token_key, audience="https://management.azure.com/") as identity:
+    # The endpoint answers for Azure Resource Manager when asked for this service's resource.
+    wrong = {resource: "https://management.azure.com/"}
+    async with identity_endpoint(services.token_key, wrong_audiences=wrong) as identity:
         env = entra_environment(services, work / ".topn", identity.environment())
         run = await run_topn_live(["run", "texts", "--out", "results"], work, env)
     assert run.exit_code == 2, run.stderr[-3000:]
@@ -125,9 +131,11 @@ async def test_tokens_for_another_audience_stop_at_the_credential_check(
     assert len(failed) == 1, run.stderr[-3000:]
     message = failed[0]["error"]
     assert failed[0]["error_type"] == "CredentialError"
-    assert "InvalidAuthenticationTokenAudience" in message
-    assert BATCH_RESOURCE in message  # the audience Batch expects
-    assert identity.resources  # it did ask the endpoint
+    assert message.startswith(f"the {service} account "), message
+    # The audience the service expects, and where to look for the identity that got the token.
+    assert f"another audience than {resource.rstrip('/')}/" in message
+    assert "IDENTITY_ENDPOINT" in message
+    assert resource in identity.resources  # it did ask the endpoint
     assert not (work / "results").exists()
     assert leaks(run, work, identity) == []
 
