@@ -40,9 +40,10 @@ TEXTS = {
 }
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def services(tmp_path: Path) -> AsyncIterator[EntraServices]:
-    async with entra_services(tmp_path / "services") as started:
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EntraServices]:
+    """One emulator and one Azurite for the module: each test has its own pool, state and identity."""
+    async with entra_services(tmp_path_factory.mktemp("entra-services")) as started:
         yield started
 
 
