@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
@@ -44,6 +43,7 @@ from orchestrator.azure.retry import (
     retry_call,
     status_code_of,
 )
+from orchestrator.azure.tls import connection_verify, trust_fix, untrusted_certificate
 from orchestrator.errors import ConfigError, CredentialError, ServiceUnavailableError
 from orchestrator.settings import Settings, env_var_name
 
@@ -292,30 +292,6 @@ async def open_clients(
     )
 
 
-def connection_verify(settings: Settings, section: str) -> dict[str, Any]:
-    """The transport's `connection_verify` for `[section] ca_file`, once the file proved a CA bundle.
-
-    Checked here, once, because the SDK loads the file only when it sends a request, where a typo
-    would surface as a TLS failure that names no setting.
-    """
-    ca_file = settings.batch.ca_file if section == BATCH else settings.storage.ca_file
-    if ca_file is None:
-        return {}
-    try:
-        ssl.create_default_context(cafile=str(ca_file))
-    except ssl.SSLError:
-        problem = "it holds no PEM certificate"
-    except OSError as exc:
-        problem = f"it cannot be read ({exc.strerror or type(exc).__name__})"
-    else:
-        return {"connection_verify": str(ca_file)}
-    raise ConfigError(
-        f"[{section}] ca_file {str(ca_file)!r} (in {settings.source} or {env_var_name(section, 'ca_file')}): "
-        f"{problem}. Point it at the PEM certificate of the authority that signed the endpoint's "
-        "certificate, or remove it to use the system's trust store."
-    )
-
-
 def endpoint_port(endpoint: str) -> int:
     """The endpoint's port: the one it names, else its scheme's (0 means "not chosen yet")."""
     parts = urlsplit(endpoint)
@@ -508,6 +484,11 @@ def _translate_check_error(
         return CredentialError(
             f"the {service} account {account!r} at {endpoint} refused the credentials ({code}). "
             + _credential_fix(settings, section)
+        )
+    untrusted = untrusted_certificate(exc)
+    if untrusted is not None:
+        return ConfigError(
+            f"{where} presented a certificate that is not trusted ({untrusted}). " + trust_fix(section)
         )
     if isinstance(exc, ServiceRequestError) and "non-TLS" in str(exc):
         return ConfigError(

@@ -5,7 +5,8 @@ no credential handed in. What it finds is a managed identity: the App Service va
 `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` point at an endpoint this test runs (tests/entra_support.py),
 which mints a token per resource. The emulator checks each Batch token's signature and audience,
 Azurite (`--oauth basic`) each Storage token's issuer, audience and lifetime; both serve HTTPS with
-a certificate the test makes, which topn trusts through `[batch] ca_file` / `[storage] ca_file`.
+a certificate the test makes, which topn trusts through `[batch] ca_file` / `[storage] ca_file`, or
+through OpenSSL's own `SSL_CERT_FILE`.
 """
 
 from __future__ import annotations
@@ -47,25 +48,37 @@ async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[En
         yield started
 
 
-def entra_environment(services: EntraServices, state_dir: Path, identity: dict[str, str]) -> dict[str, str]:
-    """The user's environment, signed in only through `identity`, with topn pointed at the services."""
+def entra_environment(
+    services: EntraServices, state_dir: Path, identity: dict[str, str], trust: str = "ca_file"
+) -> dict[str, str]:
+    """The user's environment, signed in only through `identity`, with topn pointed at the services.
+
+    `trust` is how topn is told to trust the services' certificate: its own `ca_file` keys, or
+    OpenSSL's `SSL_CERT_FILE` (the system trust store's override, which needs no topn setting), or
+    not at all ("system").
+    """
     keep = {
         name: value
         for name, value in without_credential_variables(os.environ).items()
         if not name.startswith("TOPN_")
     }
     seed_wheel_cache(state_dir)
+    ca_file = str(services.ca_file)
+    trusted = {
+        "ca_file": {"TOPN_BATCH_CA_FILE": ca_file, "TOPN_STORAGE_CA_FILE": ca_file},
+        "SSL_CERT_FILE": {"SSL_CERT_FILE": ca_file},
+        "system": {},  # the machine's trust store only, which has never seen the test's certificate
+    }[trust]
     return {
         **keep,
         **identity,
+        **trusted,
         "TOPN_LOCAL_ENABLED": "false",
         "TOPN_LOCAL_STATE_DIR": str(state_dir),
         "TOPN_BATCH_ENDPOINT": services.batch_endpoint,
         "TOPN_BATCH_AUTH": "entra_id",
-        "TOPN_BATCH_CA_FILE": str(services.ca_file),
         "TOPN_STORAGE_BLOB_ENDPOINT": services.blob_endpoint,
         "TOPN_STORAGE_AUTH": "entra_id",
-        "TOPN_STORAGE_CA_FILE": str(services.ca_file),
         "TOPN_POOL_ID": f"entra-cli-{uuid.uuid4().hex[:8]}",
         "TOPN_POOL_DEDICATED_NODES": "1",
         "TOPN_RUN_POLL_MIN_S": "0.1",
@@ -86,13 +99,14 @@ def leaks(run: LiveRun, folder: Path, identity: IdentityEndpoint | None) -> list
     return find_secrets([("stdout", run.stdout), ("stderr", run.stderr), *texts_under(folder)], minted)
 
 
+@pytest.mark.parametrize("trust", ["ca_file", "SSL_CERT_FILE"])
 async def test_topn_run_signs_in_with_a_managed_identity_for_both_services(
-    services: EntraServices, tmp_path: Path
+    trust: str, services: EntraServices, tmp_path: Path
 ) -> None:
     work = tmp_path / "work"
     write_texts(work / "texts")
     async with identity_endpoint(services.token_key) as identity:
-        env = entra_environment(services, work / ".topn", identity.environment())
+        env = entra_environment(services, work / ".topn", identity.environment(), trust)
         run = await run_topn_live(["run", "texts", "--out", "results", "--top", "3", "--json"], work, env)
     assert run.exit_code == 0, run.stderr[-3000:]
     summary = run.summary()
@@ -159,3 +173,23 @@ async def test_no_identity_anywhere_is_a_clear_exit_2(services: EntraServices, t
     assert "az login" in message
     assert not (work / "results").exists()
     assert leaks(run, work, None) == []
+
+
+async def test_an_untrusted_certificate_is_a_clear_exit_2_naming_ca_file(
+    services: EntraServices, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    write_texts(work / "texts")
+    async with identity_endpoint(services.token_key) as identity:
+        env = entra_environment(services, work / ".topn", identity.environment(), trust="system")
+        run = await run_topn_live(["run", "texts", "--out", "results"], work, env)
+    assert run.exit_code == 2, run.stderr[-3000:]
+    failed = [event for event in run.events() if event["event"] == "command.failed"]
+    assert len(failed) == 1, run.stderr[-3000:]
+    message = failed[0]["error"]
+    assert failed[0]["error_type"] == "ConfigError"
+    assert message.startswith(f"the Batch endpoint {services.batch_endpoint} "), message
+    assert "presented a certificate that is not trusted (self" in message  # OpenSSL: self-signed
+    assert "[batch] ca_file (TOPN_BATCH_CA_FILE)" in message
+    assert not (work / "results").exists()
+    assert leaks(run, work, identity) == []

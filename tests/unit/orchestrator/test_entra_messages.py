@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.azure.clients import _translate_check_error, connection_verify
+from orchestrator.azure.clients import _translate_check_error
 from orchestrator.azure.entra import describe_token_failure, is_audience_error
+from orchestrator.azure.tls import connection_verify, untrusted_certificate
 from orchestrator.errors import ConfigError, CredentialError
 from orchestrator.settings import Settings, load_settings
 from tests.entra_support import self_signed_certificate
@@ -196,3 +198,21 @@ def test_ca_file_comes_from_the_environment_as_a_path(tmp_path: Path) -> None:
     assert settings.storage.ca_file == tmp_path / "b.pem"
     assert f"ca_file={tmp_path / 'a.pem'!r}" in repr(settings.batch)
     assert load_settings(PROJECT / "config" / "local.toml", {}).batch.ca_file is None
+
+
+def test_a_refused_certificate_is_found_under_the_sdk_error_and_names_ca_file() -> None:
+    refused = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    wrapped = ServiceRequestError("Cannot connect to host", error=refused)
+    assert untrusted_certificate(wrapped) == "certificate verify failed"
+    error = _translate_check_error(wrapped, entra_settings(), "storage")
+    assert isinstance(error, ConfigError) and error.exit_code == 2
+    message = str(error)
+    assert message.startswith("the Storage endpoint https://store.blob.core.windows.net (TOPN_STORAGE_")
+    assert "presented a certificate that is not trusted (certificate verify failed)" in message
+    assert "[storage] ca_file (TOPN_STORAGE_CA_FILE)" in message
+
+
+def test_a_connection_that_failed_otherwise_is_not_a_certificate_problem() -> None:
+    refused_connection = ServiceRequestError("Cannot connect", error=ConnectionRefusedError(111, "refused"))
+    assert untrusted_certificate(refused_connection) is None
+    assert untrusted_certificate(ssl.SSLError(1, "wrong version number")) is None
