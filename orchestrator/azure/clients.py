@@ -331,7 +331,7 @@ def _credential_fix(settings: Settings, section: str, token_problem: bool = Fals
     if auth == "entra_id" or token_problem:
         return (
             "Give DefaultAzureCredential an identity: `az login`, a managed identity where topn runs, "
-            "or AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (docs/azure.md, section 2); "
+            "or AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (docs/azure.md, section 2.1); "
             "and give that identity "
             + (BATCH_ROLE if section == "batch" else STORAGE_ROLE)
             + " on the account (the least-privilege built-in role for what a run does)."

@@ -38,7 +38,7 @@ def describe_token_failure(message: str) -> str:
 
 
 def is_audience_error(exc: HttpResponseError, code: str) -> bool:
-    """Whether a 401 says the token was issued for another resource."""
+    """Whether a refusal (401, or Azurite's 403) says the token was issued for another resource."""
     # Batch names it by its code; Storage answers AuthenticationFailed or InvalidAuthenticationInfo
     # and names the audience in its message.
     return code == "InvalidAuthenticationTokenAudience" or "audience" in str(exc.message).lower()
