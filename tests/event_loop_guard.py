@@ -8,6 +8,7 @@ import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 # Where topn may block, by file and function: what production runs before the event loop starts.
@@ -31,4 +32,14 @@ def event_loop_guard() -> Iterator[BlockBuster]:
         for function in guard.functions.values():
             for path, names in ALLOWED_TO_BLOCK:
                 function.can_block_in(path, names)
+        yield guard
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    """Fail any test in which topn's own code blocks the event loop.
+
+    A conftest turns it on for its folder: `from tests.event_loop_guard import blockbuster as blockbuster`.
+    """
+    with event_loop_guard() as guard:
         yield guard

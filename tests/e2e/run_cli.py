@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import BatchEndpoint, StorageEndpoint
+from tests.shared_cache import exclusive
 
 ROOT = Path(__file__).resolve().parents[2]
 # A hung run must fail the test, not stall the suite; runs here take seconds.
@@ -63,19 +65,27 @@ def topn_environment(
 PROJECT_WHEEL_CACHE = ROOT / ".topn" / "node-wheels"
 
 
-def seed_wheel_cache(state_dir: Path) -> None:
-    """Give a test's state folder the node bundle's wheels (local mode off: topn builds the bundle).
+@functools.cache
+def project_wheel_cache() -> Path:
+    """The checkout's cache of the node bundle's wheels, every locked wheel in it (checked by SHA-256).
 
-    Filled once per checkout (the first call downloads them, as `make node-bundle` does) and copied
-    into each state folder, so no run spends its deadline on PyPI.
+    Filled once per checkout (the first call downloads, as `make node-bundle` does); under a lock,
+    so a pytest-xdist worker never sees another's half-filled cache or its download scratch folder.
+    Checked once per process.
     """
     from node import bundle
 
-    if not any(PROJECT_WHEEL_CACHE.glob("*.whl")):
-        target = ROOT / ".topn" / "node-bundle-seed.pyz"
-        bundle.build_bundle(target, wheel_cache=PROJECT_WHEEL_CACHE)
-        target.unlink()
-    shutil.copytree(PROJECT_WHEEL_CACHE, state_dir / "node-wheels", dirs_exist_ok=True)
+    with exclusive(PROJECT_WHEEL_CACHE):
+        bundle.fetch_wheels(bundle.read_lock(), PROJECT_WHEEL_CACHE)
+    return PROJECT_WHEEL_CACHE
+
+
+def seed_wheel_cache(state_dir: Path) -> None:
+    """Give a test's state folder the node bundle's wheels (local mode off: topn builds the bundle).
+
+    Copied from the checkout's cache (`project_wheel_cache`), so no run spends its deadline on PyPI.
+    """
+    shutil.copytree(project_wheel_cache(), state_dir / "node-wheels", dirs_exist_ok=True)
 
 
 def run_topn(args: list[str], cwd: Path, env: dict[str, str]) -> CliResult:

@@ -59,8 +59,17 @@ async def test_a_quota_of_two_active_jobs_queues_batches_and_finishes_them_all(
 
         await wait_async(finished, "every file done under the quota", 120)
         assert daemon.state.listen_url is not None
-        status, metrics = await get_json(f"{daemon.state.listen_url}/metrics")
-        assert status == 200
+        metrics_url = f"{daemon.state.listen_url}/metrics"
+
+        async def all_batches_counted() -> str | None:
+            # A batch's files reach done/ just before the batch is counted as ended.
+            status, metrics = await get_json(metrics_url)
+            assert status == 200
+            lines = metrics.splitlines()
+            ended = sum(float(line.split()[-1]) for line in lines if line.startswith("topn_batches_total{"))
+            return metrics if ended >= FILES else None
+
+        metrics = await wait_async(all_batches_counted, "every batch counted as ended", 30)
         refusals = next(
             float(line.split()[-1])
             for line in metrics.splitlines()

@@ -29,10 +29,10 @@ from node.bootstrap import EXIT_UNSUPPORTED
 from node.bundle import build_bundle
 from node.report import decode_counts_blob
 from tests.conftest import StorageEndpoint
+from tests.e2e.run_cli import project_wheel_cache
 from tests.secret_scan import find_secrets
 
 REPOSITORY = Path(__file__).resolve().parents[3]
-WHEEL_CACHE = REPOSITORY / ".topn" / "node-wheels"
 PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
 
 
@@ -52,7 +52,7 @@ def _python_2() -> Path | None:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_bundle(tmp_path_factory.mktemp("bundle") / "node-bundle.pyz", WHEEL_CACHE)
+    return build_bundle(tmp_path_factory.mktemp("bundle") / "node-bundle.pyz", project_wheel_cache())
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def _no_secrets(completed: subprocess.CompletedProcess[str], azurite: StorageEnd
 
 
 def test_bundle_bytes_depend_only_on_sources_and_lock(bundle: Path, tmp_path: Path) -> None:
-    again = build_bundle(tmp_path / "again.pyz", WHEEL_CACHE)
+    again = build_bundle(tmp_path / "again.pyz", project_wheel_cache())
     assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(bundle.read_bytes()).digest()
     assert bundle.stat().st_mode & 0o111, "the bundle is executable like node.pyz"
 
@@ -386,7 +386,7 @@ def test_the_azure_templates_start_task_fails_a_node_whose_python3_cannot_run_th
 def test_the_orchestrator_stages_the_bundle_for_real_nodes_and_the_plain_zipapp_locally(bundle: Path) -> None:
     from orchestrator.azure.staging import build_node_script
 
-    for_azure = build_node_script(WHEEL_CACHE)
+    for_azure = build_node_script(project_wheel_cache())
     assert for_azure == bundle.read_bytes()  # the very bytes `make node-bundle` builds
     local = build_node_script(None)
     with zipfile.ZipFile(io.BytesIO(local)) as archive:

@@ -81,6 +81,8 @@ def test_counts_blob_is_parsed() -> None:
         counts_blob({"format": "topn.counts", "version": 2, "counts": []}),
         counts_blob({"format": "topn.counts", "version": 1, "counts": [["a"]]}),
     ],
+    # Named, not shown: gzip stamps the time, and pytest-xdist needs the same ids in every worker.
+    ids=["not gzip", "other format", "version 2", "row without count"],
 )
 def test_bad_counts_blobs_are_refused(blob: bytes) -> None:
     with pytest.raises(CountsFormatError):
