@@ -202,7 +202,8 @@ def allocation_failed_error(wanted: list[bool]) -> dict[str, Any]:
     )
     return {
         "code": "AllocationFailed",
-        # The service's description of the code; the reason is its own value, as the service reports it.
+        # The SDKs describe the code as "Desired number of nodes could not be allocated"; the service's
+        # allocation messages name the kind of nodes ("... dedicated nodes could not be allocated ...").
         "message": f"Desired number of {kinds} nodes could not be allocated",
         "values": [
             {
