@@ -104,6 +104,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quotas.add_argument("--max-dedicated-cores", type=int, default=None, help="dedicated cores of all pools")
     quotas.add_argument("--max-low-priority-cores", type=int, default=None, help="low-priority cores")
     quotas.add_argument("--max-pools", type=int, default=None, help="pools (PoolQuotaReached above)")
+    quotas.add_argument(
+        "--max-spot-cores",
+        type=int,
+        default=None,
+        help="a user-subscription account: low-priority nodes are Spot VMs, limited to this many cores",
+    )
     faults = parser.add_argument_group("fault injection (off by default, deterministic for a seed)")
     faults.add_argument("--fault-seed", type=int, default=0)
     faults.add_argument(
@@ -125,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fault-task-fail-match", default=None, help="tasks whose command line contains TEXT fail"
     )
     faults.add_argument("--fault-task-fail-exit-code", type=int, default=42)
+    faults.add_argument(
+        "--fault-allocation-failed",
+        type=int,
+        default=0,
+        help="the next N pool creations or resizes that add nodes get none (resize error AllocationFailed)",
+    )
     return parser.parse_args(argv)
 
 
@@ -162,6 +174,7 @@ def fault_settings(args: argparse.Namespace) -> FaultSettings:
         preempt_fraction=args.fault_preempt,
         task_fail_match=args.fault_task_fail_match,
         task_fail_exit_code=args.fault_task_fail_exit_code,
+        allocation_failures=args.fault_allocation_failed,
     )
 
 
@@ -181,10 +194,21 @@ def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]
         problems.append(f"--task-counts-lag-s must be from 0 to 3600, got {args.task_counts_lag_s}")
     if not 0 < args.time_scale <= 1000:
         problems.append(f"--time-scale must be above 0 and at most 1000, got {args.time_scale}")
-    for flag in ("max_active_jobs", "max_dedicated_cores", "max_low_priority_cores", "max_pools"):
+    for flag in (
+        "max_active_jobs",
+        "max_dedicated_cores",
+        "max_low_priority_cores",
+        "max_pools",
+        "max_spot_cores",
+    ):
         value = getattr(args, flag)
         if value is not None and value < 0:
             problems.append(f"--{flag.replace('_', '-')} must be 0 or more, got {value}")
+    if args.max_spot_cores is not None and args.max_low_priority_cores is not None:
+        # Batch-managed accounts get low-priority VMs, user-subscription ones Spot VMs: never both.
+        problems.append(
+            "--max-spot-cores (a user-subscription account) and --max-low-priority-cores exclude each other"
+        )
     return problems
 
 
@@ -192,7 +216,11 @@ async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> 
     root: Path = args.root
     account = Account(args.account_name, root)
     account.quota = Quotas(
-        args.max_active_jobs, args.max_dedicated_cores, args.max_low_priority_cores, args.max_pools
+        max_active_jobs=args.max_active_jobs,
+        max_dedicated_cores=args.max_dedicated_cores,
+        max_low_priority_cores=args.max_low_priority_cores,
+        max_pools=args.max_pools,
+        max_spot_cores=args.max_spot_cores,
     )
     # Signals are caught before the start line is printed, so a parent that stops the emulator
     # right after reading it still gets a clean shutdown.

@@ -1,4 +1,5 @@
-"""Seeded, deterministic fault decisions (pure): request errors, start-task failures, preemption.
+"""Seeded, deterministic fault decisions (pure): request errors, start-task failures, preemption,
+failed allocations.
 
 Every fault is transient by construction: a request that got a fault is answered normally when the
 client retries it (azure-core reuses the `client-request-id`), and a task is preempted at most
@@ -27,6 +28,7 @@ class FaultSettings:
     preempt_fraction: float = 0.0
     task_fail_match: str | None = None
     task_fail_exit_code: int = 42
+    allocation_failures: int = 0
 
     def problems(self) -> list[str]:
         """Human-readable reasons these settings are unusable (empty when they are fine)."""
@@ -45,6 +47,8 @@ class FaultSettings:
             found.append("--fault-retry-after-s and --pool-allocation-delay-s must not be negative")
         if self.start_task_failures < 0:
             found.append("--fault-start-task-failures must not be negative")
+        if self.allocation_failures < 0:
+            found.append("--fault-allocation-failed must not be negative")
         if not 0 <= self.task_fail_exit_code <= 255:
             found.append("--fault-task-fail-exit-code must be an exit status between 0 and 255")
         return found
@@ -72,6 +76,7 @@ class FaultInjector:
         self._preempt_random = random.Random(settings.seed + 1)
         self._faulted_requests: OrderedDict[str, None] = OrderedDict()
         self._preempted_tasks: set[tuple[str, str]] = set()
+        self._allocations_left_to_fail = settings.allocation_failures
 
     @property
     def injects_request_faults(self) -> bool:
@@ -111,6 +116,13 @@ class FaultInjector:
     def start_task_fails(self, node_index: int) -> bool:
         """Whether the start task of the pool's `node_index`-th node (from 0) is made to fail."""
         return node_index < self.settings.start_task_failures
+
+    def allocation_fails(self) -> bool:
+        """Whether this allocation (a create or resize that adds nodes) fails; the first N do."""
+        if self._allocations_left_to_fail <= 0:
+            return False
+        self._allocations_left_to_fail -= 1
+        return True
 
     def should_preempt(self, job_id: str, task_id: str) -> bool:
         """Whether to preempt this attempt; each task is preempted at most once."""

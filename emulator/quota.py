@@ -1,9 +1,11 @@
-"""Account quotas: pools, active jobs (and job schedules), dedicated and low-priority cores (pure).
+"""Account quotas: pools, active jobs (and job schedules), dedicated, low-priority and spot cores (pure).
 
 Unset limits (the default) mean no quota. A job add over the active-jobs quota is refused with 409
 `ActiveJobAndScheduleQuotaReached`, a pool add over the pools quota with 409 `PoolQuotaReached`; a
 pool that would go over a core quota gets the nodes that fit and a `resizeErrors` entry
-`AccountCoreQuotaReached` (dedicated) or `AccountLowPriorityCoreQuotaReached`, as the service allocates.
+`AccountCoreQuotaReached` (dedicated), `AccountLowPriorityCoreQuotaReached` (preemptible nodes of a
+Batch-managed account) or `AccountSpotCoreQuotaReached` (preemptible nodes of a user-subscription
+account, which are Spot VMs), as the service allocates.
 """
 
 from __future__ import annotations
@@ -59,10 +61,21 @@ class Quotas:
     max_dedicated_cores: int | None = None
     max_low_priority_cores: int | None = None
     max_pools: int | None = None
+    # A user-subscription account: its preemptible nodes are Spot VMs, limited by the subscription's
+    # regional Spot vCPU quota instead of a Batch low-priority core quota (never both at once).
+    max_spot_cores: int | None = None
 
     @property
     def limits_cores(self) -> bool:
-        return self.max_dedicated_cores is not None or self.max_low_priority_cores is not None
+        return any(
+            limit is not None
+            for limit in (self.max_dedicated_cores, self.max_low_priority_cores, self.max_spot_cores)
+        )
+
+    @property
+    def max_preemptible_cores(self) -> int | None:
+        """The limit on the cores of the nodes a pool asks for with targetLowPriorityNodes."""
+        return self.max_spot_cores if self.max_spot_cores is not None else self.max_low_priority_cores
 
 
 def cores_per_node(vm_size: str) -> int | None:
@@ -139,7 +152,7 @@ def admit_nodes(quotas: Quotas, pools: Iterable[Pool], pool: Pool, wanted: list[
         )
         return []
     used = _cores_in_use(pools)
-    limits = {True: quotas.max_dedicated_cores, False: quotas.max_low_priority_cores}
+    limits = {True: quotas.max_dedicated_cores, False: quotas.max_preemptible_cores}
     admitted: list[bool] = []
     refused = {True: 0, False: 0}
     for dedicated in wanted:
@@ -151,19 +164,51 @@ def admit_nodes(quotas: Quotas, pools: Iterable[Pool], pool: Pool, wanted: list[
             refused[dedicated] += 1
     for dedicated, count in refused.items():
         if count:
-            kind = "dedicated" if dedicated else "low-priority"
             pool.resize_errors.append(
-                {
-                    # The service's codes: one for dedicated cores, its own for low-priority ones.
-                    "code": "AccountCoreQuotaReached" if dedicated else "AccountLowPriorityCoreQuotaReached",
-                    "message": (
-                        f"The account's {kind} core quota of {limits[dedicated]} was reached: "
-                        f"{count} {kind} node(s) of {vm_size} ({cores} cores each) were not allocated."
-                    ),
-                    "values": [
-                        {"name": "CoreQuota", "value": str(limits[dedicated])},
-                        {"name": "NodesNotAllocated", "value": str(count)},
-                    ],
-                }
+                _core_quota_error(quotas, dedicated, limits[dedicated], count, vm_size, cores)
             )
     return admitted
+
+
+def _core_quota_error(
+    quotas: Quotas, dedicated: bool, limit: int | None, count: int, vm_size: str, cores: int
+) -> dict[str, Any]:
+    """The resize error for nodes a core quota refused, with the service's code for their kind."""
+    if dedicated:
+        code, kind = "AccountCoreQuotaReached", "dedicated"
+    elif quotas.max_spot_cores is not None:
+        code, kind = "AccountSpotCoreQuotaReached", "spot"
+    else:
+        code, kind = "AccountLowPriorityCoreQuotaReached", "low-priority"
+    return {
+        "code": code,
+        "message": (
+            f"The account's {kind} core quota of {limit} was reached: "
+            f"{count} {kind} node(s) of {vm_size} ({cores} cores each) were not allocated."
+        ),
+        "values": [
+            {"name": "CoreQuota", "value": str(limit)},
+            {"name": "NodesNotAllocated", "value": str(count)},
+        ],
+    }
+
+
+def allocation_failed_error(wanted: list[bool]) -> dict[str, Any]:
+    """The resize error of an allocation Azure could not serve (capacity, not a quota): no node at all."""
+    kinds = " and ".join(
+        kind
+        for kind, present in (("dedicated", True in wanted), ("low-priority", False in wanted))
+        if present
+    )
+    return {
+        "code": "AllocationFailed",
+        # The SDKs describe the code as "Desired number of nodes could not be allocated"; the service's
+        # allocation messages name the kind of nodes ("... dedicated nodes could not be allocated ...").
+        "message": f"Desired number of {kinds} nodes could not be allocated",
+        "values": [
+            {
+                "name": "Reason",
+                "value": "Allocation failed: the region has no capacity left for the requested VM size.",
+            }
+        ],
+    }

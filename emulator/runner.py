@@ -39,7 +39,7 @@ from emulator.model import (
     outcome_of_exit,
     retries_left,
 )
-from emulator.quota import admit_nodes
+from emulator.quota import admit_nodes, allocation_failed_error
 from emulator.scaling import release_nodes
 from emulator.state import Account
 from emulator.transfer import TransferError, download_resource_files, upload_output_files
@@ -358,6 +358,9 @@ class Runner:
             missing.extend([dedicated] * max(target - len(current), 0))
         if not await release_nodes(self.account, pool, leaving, pool.deallocation_option):
             return  # deleted while nodes drained
+        if missing and self.faults.allocation_fails():
+            pool.resize_errors.append(allocation_failed_error(missing))
+            missing = []
         nodes = self._create_nodes(
             pool, admit_nodes(self.account.quota, self.account.pools.values(), pool, missing)
         )

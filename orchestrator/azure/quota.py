@@ -2,8 +2,9 @@
 
 The SDK maps every 409 to ResourceExistsError, so "exists" and "quota reached" look alike until the
 code is read. A quota stops the run with exit 2 (nothing a retry can fix) naming the quota, the
-account and how to raise it: Azure portal > the Batch account > Quotas > Request quota increase
-(docs/azure.md, "Quotas", cites the Microsoft pages).
+account and how to raise it: Azure portal > the Batch account > Quotas > Request quota increase,
+or, for the Spot VMs of a user-subscription account, the subscription's Usage + quotas (docs/azure.md,
+"Quotas", cites the Microsoft pages).
 """
 
 from __future__ import annotations
@@ -38,11 +39,16 @@ _CORE_QUOTAS = {
     "AccountCoreQuotaReached": "dedicated",
     "AccountVMSeriesCoreQuotaReached": "dedicated",
     "AccountLowPriorityCoreQuotaReached": "spot/low-priority",
-    "AccountSpotCoreQuotaReached": "spot/low-priority",
+    "AccountSpotCoreQuotaReached": "spot",
 }
 _HOW_TO_RAISE = (
     "Request more in the Azure portal: the Batch account > Quotas > Request quota increase "
     "(a support request; new accounts often start low or at zero)"
+)
+# A user-subscription account's Spot VMs count against the subscription's quota, not a Batch one.
+_HOW_TO_RAISE_SPOT = (
+    "Request more in the Azure portal: Subscriptions > the subscription > Usage + quotas, "
+    "the Batch account's region (a user-subscription account's nodes use the subscription's quotas)"
 )
 _SIZE = re.compile(r"^(?:standard|basic)_([a-z]+?)(\d+)([a-z]*)(?:_v(\d+))?", re.IGNORECASE)
 
@@ -97,6 +103,14 @@ def resize_error(pool_id: str, account: str, vm_size: str, code: str, message: s
             f"{vm_family_quota(vm_size)!r} quota. {_HOW_TO_RAISE}"
         )
     family = vm_family_quota(vm_size)
+    if kind == "spot":
+        return QuotaError(
+            f"pool {pool_id} got no nodes: {_account(account)} allocates Spot VMs in its subscription, "
+            f"whose spot core quota is used up ({code}: {message}). Ask for enough cores for {vm_size} "
+            "nodes in the subscription's 'Total Regional Spot vCPUs' quota (one quota across VM "
+            f"families: {family!r} does not limit Spot VMs), or lower [pool] low_priority_nodes. "
+            f"{_HOW_TO_RAISE_SPOT}"
+        )
     what = (
         f"the {family!r} quota (and the total dedicated vCPUs)"
         if kind == "dedicated"

@@ -1,6 +1,8 @@
 """Quota errors say which quota and what to ask for (issue 14, point 4): `topn run` against an
-emulator started with an account quota stops with exit 2 and a message naming the quota, the account
-and how to raise it, instead of reading a 409 as "already exists" and failing later on a 404."""
+emulator started with an account quota (or a failing allocation) stops with exit 2 and a message
+naming the quota, the account and how to raise it, instead of reading a 409 as "already exists" and
+failing later on a 404. One case per message: pools, active jobs, dedicated, low-priority and spot
+cores, and AllocationFailed."""
 
 from __future__ import annotations
 
@@ -52,6 +54,35 @@ CASES = {
             "spot/low-priority vCPUs quota",
             "the Batch account topnlocal",
             "[pool] low_priority_nodes",
+            HOW_TO_RAISE,
+        ],
+    ),
+    # A user-subscription account: its low-priority nodes are Spot VMs under the subscription's quota.
+    "spot_cores": (
+        ["--max-spot-cores", "0"],
+        {
+            "TOPN_POOL_VM_SIZE": "standard_d2s_v3",
+            "TOPN_POOL_DEDICATED_NODES": "0",
+            "TOPN_POOL_LOW_PRIORITY_NODES": "1",
+        },
+        [
+            "AccountSpotCoreQuotaReached",
+            "'Total Regional Spot vCPUs' quota",
+            "'Standard DSv3 Family vCPUs' does not limit Spot VMs",
+            "the Batch account topnlocal",
+            "[pool] low_priority_nodes",
+            "Subscriptions > the subscription > Usage + quotas",
+        ],
+    ),
+    # Capacity, not a quota: the message says what to change and still names the family's quota.
+    "allocation_failed": (
+        ["--fault-allocation-failed", "1"],
+        {"TOPN_POOL_VM_SIZE": "standard_d2s_v3", "TOPN_POOL_DEDICATED_NODES": "1"},
+        [
+            "AllocationFailed: Desired number of dedicated nodes could not be allocated",
+            "the Batch account topnlocal",
+            "another [pool] vm_size",
+            "'Standard DSv3 Family vCPUs' quota",
             HOW_TO_RAISE,
         ],
     ),

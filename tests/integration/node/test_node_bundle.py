@@ -1,8 +1,10 @@
 """The self-contained node bundle, run by interpreters with nothing installed, uploads to Azurite.
 
 The bundle is built from node/bundle.lock (wheels cached in .topn/node-wheels, so only the first
-build on a machine downloads). Other CPython versions are taken from pyenv where it has them:
-they are the interpreters a pool image would bring.
+build on a machine downloads). Other interpreters are taken from pyenv (`PYENV_ROOT`, default
+~/.pyenv): the supported CPython 3.10, 3.12 and 3.13 a pool image would bring, and the unsupported
+2.7 and 3.6-3.9 the bundle must refuse. A missing one skips its test with the reason, except in CI
+(CI=true, as .ci/run runs), where it fails instead: CI must prove the refusal with real interpreters.
 """
 
 from __future__ import annotations
@@ -34,6 +36,25 @@ from tests.secret_scan import find_secrets
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+
+
+# Set in CI (CI=true): there a missing interpreter fails its test instead of skipping it.
+# Not a TOPN_ variable: topn refuses TOPN_ variables that name no settings section.
+REQUIRE_INTERPRETERS = "CI"
+
+
+def _in_ci() -> bool:
+    return os.environ.get(REQUIRE_INTERPRETERS, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _require(python: Path | None, version: str, still_ran: str) -> Path:
+    """The interpreter, or a loud failure in CI and a skip with the reason elsewhere."""
+    if python is not None:
+        return python
+    missing = f"Python {version} is not installed under {PYENV_VERSIONS} (`pyenv install {version}`)"
+    if _in_ci():
+        pytest.fail(f"{missing}; {REQUIRE_INTERPRETERS} is set, so this test may not skip", pytrace=False)
+    pytest.skip(f"{missing}; {still_ran}")
 
 
 def _interpreter(minor: int) -> Path | None:
@@ -233,11 +254,7 @@ async def test_worker_processes_start_from_the_bundle(
 async def test_other_supported_versions_upload_with_their_own_wheels(
     azurite: StorageEndpoint, bundle: Path, shared_cache: Path, tmp_path: Path, minor: int
 ) -> None:
-    python = _interpreter(minor)
-    if python is None:
-        pytest.skip(
-            f"CPython 3.{minor} is not installed under {PYENV_VERSIONS} (the bundle's 3.11 run still ran)"
-        )
+    python = _require(_interpreter(minor), f"3.{minor}", "the bundle's 3.11 runs still ran")
     container, sas_url = await _container_sas_url(azurite)
     (tmp_path / "in.txt").write_text("b a b\n", encoding="utf-8")
     completed = await _run(
@@ -258,11 +275,11 @@ async def test_other_supported_versions_upload_with_their_own_wheels(
 def test_unsupported_interpreter_is_refused_with_the_versions_that_work(
     bundle: Path, tmp_path: Path, version: str
 ) -> None:
-    python = _python_2() if version == "2.7" else _interpreter(int(version.split(".")[1]))
-    if python is None:
-        pytest.skip(
-            f"Python {version} is not installed under {PYENV_VERSIONS}; the gate's unit tests still ran"
-        )
+    python = _require(
+        _python_2() if version == "2.7" else _interpreter(int(version.split(".")[1])),
+        version,
+        "the gate's unit tests still ran",
+    )
     (tmp_path / "in.txt").write_text("a\n", encoding="utf-8")
     cache = tmp_path / "cache"
     for arguments in (["--filepath", "in.txt", "--json"], ["--bundle-check"]):
@@ -367,9 +384,7 @@ async def test_the_azure_templates_start_task_places_the_bundle_for_the_tasks(
 def test_the_azure_templates_start_task_fails_a_node_whose_python3_cannot_run_the_bundle(
     bundle: Path, tmp_path: Path
 ) -> None:
-    python = _interpreter(9)
-    if python is None:
-        pytest.skip(f"CPython 3.9 is not installed under {PYENV_VERSIONS}; the gate's unit tests still ran")
+    python = _require(_interpreter(9), "3.9", "the gate's unit tests still ran")
     started = subprocess.run(
         ["/bin/sh", "-c", _template_start_task()],
         cwd=tmp_path / "startup" / "wd",
