@@ -68,8 +68,10 @@ class _ProgressSink:
 
 
 def daemon_run_settings(settings: Settings) -> Settings:
-    """A batch's settings: its job stays after the run (the janitor deletes it after `job_retention_s`)."""
-    return replace(settings, run=replace(settings.run, delete_job=False))
+    """A batch's settings: its job stays after the run (the janitor deletes it after `job_retention_s`),
+    and its tasks' folders on the nodes are kept as long (retentionTime), not `[run] task_retention_s`."""
+    retention_s = settings.daemon.job_retention_s
+    return replace(settings, run=replace(settings.run, delete_job=False, task_retention_s=retention_s))
 
 
 def file_outcomes(
