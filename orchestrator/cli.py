@@ -22,14 +22,13 @@ import anyio
 import structlog
 
 from orchestrator.console import EventStream, ensure_standard_streams, print_summary, render_run, render_runs
-from orchestrator.errors import ConfigError, TopnError, UsageError
+from orchestrator.errors import TopnError, UsageError
 from orchestrator.events import (
     LEVELS,
     configure_events,
     default_log_format,
 )
 from orchestrator.inputs import InputFile
-from orchestrator.local import services as localmode
 from orchestrator.local.processes import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
 from orchestrator.secrets import redact_text, register_secrets
@@ -359,40 +358,6 @@ def _pool_command(settings: Settings) -> int:
 
 
 def _local_command(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.local.enabled:
-        raise ConfigError(
-            f"[local] enabled is false in {settings.source}: `topn local` manages the local emulators only. "
-            "Use config/local.toml (the default)."
-        )
-    action = args.local_command
-    if action == "up":
-        from orchestrator.journal import check_state_folder
+    from orchestrator.service.localcommands import local_command
 
-        check_state_folder(settings.local.state_dir)
-        services = anyio.run(localmode.local_up, settings)
-        for service in services.values():
-            print(f"{service.name:<9} {service.endpoint}  (pid {service.pid})")
-        print(f"State: {localmode.services_file(settings)}  -  stop them with `topn local down`.")
-    elif action == "down":
-        from orchestrator.service.runlock import runs_being_driven
-
-        driven = runs_being_driven(settings.local.state_dir)
-        if driven and not args.force:
-            names = ", ".join(f"{run_id} (pid {pid})" for run_id, pid in driven)
-            raise UsageError(
-                f"runs are using the local services: {names}. Wait for them to finish, or stop the "
-                "services anyway with `topn local down --force` (those runs can be resumed later)"
-            )
-        stopped = anyio.run(localmode.local_down, settings)
-        for service in stopped:
-            print(f"stopped {service.name} (pid {service.pid})")
-        if not stopped:
-            print("nothing to stop")
-    else:
-        recorded = localmode.read_recorded(settings)
-        for service in recorded.values():
-            serving = anyio.run(localmode.is_serving, service.endpoint)
-            print(f"{service.name:<9} {service.endpoint}  (pid {service.pid}, {'up' if serving else 'down'})")
-        if not recorded:
-            print("no local services recorded (start them with `topn local up`)")
-    return EXIT_OK
+    return local_command(args.local_command, settings, force=getattr(args, "force", False))
