@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     down = local_commands.add_parser("down", parents=[common], help="stop what `topn local up` started")
     down.add_argument("--force", action="store_true", help="stop them even while a run is using them")
     local_commands.add_parser("status", parents=[common], help="show what `topn local up` started")
+    prune = local_commands.add_parser(
+        "prune", parents=[common], help="remove what finished runs left in the local services' data"
+    )
+    prune.add_argument("--force", action="store_true", help="prune even while a run is live (keeps its data)")
     return parser
 
 

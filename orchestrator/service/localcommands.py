@@ -1,4 +1,4 @@
-"""`topn local up | down | status`: the bodies of the local subcommands (cli.py parses)."""
+"""`topn local up | down | status | prune`: the bodies of the local subcommands (cli.py parses)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def local_command(action: str, settings: Settings, *, force: bool = False) -> in
         _up(settings)
     elif action == "down":
         _down(settings, force)
+    elif action == "prune":
+        _prune(settings, force)
     else:
         _status(settings)
     return EXIT_OK
@@ -61,3 +63,31 @@ def _status(settings: Settings) -> None:
         print(f"{service.name:<9} {service.endpoint}  (pid {service.pid}, {'up' if serving else 'down'})")
     if not recorded:
         print("no local services recorded (start them with `topn local up`)")
+
+
+def _prune(settings: Settings, force: bool) -> None:
+    from orchestrator.service.localprune import prune
+
+    report = anyio.run(lambda: prune(settings, force=force))
+    for item in report.removed:
+        print(f"{'removed' if item.on_disk else 'deleted'} {item.what}: {format_bytes(item.size_bytes)}")
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report.removed:
+        print("nothing to remove")
+        return
+    print(
+        f"freed on disk: {format_bytes(report.freed_on_disk)}; blobs deleted in Azurite: "
+        f"{format_bytes(report.blob_bytes_deleted)}"
+    )
+
+
+def format_bytes(count: int) -> str:
+    """`1,000 bytes`, or with a binary unit from 1 KiB on: `1.2 MiB (1,258,291 bytes)`."""
+    if count < 1024:
+        return f"{count:,} bytes"
+    units = ("KiB", "MiB", "GiB", "TiB")
+    value, index = count / 1024, 0
+    while value >= 1024 and index < len(units) - 1:
+        value, index = value / 1024, index + 1
+    return f"{value:.1f} {units[index]} ({count:,} bytes)"
