@@ -1,17 +1,20 @@
 """Daemon soak: files at a steady rate, injected 5xx/429, SIGKILL restarts; nothing lost or doubled.
 
     .venv/bin/python bench/daemon_soak.py [--duration 1800] [--rate 10] [--kills 2] [--faults 0.1]
-        [--samples FILE] [--keep DIR]
+        [--samples FILE] [--keep DIR] [--batch-wait 30] [--nodes 1]
 
 Azurite and the emulator are started here (the emulator answers `--faults` of Batch requests with
 503 or 429); the daemon is a child process (tests/integration/daemon/daemon_process.py), killed with
 SIGKILL `--kills` times at moments spread evenly over the first half of the soak and restarted, so
 the last daemon process lives at least half the soak: its RSS and open file descriptors are judged
 from 5 minutes after its start (or a quarter of its life, if shorter) to the end. Reports: inputs
-lost or doubled (must be 0), `_OUTPUT` files per input, RSS and fd growth (first steady sample to
-the last, and to the largest), and the Batch job count by state over time (completed jobs are
-deleted after `job_retention_s`, here 60 s, so the count stays flat). Every sample (every 10 s) is
-appended to `--samples` as CSV while the soak runs, so a long soak can be watched.
+finished, still unfinished (claimed, in the journal: a pipeline that cannot keep up shows here,
+and in the backlog figure) and lost or doubled (must be 0), `_OUTPUT` files per input, RSS and fd
+growth (first steady sample to the last and to the peak; medians of the first and last minute,
+since open fds swing with HTTP connections), and the Batch job count by state over time
+(completed jobs are deleted after `job_retention_s`, here 60 s, so the count stays flat). Every
+sample (every 10 s) is appended to `--samples` as CSV while the soak runs, so it can be watched.
+After the stream stops, the backlog gets up to 15 minutes (while it makes progress) to finish.
 """
 
 from __future__ import annotations
@@ -61,6 +64,18 @@ class Sample(NamedTuple):
     jobs_active: int
     jobs_completed: int
     written: int
+    finished: int  # inputs in done/ or failed/ so far
+
+
+def unfinished_inputs(root: Path) -> list[str]:
+    """Inputs still in the inbox or claimed (`inbox/.claimed/`): in the journal, not lost."""
+    return [path.name for path in (root / "inbox").rglob("*.txt") if path.is_file()]
+
+
+def median(values: list[int]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def finished_inputs(root: Path) -> list[str]:
@@ -84,7 +99,14 @@ def record(samples: list[Sample], sample: Sample, out: TextIO | None) -> None:
 
 
 async def soak(
-    root: Path, duration_s: float, rate: float, kills: int, faults: float, samples_file: Path | None
+    root: Path,
+    duration_s: float,
+    rate: float,
+    kills: int,
+    faults: float,
+    samples_file: Path | None,
+    batch_wait_s: float,
+    nodes: int,
 ) -> None:
     azurite = await local.start_azurite(root / "azurite", root / "logs")
     emulator = await local.start_emulator(
@@ -114,7 +136,10 @@ async def soak(
                 "TOPN_DAEMON_AUTOSCALE": "false",
                 "TOPN_DAEMON_SETTLE_S": "0.5",
                 "TOPN_DAEMON_MIN_AGE_S": "1",
-                "TOPN_DAEMON_BATCH_MAX_WAIT_S": "5",
+                "TOPN_DAEMON_BATCH_MAX_WAIT_S": str(batch_wait_s),
+                # One node, two slots: batches of a few hundred tiny files become 8 tasks, so task
+                # processes (CPU-bound on a shared 2-core machine) do not fall behind 10 files/s.
+                "TOPN_POOL_DEDICATED_NODES": str(nodes),
                 "TOPN_DAEMON_JOB_RETENTION_S": "60",
                 "TOPN_POOL_ID": "soak-pool",
                 "PYTHONPATH": str(ROOT),
@@ -141,7 +166,7 @@ async def soak(
                     daemon.send_signal(signal.SIGKILL)
                     daemon.wait()
                     daemon = start_daemon(inbox, env, log)
-                    record(samples, Sample(elapsed, daemon.pid, -1, -1, -1, -1, written), out)
+                    record(samples, Sample(elapsed, daemon.pid, -1, -1, -1, -1, written, -1), out)
                 if elapsed >= next_sample:
                     next_sample += 10
                     try:
@@ -152,13 +177,19 @@ async def soak(
                         rss, fds = rss_and_fds(daemon.pid)
                     except (OSError, StopIteration):
                         rss, fds = -2, -2
-                    record(samples, Sample(elapsed, daemon.pid, rss, fds, active, completed, written), out)
+                    finished = len(await anyio.to_thread.run_sync(finished_inputs, root))
+                    sample = Sample(elapsed, daemon.pid, rss, fds, active, completed, written, finished)
+                    record(samples, sample, out)
                 await anyio.sleep(0.05)
-            deadline = time.monotonic() + 300
-            while len(await anyio.to_thread.run_sync(finished_inputs, root)) < written:
-                if time.monotonic() > deadline:
+            # The backlog gets time to finish while it makes progress (at most 15 min).
+            deadline, last_count, last_progress = time.monotonic() + 900, -1, time.monotonic()
+            while (count := len(await anyio.to_thread.run_sync(finished_inputs, root))) < written:
+                if count != last_count:
+                    last_count, last_progress = count, time.monotonic()
+                if time.monotonic() > deadline or time.monotonic() - last_progress > 120:
                     break
-                await anyio.sleep(1)
+                await anyio.sleep(2)
+            drained_at = time.monotonic() - started
         daemon.send_signal(signal.SIGTERM)
         exit_status = daemon.wait(60)
         if out is not None:
@@ -167,11 +198,19 @@ async def soak(
         await local.stop_service(emulator)
         await local.stop_service(azurite)
     names = await anyio.to_thread.run_sync(finished_inputs, root)
+    waiting = set(await anyio.to_thread.run_sync(unfinished_inputs, root))
     expected = {f"s{index:06d}.txt" for index in range(written)}
     outputs = [path.name for path in (root / "outbox").rglob("*_OUTPUT*")]
     print(f"soak: {written} files at {rate}/s over {duration_s:.0f} s, {kills} SIGKILL restarts")
-    print(f"  Batch faults injected: {faults:.0%} (503 and 429)")
-    print(f"  lost: {len(expected - set(names))}, doubled in done/failed: {len(names) - len(set(names))}")
+    print(f"  Batch faults: {faults:.0%} (503 and 429); batch_max_wait_s {batch_wait_s}; {nodes} node(s)")
+    print(
+        f"  finished: {len(set(names))} by {drained_at:.0f} s; unfinished (claimed, in the journal): "
+        f"{len(waiting - set(names))}"
+    )
+    print(
+        f"  lost: {len(expected - set(names) - waiting)}, "
+        f"doubled in done/failed: {len(names) - len(set(names))}"
+    )
     print(
         f"  results: {len(outputs)} _OUTPUT files for {len(expected)} inputs ({len(set(outputs))} distinct)"
     )
@@ -191,14 +230,24 @@ def report_growth(samples: list[Sample], duration_s: float) -> None:
     first, last = steady[0], steady[-1]
     rss_peak = max(s.rss for s in steady)
     fds_peak = max(s.fds for s in steady)
+    # Single samples of open fds swing with the HTTP connections in flight: minute medians compare.
+    head, tail = steady[:6], steady[-6:]
+    rss_head, rss_tail = median([s.rss for s in head]), median([s.rss for s in tail])
+    fds_head, fds_tail = median([s.fds for s in head]), median([s.fds for s in tail])
     print(
         f"  last daemon process judged from {first.elapsed_s:.0f} s to {last.elapsed_s:.0f} s "
         f"({len(steady)} samples; restarts at {', '.join(f'{t:.0f} s' for t in restarts) or 'none'})"
     )
     print(
         f"  RSS {first.rss >> 20} -> {last.rss >> 20} MiB ({last.rss / first.rss - 1:+.1%}), "
-        f"peak {rss_peak >> 20} MiB ({rss_peak / first.rss - 1:+.1%})"
+        f"peak {rss_peak >> 20} MiB ({rss_peak / first.rss - 1:+.1%}); minute medians "
+        f"{rss_head / 2**20:.0f} -> {rss_tail / 2**20:.0f} MiB ({rss_tail / rss_head - 1:+.1%})"
     )
+    print(
+        f"  open fds minute medians {fds_head:.0f} -> {fds_tail:.0f} ({fds_tail / max(fds_head, 1) - 1:+.1%})"
+    )
+    backlog = [s.written - s.finished for s in steady]
+    print(f"  backlog (written - finished), steady window: {backlog[0]} -> {backlog[-1]}, max {max(backlog)}")
     print(
         f"  open fds {first.fds} -> {last.fds} ({last.fds / max(first.fds, 1) - 1:+.1%}), "
         f"peak {fds_peak} ({fds_peak / max(first.fds, 1) - 1:+.1%})"
@@ -229,13 +278,16 @@ def main() -> None:
     parser.add_argument("--faults", type=float, default=0.1)
     parser.add_argument("--samples", type=Path, default=None, help="append every sample here as CSV")
     parser.add_argument("--keep", type=Path, default=None, help="work in this new folder and keep it")
+    parser.add_argument("--batch-wait", type=float, default=30.0, help="[daemon] batch_max_wait_s")
+    parser.add_argument("--nodes", type=int, default=1, help="dedicated nodes (two task slots each)")
     args = parser.parse_args()
+    settings = (args.duration, args.rate, args.kills, args.faults, args.samples, args.batch_wait, args.nodes)
     if args.keep is not None:
         args.keep.mkdir(parents=True)
-        anyio.run(soak, args.keep, args.duration, args.rate, args.kills, args.faults, args.samples)
+        anyio.run(soak, args.keep, *settings)
         return
     with tempfile.TemporaryDirectory(prefix="topn-soak-") as folder:
-        anyio.run(soak, Path(folder), args.duration, args.rate, args.kills, args.faults, args.samples)
+        anyio.run(soak, Path(folder), *settings)
 
 
 if __name__ == "__main__":
