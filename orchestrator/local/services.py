@@ -217,12 +217,15 @@ async def _only_bundle_left(settings: Settings, service: processes.ServiceProces
     """Our own Azurite holds no blob but the node bundle (a failure to ask says no)."""
     from orchestrator.local.prune import azurite_client, holds_only_the_bundle
 
-    try:
-        with anyio.fail_after(10):
+    # Shielded and bounded: this runs while the run's stack closes, perhaps after Ctrl-C, and must
+    # never keep Azurite from being stopped.
+    with anyio.move_on_after(10, shield=True):
+        try:
             async with azurite_client(service.endpoint) as client:
                 return await holds_only_the_bundle(client, settings.storage.container_prefix)
-    except Exception:  # Azurite gone or wedged: keep its data, its own garbage collection frees it later
-        return False
+        except Exception:  # Azurite gone or wedged: keep its data, its garbage collection frees it later
+            return False
+    return False
 
 
 def _child_record(settings: Settings, name: str) -> Path:
