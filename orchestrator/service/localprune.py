@@ -147,6 +147,6 @@ async def _prune_azurite(settings: Settings, recorded: str | None, report: Prune
     else:
         report.notes.append(
             "Azurite frees the disk space of deleted blobs itself: its garbage collection (at its "
-            "start and every 10 minutes) removes extent files last written over 10 minutes ago that "
+            "start and every 10 minutes) removes the extent files (up to 64 MB each) that "
             "no remaining blob uses"
         )
