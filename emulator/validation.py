@@ -426,13 +426,9 @@ def validate_task(body: Mapping[str, Any], job_spec: Mapping[str, Any]) -> dict[
     check_environment(_check_list(body, "environmentSettings"), "environmentSettings")
     constraints = _check_object(body, "constraints")
     _check_duration(constraints, "maxWallClockTime", "constraints.")
+    # Kept and read back as given; the folders are not cleaned up when it passes (they stay until the
+    # job goes), which only keeps files longer than Azure would.
     _check_duration(constraints, "retentionTime", "constraints.")
-    retention = constraints.get("retentionTime")
-    if retention is not None and parse_duration(retention) < parse_duration(DEFAULT_RETENTION):
-        raise invalid_property(
-            "constraints.retentionTime",
-            "clean-up of task folders is not emulated; give 7 days or more (folders stay until the job goes)",
-        )
     _check_int(constraints, "maxTaskRetryCount", -1, 100, "constraints.")
     _check_int(body, "requiredSlots", 1, 256)
     exit_conditions = _check_object(body, "exitConditions")

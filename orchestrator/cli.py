@@ -22,14 +22,13 @@ import anyio
 import structlog
 
 from orchestrator.console import EventStream, ensure_standard_streams, print_summary, render_run, render_runs
-from orchestrator.errors import ConfigError, TopnError, UsageError
+from orchestrator.errors import TopnError, UsageError
 from orchestrator.events import (
     LEVELS,
     configure_events,
     default_log_format,
 )
-from orchestrator.inputs import InputFile
-from orchestrator.local import services as localmode
+from orchestrator.inputs import InputFile, SkippedInput
 from orchestrator.local.processes import project_root
 from orchestrator.progress import CurrentStderr, NullProgress, RichProgress
 from orchestrator.secrets import redact_text, register_secrets
@@ -88,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tokenizer", choices=("words", "tutorial"), default=None, help="how words are split")
     run.add_argument("--out", type=Path, default=None, help="results folder (default results/<run_id>/)")
     run.add_argument("--json", action="store_true", help="print summary.json to stdout instead of a table")
+    run.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out files and folders that cannot be read (a warning each; summary.json lists them)",
+    )
 
     resume = commands.add_parser(
         "resume", parents=[common], help="continue an unfinished run from its journal (see `topn status`)"
@@ -124,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     down = local_commands.add_parser("down", parents=[common], help="stop what `topn local up` started")
     down.add_argument("--force", action="store_true", help="stop them even while a run is using them")
     local_commands.add_parser("status", parents=[common], help="show what `topn local up` started")
+    prune = local_commands.add_parser(
+        "prune", parents=[common], help="remove what finished runs left in the local services' data"
+    )
+    prune.add_argument("--force", action="store_true", help="prune even while a run is live (keeps its data)")
     return parser
 
 
@@ -221,7 +229,8 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
 
     if not args.paths:
         raise UsageError("give at least one file or folder to process, e.g. `topn run examples/texts`")
-    inputs = discover_inputs(args.paths)  # InputError (exit 2) before anything is started
+    skipped: list[SkippedInput] | None = [] if args.skip_unreadable else None
+    inputs = discover_inputs(args.paths, skipped)  # InputError (exit 2) before anything is started
     run_id = naming.new_run_id()
     out_dir = args.out if args.out is not None else Path("results") / run_id
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -231,7 +240,9 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
     check_results_folder_creatable(out_dir)  # e.g. --out under a file: refused before services start
     check_result_paths_fit(out_dir, [item.relpath for item in inputs])
     check_state_folder(settings.local.state_dir)  # last: it makes the folder when it is missing
-    return _run_body(settings, inputs, out_dir, log_format, as_json=args.json, run_id=run_id)
+    return _run_body(
+        settings, inputs, out_dir, log_format, as_json=args.json, run_id=run_id, skipped=skipped or ()
+    )
 
 
 def _resume_command(args: argparse.Namespace, settings: Settings, log_format: str) -> int:
@@ -270,8 +281,10 @@ def _run_body(
     as_json: bool,
     run_id: str | None = None,
     resume_run_id: str | None = None,
+    skipped: Sequence[SkippedInput] = (),
 ) -> int:
     """`topn run` and `topn resume`: one run in the process shell, under signals; print; exit status."""
+    from orchestrator.results import add_skipped_inputs
     from orchestrator.run.pipeline import summary_exit_status
     from orchestrator.service.runlock import run_lock
     from orchestrator.service.shell import open_services, run_once
@@ -285,6 +298,8 @@ def _run_body(
             summary = await run_once(
                 services, inputs, out_dir, run_id=run_id, resume_run_id=resume_run_id, progress=progress
             )
+        if skipped:  # --skip-unreadable: summary.json names what discovery left out
+            summary = await anyio.to_thread.run_sync(add_skipped_inputs, out_dir, summary, skipped)
         progress.close()
         print_summary(summary, out_dir, as_json=as_json, inputs=inputs)
         return summary
@@ -359,40 +374,6 @@ def _pool_command(settings: Settings) -> int:
 
 
 def _local_command(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.local.enabled:
-        raise ConfigError(
-            f"[local] enabled is false in {settings.source}: `topn local` manages the local emulators only. "
-            "Use config/local.toml (the default)."
-        )
-    action = args.local_command
-    if action == "up":
-        from orchestrator.journal import check_state_folder
+    from orchestrator.service.localcommands import local_command
 
-        check_state_folder(settings.local.state_dir)
-        services = anyio.run(localmode.local_up, settings)
-        for service in services.values():
-            print(f"{service.name:<9} {service.endpoint}  (pid {service.pid})")
-        print(f"State: {localmode.services_file(settings)}  -  stop them with `topn local down`.")
-    elif action == "down":
-        from orchestrator.service.runlock import runs_being_driven
-
-        driven = runs_being_driven(settings.local.state_dir)
-        if driven and not args.force:
-            names = ", ".join(f"{run_id} (pid {pid})" for run_id, pid in driven)
-            raise UsageError(
-                f"runs are using the local services: {names}. Wait for them to finish, or stop the "
-                "services anyway with `topn local down --force` (those runs can be resumed later)"
-            )
-        stopped = anyio.run(localmode.local_down, settings)
-        for service in stopped:
-            print(f"stopped {service.name} (pid {service.pid})")
-        if not stopped:
-            print("nothing to stop")
-    else:
-        recorded = localmode.read_recorded(settings)
-        for service in recorded.values():
-            serving = anyio.run(localmode.is_serving, service.endpoint)
-            print(f"{service.name:<9} {service.endpoint}  (pid {service.pid}, {'up' if serving else 'down'})")
-        if not recorded:
-            print("no local services recorded (start them with `topn local up`)")
-    return EXIT_OK
+    return local_command(args.local_command, settings, force=getattr(args, "force", False))

@@ -21,6 +21,14 @@ MAX_RELPATH_CHARS = 960
 
 
 @dataclass(frozen=True)
+class SkippedInput:
+    """A file or folder left out at discovery because it could not be read (`--skip-unreadable`)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
 class InputFile:
     """One file to process: where it is, the name it has inside the run, its size."""
 
@@ -29,20 +37,22 @@ class InputFile:
     size_bytes: int
 
 
-def discover_inputs(paths: Sequence[Path]) -> list[InputFile]:
+def discover_inputs(paths: Sequence[Path], skipped: list[SkippedInput] | None = None) -> list[InputFile]:
     """Files and folders (recursively) to a list sorted by relpath; InputError names any bad path.
 
     Inside folders, hidden entries (names starting with ".") and topn's own results folders (holding
     a `.topn-run` marker) are skipped; a file or folder named explicitly is always taken. Symbolic
     links are followed; a loop or a broken link is refused with its path rather than skipped, so no
-    file the user meant is ever silently left out.
+    file the user meant is ever silently left out. A file or folder that cannot be read is refused
+    too, unless `skipped` is given (`--skip-unreadable`): then it is appended there, with an
+    `input.skipped` warning event, and discovery goes on.
     """
     if not paths:
         raise InputError("no input given: name at least one file or folder, e.g. `topn run ./texts`")
     found: list[InputFile] = []
     seen_files: set[tuple[int, int]] = set()
     for argument in paths:
-        for path, relpath, info in _walk_argument(argument):
+        for path, relpath, info in _walk_argument(argument, skipped):
             identity = (info.st_dev, info.st_ino)
             if identity in seen_files:  # the same file named twice (or reached twice) is processed once
                 continue
@@ -55,10 +65,29 @@ def discover_inputs(paths: Sequence[Path]) -> list[InputFile]:
     ]
     for item in inputs:
         check_relpath(item.relpath, item.path)
+    if not inputs and skipped:
+        raise InputError(
+            f"no readable input: all {len(skipped)} unreadable files or folders were skipped "
+            f"(the first: {skipped[0].path}, {skipped[0].reason}); check their permissions"
+        )
     return sorted(inputs, key=lambda item: item.relpath)
 
 
-def _walk_argument(argument: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
+def _unreadable(path: Path, error: OSError, what: str, skipped: list[SkippedInput] | None) -> None:
+    """Refuse an unreadable input (exit 2, naming it), or note it and go on when asked to skip."""
+    if skipped is None:
+        raise InputError(
+            f"cannot {what} {path}: {error.strerror} (check its permissions, leave it out, or run "
+            "with --skip-unreadable)"
+        ) from None
+    reason = f"unreadable: {error.strerror}"
+    skipped.append(SkippedInput(path, reason))
+    log.warning("input.skipped", file=str(path), reason=reason)
+
+
+def _walk_argument(
+    argument: Path, skipped: list[SkippedInput] | None
+) -> Iterator[tuple[Path, str, os.stat_result]]:
     """Every regular file under one argument with its relpath; symlinks followed, loops refused."""
     try:
         info = argument.stat()
@@ -67,12 +96,11 @@ def _walk_argument(argument: Path) -> Iterator[tuple[Path, str, os.stat_result]]
             f"input not found: {argument} (check the path; folders are read recursively)"
         ) from None
     except OSError as error:
-        raise InputError(
-            f"cannot read input {argument}: {error.strerror} (check its permissions, or leave it out)"
-        ) from None
+        _unreadable(argument, error, "read input", skipped)
+        return
     if stat.S_ISREG(info.st_mode):
-        _check_readable(argument)
-        yield argument, argument.name, info
+        if _readable(argument, skipped):
+            yield argument, argument.name, info
         return
     if not stat.S_ISDIR(info.st_mode):
         raise InputError(
@@ -80,10 +108,12 @@ def _walk_argument(argument: Path) -> Iterator[tuple[Path, str, os.stat_result]]
             "save a stream to a file first)"
         )
     count = 0
-    for path, relpath, file_info in _walk_folder(argument, PurePosixPath(), {(info.st_dev, info.st_ino)}):
+    skipped_before = len(skipped or ())
+    identity = {(info.st_dev, info.st_ino)}
+    for path, relpath, file_info in _walk_folder(argument, PurePosixPath(), identity, skipped):
         count += 1
         yield path, relpath, file_info
-    if count == 0:
+    if count == 0 and len(skipped or ()) == skipped_before:
         raise InputError(
             f"folder has no files to process (hidden ones are skipped): {argument}. "
             "Put text files in it, or name a hidden file directly to process it."
@@ -91,15 +121,14 @@ def _walk_argument(argument: Path) -> Iterator[tuple[Path, str, os.stat_result]]
 
 
 def _walk_folder(
-    folder: Path, prefix: PurePosixPath, ancestors: set[tuple[int, int]]
+    folder: Path, prefix: PurePosixPath, ancestors: set[tuple[int, int]], skipped: list[SkippedInput] | None
 ) -> Iterator[tuple[Path, str, os.stat_result]]:
     """Depth-first, name-sorted walk; `ancestors` holds the folders above us to detect symlink loops."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError as error:
-        raise InputError(
-            f"cannot list folder {folder}: {error.strerror} (check its permissions, or leave it out)"
-        ) from None
+        _unreadable(folder, error, "list folder", skipped)
+        return
     for entry in entries:
         if entry.name.startswith("."):
             continue  # hidden files and folders (.git, .topn state) are never inputs unless named
@@ -115,12 +144,11 @@ def _walk_folder(
                 raise InputError(
                     f"symbolic link loop in the inputs: {path} (remove the link or fix its target)"
                 ) from None
-            raise InputError(
-                f"cannot read input {path}: {error.strerror} (check its permissions, or leave it out)"
-            ) from None
+            _unreadable(path, error, "read input", skipped)
+            continue
         relpath = prefix / entry.name
         if stat.S_ISDIR(info.st_mode):
-            if _holds_run_marker(path):
+            if _holds_run_marker(path, skipped):
                 # An earlier run's results (`topn run .` twice puts them below the inputs): their
                 # counts and summary are not the user's texts. Named as an argument, they are taken.
                 continue
@@ -130,10 +158,10 @@ def _walk_folder(
                     f"symbolic link loop in the inputs: {path} leads back to a folder above it "
                     "(remove the link or name the folders separately)"
                 )
-            yield from _walk_folder(path, relpath, ancestors | {identity})
+            yield from _walk_folder(path, relpath, ancestors | {identity}, skipped)
         elif stat.S_ISREG(info.st_mode):
-            _check_readable(path)
-            yield path, str(relpath), info
+            if _readable(path, skipped):
+                yield path, str(relpath), info
         else:  # a FIFO, socket or device inside a folder: not a text file, said so rather than silently
             log.warning("input.skipped", file=str(path), reason=_kind_of(info.st_mode))
 
@@ -150,27 +178,28 @@ def _kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def _holds_run_marker(folder: Path) -> bool:
-    """Whether `folder` is a topn results folder; one that cannot be entered is refused, naming it."""
+def _holds_run_marker(folder: Path, skipped: list[SkippedInput] | None) -> bool:
+    """Whether `folder` is a topn results folder; one that cannot be entered is unreadable (the
+    walk into it then refuses or skips it, naming it)."""
     try:
         return stat.S_ISREG((folder / RUN_MARKER).stat().st_mode)
     except FileNotFoundError:
         return False
     except OSError as error:
-        raise InputError(
-            f"cannot list folder {folder}: {error.strerror} (check its permissions, or leave it out)"
-        ) from None
+        if skipped is None:
+            _unreadable(folder, error, "list folder", skipped)
+        return False  # the walk into it meets the same error and skips it
 
 
-def _check_readable(path: Path) -> None:
-    """Open the file once: one that cannot be read is refused now, not found out on the node."""
+def _readable(path: Path, skipped: list[SkippedInput] | None) -> bool:
+    """Open the file once: one that cannot be read is refused (or skipped) now, not on the node."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as error:
-        raise InputError(
-            f"cannot read input {path}: {error.strerror} (check its permissions, or leave it out)"
-        ) from None
+        _unreadable(path, error, "read input", skipped)
+        return False
     os.close(descriptor)
+    return True
 
 
 def make_relpaths_unique(relpaths: Sequence[str]) -> list[str]:

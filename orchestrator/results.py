@@ -16,11 +16,14 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import naming
 from orchestrator.errors import InputError, LocalWriteError
 from orchestrator.secrets import redact_value
+
+if TYPE_CHECKING:  # inputs.py imports this module
+    from orchestrator.inputs import SkippedInput
 
 COUNTS_FORMAT = "topn.counts"
 RUN_MARKER = ".topn-run"  # holds the run id that owns a results folder
@@ -286,6 +289,16 @@ def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:
     except OSError as error:
         raise LocalWriteError(local_write_message(out_dir, path, error)) from None
     return path
+
+
+def add_skipped_inputs(
+    out_dir: Path, summary: Mapping[str, Any], skipped: Sequence[SkippedInput]
+) -> dict[str, Any]:
+    """summary.json (rewritten) with `skipped`: what `--skip-unreadable` left out at discovery, and why."""
+    entries = [{"path": str(item.path), "reason": item.reason} for item in skipped]
+    with_skipped = {**summary, "skipped": sorted(entries, key=lambda entry: entry["path"])}
+    write_summary(out_dir, with_skipped)
+    return with_skipped
 
 
 def read_summary(out_dir: Path) -> dict[str, Any]:

@@ -119,9 +119,13 @@ class ServiceProcess:
         return self.process.pid
 
 
+# Resolved once at import: async callers (start_azurite in a daemon's loop) must not touch the disk.
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
 def project_root() -> Path:
     """The checkout this package runs from (holds package.json and node_modules/)."""
-    return Path(__file__).resolve().parents[2]
+    return _PROJECT_ROOT
 
 
 def azurite_command(azurite_bin: Path, location: Path, host: str = "127.0.0.1", port: int = 0) -> list[str]:
@@ -291,7 +295,7 @@ async def start_azurite(
     location: Path, log_dir: Path, azurite_bin: Path | None = None, port: int = 0, detached: bool = False
 ) -> ServiceProcess:
     binary = azurite_bin or project_root() / "node_modules" / ".bin" / "azurite-blob"
-    if not binary.exists():
+    if not await anyio.Path(binary).exists():
         raise LocalServiceError(
             f"Azurite is not installed at {binary}. Run `npm ci` (or `make setup`) first."
         )

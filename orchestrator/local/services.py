@@ -199,9 +199,33 @@ def acquire_start_lock(settings: Settings) -> int:
 
 
 async def _stop_child(settings: Settings, service: processes.ServiceProcess) -> None:
+    reclaim = service.name == AZURITE and settings.run.delete_run_blobs
+    reclaim = reclaim and await _only_bundle_left(settings, service)
     status = await processes.stop_service(service, STOP_GRACE_S)
     _child_record(settings, service.name).unlink(missing_ok=True)
     log.info("local.service_stopped", service=service.name, pid=service.pid, exit_status=status)
+    if reclaim:
+        # The run deleted its blobs and nothing but the node bundle is left: Azurite would free the
+        # extent files only at a start 10 minutes later (orchestrator/local/prune.py), so topn does.
+        from orchestrator.local.prune import remove_data_folder
+
+        removed = await anyio.to_thread.run_sync(remove_data_folder, local_dir(settings) / "azurite")
+        log.info("local.data_reclaimed", service=AZURITE, bytes=removed.size_bytes)
+
+
+async def _only_bundle_left(settings: Settings, service: processes.ServiceProcess) -> bool:
+    """Our own Azurite holds no blob but the node bundle (a failure to ask says no)."""
+    from orchestrator.local.prune import azurite_client, holds_only_the_bundle
+
+    # Shielded and bounded: this runs while the run's stack closes, perhaps after Ctrl-C, and must
+    # never keep Azurite from being stopped.
+    with anyio.move_on_after(10, shield=True):
+        try:
+            async with azurite_client(service.endpoint) as client:
+                return await holds_only_the_bundle(client, settings.storage.container_prefix)
+        except Exception:  # Azurite gone or wedged: keep its data, its garbage collection frees it later
+            return False
+    return False
 
 
 def _child_record(settings: Settings, name: str) -> Path:
@@ -248,6 +272,15 @@ async def _stop_pid(service: RecordedService) -> None:
         await anyio.sleep(POLL_S)
     if _alive(service.pid) and _is_our_process(service):
         processes.signal_pid(service.pid, signal.SIGKILL)
+
+
+async def serving_recorded(settings: Settings) -> dict[str, str]:
+    """Endpoints of the services `topn local up` started that are still ours and serving."""
+    serving: dict[str, str] = {}
+    for name, service in (await anyio.to_thread.run_sync(read_recorded, settings)).items():
+        if _is_our_process(service) and await is_serving(service.endpoint):
+            serving[name] = service.endpoint
+    return serving
 
 
 async def local_up(settings: Settings) -> dict[str, RecordedService]:

@@ -135,6 +135,7 @@ def task_of_unit(
         ],
         constraints=BatchTaskConstraints(
             max_wall_clock_time=timedelta(seconds=settings.task_max_wall_clock_s),
+            retention_time=timedelta(seconds=settings.task_retention_s),
             max_task_retry_count=settings.task_max_retries,
         ),
         user_identity=UserIdentity(auto_user=AutoUserSpecification(scope="pool", elevation_level="nonadmin")),

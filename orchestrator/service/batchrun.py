@@ -36,6 +36,8 @@ log = structlog.get_logger()
 
 # After an interrupted run (a service down, the run's deadline): wait before the batch's next try.
 RETRY_AFTER_INTERRUPTION_S = 5.0
+# Run states in which some of a run's tasks may not be in Batch yet.
+BEFORE_TASKS_IN_BATCH = frozenset({"CREATED", "PREPARING", "SUBMITTING"})
 
 
 @dataclass(eq=False)  # compared and hashed by identity: it borrows a limiter token
@@ -68,8 +70,10 @@ class _ProgressSink:
 
 
 def daemon_run_settings(settings: Settings) -> Settings:
-    """A batch's settings: its job stays after the run (the janitor deletes it after `job_retention_s`)."""
-    return replace(settings, run=replace(settings.run, delete_job=False))
+    """A batch's settings: its job stays after the run (the janitor deletes it after `job_retention_s`),
+    and its tasks' folders on the nodes are kept as long (retentionTime), not `[run] task_retention_s`."""
+    retention_s = settings.daemon.job_retention_s
+    return replace(settings, run=replace(settings.run, delete_job=False, task_retention_s=retention_s))
 
 
 def file_outcomes(
@@ -125,6 +129,11 @@ class BatchRunner:
         run_relpaths = make_relpaths_unique([item.relpath for item in files])
         summary: Mapping[str, Any]
         while True:
+            if record is None or record.state in BEFORE_TASKS_IN_BATCH:
+                # Uploads and submission are ahead: the drain gives them its grace. Left at
+                # "admitting" until the first upload landed, a batch stuck on its first request
+                # (Storage down) was dropped at once, as if its tasks were already in Batch.
+                progress.stage = "staging"
             try:
                 summary = await self._run_once(settings, batch_id, files, run_relpaths, record, progress)
                 break

@@ -96,6 +96,7 @@ class RunSettings:
     run_timeout_s: float = 7200.0
     task_max_retries: int = 2
     task_max_wall_clock_s: float = 1800.0
+    task_retention_s: float = 86400.0  # a finished task's folder on its node (retentionTime)
     sas_margin_s: float = 3600.0
     delete_job: bool = True
     delete_run_blobs: bool = False

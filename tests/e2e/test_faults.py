@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,8 @@ async def test_preempted_tasks_are_requeued_and_never_counted_as_failures(
     tasks = await assert_one_task_per_input(batch, run_id_of(events), len(texts))
     assert sum(task.execution_info.requeue_count for task in tasks) == preempted
     assert {task.execution_info.retry_count for task in tasks} == {0}
+    # `[run] task_retention_s` (one day by default) reached the tasks as their retentionTime.
+    assert {task.constraints.retention_time for task in tasks} == {timedelta(days=1)}
     assert_results_folder_complete(tmp_path / "out", texts)
 
 

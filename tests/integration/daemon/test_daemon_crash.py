@@ -49,9 +49,12 @@ class DaemonChild:
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, inbox: Path, env: dict[str, str], log: Path) -> DaemonChild:
+    def start(
+        cls, inbox: Path, env: dict[str, str], log: Path, command: list[str] | None = None
+    ) -> DaemonChild:
+        """The stand-in daemon (tests/.../daemon_process.py) on `inbox`, or `command` when given."""
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.daemon.daemon_process", str(inbox)],
+            command or [sys.executable, "-m", "tests.integration.daemon.daemon_process", str(inbox)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

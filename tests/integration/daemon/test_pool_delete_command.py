@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -27,7 +28,9 @@ async def test_completed_jobs_go_after_their_retention_and_the_pool_only_by_pool
     start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
     batch = await start_emulator()
-    settings = daemon_settings_for(batch, azurite, tmp_path / "state", "kept-by-daemon")
+    settings = daemon_settings_for(
+        batch, azurite, tmp_path / "state", "kept-by-daemon", TOPN_DAEMON_JOB_RETENTION_S="7200"
+    )
     folders = folders_under(tmp_path)
     credential = AzureNamedKeyCredential(batch.account_name, batch.account_key)
     async with BatchClient(batch.endpoint, credential) as client:
@@ -42,7 +45,10 @@ async def test_completed_jobs_go_after_their_retention_and_the_pool_only_by_pool
                 return len(await anyio.to_thread.run_sync(files_under, folders.done)) == 1
 
             await wait_async(done, "the file to be done", 60)
-        assert len(await job_ids()) == 1  # kept after its run, for job_retention_s (24 h by default)
+        assert len(await job_ids()) == 1  # kept after its run, for job_retention_s (2 h here)
+        # Its tasks' folders are kept as long on the nodes (retentionTime, as the emulator stored it).
+        tasks = [task async for task in client.list_tasks((await job_ids())[0])]
+        assert [task.constraints.retention_time for task in tasks] == [timedelta(hours=2)]
 
         # The next start's janitor deletes it once its retention is over (0 s here).
         expired = daemon_settings_for(

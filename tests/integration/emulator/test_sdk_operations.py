@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.batch import models
@@ -310,3 +310,22 @@ async def test_resize_grows_and_shrinks_idle_nodes_first(batch_emulator: BatchEn
         assert (pool.target_dedicated_nodes, pool.current_dedicated_nodes) == (1, 1)
         await client.terminate_task(job_id, "busy")
         await (await client.begin_delete_pool(pool_id, polling_interval=0.1)).result()
+
+
+async def test_task_retention_time_is_kept_as_given(batch_emulator: BatchEndpoint) -> None:
+    """A task's retentionTime is stored and read back (7 days when not given), short ones included."""
+    job_id = unique("job")
+    async with batch_client(batch_emulator) as client:
+        await client.create_job(
+            models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id="none"))
+        )
+        short = models.BatchTaskConstraints(retention_time=timedelta(minutes=1))
+        await client.create_task(
+            job_id, models.BatchTaskCreateOptions(id="short", command_line="/bin/true", constraints=short)
+        )
+        await client.create_task(
+            job_id, models.BatchTaskCreateOptions(id="default", command_line="/bin/true")
+        )
+        kept = {task.id: task.constraints.retention_time async for task in client.list_tasks(job_id)}
+        assert kept == {"short": timedelta(minutes=1), "default": timedelta(days=7)}
+        await client.begin_delete_job(job_id)

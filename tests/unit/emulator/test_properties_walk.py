@@ -290,7 +290,6 @@ def test_every_property_is_emulated_or_refused_by_name(kind: str) -> None:
         ("job", {"allowTaskPreemption": "true"}, "allowTaskPreemption"),
         ("pool", {"upgradePolicy": {"mode": "automatic"}}, "upgradePolicy.mode"),
         ("pool", {"autoScaleFormula": "$TargetDedicatedNodes = 1;"}, "autoScaleFormula"),
-        ("task", {"constraints": {"retentionTime": "PT1M"}}, "constraints.retentionTime"),
         ("task", {"bogus": 1}, "bogus"),
         (
             "pool",

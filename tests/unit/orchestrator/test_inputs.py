@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -202,9 +203,27 @@ except InputError as error:
 """
 
 
-def _discover_without_privileges(folder: Path) -> subprocess.CompletedProcess[str]:
+DISCOVER_SKIPPING_AS_USER = """
+import json, sys
+from pathlib import Path
+from orchestrator.errors import InputError
+from orchestrator.inputs import discover_inputs
+skipped = []
+try:
+    found = discover_inputs([Path(sys.argv[1])], skipped)
+except InputError as error:
+    print(error)
+    sys.exit(2)
+print(json.dumps({"found": [item.relpath for item in found],
+                  "skipped": [[str(item.path), item.reason] for item in skipped]}))
+"""
+
+
+def _discover_without_privileges(
+    folder: Path, script: str = DISCOVER_AS_USER
+) -> subprocess.CompletedProcess[str]:
     """discover_inputs as a user whom permission bits stop (root reads everything, so: nobody)."""
-    command = [sys.executable, "-c", DISCOVER_AS_USER, str(folder)]
+    command = [sys.executable, "-c", script, str(folder)]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.fail("running as root, this test needs `setpriv` to drop to an unprivileged user")
@@ -236,6 +255,56 @@ def test_an_unreadable_file_or_folder_is_refused_at_discovery_naming_it(
         target.chmod(0o755 if unreadable == "folder" else 0o644)
     assert completed.returncode == 2, completed.stdout + completed.stderr
     assert str(target) in completed.stdout and "Permission denied" in completed.stdout
+
+
+def _open_the_way(tmp_path: Path, folder: Path) -> None:
+    """The unprivileged user must reach `folder` itself."""
+    tmp_path.chmod(0o755)
+    folder.chmod(0o755)
+    for ancestor in tmp_path.parents:
+        if str(ancestor).startswith(tempfile.gettempdir()) and ancestor != Path(tempfile.gettempdir()):
+            ancestor.chmod(0o755)
+
+
+def test_skipping_unreadable_files_and_folders_keeps_the_rest_and_names_them(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "locked").mkdir()
+    (folder / "ok.txt").write_text("fine")
+    (folder / "sub" / "also-ok.txt").write_text("fine too")
+    (folder / "sub" / "secret.txt").write_text("hidden")
+    (folder / "locked" / "inside.txt").write_text("hidden too")
+    unreadable = [folder / "locked", folder / "sub" / "secret.txt"]
+    for target in unreadable:
+        target.chmod(0)
+    _open_the_way(tmp_path, folder)
+    try:
+        completed = _discover_without_privileges(folder, DISCOVER_SKIPPING_AS_USER)
+    finally:
+        (folder / "locked").chmod(0o755)
+        (folder / "sub" / "secret.txt").chmod(0o644)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["found"] == ["ok.txt", "sub/also-ok.txt"]
+    assert result["skipped"] == [[str(path), "unreadable: Permission denied"] for path in unreadable]
+    # One input.skipped warning per left-out path (structlog's default output, before the JSON line).
+    for path in unreadable:
+        assert sum(1 for line in lines[:-1] if "input.skipped" in line and str(path) in line) == 1
+
+
+def test_skipping_everything_is_still_exit_2_naming_the_first(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hidden")
+    (folder / "a.txt").chmod(0)
+    _open_the_way(tmp_path, folder)
+    try:
+        completed = _discover_without_privileges(folder, DISCOVER_SKIPPING_AS_USER)
+    finally:
+        (folder / "a.txt").chmod(0o644)
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert "no readable input" in completed.stdout and str(folder / "a.txt") in completed.stdout
 
 
 def test_a_fifo_inside_a_folder_is_skipped_with_an_event(tmp_path: Path) -> None:

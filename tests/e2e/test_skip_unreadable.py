@@ -1,0 +1,104 @@
+"""`topn run --skip-unreadable` (issue 10, point 5): what cannot be read is left out with a warning
+and listed in summary.json; the rest runs. Without the flag the same inputs are exit 2, naming one.
+
+Permission bits do not stop root, so topn runs as `nobody` (setpriv) here, as the discovery unit
+tests do; the services are the fixtures' (started as this user), reached over loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.conftest import StartEmulator, StorageEndpoint
+from tests.e2e.run_cli import ROOT, CliResult, reference_top, topn_environment
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NOBODY = "65534"
+
+
+def run_topn_as_nobody(args: list[str], cwd: Path, env: dict[str, str]) -> CliResult:
+    command = [sys.executable, "-m", "orchestrator", *args, "--config", str(ROOT / "config" / "local.toml")]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.fail("running as root, this test needs `setpriv` to drop to an unprivileged user")
+        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+    completed = subprocess.run(
+        command,
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(ROOT), "HOME": str(cwd / "home")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+
+def open_to_nobody(tmp_path: Path) -> None:
+    """The unprivileged user reaches tmp_path and may write in it (state, results, HOME)."""
+    for folder in tmp_path.rglob("*"):
+        if folder.is_dir():
+            folder.chmod(0o777)
+    tmp_path.chmod(0o777)
+    for ancestor in tmp_path.parents:
+        if str(ancestor).startswith(tempfile.gettempdir()) and ancestor != Path(tempfile.gettempdir()):
+            ancestor.chmod(0o755)
+
+
+async def test_unreadable_inputs_are_skipped_with_the_flag_and_refused_without(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    batch = await start_emulator()
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "locked").mkdir()
+    readable = {"ok.txt": "heron heron egret\n", "sub/fine.txt": "egret stork heron\n"}
+    for relpath, text in readable.items():
+        (folder / relpath).write_text(text, encoding="utf-8")
+    (folder / "sub" / "secret.txt").write_text("never counted\n", encoding="utf-8")
+    (folder / "locked" / "inside.txt").write_text("never counted either\n", encoding="utf-8")
+    (tmp_path / "home").mkdir()
+    env = topn_environment(batch, azurite, tmp_path / "state", TOPN_POOL_ID=f"skip-{tmp_path.name[-8:]}")
+    open_to_nobody(tmp_path)
+    unreadable = [folder / "locked", folder / "sub" / "secret.txt"]
+    for target in unreadable:
+        target.chmod(0)
+    try:
+        refused = await anyio.to_thread.run_sync(
+            run_topn_as_nobody, ["run", "in", "--out", "refused"], tmp_path, env
+        )
+        assert refused.exit_code == 2, refused.stderr[-2000:]
+        assert "in/locked: Permission denied" in refused.stderr and "--skip-unreadable" in refused.stderr
+        assert not (tmp_path / "refused").exists()
+
+        run = await anyio.to_thread.run_sync(
+            run_topn_as_nobody,
+            ["run", "in", "--out", "out", "--json", "--skip-unreadable", "--log-format", "json"],
+            tmp_path,
+            env,
+        )
+    finally:
+        (folder / "locked").chmod(0o755)
+        (folder / "sub" / "secret.txt").chmod(0o644)
+    assert run.exit_code == 0, run.stderr[-3000:]
+    summary = run.summary()
+    # Named as the user gave them (`in`, relative to where topn ran).
+    left_out = [str(path.relative_to(tmp_path)) for path in unreadable]
+    expected_skipped = [{"path": path, "reason": "unreadable: Permission denied"} for path in left_out]
+    assert summary["skipped"] == expected_skipped
+    assert sorted(entry["path"] for entry in summary["files"]) == sorted(readable)
+    assert summary["top"] == reference_top(list(readable.values()), "words", 10)
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    assert on_disk["skipped"] == expected_skipped
+    warnings = [event for event in run.events() if event["event"] == "input.skipped"]
+    assert [(event["file"], event["level"]) for event in warnings] == [(path, "warning") for path in left_out]
