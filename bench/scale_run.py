@@ -14,14 +14,28 @@ With packing off (`--one-task-per-file`, later run: topn 18.9 s, one task per fi
 node's process start dominates, as for the seed; topn then polls at poll_min_s (0.2 s in
 config/local.toml) while tasks keep completing, 2,204 small requests (1,416 task counts, 772
 filtered listings returning about 1,000 tasks in all) against the seed's 310 full listings.
+
+Issue 13's figures (work units from manifests, one result blob per task, pipelined stages):
+
+    .venv/bin/python -m bench.scale_run --scale 1000 10000 --seed-files 2000
+
+runs topn on each file count against freshly started services (one block each), and the seed's
+way once at `--seed-files` (its cost is per file: scaled linearly to each count, and said so).
+Per topn run: wall time, orchestrator CPU per file (user + system of the `topn run` process, from
+getrusage of the waited child), storage requests per file (the run's own count, summary.json),
+peak RSS of the `topn run` process, time from the run's start to its first task in the job
+(`tasks.submitted`'s `first_task_s`), Azurite's latency per small GET at that blob count, and
+/proc/loadavg before and after (the machine is shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -208,9 +222,194 @@ async def run_topn_one_task_per_file(
     return wall
 
 
+@dataclass(frozen=True)
+class ScaleFigures:
+    """One `topn run` of a scale block."""
+
+    files: int
+    wall_s: float
+    cpu_s: float  # user + system of the topn process
+    peak_rss_mb: float
+    storage_requests: int
+    storage_by_operation: dict[str, int]
+    batch_requests: int
+    tasks: int
+    first_task_s: float | None
+    stages_s: dict[str, float]
+    azurite_get_ms: float
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text(encoding="utf-8").strip()
+
+
+def run_topn_measured(files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path) -> ScaleFigures:
+    """`topn run` as a child process; its CPU and peak RSS from getrusage of the waited child."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
+    env.update(
+        {
+            "TOPN_BATCH_ENDPOINT": batch,
+            "TOPN_STORAGE_BLOB_ENDPOINT": blob,
+            "TOPN_LOCAL_STATE_DIR": str(state_dir),
+            "TOPN_POOL_ID": "topn-scale",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(files_dir), "--out", str(out_dir), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=7200,
+    )
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if completed.returncode != 0:
+        raise SystemExit(f"topn run failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    summary: dict[str, Any] = json.loads(completed.stdout)
+    totals = summary["totals"]
+    if totals["succeeded"] != totals["files"]:
+        raise SystemExit(f"topn run: {totals['failed']} of {totals['files']} files failed")
+    events = [json.loads(line) for line in completed.stderr.splitlines() if line.startswith("{")]
+    submitted = [event for event in events if event.get("event") == "tasks.submitted"]
+    storage = {operation: int(count) for operation, count in totals["requests"].get("storage", {}).items()}
+    batch_counts = totals["requests"].get("batch", {})
+    return ScaleFigures(
+        files=int(totals["files"]),
+        wall_s=wall,
+        cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        peak_rss_mb=after.ru_maxrss / 1024,  # kilobytes on Linux; the largest waited child: this run
+        storage_requests=sum(storage.values()),
+        storage_by_operation=storage,
+        batch_requests=sum(int(count) for count in batch_counts.values()),
+        tasks=len({entry["task_id"] for entry in summary["files"]}),
+        first_task_s=submitted[0].get("first_task_s") if submitted else None,
+        stages_s=dict(totals["stages_s"]),
+        azurite_get_ms=0.0,
+    )
+
+
+async def azurite_get_latency_ms(
+    blob_endpoint: str, container: str, blob_name: str, count: int = 200
+) -> float:
+    """Mean time of one small GET at the blob count Azurite holds now (it slows as it holds more)."""
+    from azure.storage.blob.aio import BlobServiceClient
+
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={local.AZURITE_ACCOUNT_NAME};"
+        f"AccountKey={local.AZURITE_ACCOUNT_KEY};BlobEndpoint={blob_endpoint};"
+    )
+    async with BlobServiceClient.from_connection_string(connection) as service:
+        blob = service.get_blob_client(container, blob_name)
+        await (await blob.download_blob()).readall()
+        started = time.monotonic()
+        for _ in range(count):
+            await (await blob.download_blob()).readall()
+        return (time.monotonic() - started) / count * 1000
+
+
+async def scale_block(count: int, base: Path) -> ScaleFigures:
+    """Fresh Azurite and emulator, `count` files, one `topn run`."""
+    folder = base / f"block-{count}"
+    generate_files(folder / "texts", count)
+    azurite = await local.start_azurite(folder / "azurite", folder / "logs")
+    try:
+        emulator = await local.start_emulator(folder / "emulator", folder / "logs")
+        try:
+            figures = await anyio.to_thread.run_sync(
+                run_topn_measured,
+                folder / "texts",
+                folder / "out",
+                emulator.endpoint,
+                azurite.endpoint,
+                folder / "state",
+            )
+            run_id = json.loads((folder / "out" / "summary.json").read_text(encoding="utf-8"))["run_id"]
+            latency = await azurite_get_latency_ms(
+                azurite.endpoint, f"topn-in-{run_id}", f"runs/{run_id}/part0/doc00000.txt"
+            )
+            return dataclasses.replace(figures, azurite_get_ms=latency)
+        finally:
+            await local.stop_service(emulator)
+    finally:
+        await local.stop_service(azurite)
+
+
+async def seed_block(count: int, base: Path) -> float:
+    """Fresh Azurite and emulator, `count` files the seed tutorial's way; its wall time."""
+    folder = base / f"seed-{count}"
+    generate_files(folder / "texts", count)
+    azurite = await local.start_azurite(folder / "azurite", folder / "logs")
+    try:
+        emulator = await local.start_emulator(folder / "emulator", folder / "logs")
+        try:
+            endpoints = SeedEndpoints(
+                emulator.endpoint,
+                local.EMULATOR_ACCOUNT_NAME,
+                local.EMULATOR_ACCOUNT_KEY,
+                azurite.endpoint,
+                local.AZURITE_ACCOUNT_NAME,
+                local.AZURITE_ACCOUNT_KEY,
+            )
+            node_script = await anyio.to_thread.run_sync(build_node_script)
+            files = sorted((folder / "texts").rglob("*.txt"))
+            seed = await run_seed_baseline(
+                endpoints, files, node_script, folder / "out", pool_id="seed-scale"
+            )
+            print(
+                f"seed way: {seed.succeeded}/{seed.tasks} tasks succeeded in {seed.wall_s:.1f} s", flush=True
+            )
+            return seed.wall_s
+        finally:
+            await local.stop_service(emulator)
+    finally:
+        await local.stop_service(azurite)
+
+
+async def measure_scale(counts: list[int], seed_files: int, base: Path) -> None:
+    """Each count's topn block, then the seed once; one report with ratios and the machine's load."""
+    load_before = loadavg()
+    results = []
+    for count in counts:
+        figures = await scale_block(count, base)
+        print(f"topn {count}: {figures}  loadavg {loadavg()}", flush=True)
+        results.append(figures)
+    seed_wall = await seed_block(seed_files, base) if seed_files else None
+    print(f"\n/proc/loadavg before: {load_before}; after: {loadavg()}")
+    header = (
+        f"{'files':>7} {'wall s':>8} {'seed s (scaled)':>16} {'speed-up':>9} {'CPU ms/file':>12} "
+        f"{'storage req/file':>17} {'peak RSS MB':>12} {'tasks':>6} {'1st task s':>11} {'Azurite GET ms':>15}"
+    )
+    print(header)
+    for figures in results:
+        scaled = seed_wall * figures.files / seed_files if seed_wall is not None else None
+        scaled_text = f"{scaled:.0f}" if scaled else "-"
+        ratio_text = f"{scaled / figures.wall_s:.1f}x" if scaled else "-"
+        cpu_ms = figures.cpu_s / figures.files * 1000
+        per_file = figures.storage_requests / figures.files
+        print(
+            f"{figures.files:>7} {figures.wall_s:>8.1f} {scaled_text:>16} {ratio_text:>9} "
+            f"{cpu_ms:>12.2f} {per_file:>17.3f} "
+            f"{figures.peak_rss_mb:>12.0f} {figures.tasks:>6} {figures.first_task_s!s:>11} "
+            f"{figures.azurite_get_ms:>15.1f}"
+        )
+        print(f"        storage by operation: {figures.storage_by_operation}; stages {figures.stages_s}")
+    if seed_wall is not None:
+        print(f"seed way measured at {seed_files} files: {seed_wall:.1f} s, scaled linearly to each count")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument(
+        "--scale", type=int, nargs="+", help="issue 13's figures: these file counts, each on fresh services"
+    )
+    parser.add_argument(
+        "--seed-files", type=int, default=2000, help="with --scale: the seed way's count (0: none)"
+    )
     parser.add_argument("--skip-seed", action="store_true", help="no seed-way run")
     parser.add_argument(
         "--one-task-per-file",
@@ -219,7 +418,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="topn-scale-") as folder:
-        anyio.run(measure, args.files, args.skip_seed, args.one_task_per_file, Path(folder))
+        if args.scale:
+            anyio.run(measure_scale, args.scale, args.seed_files, Path(folder))
+        else:
+            anyio.run(measure, args.files, args.skip_seed, args.one_task_per_file, Path(folder))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 _RUN_ID = re.compile(r"^\d{8}t\d{6}z-[0-9a-f]{6}$")
-# An extension we copy into a node-side file name: short, plain ASCII, nothing a shell could misread.
-_SAFE_EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 
 
 def new_run_id(now: datetime | None = None, random_hex: str | None = None) -> str:
@@ -63,9 +61,13 @@ def app_container(prefix: str) -> str:
     return f"{prefix}-app"
 
 
-def input_container(prefix: str) -> str:
-    """Container holding every run's inputs under `runs/<run_id>/`."""
-    return f"{prefix}-input"
+def input_container(prefix: str, run_id: str) -> str:
+    """The run's own input container (its inputs under `runs/<run_id>/`, its unit manifests under `units/`).
+
+    Its own, like the output container: a unit's manifest gives the node a read SAS on the whole
+    container (one SAS per unit, not one per input), which must reach this run's inputs only.
+    """
+    return f"{prefix}-in-{run_id}"
 
 
 def output_container(prefix: str, run_id: str) -> str:
@@ -84,8 +86,26 @@ def input_blob_name(run_id: str, relpath: str) -> str:
 
 
 def run_input_prefix(run_id: str) -> str:
-    """The prefix of all of a run's input blobs (for clean-up)."""
+    """The prefix of all of a run's input blobs (what a resume lists to check its recorded uploads)."""
     return f"runs/{run_id}/"
+
+
+def unit_manifest_blob(task_id: str) -> str:
+    """A work unit's manifest (`topn.unit`) in the run's input container; no input blob starts `units/`."""
+    return f"units/{task_id}.json"
+
+
+def unit_manifest_file(task_id: str) -> str:
+    """The manifest's file name on the node (the task's resource file); it names the unit, nothing else."""
+    return f"unit-{task_id}.json"
+
+
+def unit_result_name(task_id: str) -> str:
+    """A work unit's result blob (`topn.result`) in the run's output container.
+
+    No `_OUTPUT` name can equal it: every output name has `_OUTPUT` in its last part.
+    """
+    return f"results/{task_id}.json.gz"
 
 
 class UnsafeNameError(ValueError):
@@ -147,60 +167,29 @@ def output_name(relpath: str) -> str:
     return str(path.with_name(start + tail))
 
 
-def counts_name(relpath: str) -> str:
-    """Blob (and file) holding one input's full counts: `counts/<relpath>.counts.json.gz`."""
-    return f"counts/{check_relative_name(relpath)}.counts.json.gz"
-
-
-def node_input_path(index: int, relpath: str) -> str:
-    """The safe on-node file name of an input (`in/<index>.<ext>`); user names never reach a shell."""
-    suffix = PurePosixPath(relpath).suffix
-    return f"in/{index:06d}{suffix if _SAFE_EXTENSION.match(suffix) else ''}"
-
-
 NODE_SCRIPT_PATH = "$AZ_BATCH_NODE_SHARED_DIR/node.pyz"
 # Where a task finds the node script it carries itself (a reused pool staged another version).
 TASK_NODE_SCRIPT_PATH = "node.pyz"
 OUTPUT_SAS_VARIABLE = "TOPN_OUTPUT_SAS_URL"
 
 
-def task_command_line(
-    files: Sequence[tuple[str, str]],
-    *,
-    top: int,
-    tokenizer: str,
-    python: str = "python3",
-    script: str = NODE_SCRIPT_PATH,
-) -> str:
-    """The command line of a work unit of (node input path, relpath) pairs (docs/contracts.md).
+def task_command_line(task_id: str, *, python: str = "python3", script: str = NODE_SCRIPT_PATH) -> str:
+    """The command line of a work unit's task: the node counts the unit its manifest file describes.
 
-    Batch runs no shell, so `/bin/sh -c` expands the variables. The output SAS URL is neither in the
-    command line nor in the node's argv: the node reads it from the task's environment.
+    Batch runs no shell, so `/bin/sh -c` expands the variables. Nothing user-named and no SAS is in
+    it: input names, blob names and SAS URLs are in the manifest (docs/contracts.md); the output SAS
+    is in the task's environment (`$TOPN_OUTPUT_SAS_URL`).
     """
-    if not files:
-        raise ValueError("a work unit needs at least one input")
-    words = ["exec", interpreter_word(python), interpreter_word(script)]
-    # Every value is glued to its flag (`--flag=value`): a name such as `-a_OUTPUT.txt` or `--` given
-    # as a separate argument would be read by the node's parser as an option.
-    for node_input, _ in files:
-        words.append(_flag("--filepath", node_input))
-    # No destination flag: the node reads $TOPN_OUTPUT_SAS_URL itself, so the SAS stays out of argv.
-    words += [_flag("--top", str(top)), _flag("--tokenizer", tokenizer)]
-    for _, relpath in files:
-        words.append(_flag("--output-name", output_name(relpath)))
-    for _, relpath in files:
-        words.append(_flag("--counts-name", counts_name(relpath)))
+    words = ["exec", interpreter_word(python), interpreter_word(script), "unit"]
+    # Glued to its flag: the value can never be read as an option of its own.
+    words.append(shlex.quote(f"--manifest={unit_manifest_file(task_id)}"))
     return f"/bin/sh -c {shlex.quote(' '.join(words))}"
 
 
-def _flag(flag: str, value: str) -> str:
-    """One shell word `--flag=value` that the node's parser can only read as that flag's value."""
-    return shlex.quote(f"{flag}={value}")
-
-
-MAX_FILES_PER_UNIT = 64
-# Batch limits a command line's length; stay well under the smallest limit (Windows: 8,191).
-MAX_COMMAND_CHARS = 8000
+# Most inputs in one unit unless configured (`[run] max_files_per_task`).
+MAX_FILES_PER_UNIT = 1000
+# Most bytes in one unit of several files unless configured (`[run] unit_target_bytes`).
+UNIT_TARGET_BYTES = 64 * 1024 * 1024
 
 _EXPANDABLE_PATH = re.compile(r"^[A-Za-z0-9_./${}-]+$")
 
@@ -216,45 +205,33 @@ def plan_work_units(
     sizes: Sequence[int],
     slots: int,
     *,
-    command_chars: Sequence[int] | None = None,
     units_per_slot: int = 4,
     max_files_per_unit: int = MAX_FILES_PER_UNIT,
-    max_unit_bytes: int = 16 * 1024 * 1024,
-    max_command_chars: int = MAX_COMMAND_CHARS,
+    max_unit_bytes: int = UNIT_TARGET_BYTES,
 ) -> list[list[int]]:
-    """Group consecutive inputs (by index) into work units, one task each.
+    """Group consecutive inputs (by index) into work units, one task each, sized by count and bytes.
 
     A task costs a process start and scheduling, so many small files share one, but there stay at
     least `units_per_slot` units per task slot (when there are that many files) to keep every slot busy
-    and balanced. A unit of several files never holds more than `max_files_per_unit` files, more than
-    `max_unit_bytes`, or more than `max_command_chars` of command line (`command_chars` per file).
+    and balanced. A unit of several files never holds more than `max_files_per_unit` files or more
+    than `max_unit_bytes` (a bigger file is a unit of its own). The node reads a unit's inputs from
+    its manifest, so no command line limits a unit.
     """
     if not sizes:
         return []
-    chars = command_chars if command_chars is not None else [0] * len(sizes)
     target_units = max(1, slots * units_per_slot)
     per_unit = max(1, min(max_files_per_unit, math.ceil(len(sizes) / target_units)))
     units: list[list[int]] = []
     current: list[int] = []
-    current_bytes = current_chars = 0
+    current_bytes = 0
     for index, size in enumerate(sizes):
-        if current and (
-            len(current) >= per_unit
-            or current_bytes + size > max_unit_bytes
-            or current_chars + chars[index] > max_command_chars
-        ):
+        if current and (len(current) >= per_unit or current_bytes + size > max_unit_bytes):
             units.append(current)
-            current, current_bytes, current_chars = [], 0, 0
+            current, current_bytes = [], 0
         current.append(index)
         current_bytes += size
-        current_chars += chars[index]
     units.append(current)
     return units
-
-
-def command_chars(relpath: str) -> int:
-    """Characters one input adds to a work unit's command line (its flags and quoted names)."""
-    return 2 * len(relpath) + 100
 
 
 def start_task_command_line() -> str:

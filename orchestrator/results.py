@@ -227,10 +227,24 @@ def write_result(out_dir: Path, name: str, data: bytes) -> Path:
     path = result_path(out_dir, name)
     try:
         _check_still_there(out_dir)
-        write_atomic(path, data)
+        _make_folders_below(out_dir, path.parent)
+        # Never the results folder itself: one removed while other files are written stays removed.
+        write_atomic(path, data, make_folders=False)
     except OSError as error:
         raise LocalWriteError(local_write_message(out_dir, path, error)) from None
     return path
+
+
+def _make_folders_below(out_dir: Path, folder: Path) -> None:
+    """Create `folder` one level at a time below `out_dir`, never `out_dir` itself.
+
+    A results folder removed meanwhile (by the user, or while another unit's outputs are written)
+    then fails the write with ENOENT instead of being made again empty.
+    """
+    current = out_dir
+    for part in folder.relative_to(out_dir).parts:
+        current = current / part
+        current.mkdir(exist_ok=True)
 
 
 def _check_still_there(out_dir: Path) -> None:
@@ -259,9 +273,14 @@ def local_write_message(out_dir: Path, path: Path, error: OSError) -> str:
     return f"cannot write {path} in the results folder {out_dir}: {reason}; {fix}"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all (temp file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, data: bytes, *, make_folders: bool = True) -> None:
+    """Write a file whole or not at all (temp file in the same folder, fsync, rename).
+
+    With `make_folders` false the file's folder must exist: a folder removed meanwhile is an error
+    (ENOENT), never made again.
+    """
+    if make_folders:
+        path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(handle, "wb") as stream:

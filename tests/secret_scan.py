@@ -10,6 +10,11 @@ from urllib.parse import quote
 # A SAS signature (`sig=` followed by its value) or a bearer token in any text we produced.
 _SAS_SIGNATURE = re.compile(r"sig=[A-Za-z0-9%+/=]{10,}")
 _BEARER = re.compile(r"Bearer\s+[A-Za-z0-9\-_.]{20,}")
+# A work unit's manifest (`topn.unit`, compact JSON as the orchestrator writes it, ranges null): by
+# design it carries the read SAS of the run's input container for its node (docs/contracts.md), and
+# it lives where the node reads it, a blob in that container and the task's resource file. Those
+# whole documents are taken out before scanning; a SAS anywhere else is still a leak.
+_MANIFEST = re.compile(r'\{"format":"topn\.unit","version":1,.*?"inputs":\[.*?\]\}', re.DOTALL)
 
 
 def find_secrets(texts: Iterable[tuple[str, str]], keys: Iterable[str]) -> list[str]:
@@ -29,10 +34,15 @@ def find_secrets(texts: Iterable[tuple[str, str]], keys: Iterable[str]) -> list[
     return leaks
 
 
+def without_manifests(text: str) -> str:
+    """`text` without the unit manifests in it (each carries its node's input SAS by design)."""
+    return _MANIFEST.sub("<topn.unit manifest>", text)
+
+
 def texts_under(folder: Path) -> list[tuple[str, str]]:
-    """Every file under `folder` as text (binary files decoded with replacement)."""
+    """Every file under `folder` as text (binary files decoded with replacement), manifests taken out."""
     return [
-        (str(path), path.read_bytes().decode("utf-8", errors="replace"))
+        (str(path), without_manifests(path.read_bytes().decode("utf-8", errors="replace")))
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     ]

@@ -1,24 +1,18 @@
-"""Fetch what a finished task left: its `_OUTPUT` file and counts on success, its stderr tail on failure."""
+"""Fetch what a finished task left: its unit's result blob (one request per task), its stderr tail."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import anyio
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob.aio import BlobServiceClient
 
 from orchestrator import naming
 from orchestrator.azure.nodefiles import STDERR_TAIL_BYTES, stderr_tail
 from orchestrator.azure.retry import RetryPolicy, retry_call
-from orchestrator.results import CountsFormatError, FileCounts, parse_counts_blob, write_result
-
-
-class OutputUnusableError(Exception):
-    """A task reported success but its outputs cannot be used: missing, unreadable or unsafely named."""
+from orchestrator.results import write_result
 
 
 class TaskFileClient(Protocol):
@@ -29,57 +23,30 @@ class TaskFileClient(Protocol):
     ) -> AsyncIterator[bytes]: ...
 
 
-@dataclass(frozen=True)
-class CollectedOutput:
-    """A succeeded task's results, saved locally."""
-
-    local_path: Path
-    size_bytes: int
-    counts: FileCounts
-
-
-async def download_outputs(
-    blob_service: BlobServiceClient, container: str, relpath: str, out_dir: Path, retry: RetryPolicy
-) -> CollectedOutput:
-    """Save `<relpath>_OUTPUT` under out_dir (atomically) and parse the counts blob."""
-
-    async def fetch(blob_name: str) -> bytes:
-        blob = blob_service.get_blob_client(container, blob_name)
+async def read_unit_result(
+    blob_service: BlobServiceClient, container: str, task_id: str, retry: RetryPolicy
+) -> bytes | None:
+    """A work unit's result blob (one request), or None when the task left none."""
+    blob = blob_service.get_blob_client(container, naming.unit_result_name(task_id))
+    try:
         return await retry_call(retry, "download_blob", lambda: _read_blob(blob))
-
-    try:
-        output = await fetch(naming.output_name(relpath))
-        counts_blob = await fetch(naming.counts_name(relpath))
-    except ResourceNotFoundError as error:
-        raise OutputUnusableError(
-            f"the task finished but its output blob is missing ({error.reason})"
-        ) from None
-    try:
-        counts = parse_counts_blob(counts_blob)
-    except CountsFormatError as error:
-        raise OutputUnusableError(f"the task's counts blob is unreadable: {error}") from None
-    try:
-        # fsync and rename block; keep them off the event loop that drives every other download.
-        local_path = await anyio.to_thread.run_sync(
-            write_result, out_dir, naming.output_name(relpath), output
-        )
-    except naming.UnsafeNameError as error:
-        raise OutputUnusableError(f"its output was not saved: {error}") from None
-    return CollectedOutput(local_path=local_path, size_bytes=len(output), counts=counts)
+    except ResourceNotFoundError:
+        return None
 
 
-async def read_counts(
-    blob_service: BlobServiceClient, container: str, relpath: str, retry: RetryPolicy
-) -> FileCounts:
-    """The counts blob of an output saved earlier (a resumed run's summary needs its full counts)."""
-    blob = blob_service.get_blob_client(container, naming.counts_name(relpath))
-    try:
-        data = await retry_call(retry, "download_blob", lambda: _read_blob(blob))
-        return parse_counts_blob(data)
-    except ResourceNotFoundError as error:
-        raise OutputUnusableError(f"the counts blob of {relpath} is missing ({error.reason})") from None
-    except CountsFormatError as error:
-        raise OutputUnusableError(f"the counts blob of {relpath} is unreadable: {error}") from None
+def save_outputs(out_dir: Path, outputs: Sequence[tuple[str, bytes]]) -> list[Path | str]:
+    """Write each `(name, text)` under out_dir atomically: its path, or why its name was refused.
+
+    One call per unit, in one worker thread: fsync and rename block. A folder that cannot be
+    written raises LocalWriteError (the run stays resumable); an unsafe name fails only its file.
+    """
+    saved: list[Path | str] = []
+    for name, data in outputs:
+        try:
+            saved.append(write_result(out_dir, name, data))
+        except naming.UnsafeNameError as error:
+            saved.append(f"its output was not saved: {error}")
+    return saved
 
 
 async def _read_blob(blob: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""Shared access signatures for a run: read-only per input blob, create+write on the run's output container.
+"""Shared access signatures for a run: read-only on its inputs, create+write on the run's output container.
 
 Both signing modes share one code path: an account key (shared key auth), or a user delegation key
 fetched with Microsoft Entra ID (then no account key exists anywhere). Expiries cover the whole run
@@ -89,6 +89,27 @@ def mint_container_write_sas(
         account_name,
         container,
         permission=ContainerSasPermissions(create=True, write=True),
+        start=start,
+        expiry=expiry,
+        **_signing_kwargs(account_key, user_delegation_key),
+    )
+    return token
+
+
+def mint_container_read_sas(
+    *,
+    account_name: str,
+    container: str,
+    start: datetime,
+    expiry: datetime,
+    account_key: str | None = None,
+    user_delegation_key: UserDelegationKey | None = None,
+) -> str:
+    """A SAS token that can only read blobs of one container (by name): no list, write or delete."""
+    token: str = generate_container_sas(
+        account_name,
+        container,
+        permission=ContainerSasPermissions(read=True),
         start=start,
         expiry=expiry,
         **_signing_kwargs(account_key, user_delegation_key),

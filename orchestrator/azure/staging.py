@@ -94,6 +94,11 @@ def _file_version(path: Path) -> FileVersion:
     return (info.st_size, info.st_mtime_ns, info.st_ino)
 
 
+def _version_and_md5(path: Path) -> tuple[FileVersion, tuple[bytes | None, bytes]]:
+    """The file's version before it is read, then its bytes (when small) and MD5."""
+    return _file_version(path), _md5_of_file(path)
+
+
 class _HashingReader:
     """A forward-only file reader for the SDK's chunked upload that hashes exactly the bytes it sends.
 
@@ -176,8 +181,8 @@ async def _upload_once(
 ) -> UploadedFile | None:
     """One read-and-upload of `path`; None when the file changed meanwhile (the blob is then suspect)."""
     try:
-        before = await anyio.to_thread.run_sync(_file_version, path)
-        data, md5 = await anyio.to_thread.run_sync(_md5_of_file, path)
+        # One worker-thread trip for the version and the bytes: thousands of files cost few hops.
+        before, (data, md5) = await anyio.to_thread.run_sync(_version_and_md5, path)
     except OSError as error:
         raise InputError(_unreadable(path, error)) from None
     blob = blob_service.get_blob_client(container, blob_name)
@@ -248,41 +253,57 @@ async def upload_inputs(
     concurrency: int,
     retry: RetryPolicy,
     on_uploaded: UploadedCallback | None = None,
+    on_staged: UploadedCallback | None = None,
 ) -> list[StagedInput]:
-    """Upload all inputs with at most `concurrency` in flight; results in input order."""
-    limiter = anyio.CapacityLimiter(concurrency)
+    """Upload all inputs with at most `concurrency` in flight, in input order; results in input order.
+
+    `on_uploaded` hears of each input that is now in Blob Storage; `on_staged` of every input once
+    it is settled, uploaded or unreadable (`unreadable` set).
+    """
     staged: list[StagedInput | None] = [None] * len(inputs)
 
     async def upload(index: int, item: InputFile) -> None:
-        async with limiter:
-            started = time.monotonic()
-            blob_name = naming.input_blob_name(run_id, item.relpath)
-            try:
-                uploaded = await upload_input_file(blob_service, container, blob_name, item.path, retry)
-            except (InputError, OSError) as error:  # gone, unreadable or never still since discovery
-                reason = str(error) if isinstance(error, InputError) else _unreadable(item.path, error)
-                staged[index] = StagedInput(index, item.relpath, blob_name, "", 0, False, unreadable=reason)
-                log.warning("input.unreadable", file=item.relpath, error=reason)
-                return
-            # The size is what was uploaded: the file may have changed since it was discovered.
-            result = StagedInput(
-                index, item.relpath, blob_name, uploaded.md5_hex, uploaded.size_bytes, uploaded.skipped
-            )
-            staged[index] = result
-            log.debug(
-                "blob.uploaded",
-                blob=blob_name,
-                bytes=uploaded.size_bytes,
-                duration_s=round(time.monotonic() - started, 4),
-                skipped=uploaded.skipped,
-            )
-            if on_uploaded is not None:
-                await on_uploaded(result)
+        await _upload_one(index, item)
+        if on_staged is not None:
+            await on_staged(cast(StagedInput, staged[index]))
+
+    async def _upload_one(index: int, item: InputFile) -> None:
+        started = time.monotonic()
+        blob_name = naming.input_blob_name(run_id, item.relpath)
+        try:
+            uploaded = await upload_input_file(blob_service, container, blob_name, item.path, retry)
+        except (InputError, OSError) as error:  # gone, unreadable or never still since discovery
+            reason = str(error) if isinstance(error, InputError) else _unreadable(item.path, error)
+            staged[index] = StagedInput(index, item.relpath, blob_name, "", 0, False, unreadable=reason)
+            log.warning("input.unreadable", file=item.relpath, error=reason)
+            return
+        # The size is what was uploaded: the file may have changed since it was discovered.
+        result = StagedInput(
+            index, item.relpath, blob_name, uploaded.md5_hex, uploaded.size_bytes, uploaded.skipped
+        )
+        staged[index] = result
+        log.debug(
+            "blob.uploaded",
+            blob=blob_name,
+            bytes=uploaded.size_bytes,
+            duration_s=round(time.monotonic() - started, 4),
+            skipped=uploaded.skipped,
+        )
+        if on_uploaded is not None:
+            await on_uploaded(result)
+
+    pending = iter(enumerate(inputs))
+
+    async def worker() -> None:
+        for index, item in pending:
+            await upload(index, item)
 
     try:
+        # A fixed set of workers takes the inputs in order: coroutines in flight are bounded by
+        # `concurrency`, never by the number of inputs, and the first units are staged first.
         async with anyio.create_task_group() as group:
-            for index, item in enumerate(inputs):
-                group.start_soon(upload, index, item)
+            for _ in range(min(concurrency, len(inputs))):
+                group.start_soon(worker)
     except BaseExceptionGroup as errors:
         raise first_leaf(errors) from None
     return [item for item in staged if item is not None]
@@ -406,6 +427,18 @@ class SasMinter:
             user_delegation_key=self.delegation_key,
         )
         return sas.blob_url(self.account_url, container, blob_name, token)
+
+    def container_read_url(self, container: str) -> str:
+        """A URL that can only read blobs in one container (no list, write or delete): a unit's inputs."""
+        token = sas.mint_container_read_sas(
+            account_name=self.account_name,
+            container=container,
+            start=self.starts_at,
+            expiry=self.expires_at,
+            account_key=self.account_key,
+            user_delegation_key=self.delegation_key,
+        )
+        return sas.container_url(self.account_url, container, token)
 
     def container_write_url(self, container: str) -> str:
         """A URL that can only create and write blobs in one container (no read, list or delete)."""

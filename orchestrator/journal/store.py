@@ -198,22 +198,31 @@ class Journal:
 
     async def record_upload(self, run_id: str, relpath: str, md5_hex: str, blob_name: str) -> None:
         """Record that an input is in Blob Storage with this MD5 (the latest upload wins)."""
-        if not _MD5_HEX.fullmatch(md5_hex):
-            raise ValueError(f"run {run_id}: upload of {relpath!r}: md5_hex {md5_hex!r} is not 32 hex digits")
-        md5 = md5_hex.lower()
+        await self.record_uploads(run_id, [(relpath, md5_hex, blob_name)])
+
+    async def record_uploads(self, run_id: str, uploads: Sequence[tuple[str, str, str]]) -> None:
+        """Record `(relpath, md5_hex, blob_name)` uploads in one transaction (the latest upload wins)."""
+        if not uploads:
+            return
+        for relpath, md5_hex, _ in uploads:
+            if not _MD5_HEX.fullmatch(md5_hex):
+                raise ValueError(
+                    f"run {run_id}: upload of {relpath!r}: md5_hex {md5_hex!r} is not 32 hex digits"
+                )
         at = format_timestamp(now())
 
         def write(connection: sqlite3.Connection) -> None:
             self._run_state(connection, run_id)
-            self._require_relpaths(connection, run_id, [relpath])
-            _upsert(
-                connection,
-                "uploads",
-                {"run_id": run_id, "relpath": relpath},
-                md5_hex=md5,
-                blob_name=blob_name,
-                at=at,
-            )
+            self._require_relpaths(connection, run_id, [relpath for relpath, _, _ in uploads])
+            for relpath, md5_hex, blob_name in uploads:
+                _upsert(
+                    connection,
+                    "uploads",
+                    {"run_id": run_id, "relpath": relpath},
+                    md5_hex=md5_hex.lower(),
+                    blob_name=blob_name,
+                    at=at,
+                )
 
         await self._write(write, durable=False)
 
@@ -281,52 +290,13 @@ class Journal:
         Recording a completion also marks the task submitted (it cannot have run otherwise).
         Secrets inside the outcome's text are redacted (orchestrator/secrets.py).
         """
-        outcome_json = json.dumps(redact_value(_jsonable(outcome)), sort_keys=True, ensure_ascii=False)
-        at = format_timestamp(now())
-
-        def write(connection: sqlite3.Connection) -> None:
-            self._run_state(connection, run_id)
-            self._require_task_ids(connection, run_id, [task_id])
-            connection.execute(
-                "INSERT OR IGNORE INTO submitted_tasks (run_id, task_id, at) VALUES (?, ?, ?)",
-                (run_id, task_id, at),
-            )
-            _upsert(
-                connection,
-                "completed_tasks",
-                {"run_id": run_id, "task_id": task_id},
-                outcome_json=outcome_json,
-                at=at,
-            )
-
-        await self._write(write, durable=False)
+        await self.record_unit_collected(run_id, task_id, outcome=outcome)
 
     async def record_output_downloaded(
         self, run_id: str, relpath: str, local_path: str | Path, size_bytes: int
     ) -> None:
         """Record that an input's output is saved (complete, renamed into place) at `local_path`."""
-        if size_bytes < 0:
-            raise ValueError(f"run {run_id}: download of {relpath!r}: negative size_bytes {size_bytes}")
-        at = format_timestamp(now())
-
-        def write(connection: sqlite3.Connection) -> None:
-            # Absolute, so resume and status find the file whatever folder they are started from.
-            saved_at = str(Path(local_path).absolute())
-            self._run_state(connection, run_id)
-            self._require_relpaths(connection, run_id, [relpath])
-            connection.execute(
-                "DELETE FROM file_failures WHERE run_id = ? AND relpath = ?", (run_id, relpath)
-            )
-            _upsert(
-                connection,
-                "downloads",
-                {"run_id": run_id, "relpath": relpath},
-                local_path=saved_at,
-                size_bytes=size_bytes,
-                at=at,
-            )
-
-        await self._write(write, durable=False)
+        await self.record_unit_collected(run_id, None, saved=[(relpath, local_path, size_bytes)])
 
     async def record_file_failed(self, run_id: str, relpath: str, error: Mapping[str, Any]) -> None:
         """Record that one input has no result (e.g. exit_code, failure_code, message, stderr_tail).
@@ -334,20 +304,79 @@ class Journal:
         A later download of the same input replaces this record, and this replaces an earlier
         download record. Secrets inside the error's text are redacted (orchestrator/secrets.py).
         """
-        error_json = json.dumps(redact_value(_jsonable(error)), sort_keys=True, ensure_ascii=False)
+        await self.record_unit_collected(run_id, None, failed=[(relpath, error)])
+
+    async def record_unit_collected(
+        self,
+        run_id: str,
+        task_id: str | None,
+        *,
+        outcome: Mapping[str, Any] | None = None,
+        saved: Sequence[tuple[str, str | Path, int]] = (),
+        failed: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    ) -> None:
+        """One transaction for a finished work unit: its task's outcome, its saved outputs, its failed files.
+
+        `outcome` (with `task_id`) is the task's final outcome, which also marks it submitted.
+        `saved` holds `(relpath, local_path, size_bytes)` of outputs renamed into place; `failed`
+        holds `(relpath, error)` of inputs without a result. A file's latest record wins (a saved
+        output replaces its failure and the other way round). Secrets in any text are redacted.
+        """
+        if any(size_bytes < 0 for _, _, size_bytes in saved):
+            raise ValueError(f"run {run_id}: a saved output cannot have a negative size_bytes")
+        outcome_json = None
+        if outcome is not None:
+            if task_id is None:
+                raise ValueError(f"run {run_id}: an outcome needs its task id")
+            outcome_json = json.dumps(redact_value(_jsonable(outcome)), sort_keys=True, ensure_ascii=False)
+        errors = [
+            (relpath, json.dumps(redact_value(_jsonable(error)), sort_keys=True, ensure_ascii=False))
+            for relpath, error in failed
+        ]
         at = format_timestamp(now())
 
         def write(connection: sqlite3.Connection) -> None:
+            # Absolute, so resume and status find the files whatever folder they are started from.
+            downloads = [(relpath, str(Path(path).absolute()), size) for relpath, path, size in saved]
             self._run_state(connection, run_id)
-            self._require_relpaths(connection, run_id, [relpath])
-            connection.execute("DELETE FROM downloads WHERE run_id = ? AND relpath = ?", (run_id, relpath))
-            _upsert(
-                connection,
-                "file_failures",
-                {"run_id": run_id, "relpath": relpath},
-                error_json=error_json,
-                at=at,
-            )
+            if task_id is not None and outcome_json is not None:
+                self._require_task_ids(connection, run_id, [task_id])
+                connection.execute(
+                    "INSERT OR IGNORE INTO submitted_tasks (run_id, task_id, at) VALUES (?, ?, ?)",
+                    (run_id, task_id, at),
+                )
+                _upsert(
+                    connection,
+                    "completed_tasks",
+                    {"run_id": run_id, "task_id": task_id},
+                    outcome_json=outcome_json,
+                    at=at,
+                )
+            named = [relpath for relpath, _, _ in downloads] + [relpath for relpath, _ in errors]
+            self._require_relpaths(connection, run_id, named)
+            for relpath, local_path, size_bytes in downloads:
+                connection.execute(
+                    "DELETE FROM file_failures WHERE run_id = ? AND relpath = ?", (run_id, relpath)
+                )
+                _upsert(
+                    connection,
+                    "downloads",
+                    {"run_id": run_id, "relpath": relpath},
+                    local_path=local_path,
+                    size_bytes=size_bytes,
+                    at=at,
+                )
+            for relpath, error_json in errors:
+                connection.execute(
+                    "DELETE FROM downloads WHERE run_id = ? AND relpath = ?", (run_id, relpath)
+                )
+                _upsert(
+                    connection,
+                    "file_failures",
+                    {"run_id": run_id, "relpath": relpath},
+                    error_json=error_json,
+                    at=at,
+                )
 
         await self._write(write, durable=False)
 

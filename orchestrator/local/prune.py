@@ -75,18 +75,28 @@ def azurite_client(endpoint: str) -> BlobServiceClient:
 
 
 async def delete_finished_runs_blobs(client: BlobServiceClient, prefix: str, keep: set[str]) -> list[Removed]:
-    """Delete the output containers and staged inputs of every run not in `keep`."""
+    """Delete the input and output containers of every run not in `keep` (and older runs' staged inputs)."""
     removed: list[Removed] = []
-    outputs = naming.output_container(prefix, "")  # "<prefix>-out-", then the run id
-    async for container in client.list_containers(name_starts_with=outputs):
-        run_id = str(container.name)[len(outputs) :]
-        if run_id in keep:
-            continue
-        size = await _container_bytes(client, str(container.name))
-        with contextlib.suppress(ResourceNotFoundError):
-            await client.delete_container(str(container.name))
-        removed.append(Removed(f"Azurite container {container.name}", size, on_disk=False))
-    inputs = client.get_container_client(naming.input_container(prefix))
+    for per_run in (naming.input_container(prefix, ""), naming.output_container(prefix, "")):
+        # "<prefix>-in-" / "<prefix>-out-", then the run id
+        async for container in client.list_containers(name_starts_with=per_run):
+            run_id = str(container.name)[len(per_run) :]
+            if run_id in keep:
+                continue
+            size = await _container_bytes(client, str(container.name))
+            with contextlib.suppress(ResourceNotFoundError):
+                await client.delete_container(str(container.name))
+            removed.append(Removed(f"Azurite container {container.name}", size, on_disk=False))
+    removed += await _delete_shared_container_inputs(client, prefix, keep)
+    return removed
+
+
+async def _delete_shared_container_inputs(
+    client: BlobServiceClient, prefix: str, keep: set[str]
+) -> list[Removed]:
+    """Runs staged before each run had its own input container kept theirs in `<prefix>-input`."""
+    removed: list[Removed] = []
+    inputs = client.get_container_client(f"{prefix}-input")
     by_run: dict[str, list[tuple[str, int]]] = {}
     with contextlib.suppress(ResourceNotFoundError):
         async for blob in inputs.list_blobs(name_starts_with=RUN_INPUTS_ROOT):

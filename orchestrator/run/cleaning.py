@@ -10,7 +10,6 @@ import contextlib
 import anyio
 from azure.core.exceptions import HttpResponseError
 
-from orchestrator import naming
 from orchestrator.azure import staging
 from orchestrator.azure.retry import retry_call
 from orchestrator.run.context import RunContext, RunLedger
@@ -18,7 +17,7 @@ from orchestrator.settings import CLEANUP_TIMEOUT_S
 
 
 async def clean_up(run: RunContext, ledger: RunLedger) -> None:
-    """Delete what config says to: the run's job and its blobs."""
+    """Delete what config says to: the run's job and its two containers."""
     settings = run.settings.run
     with anyio.move_on_after(CLEANUP_TIMEOUT_S, shield=True):
         async with anyio.create_task_group() as group:
@@ -35,7 +34,6 @@ async def _delete_job(run: RunContext) -> None:
 
 
 async def _delete_run_blobs(run: RunContext) -> None:
-    await staging.delete_blobs_with_prefix(
-        run.blobs, run.input_container, naming.run_input_prefix(run.run_id), run.retry
-    )
+    # Both containers are the run's own: two requests, whatever the number of files.
+    await staging.delete_container(run.blobs, run.input_container, run.retry)
     await staging.delete_container(run.blobs, run.output_container, run.retry)

@@ -1,4 +1,4 @@
-"""RUNNING and COLLECTING: watch the job; save each file's results as soon as its task is seen finished."""
+"""RUNNING and COLLECTING: watch the job; save a unit's results (one blob per task) as soon as it finishes."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import anyio
 import structlog
 from azure.core.exceptions import HttpResponseError
 
+from node.result import ResultFormatError, UnitResult, decode_result_blob
 from orchestrator import naming
 from orchestrator.azure import collect, monitor, submit
 from orchestrator.files import file_stat
 from orchestrator.results import FileCounts, failure_details, file_entry, top_of
+from orchestrator.run import units
 from orchestrator.run.context import FileResult, RunContext, RunLedger
 from orchestrator.run.resume import failed_relpaths, file_error, outcome_succeeded
 
@@ -78,7 +80,7 @@ async def _settle_recorded_task(
     recorded: Mapping[str, Any],
     limiter: anyio.CapacityLimiter,
 ) -> None:
-    """A task the journal saw finish: rebuild its files' results, collecting only what was not saved."""
+    """A task the journal saw finish: rebuild its files' results, saving only what was not saved."""
     assert run.resume is not None
     record = run.resume
     outcome = monitor.TaskOutcome(
@@ -91,8 +93,9 @@ async def _settle_recorded_task(
         duration_s=None,
     )
     failed = set(failed_relpaths(record))
-    to_collect: list[int] = []
-    for index in run.units[run.unit_by_task[task_id]]:
+    unit = run.units[run.unit_by_task[task_id]]
+    saved_already: set[int] = set()
+    for index in unit:
         relpath = run.inputs[index].relpath
         saved = record.downloads.get(relpath)
         if relpath in failed:
@@ -104,98 +107,141 @@ async def _settle_recorded_task(
             saved is not None
             and (await anyio.to_thread.run_sync(file_stat, Path(saved.local_path)))[0] == saved.size_bytes
         ):
-            # Saved already: its counts come from the counts blob, the file is not fetched again.
-            counts = await collect.read_counts(run.blobs, run.output_container, relpath, run.retry)
-            _add_success(run, ledger, index, task_id, counts)
-        else:
-            to_collect.append(index)
-    if not to_collect:
+            saved_already.add(index)  # its counts come from the result blob; the file is not written again
+    if all(index in ledger.results for index in unit):
         return
-    tail = message = ""
-    if not outcome.succeeded:
-        tail = await collect.task_stderr_tail(run.batch, run.job_id, run.batch_task_id(task_id), run.retry)
-        message = outcome.failure_message or f"the task exited with code {outcome.exit_code}"
-    async with anyio.create_task_group() as group:
-        for index in to_collect:
-            group.start_soon(_collect_file, run, ledger, index, outcome, limiter, message, tail)
+    await _collect_unit(run, ledger, outcome, limiter, saved_already=saved_already)
 
 
 async def _handle_outcome(
     run: RunContext, ledger: RunLedger, outcome: monitor.TaskOutcome, limiter: anyio.CapacityLimiter
 ) -> None:
-    """Collect every file of a finished work unit (each download bounded by `limiter`)."""
-    unit = run.units[run.unit_by_task[outcome.task_id]]
+    """Collect a finished work unit: one result blob, every file's `_OUTPUT` rendered and saved here.
+
+    The outcome is journalled first, at once: COLLECTING is recorded once no task is left to watch,
+    and a run resumed from there collects exactly the completions the journal holds.
+    """
     if run.journal is not None:
         await run.journal.record_task_completed(
             run.run_id,
             outcome.task_id,
-            {
-                "status": "succeeded" if outcome.succeeded else "failed",
-                "exit_code": outcome.exit_code,
-                "failure_code": outcome.failure_code,
-                "message": outcome.failure_message,
-            },
+            units.outcome_record(
+                succeeded=outcome.succeeded,
+                exit_code=outcome.exit_code,
+                failure_code=outcome.failure_code,
+                message=outcome.failure_message,
+            ),
         )
-    tail = ""
-    message = ""
-    if not outcome.succeeded:
-        tail = await collect.task_stderr_tail(
-            run.batch, run.job_id, run.batch_task_id(outcome.task_id), run.retry
-        )
-        message = outcome.failure_message or f"the task exited with code {outcome.exit_code}"
-        if len(unit) == 1:  # nothing to salvage: the node's only input failed
-            await _record_failure(run, ledger, unit[0], outcome, message, tail)
-            return
-    async with anyio.create_task_group() as group:
-        for index in unit:
-            group.start_soon(_collect_file, run, ledger, index, outcome, limiter, message, tail)
+    await _collect_unit(run, ledger, outcome, limiter, saved_already=set())
 
 
-async def _collect_file(
+async def _collect_unit(
     run: RunContext,
     ledger: RunLedger,
-    index: int,
     outcome: monitor.TaskOutcome,
     limiter: anyio.CapacityLimiter,
-    message: str,
-    tail: str,
+    *,
+    saved_already: set[int],
 ) -> None:
-    """One file of a finished unit: its outputs if the node wrote them, else a failure."""
-    relpath = run.inputs[index].relpath
-    if outcome.succeeded:
-        log.info(
-            "task.completed",
-            task_id=outcome.task_id,
-            file=relpath,
-            exit_code=outcome.exit_code,
-            duration_s=round(outcome.duration_s, 3) if outcome.duration_s is not None else None,
-        )
+    """Read the unit's result blob, save the outputs not saved yet, journal the unit in one transaction."""
+    unit_inputs = run.units[run.unit_by_task[outcome.task_id]]
+    pending = {index for index in unit_inputs if index not in ledger.results}  # not failed in the journal
+    message = tail = ""
     async with limiter:
-        try:
-            saved = await collect.download_outputs(
-                run.blobs, run.output_container, relpath, run.out_dir, run.retry
+        if not outcome.succeeded:
+            tail = await collect.task_stderr_tail(
+                run.batch, run.job_id, run.batch_task_id(outcome.task_id), run.retry
             )
-        except collect.OutputUnusableError as error:
-            await _record_failure(run, ledger, index, outcome, message or str(error), tail)
-            return
-        except HttpResponseError as error:  # retries spent: this file fails, the run goes on
-            reason = f"its outputs could not be downloaded: {submit.describe_http_error(error)}"
-            await _record_failure(run, ledger, index, outcome, message or reason, tail)
-            return
-    _add_success(run, ledger, index, outcome.task_id, saved.counts)
-    if run.journal is not None:
-        await run.journal.record_output_downloaded(
-            run.run_id, relpath, str(saved.local_path), saved.size_bytes
+            message = outcome.failure_message or f"the task exited with code {outcome.exit_code}"
+        result, problem = await _read_result(run, outcome)
+    settled = units.settle_unit(result, [run.inputs[index].relpath for index in unit_inputs])
+    wanted = [item for item in settled if unit_inputs[item.position] in pending]
+    to_write = [
+        item
+        for item in wanted
+        if isinstance(item, units.RenderedFile) and unit_inputs[item.position] not in saved_already
+    ]
+    written = await anyio.to_thread.run_sync(
+        collect.save_outputs, run.out_dir, [(item.output_name, item.text) for item in to_write]
+    )
+    where = {item.position: place for item, place in zip(to_write, written, strict=True)}
+    saved: list[tuple[int, Path, int, FileCounts]] = []
+    failures: list[tuple[int, dict[str, Any]]] = []
+    for item in wanted:
+        index = unit_inputs[item.position]
+        place = where.get(item.position)
+        if isinstance(item, units.RenderedFile) and not isinstance(place, str):
+            if place is None:  # saved by the run before a resume
+                _add_success(run, ledger, index, outcome.task_id, item.counts)
+            else:
+                saved.append((index, place, len(item.text), item.counts))
+            continue
+        reason = place if isinstance(place, str) else None
+        if isinstance(item, units.FailedFile):
+            reason = item.reason
+        # The reason, not its consequence on the node: an input that could not be uploaded is `not_found`.
+        reason = ledger.unreadable_inputs.get(index) or reason or message or problem
+        details = failure_details(
+            exit_code=outcome.exit_code,
+            failure_code=outcome.failure_code,
+            message=reason or "the task's result does not mention this file",
+            stderr_tail=tail,
         )
+        failures.append((index, details))
+    if run.journal is not None:
+        await run.journal.record_unit_collected(
+            run.run_id,
+            outcome.task_id,
+            saved=[(run.inputs[index].relpath, path, size) for index, path, size, _ in saved],
+            failed=[(run.inputs[index].relpath, details) for index, details in failures],
+        )
+    # Events after the journal: whoever sees one can rely on the journal holding it.
+    for index, _, size, counts in saved:
+        _report_saved(run, ledger, outcome, index, size, counts)
+    for index, details in failures:
+        _report_failure(run, ledger, outcome, index, details)
+    if run.progress is not None:
+        run.progress.update("collecting", len(ledger.results), len(run.inputs))
+
+
+async def _read_result(run: RunContext, outcome: monitor.TaskOutcome) -> tuple[UnitResult | None, str | None]:
+    """The unit's decoded result blob, or None and why there is none (None too: a failed task left none)."""
+    try:
+        data = await collect.read_unit_result(run.blobs, run.output_container, outcome.task_id, run.retry)
+    except HttpResponseError as error:  # retries spent: this unit's files fail, the run goes on
+        return None, f"its results could not be downloaded: {submit.describe_http_error(error)}"
+    if data is None:
+        return None, "the task finished but its result blob is missing" if outcome.succeeded else None
+    try:
+        return await anyio.to_thread.run_sync(decode_result_blob, data), None
+    except ResultFormatError as error:
+        return None, f"the task's result blob is unreadable: {error}"
+
+
+def _report_saved(
+    run: RunContext,
+    ledger: RunLedger,
+    outcome: monitor.TaskOutcome,
+    index: int,
+    size: int,
+    counts: FileCounts,
+) -> None:
+    relpath = run.inputs[index].relpath
+    _add_success(run, ledger, index, outcome.task_id, counts)
+    log.info(
+        "task.completed",
+        task_id=outcome.task_id,
+        file=relpath,
+        exit_code=outcome.exit_code,
+        duration_s=round(outcome.duration_s, 3) if outcome.duration_s is not None else None,
+    )
     log.info(
         "output.downloaded",
         task_id=outcome.task_id,
         file=relpath,
-        bytes=saved.size_bytes,
-        invalid_bytes=saved.counts.invalid_bytes,
+        bytes=size,
+        invalid_bytes=counts.invalid_bytes,
     )
-    if run.progress is not None:
-        run.progress.update("collecting", len(ledger.results), len(run.inputs))
 
 
 def _add_success(run: RunContext, ledger: RunLedger, index: int, task_id: str, counts: FileCounts) -> None:
@@ -215,24 +261,18 @@ def _add_success(run: RunContext, ledger: RunLedger, index: int, task_id: str, c
     )
 
 
-async def _record_failure(
-    run: RunContext, ledger: RunLedger, index: int, outcome: monitor.TaskOutcome, message: str, tail: str
+def _report_failure(
+    run: RunContext, ledger: RunLedger, outcome: monitor.TaskOutcome, index: int, details: dict[str, Any]
 ) -> None:
     relpath = run.inputs[index].relpath
-    message = ledger.unreadable_inputs.get(index, message)  # the reason, not its consequence on the node
-    details = failure_details(
-        exit_code=outcome.exit_code, failure_code=outcome.failure_code, message=message, stderr_tail=tail
-    )
     ledger.results[index] = FileResult(
         file_entry(relpath, task_id=outcome.task_id, succeeded=False, error=details), succeeded=False
     )
-    if run.journal is not None:  # what a resumed run's summary entry is rebuilt from
-        await run.journal.record_file_failed(run.run_id, relpath, details)
     log.warning(
         "task.failed",
         task_id=outcome.task_id,
         file=relpath,
         exit_code=outcome.exit_code,
         failure_code=outcome.failure_code,
-        stderr_tail=tail,
+        stderr_tail=details["stderr_tail"],
     )

@@ -110,6 +110,7 @@ class RunLedger:
     """What the run has done so far: what it created, how long each stage took, each file's result."""
 
     stage_s: dict[str, float] = field(default_factory=dict)
+    first_task_s: float | None = None  # seconds from the run's start to its first task in the job
     job_created: bool = False
     job_is_new: bool = True  # False when a resumed run found its job still there
     results: dict[int, FileResult] = field(default_factory=dict)  # by input index
@@ -159,8 +160,8 @@ def new_run_context(
         units = naming.plan_work_units(
             [item.size_bytes for item in inputs],
             pool.planned_slots(),
-            command_chars=[naming.command_chars(item.relpath) for item in inputs],
             max_files_per_unit=max_files_per_task,
+            max_unit_bytes=settings.run.unit_target_bytes,
         )
         task_ids = [naming.task_id(unit_index) for unit_index in range(len(units))]
     return RunContext(
@@ -177,7 +178,7 @@ def new_run_context(
         started=started,
         job_id=naming.job_id(run_id),
         app_container=naming.app_container(prefix),
-        input_container=naming.input_container(prefix),
+        input_container=naming.input_container(prefix, run_id),
         output_container=naming.output_container(prefix, run_id),
         units=units,
         task_ids=task_ids,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -17,6 +18,7 @@ from orchestrator.azure.sas import DelegationKeyProvider
 from orchestrator.files import file_md5_hex, file_stat
 from orchestrator.run import renewal
 from orchestrator.run.context import RunContext, RunLedger
+from orchestrator.run.feeding import UnitFeeder
 from orchestrator.run.provisioning import provision
 from orchestrator.run.resume import pending_uploads, unsubmitted_task_ids
 
@@ -30,6 +32,7 @@ class Prepared:
     minter: staging.SasMinter
     staged: list[staging.StagedInput]  # by input index
     task_script_url: str | None  # set when each task must bring the node script along
+    added_early: frozenset[str] = frozenset()  # unit task ids added while the inputs were staged
 
 
 async def prepare(run: RunContext, ledger: RunLedger) -> Prepared:
@@ -49,37 +52,69 @@ async def prepare(run: RunContext, ledger: RunLedger) -> Prepared:
     await staging.ensure_containers(run.blobs, [run.input_container, run.output_container], run.retry)
     staged: list[staging.StagedInput] = []
     task_script_url: str | None = None
+    # A new run adds each unit's task as soon as its inputs are staged; a resumed one in SUBMITTING.
+    feeder = UnitFeeder(run, minter) if run.resume is None else None
 
     async def stage() -> None:
-        staged.extend(await _stage_inputs(run, ledger))
+        try:
+            staged.extend(await _stage_inputs(run, ledger, feeder.unit_staged if feeder else None))
+        finally:
+            if feeder is not None:
+                feeder.staging_done()
 
     async def provision_pool() -> None:
         nonlocal task_script_url
         # Until the run's SAS end (its deadline plus [run] sas_margin_s) nodes must get the script.
-        task_script_url = await provision(run, ledger, minter.expires_at)
+        task_script_url = await provision(
+            run, ledger, minter.expires_at, on_job_ready=feeder.job_ready if feeder else None
+        )
 
     async with anyio.create_task_group() as group:
         group.start_soon(stage)
         group.start_soon(provision_pool)
-    return Prepared(minter, staged, task_script_url)
+        if feeder is not None:
+            group.start_soon(feeder.run)
+    if feeder is not None and feeder.first_added_s is not None:
+        ledger.first_task_s = feeder.first_added_s
+    return Prepared(minter, staged, task_script_url, frozenset(feeder.added) if feeder else frozenset())
 
 
-async def _stage_inputs(run: RunContext, ledger: RunLedger) -> list[staging.StagedInput]:
-    """Upload the inputs a resumed run cannot keep (all, for a new run); the staged inputs by index."""
+async def _stage_inputs(
+    run: RunContext, ledger: RunLedger, on_unit_staged: UnitStaged | None = None
+) -> list[staging.StagedInput]:
+    """Upload the inputs a resumed run cannot keep (all, for a new run); the staged inputs by index.
+
+    The journal records a unit's uploads in one transaction once all its inputs are staged, and
+    `on_unit_staged` then hears of that unit (its task may be added at once).
+    """
     started = time.monotonic()
-    done = 0
+    kept = await _uploads_to_keep(run, ledger)
+    pending = [item for item in ledger.current_inputs(run.inputs) if item.relpath not in kept]
+    tracker = UnitTracker([item.relpath for item in run.inputs], run.units, kept)
+    done = len(kept)
 
-    async def uploaded(item: staging.StagedInput) -> None:
+    async def staged_one(item: staging.StagedInput) -> None:
         nonlocal done
         done += 1
-        if run.journal is not None:
-            await run.journal.record_upload(run.run_id, item.relpath, item.md5_hex, item.blob_name)
+        finished = tracker.settle(item)
+        if finished is not None:
+            unit_index, items = finished
+            if run.journal is not None:
+                # A kept upload is journalled already; an unreadable input has nothing in Storage.
+                uploads = [
+                    (staged.relpath, staged.md5_hex, staged.blob_name)
+                    for staged in items
+                    if staged.relpath not in kept and staged.unreadable is None
+                ]
+                await run.journal.record_uploads(run.run_id, uploads)
+            if on_unit_staged is not None:
+                await on_unit_staged(unit_index, items)
         if run.progress is not None:
             run.progress.update("staging", done, len(run.inputs))
 
-    kept = await _uploads_to_keep(run, ledger)
-    done = len(kept)
-    pending = [item for item in ledger.current_inputs(run.inputs) if item.relpath not in kept]
+    if on_unit_staged is not None:
+        for unit_index, items in tracker.already_staged():  # every input kept: ready at once
+            await on_unit_staged(unit_index, items)
     fresh = await staging.upload_inputs(
         run.blobs,
         run.input_container,
@@ -87,7 +122,7 @@ async def _stage_inputs(run: RunContext, ledger: RunLedger) -> list[staging.Stag
         pending,
         concurrency=run.settings.run.upload_concurrency,
         retry=run.retry,
-        on_uploaded=uploaded,
+        on_staged=staged_one,
     )
     by_relpath = {**kept, **{item.relpath: item for item in fresh}}
     for index, item in enumerate(run.inputs):
@@ -110,6 +145,52 @@ async def _stage_inputs(run: RunContext, ledger: RunLedger) -> list[staging.Stag
     ]
     ledger.stage_s["staging"] = round(time.monotonic() - started, 3)
     return staged
+
+
+# A unit whose inputs are all staged: its index and its inputs (run indexes), in unit order.
+UnitStaged = Callable[[int, list[staging.StagedInput]], Awaitable[None]]
+
+
+class UnitTracker:
+    """Which units have all their inputs staged, as uploads settle one by one (in any order)."""
+
+    def __init__(
+        self,
+        relpaths: Sequence[str],
+        work_units: Sequence[Sequence[int]],
+        kept: Mapping[str, staging.StagedInput],
+    ) -> None:
+        self._position = {relpath: index for index, relpath in enumerate(relpaths)}
+        self._unit_of: list[int] = [0] * len(relpaths)
+        self._units = work_units
+        self._staged: dict[int, dict[int, staging.StagedInput]] = {}
+        self._left: list[int] = []
+        for unit_index, unit in enumerate(work_units):
+            for index in unit:
+                self._unit_of[index] = unit_index
+                item = kept.get(relpaths[index])
+                if item is not None:
+                    self._staged.setdefault(unit_index, {})[index] = dataclasses.replace(item, index=index)
+            self._left.append(len(unit) - len(self._staged.get(unit_index, {})))
+
+    def already_staged(self) -> list[tuple[int, list[staging.StagedInput]]]:
+        """Units with nothing left to upload, and their inputs."""
+        ready = [unit_index for unit_index, left in enumerate(self._left) if left == 0]
+        return [(unit_index, self._take(unit_index)) for unit_index in ready]
+
+    def settle(self, item: staging.StagedInput) -> tuple[int, list[staging.StagedInput]] | None:
+        """Note one staged input; its unit and the unit's inputs once it is the unit's last."""
+        index = self._position[item.relpath]
+        unit_index = self._unit_of[index]
+        self._staged.setdefault(unit_index, {})[index] = dataclasses.replace(item, index=index)
+        self._left[unit_index] -= 1
+        if self._left[unit_index]:
+            return None
+        return unit_index, self._take(unit_index)
+
+    def _take(self, unit_index: int) -> list[staging.StagedInput]:
+        items = self._staged.pop(unit_index, {})
+        return [items[index] for index in self._units[unit_index]]
 
 
 async def _uploads_to_keep(run: RunContext, ledger: RunLedger) -> dict[str, staging.StagedInput]:

@@ -7,6 +7,7 @@ node script its start task brings). The job is created while the nodes boot, so 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from azure.batch.models import BatchJobConstraints, BatchJobCreateOptions, BatchPoolInfo
@@ -19,15 +20,23 @@ from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.settings import RunSettings
 
 
-async def provision(run: RunContext, ledger: RunLedger, needed_until: datetime) -> str | None:
+async def provision(
+    run: RunContext,
+    ledger: RunLedger,
+    needed_until: datetime,
+    on_job_ready: Callable[[str | None], None] | None = None,
+) -> str | None:
     """The pool's handle, this run's job, a usable node.
 
     `needed_until` is when the run's SAS end: a node that joins or reboots until then runs the start
-    task. Returns the node script's URL when each task must bring it along, else None.
+    task. Returns the node script's URL when each task must bring it along, else None;
+    `on_job_ready` hears the same as soon as the job exists (tasks may be added from then on).
     """
     started = time.monotonic()
     handle = await run.pool.ensure(needed_until)
     await _create_job(run, ledger, handle.pool_id)  # tasks may queue while the nodes boot
+    if on_job_ready is not None:
+        on_job_ready(handle.task_script_url)
     await run.pool.wait_usable()
     ledger.stage_s["provisioning"] = round(time.monotonic() - started, 3)
     return handle.task_script_url

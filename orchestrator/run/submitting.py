@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import structlog
-from azure.batch.models import (
-    AutoUserSpecification,
-    BatchJobUpdateOptions,
-    BatchTaskConstraints,
-    BatchTaskCreateOptions,
-    EnvironmentSetting,
-    ResourceFile,
-    UserIdentity,
-)
+from azure.batch.models import BatchJobUpdateOptions
 from azure.core.exceptions import HttpResponseError
 
-from orchestrator import naming
 from orchestrator.azure import submit
 from orchestrator.azure.retry import error_code_of, retry_call
 from orchestrator.run import renewal
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.run.preparing import Prepared
 from orchestrator.run.resume import unsubmitted_task_ids
+from orchestrator.run.unit_tasks import stage_manifests, task_of_unit
 
 log = structlog.get_logger()
 
@@ -37,7 +29,7 @@ async def submit_run_tasks(
 ) -> None:
     """Add the tasks not yet recorded as added (all, unless resumed), then let the job end with them."""
     started = time.monotonic()
-    unsubmitted = set(run.task_ids)
+    unsubmitted = set(run.task_ids) - prepared.added_early  # added while the inputs were staged
     old_sas_left = False
     superseded: tuple[str, ...] = ()
     if run.resume is not None:
@@ -49,10 +41,14 @@ async def submit_run_tasks(
             renewed = await renewal.renew_expiring_tasks(run, deadline_at)
             unsubmitted |= set(renewed.to_add)
             superseded, old_sas_left = renewed.superseded, renewed.old_sas_left
+    to_add = [unit_index for unit_index in range(len(run.units)) if run.task_ids[unit_index] in unsubmitted]
+    await stage_manifests(
+        run,
+        prepared.minter,
+        [(unit, [prepared.staged[index] for index in run.units[unit]]) for unit in to_add],
+    )
     tasks = [
-        task_of_unit(run, prepared, unit_index, unit)
-        for unit_index, unit in enumerate(run.units)
-        if run.task_ids[unit_index] in unsubmitted
+        task_of_unit(run, prepared.minter, prepared.task_script_url, unit_index) for unit_index in to_add
     ]
 
     async def added(task_ids: Sequence[str]) -> None:
@@ -91,52 +87,8 @@ async def submit_run_tasks(
     log.info(
         "tasks.submitted",
         job_id=run.job_id,
-        tasks=report.tasks_added,
+        tasks=report.tasks_added + len(prepared.added_early),
+        first_task_s=ledger.first_task_s,
         requests=report.requests,
         duration_s=duration,
-    )
-
-
-def task_of_unit(
-    run: RunContext, prepared: Prepared, unit_index: int, unit: Sequence[int]
-) -> BatchTaskCreateOptions:
-    """The task of one work unit: its inputs as resource files under safe names, one command."""
-    minter = prepared.minter
-    settings = run.settings.run
-    staged = [prepared.staged[index] for index in unit]
-    files = [(naming.node_input_path(item.index, item.relpath), item.relpath) for item in staged]
-    # An input that could not be uploaded has no blob: a resource file for it would fail the whole
-    # task before it starts, so the node is given the name alone and fails only that file.
-    resource_files = [
-        ResourceFile(http_url=minter.blob_read_url(run.input_container, item.blob_name), file_path=node_input)
-        for item, (node_input, _) in zip(staged, files, strict=True)
-        if item.unreadable is None
-    ]
-    script = naming.NODE_SCRIPT_PATH
-    if prepared.task_script_url is not None:
-        resource_files.append(
-            ResourceFile(http_url=prepared.task_script_url, file_path=naming.TASK_NODE_SCRIPT_PATH)
-        )
-        script = naming.TASK_NODE_SCRIPT_PATH
-    return BatchTaskCreateOptions(
-        id=run.batch_task_id(run.task_ids[unit_index]),
-        command_line=naming.task_command_line(
-            files,
-            top=settings.top,
-            tokenizer=settings.tokenizer,
-            python=run.settings.pool.node_python,
-            script=script,
-        ),
-        resource_files=resource_files,
-        environment_settings=[
-            EnvironmentSetting(
-                name=naming.OUTPUT_SAS_VARIABLE, value=minter.container_write_url(run.output_container)
-            )
-        ],
-        constraints=BatchTaskConstraints(
-            max_wall_clock_time=timedelta(seconds=settings.task_max_wall_clock_s),
-            retention_time=timedelta(seconds=settings.task_retention_s),
-            max_task_retry_count=settings.task_max_retries,
-        ),
-        user_identity=UserIdentity(auto_user=AutoUserSpecification(scope="pool", elevation_level="nonadmin")),
     )

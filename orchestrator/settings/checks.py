@@ -178,6 +178,7 @@ def _validate(settings: Settings) -> None:
         "run_timeout_s",
         "task_max_wall_clock_s",
         "max_files_per_task",
+        "unit_target_bytes",
         "submit_chunk_tasks",
     ):
         _positive(settings, "run", key, getattr(run, key))

@@ -100,7 +100,8 @@ class RunSettings:
     sas_margin_s: float = 3600.0
     delete_job: bool = True
     delete_run_blobs: bool = False
-    max_files_per_task: int = 64  # inputs packed into one task at most (1: one task per file)
+    max_files_per_task: int = 1000  # inputs packed into one task at most (1: one task per file)
+    unit_target_bytes: int = 64 * 1024 * 1024  # bytes packed into one task at most (a bigger file: alone)
     submit_chunk_tasks: int = 100  # tasks per add-collection request (the service's maximum)
 
 

@@ -83,12 +83,17 @@ def binary_bytes(size: int) -> bytes:
     return bytes(data)
 
 
-def counts_blob(storage: StorageEndpoint, run_id: str, relpath: str) -> dict[str, Any]:
-    """The node's counts document for one input, read back from the run's output container."""
+def result_entry(storage: StorageEndpoint, run_id: str, relpath: str) -> dict[str, Any]:
+    """The node's entry for one input in its unit's result blob, read back from the run's output container."""
     with BlobServiceClient.from_connection_string(storage.connection_string) as service:
-        blob = service.get_blob_client(naming.output_container("topn", run_id), naming.counts_name(relpath))
-        document: dict[str, Any] = json.loads(gzip.decompress(blob.download_blob().readall()))
-        return document
+        container = service.get_container_client(naming.output_container("topn", run_id))
+        for blob in container.list_blobs(name_starts_with="results/"):
+            document = json.loads(gzip.decompress(container.download_blob(blob.name).readall()))
+            for entry in document["files"]:
+                if entry["file"] == relpath:
+                    found: dict[str, Any] = entry
+                    return found
+    raise AssertionError(f"no result blob of run {run_id} mentions {relpath!r}")
 
 
 def all_files(folder: Path) -> dict[str, bytes]:
@@ -150,7 +155,7 @@ def test_awkward_files_and_names_give_correct_results_and_are_never_overwritten(
     assert files["empty.txt"]["words"] == 0 and files["empty.txt"]["top"] == []
     # The binary file: counted like text, its invalid bytes counted (read back from the node's blob).
     binary_text, binary_replaced = decoded["binary.bin"]
-    binary_counts = counts_blob(azurite, summary["run_id"], "binary.bin")
+    binary_counts = result_entry(azurite, summary["run_id"], "binary.bin")
     assert binary_replaced > 0 and binary_counts["invalid_bytes"] == binary_replaced
     assert files["binary.bin"]["words"] == len(words_tokens(binary_text))
     # 50 MiB without whitespace: cut into 1 MiB pieces, so memory stays bounded on the node.

@@ -28,6 +28,7 @@ from orchestrator.journal import Journal, RunRecord
 from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.e2e.fault_support import LiveRun, check_summary, job_tasks, run_topn_live, write_corpus
 from tests.e2e.run_cli import topn_environment
+from tests.task_units import task_input_blobs
 
 # Fields that differ between two runs of the same inputs without the results differing.
 RUN_SPECIFIC_TOTALS = frozenset({"duration_s", "stages_s", "requests", "job_id"})
@@ -129,7 +130,7 @@ async def assert_one_task_per_input(batch: BatchEndpoint, run_id: str, relpaths:
     """Through the Batch API: one task per input (one file each here), all succeeded, none twice."""
     tasks = await job_tasks(batch.endpoint, batch.account_name, batch.account_key, f"topn-{run_id}")
     assert len({task.id for task in tasks}) == len(tasks) == len(relpaths)
-    staged = sorted(resource.http_url.split("?", 1)[0] for task in tasks for resource in task.resource_files)
+    staged = sorted([blob for task in tasks for blob in await task_input_blobs(task)])
     assert len(staged) == len(set(staged)) == len(relpaths)
     assert {task.state for task in tasks} == {"completed"}
     assert {task.execution_info.result for task in tasks} == {"success"}
@@ -187,9 +188,13 @@ def count_after(count: int, matches: EventTrigger) -> EventTrigger:
 CRASH_POINTS: dict[str, tuple[str, Callable[[], EventTrigger]]] = {
     "STAGING": ("PREPARING", lambda: count_after(2, _input_upload)),
     "PROVISIONING": ("PREPARING", lambda: count_after(1, lambda event: event["event"] == "pool.ready")),
+    # A new run adds each unit's task as soon as its inputs are uploaded (still PREPARING); SUBMITTING
+    # then adds what is left and lets the job end with its tasks.
     "SUBMITTING": (
         "SUBMITTING",
-        lambda: count_after(1, lambda event: event["event"] == "tasks.chunk_added"),
+        lambda: count_after(
+            1, lambda event: event["event"] == "run.state_changed" and event["to_state"] == "SUBMITTING"
+        ),
     ),
     "RUNNING": ("RUNNING", lambda: count_after(1, lambda event: event["event"] == "output.downloaded")),
     "COLLECTING": (
@@ -246,8 +251,6 @@ async def test_a_run_killed_in_each_state_resumes_to_the_same_results(
     run_id = run_id_in(first)
     record = await load_record(tmp_path / ".topn", run_id)
     assert record.state == journal_state and not record.is_finished
-    if crash_point == "SUBMITTING":  # between add-task requests: some tasks added, not all
-        assert 0 < len(record.submitted_task_ids) < FILES
 
     second, _ = await run_until(["resume", run_id, "--json", "--log-level", "debug"], tmp_path, env, None)
     assert second.exit_code == 0, second.stderr[-3000:]
@@ -276,5 +279,51 @@ async def test_a_run_killed_in_each_state_resumes_to_the_same_results(
     assert per_input_counts(second.events(), "output.downloaded", "file") == {
         relpath: 1 for relpath in relpaths if relpath not in record.downloads
     }
+    final = await load_record(tmp_path / ".topn", run_id)
+    assert final.state == "SUCCEEDED" and set(final.downloads) == set(relpaths)
+
+
+OVERLAP_FILES = 40
+
+
+async def test_a_run_killed_while_uploads_and_submissions_overlap_resumes_to_exact_results(
+    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    """SIGKILL at the first add-task request, while later inputs are still uploading (issue 13, point 4)."""
+    texts = write_corpus(tmp_path / "in", OVERLAP_FILES, seed=29)
+    # Sorted last, so its unit is staged last: uploads go on well after the first tasks are added.
+    big = "zz/big.txt"
+    texts[big] = "tide " * (4 * 1024 * 1024)
+    (tmp_path / "in" / "zz").mkdir()
+    (tmp_path / "in" / big).write_text(texts[big], encoding="utf-8")
+    env = crash_environment(batch_emulator, azurite, tmp_path, TOPN_RUN_UPLOAD_CONCURRENCY="1")
+    first, killed = await run_until(
+        ["run", "in", "--out", "out", "--json", "--log-level", "debug"],
+        tmp_path,
+        env,
+        count_after(1, lambda event: event["event"] == "tasks.chunk_added"),
+    )
+    assert killed and first.exit_code == -9, (first.exit_code, first.stderr[-2000:])
+    run_id = run_id_in(first)
+    record = await load_record(tmp_path / ".topn", run_id)
+    # Killed in PREPARING with tasks in the job and inputs still to upload: the stages overlapped.
+    assert record.state == "PREPARING" and not record.is_finished
+    assert 0 < len(record.submitted_task_ids) < len(texts)
+    assert len(record.uploads) < len(texts)
+    # What the journal says was added is in the job, and each of those units' inputs is uploaded.
+    tasks = await job_tasks(
+        batch_emulator.endpoint, batch_emulator.account_name, batch_emulator.account_key, f"topn-{run_id}"
+    )
+    assert record.submitted_task_ids <= {task.id for task in tasks}
+    for task_id in record.submitted_task_ids:
+        assert {item.relpath for item in record.inputs_by_task[task_id]} <= set(record.uploads)
+
+    second, _ = await run_until(["resume", run_id, "--json", "--log-level", "debug"], tmp_path, env, None)
+    assert second.exit_code == 0, second.stderr[-3000:]
+    summary = second.summary()
+    assert check_summary(summary, texts) == []
+    relpaths = sorted(texts)
+    await assert_one_task_per_input(batch_emulator, run_id, relpaths)
+    assert_no_partial_files(tmp_path / "out", relpaths)
     final = await load_record(tmp_path / ".topn", run_id)
     assert final.state == "SUCCEEDED" and set(final.downloads) == set(relpaths)

@@ -14,14 +14,19 @@ the same scenarios are in bench/fault_runs.py.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from azure.batch import models
+from azure.batch.aio import BatchClient
+from azure.core.credentials import AzureNamedKeyCredential
 
 from orchestrator.local import processes as local
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
@@ -34,6 +39,7 @@ from tests.e2e.fault_support import (
 )
 from tests.e2e.run_cli import topn_environment
 from tests.secret_scan import find_secrets
+from tests.task_units import task_input_blobs
 
 # The emulator and Azurite fixtures live on the session's event loop; these tests run on it too.
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
@@ -73,7 +79,7 @@ async def assert_one_task_per_input(batch: BatchEndpoint, run_id: str, inputs: i
     tasks = await job_tasks(batch.endpoint, batch.account_name, batch.account_key, f"topn-{run_id}")
     assert 0 < len(tasks) <= inputs
     assert len({task.id for task in tasks}) == len(tasks)
-    staged_blobs = [resource.http_url.split("?", 1)[0] for task in tasks for resource in task.resource_files]
+    staged_blobs = [blob for task in tasks for blob in await task_input_blobs(task)]
     assert len(staged_blobs) == inputs  # no input given to two tasks (or twice to one), none left out
     assert len(set(staged_blobs)) == inputs
     assert {task.state for task in tasks} == {"completed"}
@@ -168,6 +174,30 @@ async def test_preempted_tasks_are_requeued_and_never_counted_as_failures(
     assert_results_folder_complete(tmp_path / "out", texts)
 
 
+async def hold_the_pool_slots(batch: BatchEndpoint, pool_id: str, release: Path, slots: int) -> None:
+    """Tasks of another job on the pool that run until `release` exists (all `slots` of its node)."""
+    credential = AzureNamedKeyCredential(batch.account_name, batch.account_key)
+    job_id = f"holder-{uuid.uuid4().hex[:8]}"
+    wait_loop = f"while [ ! -e {shlex.quote(str(release))} ]; do sleep 0.1; done"
+    async with BatchClient(batch.endpoint, credential) as client:
+        await client.create_job(
+            models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id))
+        )
+        for number in range(slots):
+            await client.create_task(
+                job_id,
+                models.BatchTaskCreateOptions(
+                    id=f"holder-{number}", command_line=f"/bin/sh -c {shlex.quote(wait_loop)}"
+                ),
+            )
+        with anyio.fail_after(60):
+            while True:
+                states = [task.state async for task in client.list_tasks(job_id)]
+                if states.count(models.BatchTaskState.RUNNING) == slots:
+                    return
+                await anyio.sleep(0.1)
+
+
 async def test_uploads_survive_azurite_restarting_on_the_same_data(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
@@ -193,6 +223,10 @@ async def test_uploads_survive_azurite_restarting_on_the_same_data(
         run_environment(batch, storage, tmp_path),
     )
     assert warmed.exit_code == 0, warmed.stderr[-3000:]
+    # Tasks are added while later inputs still upload: the pool's two slots are held by another
+    # job's tasks until Azurite is back, so the outage meets the uploads, not the tasks' starts.
+    release = tmp_path / "release-the-slots"
+    await hold_the_pool_slots(batch, f"faults-{tmp_path.name[-20:].replace('_', '-')}", release, slots=2)
     env = run_environment(
         batch,
         storage,
@@ -216,6 +250,7 @@ async def test_uploads_survive_azurite_restarting_on_the_same_data(
         await local.stop_service(first)
         await anyio.sleep(3)  # "a few seconds" down, well inside the retry deadline
         services.append(await local.start_azurite(location, logs, port=port))
+        release.touch()
 
     try:
         async with anyio.create_task_group() as group:
@@ -224,7 +259,10 @@ async def test_uploads_survive_azurite_restarting_on_the_same_data(
                 ["run", "in", "--out", "out", "--json", "--log-level", "debug"], tmp_path, env, on_event=watch
             )
             first_upload.set()  # a run that never uploaded must not leave the restarter waiting
+        if run.exit_code == 0:  # the tasks' manifests are read while Azurite still serves them
+            await assert_one_task_per_input(batch, run_id_of(run.events()), len(texts))
     finally:
+        release.touch()
         for service in services:
             await local.stop_service(service)
     assert len(services) == 2, "Azurite was never restarted"
@@ -241,7 +279,6 @@ async def test_uploads_survive_azurite_restarting_on_the_same_data(
         event for event in events if event["event"] == "blob.uploaded" and event["blob"].startswith("runs/")
     ]
     assert len(uploaded) == len(texts)  # each input staged once, none lost to the outage
-    await assert_one_task_per_input(batch, run_id_of(events), len(texts))
     assert_results_folder_complete(tmp_path / "out", texts)
 
 

@@ -5,7 +5,9 @@ through the Batch API (what the node really gets), and tried against the real Az
 
 * the output container SAS can create and write blobs but cannot read, list or delete them, and
   is useless on any other container;
-* an input's read SAS reads that one blob and nothing else, and cannot write or delete it;
+* a task's manifest SAS reads that one blob and nothing else, and cannot write or delete it;
+* the inputs' read SAS (in the manifests) reads the run's own input blobs, and cannot list, write
+  or delete them, nor read any other container;
 * the node script's SAS cannot replace the script;
 * an expired SAS, minted the way a run mints one, is refused;
 * no key, SAS signature or token appears in anything the run printed or wrote, nor in the
@@ -23,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import pytest_asyncio
@@ -32,11 +34,12 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
-from orchestrator.azure.sas import blob_url, container_url, mint_blob_read_sas, mint_container_write_sas
+from orchestrator.azure.sas import container_url, mint_container_read_sas, mint_container_write_sas
 from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.e2e.fault_support import run_topn_live
 from tests.e2e.run_cli import topn_environment
 from tests.secret_scan import find_secrets, texts_under
+from tests.task_units import manifest_url, task_manifest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -58,7 +61,9 @@ class FinishedRun:
     stdout: str
     stderr: str
     output_sas_url: str  # TOPN_OUTPUT_SAS_URL of a task: the output container with its SAS
-    input_sas_urls: list[str]  # every resource file URL of the run's tasks
+    manifest_sas_urls: list[str]  # every resource file URL of the run's tasks: their unit manifests
+    input_sas_urls: list[str]  # the container SAS URLs the manifests give for reading the inputs
+    input_blobs: list[str]  # the inputs' blob names, as the manifests give them
     node_script_sas_url: str  # the start task's resource file
     tasks: list[Any]
 
@@ -96,13 +101,16 @@ async def finished_run(
     }
     assert len(outputs) == 1, "every task of a run writes to the same output container"
     assert pool.start_task is not None and pool.start_task.resource_files
+    manifests = [await task_manifest(task) for task in tasks]
     yield FinishedRun(
         run_id=run_id,
         folder=folder,
         stdout=run.stdout,
         stderr=run.stderr,
         output_sas_url=outputs.pop(),
-        input_sas_urls=[str(resource.http_url) for task in tasks for resource in task.resource_files or []],
+        manifest_sas_urls=[manifest_url(task) for task in tasks],
+        input_sas_urls=sorted({str(url) for manifest in manifests for url in manifest["sources"]}),
+        input_blobs=[str(item["blob"]) for manifest in manifests for item in manifest["inputs"]],
         node_script_sas_url=str(pool.start_task.resource_files[0].http_url),
         tasks=tasks,
     )
@@ -171,29 +179,65 @@ async def test_the_output_sas_creates_and_writes_but_cannot_read_list_or_delete(
             assert (await status_of_failure(partial(elsewhere.upload_blob, "x.txt", b"x")))[0] == 403
 
 
-async def test_an_input_sas_reads_its_one_blob_and_cannot_write_or_delete(finished_run: FinishedRun) -> None:
-    assert len(finished_run.input_sas_urls) == len(TEXTS)
-    blob_paths = []
-    for url in finished_run.input_sas_urls:
+async def test_a_manifest_sas_reads_its_one_blob_and_cannot_write_or_delete(
+    finished_run: FinishedRun,
+) -> None:
+    assert len(finished_run.manifest_sas_urls) == len(finished_run.tasks) >= 2
+    for url in finished_run.manifest_sas_urls:
         fields = sas_fields(url)
         assert fields["sp"] == "r" and fields.get("sr") == "b"
         blob = BlobClient.from_blob_url(url, **NO_RETRIES)
         async with blob:
-            content = (await (await blob.download_blob()).readall()).decode("utf-8")
-            assert content in TEXTS.values()  # the URL-encoded name reached the right blob
+            assert b'"format":"topn.unit"' in await (await blob.download_blob()).readall()
             assert await status_of_failure(partial(blob.upload_blob, b"tampered", overwrite=True)) == (
                 403,
                 "AuthorizationPermissionMismatch",
             )
             assert (await status_of_failure(blob.delete_blob))[0] == 403
-        blob_paths.append(urlsplit(url).path)
-    # Each SAS names its own blob: swapped onto the other input, it is refused.
-    swapped = BlobClient.from_blob_url(with_path(finished_run.input_sas_urls[0], blob_paths[1]), **NO_RETRIES)
-    async with swapped:
-        assert (await status_of_failure(swapped.download_blob))[0] == 403
-    # The user's odd file name is percent-encoded in the URL and decodes back to the right blob name.
-    decoded = {unquote(path).split(f"/runs/{finished_run.run_id}/", 1)[1] for path in blob_paths}
-    assert decoded == set(TEXTS)
+    # Each SAS names its own manifest: swapped onto another one, or onto an input, it is refused.
+    first, second = finished_run.manifest_sas_urls[:2]
+    input_path = f"{urlsplit(finished_run.input_sas_urls[0]).path}/runs/{finished_run.run_id}/plain.txt"
+    for path in (urlsplit(second).path, input_path):
+        swapped = BlobClient.from_blob_url(with_path(first, path), **NO_RETRIES)
+        async with swapped:
+            assert (await status_of_failure(swapped.download_blob))[0] == 403
+
+
+async def test_the_input_sas_reads_the_runs_inputs_and_nothing_else(
+    finished_run: FinishedRun, azurite: StorageEndpoint
+) -> None:
+    # One container SAS for every unit: the run's own input container, which holds its inputs only.
+    assert len(finished_run.input_sas_urls) == 1
+    url = finished_run.input_sas_urls[0]
+    fields = sas_fields(url)
+    assert fields["sp"] == "r" and fields.get("sr") == "c"
+    input_container = f"{PREFIX}-in-{finished_run.run_id}"
+    assert urlsplit(url).path.endswith(f"/{input_container}")
+    assert sorted(finished_run.input_blobs) == sorted(f"runs/{finished_run.run_id}/{name}" for name in TEXTS)
+    container = ContainerClient.from_container_url(url, **NO_RETRIES)
+    async with container:
+        for name in finished_run.input_blobs:
+            # The odd file name travels as a blob name in the manifest and reaches the right blob.
+            content = (await (await container.download_blob(name)).readall()).decode("utf-8")
+            assert content == TEXTS[name.split(f"runs/{finished_run.run_id}/", 1)[1]]
+        first = finished_run.input_blobs[0]
+        overwrite = partial(container.upload_blob, first, b"x", overwrite=True)
+        assert (await status_of_failure(overwrite))[0] == 403
+        assert (await status_of_failure(partial(container.delete_blob, first)))[0] == 403
+
+        async def list_them() -> None:
+            _ = [blob async for blob in container.list_blobs()]
+
+        assert (await status_of_failure(list_them))[0] == 403
+    # Moved onto another container (the output container, the node script's), it reads nothing.
+    account = urlsplit(url).path.rsplit("/", 1)[0]
+    for other in (f"{PREFIX}-out-{finished_run.run_id}", f"{PREFIX}-app"):
+        async with ContainerClient.from_connection_string(azurite.connection_string, other) as owner:
+            names = [blob.name async for blob in owner.list_blobs()]
+        assert names, other
+        elsewhere = ContainerClient.from_container_url(with_path(url, f"{account}/{other}"), **NO_RETRIES)
+        async with elsewhere:
+            assert (await status_of_failure(partial(elsewhere.download_blob, names[0])))[0] == 403
 
 
 async def test_the_node_script_sas_cannot_replace_the_script(finished_run: FinishedRun) -> None:
@@ -207,7 +251,12 @@ async def test_the_node_script_sas_cannot_replace_the_script(finished_run: Finis
 async def test_the_run_sas_outlive_the_run_deadline(finished_run: FinishedRun) -> None:
     """No SAS can expire mid-run: every one lasts at least [run] run_timeout_s (1800 s in local.toml)."""
     must_last_until = datetime.now(UTC) + timedelta(seconds=1800) - timedelta(minutes=5)
-    urls = [finished_run.output_sas_url, finished_run.node_script_sas_url, *finished_run.input_sas_urls]
+    urls = [
+        finished_run.output_sas_url,
+        finished_run.node_script_sas_url,
+        *finished_run.manifest_sas_urls,
+        *finished_run.input_sas_urls,
+    ]
     for url in urls:
         expiry = datetime.fromisoformat(sas_fields(url)["se"].replace("Z", "+00:00"))
         assert expiry > must_last_until
@@ -216,20 +265,20 @@ async def test_the_run_sas_outlive_the_run_deadline(finished_run: FinishedRun) -
 async def test_an_expired_sas_is_refused(finished_run: FinishedRun, azurite: StorageEndpoint) -> None:
     """SAS minted exactly as a run mints them, but with a window that ended an hour ago."""
     start, expiry = datetime.now(UTC) - timedelta(hours=3), datetime.now(UTC) - timedelta(hours=1)
-    input_blob = unquote(urlsplit(finished_run.input_sas_urls[0]).path).split(f"/{PREFIX}-input/", 1)[1]
-    read_token = mint_blob_read_sas(
+    input_container = f"{PREFIX}-in-{finished_run.run_id}"
+    read_token = mint_container_read_sas(
         account_name=azurite.account_name,
-        container=f"{PREFIX}-input",
-        blob_name=input_blob,
+        container=input_container,
         start=start,
         expiry=expiry,
         account_key=azurite.account_key,
     )
-    expired_read = BlobClient.from_blob_url(
-        blob_url(azurite.endpoint, f"{PREFIX}-input", input_blob, read_token), **NO_RETRIES
+    expired_read = ContainerClient.from_container_url(
+        container_url(azurite.endpoint, input_container, read_token), **NO_RETRIES
     )
     async with expired_read:
-        assert (await status_of_failure(expired_read.download_blob))[0] == 403
+        read = partial(expired_read.download_blob, finished_run.input_blobs[0])
+        assert (await status_of_failure(read))[0] == 403
     output_container = f"{PREFIX}-out-{finished_run.run_id}"
     write_token = mint_container_write_sas(
         account_name=azurite.account_name,
@@ -253,6 +302,7 @@ async def test_no_key_signature_or_token_leaks_anywhere(
         for url in [
             finished_run.output_sas_url,
             finished_run.node_script_sas_url,
+            *finished_run.manifest_sas_urls,
             *finished_run.input_sas_urls,
         ]
     ]

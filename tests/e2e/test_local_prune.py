@@ -116,7 +116,7 @@ async def test_prune_removes_what_finished_runs_left_and_refuses_while_a_run_is_
     assert pruned.exit_code == 0, pruned.stderr
     lines = pruned.stdout.splitlines()
     assert f"deleted Azurite container topn-out-{run_id[1]}" in pruned.stdout
-    assert any(line.startswith(f"deleted Azurite inputs of run {run_id[1]} (2 blobs)") for line in lines)
+    assert f"deleted Azurite container topn-in-{run_id[1]}" in pruned.stdout
     reported = {line.split(": ", 1)[0]: printed_bytes(line) for line in lines}
     assert reported["removed emulator node folders of pool prune-pool (2 nodes)"] == pools_before
     # Azurite, started by prune to delete the blobs, rewrote its database files: close, not equal.
@@ -150,15 +150,18 @@ async def test_only_finished_runs_blobs_are_deleted(tmp_path: Path) -> None:
                 await inputs.upload_blob(f"runs/{run_id}/sub/y.txt", b"j" * size)
                 out = await client.create_container(f"topn-out-{run_id}")
                 await out.upload_blob("x_OUTPUT.txt", b"o" * (size + 1))
+                own_inputs = await client.create_container(f"topn-in-{run_id}")
+                await own_inputs.upload_blob(f"runs/{run_id}/z.txt", b"k" * (size + 2))
             removed = await delete_finished_runs_blobs(client, "topn", keep={"unfinished"})
             assert sorted((item.what, item.size_bytes, item.on_disk) for item in removed) == [
+                ("Azurite container topn-in-finished", 12, False),
                 ("Azurite container topn-out-finished", 11, False),
                 ("Azurite inputs of run finished (2 blobs)", 20, False),
             ]
             names = [blob.name async for blob in inputs.list_blobs()]
             assert names == ["runs/unfinished/sub/y.txt", "runs/unfinished/x.txt"]
             containers = sorted([container.name async for container in client.list_containers()])
-            assert containers == ["topn-app", "topn-input", "topn-out-unfinished"]
+            assert containers == ["topn-app", "topn-in-unfinished", "topn-input", "topn-out-unfinished"]
             assert await holds_only_the_bundle(client, "topn") is False
             await delete_finished_runs_blobs(client, "topn", keep=set())
             assert await holds_only_the_bundle(client, "topn") is True

@@ -21,6 +21,7 @@ from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
+from orchestrator import naming
 from orchestrator.journal import Journal, JournalInput
 from orchestrator.local import processes as local
 from orchestrator.results import claim_results_folder, write_summary
@@ -37,6 +38,7 @@ from tests.e2e.test_crash_resume import (
     run_id_in,
     run_until,
 )
+from tests.task_units import task_input_blobs, task_manifest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
@@ -127,12 +129,20 @@ async def test_a_job_that_finished_while_topn_was_down_is_collected_and_its_last
 async def test_a_failed_file_survives_a_crash_and_the_resumed_summary_equals_the_uninterrupted_one(
     start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
-    batch = await start_emulator(
-        ["--fault-task-fail-match", "text 0001_OUTPUT", "--fault-task-fail-exit-code", "7"]
-    )
     corpus = write_corpus(tmp_path / "corpus", FILES, seed=41)
     failing = "part1/text 0001.txt"
     assert failing in corpus
+    # One file per task (crash_environment), in sorted order: the emulator fails the task whose
+    # command line names that file's unit manifest.
+    failing_task = naming.task_id(sorted(corpus).index(failing))
+    batch = await start_emulator(
+        [
+            "--fault-task-fail-match",
+            naming.unit_manifest_file(failing_task),
+            "--fault-task-fail-exit-code",
+            "7",
+        ]
+    )
     summaries = []
     for name, trigger in (("whole", None), ("crashed", "task.failed")):
         root = tmp_path / name
@@ -402,17 +412,13 @@ async def test_unstarted_tasks_whose_sas_expired_are_re_added_with_fresh_sas_on_
     assert {task.state for task in tasks} == {"completed"}
     assert {task.execution_info.result for task in tasks} == {"success"}
     assert [task.execution_info.retry_count for task in tasks] == [0] * FILES
-    staged_inputs = sorted(
-        resource.http_url.split("?", 1)[0]
-        for task in tasks
-        for resource in task.resource_files
-        if "/topn-input/" in resource.http_url
-    )
+    staged_inputs = sorted([blob for task in tasks for blob in await task_input_blobs(task)])
     assert len(staged_inputs) == len(set(staged_inputs)) == FILES
     for task in tasks:
         urls = [resource.http_url for resource in task.resource_files]
         urls += [setting.value for setting in task.environment_settings if "sig=" in setting.value]
-        assert len(urls) >= 2  # at least one input and the output container
+        urls += (await task_manifest(task))["sources"]  # the inputs' read SAS
+        assert len(urls) >= 3  # the manifest, its inputs' container and the output container
         assert all(sas_expiry_of(url) > resume_started for url in urls), task.id
     async with BatchClient(batch_emulator.endpoint, credential) as client:
         job = await client.get_job(f"topn-{run_id}")

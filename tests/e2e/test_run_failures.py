@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import naming
 from tests.conftest import StartEmulator, StorageEndpoint
 from tests.e2e.run_cli import reference_top, run_topn, topn_environment
 
@@ -30,8 +31,16 @@ def write_texts(folder: Path) -> None:
 async def test_a_failed_task_gives_exit_1_and_a_summary_naming_the_file(
     start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
+    # Three files, one task each (at least four units per slot), in sorted order: the third task
+    # counts "zebra stripes.txt". The emulator fails the task whose command line names its manifest.
+    failing_task = naming.task_id(sorted(TEXTS).index("zebra stripes.txt"))
     batch = await start_emulator(
-        ["--fault-task-fail-match", "zebra stripes_OUTPUT", "--fault-task-fail-exit-code", "42"]
+        [
+            "--fault-task-fail-match",
+            naming.unit_manifest_file(failing_task),
+            "--fault-task-fail-exit-code",
+            "42",
+        ]
     )
     write_texts(tmp_path / "in")
     env = topn_environment(batch, azurite, tmp_path / ".topn", TOPN_RUN_TASK_MAX_RETRIES="1")
@@ -41,7 +50,7 @@ async def test_a_failed_task_gives_exit_1_and_a_summary_naming_the_file(
     assert summary["state"] == "FAILED"
     files = {entry["path"]: entry for entry in summary["files"]}
     failed = files["zebra stripes.txt"]
-    assert failed["status"] == "failed"
+    assert failed["status"] == "failed" and failed["task_id"] == failing_task
     assert failed["error"]["exit_code"] == 42
     # Batch's code for a task that exited non-zero (azure-batch-rest.md), not merely any text.
     assert failed["error"]["failure_code"] == "FailureExitCode"

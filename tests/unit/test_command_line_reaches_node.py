@@ -1,9 +1,10 @@
-"""Names pass from the orchestrator's command-line builder through `/bin/sh` to the node's parser intact.
+"""A unit's task reaches the node intact: its command line through `/bin/sh`, its names through the manifest.
 
-The builder (`naming.task_command_line`) and the parser (`node.cli.plan_from_args`) are the two ends
-of one contract: whatever an input is called (a leading `-`, `--`, `=`, quotes, `$`, backticks,
-Unicode), the node must receive exactly the names it was given, as values and never as options.
-A real `/bin/sh` runs the command line; a tiny script in place of the node prints the argv it got.
+The builders (`naming.task_command_line`, `run.units.build_manifest`) and the node's readers
+(`node.unit.plan_from_args`, `node.manifest.parse_manifest`) are the two ends of one contract:
+whatever an input is called (a leading `-`, `--`, `=`, quotes, `$`, backticks, Unicode), the node
+must receive exactly the names it was given, as data and never as options. A real `/bin/sh` runs
+the command line; a tiny script in place of the node prints the argv it got.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.cli import plan_from_args
+from node.manifest import parse_manifest
+from node.unit import plan_from_args as unit_plan_from_args
 from orchestrator import naming
 from orchestrator.errors import InputError
 from orchestrator.inputs import check_relpath
+from orchestrator.run.units import UnitEntry, build_manifest
 
 ARGV_PRINTER = "import json, sys; sys.stdout.write(json.dumps(sys.argv[1:]))"
 
@@ -68,32 +71,45 @@ def printer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _manifest_names(names: list[str]) -> list[tuple[str, str | None]]:
+    """The (relpath, output name) pairs the node reads from the manifest built for these inputs."""
+    data = build_manifest(
+        "t000003",
+        tokenizer="words",
+        top=7,
+        source_url=_SOURCE,
+        entries=[UnitEntry(name, naming.input_blob_name("r", name), 1) for name in names],
+    )
+    manifest = parse_manifest(data)
+    assert manifest.top == 7 and manifest.result_name == naming.unit_result_name("t000003")
+    blobs = [naming.input_blob_name("r", name) for name in names]
+    assert [unit_input.blob for unit_input in manifest.inputs] == blobs
+    return [(unit_input.relpath, unit_input.output_name) for unit_input in manifest.inputs]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(names=st.lists(_names.filter(_accepted_at_discovery), min_size=1, max_size=4, unique=True))
 def test_the_node_receives_exactly_the_names_it_was_given(names: list[str], printer: Path) -> None:
-    files = [(naming.node_input_path(index, name), name) for index, name in enumerate(names)]
-    command = naming.task_command_line(
-        files, top=7, tokenizer="words", python=sys.executable, script=str(printer)
-    )
+    command = naming.task_command_line("t000003", python=sys.executable, script=str(printer))
     argv = _argv_through_shell(command)
-    plan = plan_from_args([*argv, "--json"], environ={})
-    assert [job.filepath for job in plan.jobs] == [node_input for node_input, _ in files]
-    assert [job.output_name for job in plan.jobs] == [naming.output_name(name) for name in names]
-    assert [job.counts_name for job in plan.jobs] == [naming.counts_name(name) for name in names]
-    assert plan.top == 7
+    assert argv[0] == "unit"
+    plan = unit_plan_from_args(argv[1:], environ={"TOPN_OUTPUT_SAS_URL": _SAS})
+    assert plan.manifest_location == naming.unit_manifest_file("t000003")
+    assert _manifest_names(names) == [(name, naming.output_name(name)) for name in names]
 
 
-def test_a_name_that_looks_like_an_option_is_a_value(printer: Path) -> None:
+def test_a_name_that_looks_like_an_option_is_a_value() -> None:
     names = ["-a.txt", "--", "--json"]
-    files = [(naming.node_input_path(index, name), name) for index, name in enumerate(names)]
-    command = naming.task_command_line(
-        files, top=3, tokenizer="words", python=sys.executable, script=str(printer)
-    )
-    plan = plan_from_args(_argv_through_shell(command), environ={"TOPN_OUTPUT_SAS_URL": _SAS})
-    assert [job.output_name for job in plan.jobs] == ["-a_OUTPUT.txt", "--_OUTPUT", "--json_OUTPUT"]
-    assert plan.destination is not None  # `--json` as a name did not switch the node to printing
+    assert _manifest_names(names) == [
+        ("-a.txt", "-a_OUTPUT.txt"),
+        ("--", "--_OUTPUT"),
+        ("--json", "--json_OUTPUT"),
+    ]
 
 
+_SOURCE = (
+    "http://127.0.0.1:10000/devstoreaccount1/in?sv=2023-11-03&sr=c&sp=r&se=2099-01-01T00%3A00%3A00Z&sig=abc"
+)
 _SAS = (
     "http://127.0.0.1:10000/devstoreaccount1/out?sv=2023-11-03&sr=c&sp=cw&se=2099-01-01T00%3A00%3A00Z&sig=abc"
 )

@@ -12,7 +12,8 @@ from urllib.parse import quote
 
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-from tests.secret_scan import find_secrets
+from orchestrator.run.units import UnitEntry, build_manifest
+from tests.secret_scan import find_secrets, without_manifests
 
 # A made-up account key (not any real account's), in the portal's base64 form with '+', '/' and '='.
 KEY = base64.b64encode(bytes(range(250, 256)) + b"made-up key for the scanner test" + b"\xfb\xff").decode()
@@ -68,3 +69,21 @@ def test_a_bearer_token_is_found() -> None:
     token = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2JhdGNoIn0.c2lnbmF0dXJlLXBhcnQ"
     found = find_secrets([("log", f"Authorization: Bearer {token}")], [])
     assert found == ["log: contains a bearer token"]
+
+
+def test_only_whole_unit_manifests_are_taken_out_before_a_scan() -> None:
+    """A manifest carries its node's input SAS by design; the same SAS anywhere else is still a leak."""
+    source = f"http://127.0.0.1:10000/scanacct/topn-in-r?{real_sas_query()}"
+    manifest = build_manifest(
+        "t000001",
+        tokenizer="words",
+        top=3,
+        source_url=source,
+        entries=[UnitEntry("a.txt", "runs/r/a.txt", 1)],
+    ).decode()
+    # As Azurite stores blobs: several side by side in one data file, with bytes in between.
+    stored = f"\x00\x01{manifest}\x00junk\x00{manifest}\x00"
+    assert find_secrets([("manifest", manifest)], [KEY]) != []  # the scanner sees the SAS in it
+    assert find_secrets([("stored", without_manifests(stored))], [KEY]) == []
+    leaked = f"{manifest}\x00an event: {source}\x00"
+    assert find_secrets([("leaked", without_manifests(leaked))], [KEY]) != []

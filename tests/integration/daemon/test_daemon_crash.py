@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anyio
@@ -31,6 +31,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.run_cli import topn_environment
 from tests.integration.daemon.support import FAST_DAEMON, files_under
+from tests.task_units import task_input_relpaths
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -106,15 +107,15 @@ async def wait_ready(child: DaemonChild) -> float:
 
 
 async def batch_tasks(batch: BatchEndpoint) -> Counter[str]:
-    """How many tasks every job of the emulator holds for each input file (from task command lines)."""
+    """How many tasks every job of the emulator holds for each input file (from the tasks' manifests)."""
     credential = AzureNamedKeyCredential(batch.account_name, batch.account_key)
     per_file: Counter[str] = Counter()
     async with BatchClient(batch.endpoint, credential) as client:
         async for job in client.list_jobs():
             async for task in client.list_tasks(str(job.id)):
-                for resource in task.resource_files or []:
-                    if resource.http_url and "/f0" in resource.http_url:
-                        per_file[resource.http_url.split("?")[0].rsplit("/", 1)[1]] += 1
+                for relpath in await task_input_relpaths(task):  # read from the task's manifest
+                    if PurePosixPath(relpath).name.startswith("f0"):
+                        per_file[PurePosixPath(relpath).name] += 1
     return per_file
 
 

@@ -32,6 +32,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from azure.core.exceptions import ResourceNotFoundError
 
+from orchestrator import naming
 from orchestrator.journal import Journal, JournalInput, RunRecord
 from orchestrator.run.resume import unsubmitted_task_ids
 from orchestrator.service.status import describe_run
@@ -455,7 +456,9 @@ async def _load_after_crash(journal_file: Path, run_id: str) -> RunRecord:
 async def _check_never_ahead(record: RunRecord, clients: Any) -> None:
     """Every upload, task and completion the journal records is true of Azurite and the emulator."""
     for relpath, upload in record.uploads.items():
-        blob = clients.blob_service.get_blob_client("topn-input", upload.blob_name)
+        blob = clients.blob_service.get_blob_client(
+            naming.input_container("topn", record.run_id), upload.blob_name
+        )
         stored = await (await blob.download_blob()).readall()
         item = next(item for item in record.inputs if item.relpath == relpath)
         local_md5 = _md5_of_file(Path(item.path))

@@ -43,11 +43,11 @@ class FullDisk:
         self.refused: list[Path] = []
         self._real = results.write_atomic
 
-    def __call__(self, path: Path, data: bytes) -> None:
+    def __call__(self, path: Path, data: bytes, **options: Any) -> None:
         if self.full and self.matches in path.name:
             self.refused.append(path)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        self._real(path, data)
+        self._real(path, data, **options)
 
 
 async def _run(tmp_path: Path, settings: Any, resume_id: str | None) -> dict[str, Any]:
@@ -137,8 +137,8 @@ async def test_a_results_folder_removed_during_the_run_is_not_silently_made_agai
     real_write = results.write_atomic
     removed: list[Path] = []
 
-    def remove_after_first_result(path: Path, data: bytes) -> None:
-        real_write(path, data)
+    def remove_after_first_result(path: Path, data: bytes, **options: Any) -> None:
+        real_write(path, data, **options)
         if "_OUTPUT" in path.name and not removed:  # the user removes the folder after one result
             removed.append(path)
             shutil.rmtree(tmp_path / "out")

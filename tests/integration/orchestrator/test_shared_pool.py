@@ -125,8 +125,12 @@ async def test_two_runs_at_once_share_one_pool_renewal_and_each_counts_only_its_
         assert completed["batch_requests"] == sum(on_its_job.values()) + 1
         # The pool is the keeper's: no run counts a pool request as its own.
         assert not {"create_pool", "update_pool", "list_nodes", "get_pool"} & set(counted)
-        # Storage: one upload per input of this run, none of the other's.
-        assert summary["totals"]["requests"]["storage"]["upload_blob"] == len(files)
+        # Storage: one upload per input of this run and one manifest per task, none of the other's;
+        # one result blob read per task.
+        tasks = len({entry["task_id"] for entry in summary["files"]})
+        storage = summary["totals"]["requests"]["storage"]
+        assert storage["upload_blob"] == len(files) + tasks
+        assert storage["download_blob"] == tasks
 
 
 async def test_a_run_that_fails_never_deletes_the_pool_another_run_uses(

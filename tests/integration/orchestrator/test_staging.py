@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -56,7 +54,7 @@ async def test_inputs_are_uploaded_under_their_relative_paths_and_skipped_when_u
     make_tree(tmp_path / "t")
     inputs = discover_inputs([tmp_path / "t"])
     run_id = naming.new_run_id()
-    container = naming.input_container("topnstage")
+    container = naming.input_container("topnstage", run_id)
     await staging.ensure_containers(blob_service, [container, container], FAST_RETRY)
     recorded: list[str] = []
 
@@ -125,6 +123,21 @@ async def test_sas_urls_grant_exactly_their_scope(
         with pytest.raises(HttpResponseError) as refused:
             await reader.upload_blob(b"overwrite", overwrite=True)
         assert refused.value.status_code == 403
+
+    # The inputs' container SAS of a unit manifest: reads blobs by name, lists, writes and deletes nothing.
+    source_url = minter.container_read_url(in_container)
+    async with ContainerClient.from_container_url(source_url, retry_total=0) as source:
+        assert await (await source.download_blob("runs/r/a b#.txt")).readall() == b"secret text"
+        for refused_call in (
+            lambda: source.upload_blob("runs/r/a b#.txt", b"overwrite", overwrite=True),
+            lambda: source.delete_blob("runs/r/a b#.txt"),
+        ):
+            with pytest.raises(HttpResponseError) as refused:
+                await refused_call()
+            assert refused.value.status_code == 403
+        with pytest.raises(HttpResponseError) as cannot_list:
+            _ = [b async for b in source.list_blobs()]
+        assert cannot_list.value.status_code == 403
 
     write_url = minter.container_write_url(out_container)
     async with ContainerClient.from_container_url(write_url, retry_total=0) as writer:
@@ -274,15 +287,6 @@ async def test_a_file_that_keeps_changing_is_reported_and_leaves_no_blob(
 # --- output blobs whose names would leave the results folder --------------------------------------
 
 
-def counts_document(words: list[str]) -> bytes:
-    counts: dict[str, int] = {}
-    for word in words:
-        counts[word] = counts.get(word, 0) + 1
-    document = {"format": "topn.counts", "version": 1, "file": "x", "tokenizer": "words"}
-    document |= {"words": len(words), "invalid_bytes": 0, "counts": [[w, c] for w, c in counts.items()]}
-    return gzip.compress(json.dumps(document).encode())
-
-
 async def plant_blob_as_a_node_could(
     storage: StorageEndpoint, container: str, name: str, data: bytes
 ) -> None:
@@ -313,24 +317,29 @@ async def test_output_blobs_named_to_escape_are_never_written_outside_the_result
     await staging.ensure_containers(blob_service, [container], FAST_RETRY)
     planted = {
         "a_OUTPUT.txt": b"Word\tCount\n",
-        "counts/a.txt.counts.json.gz": counts_document(["tide", "tide", "gull"]),
+        naming.unit_result_name("t000000"): b"result bytes",
         # What a rogue or buggy node holding the run's write SAS could leave next to the real outputs:
         "../escape_OUTPUT.txt": b"rogue",
-        "counts/../../escape.txt.counts.json.gz": counts_document(["rogue"]),
         "/abs_OUTPUT.txt": b"rogue",
     }
     for name, data in planted.items():
         await plant_blob_as_a_node_could(azurite, container, name, data)
     stored = [blob.name async for blob in blob_service.get_container_client(container).list_blobs()]
-    assert "../escape_OUTPUT.txt" in stored and "counts/../../escape.txt.counts.json.gz" in stored
+    assert "../escape_OUTPUT.txt" in stored
     out_dir = tmp_path / "work" / "out"
     out_dir.mkdir(parents=True)
 
-    saved = await collect.download_outputs(blob_service, container, "a.txt", out_dir, FAST_RETRY)
-    assert saved.local_path == out_dir / "a_OUTPUT.txt" and saved.counts.counts == [("tide", 2), ("gull", 1)]
-    for relpath in ["../escape.txt", "..\\escape.txt", "/abs.txt", "C:escape.txt"]:
-        with pytest.raises(naming.UnsafeNameError):
-            await collect.download_outputs(blob_service, container, relpath, out_dir, FAST_RETRY)
+    # A unit's result is one blob; a task that left none is told apart from a failed download.
+    assert await collect.read_unit_result(blob_service, container, "t000000", FAST_RETRY) == b"result bytes"
+    assert await collect.read_unit_result(blob_service, container, "t000001", FAST_RETRY) is None
+    # Outputs are written under names derived from the run's own inputs; an escaping one is refused.
+    saved = await anyio.to_thread.run_sync(
+        collect.save_outputs,
+        out_dir,
+        [("a_OUTPUT.txt", b"fine"), ("../escape_OUTPUT.txt", b"rogue"), ("/abs_OUTPUT.txt", b"rogue")],
+    )
+    assert saved[0] == out_dir / "a_OUTPUT.txt" and saved[0].read_bytes() == b"fine"
+    assert all(isinstance(reason, str) and "not saved" in reason for reason in saved[1:]), saved
     # Every stored blob mapped to a local path the way results are: each escaping one is refused.
     refused = []
     for name in stored:
@@ -348,21 +357,13 @@ def files_outside(root: Path, folder: Path) -> list[Path]:
     return [path for path in root.rglob("*") if path.is_file() and not path.is_relative_to(folder)]
 
 
-async def test_a_symlink_in_the_results_folder_cannot_carry_an_output_outside(
-    blob_service: BlobServiceClient, azurite: StorageEndpoint, tmp_path: Path
-) -> None:
-    container = naming.output_container("topnlink", naming.new_run_id())
-    await staging.ensure_containers(blob_service, [container], FAST_RETRY)
-    await plant_blob_as_a_node_could(azurite, container, "sub/a_OUTPUT.txt", b"Word\tCount\n")
-    await plant_blob_as_a_node_could(
-        azurite, container, "counts/sub/a.txt.counts.json.gz", counts_document(["x"])
-    )
+async def test_a_symlink_in_the_results_folder_cannot_carry_an_output_outside(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     (out_dir / "sub").symlink_to(elsewhere, target_is_directory=True)
 
-    with pytest.raises(collect.OutputUnusableError, match="outside the results folder"):
-        await collect.download_outputs(blob_service, container, "sub/a.txt", out_dir, FAST_RETRY)
+    saved = await anyio.to_thread.run_sync(collect.save_outputs, out_dir, [("sub/a_OUTPUT.txt", b"x")])
+    assert len(saved) == 1 and isinstance(saved[0], str) and "outside the results folder" in saved[0]
     assert list(elsewhere.iterdir()) == []

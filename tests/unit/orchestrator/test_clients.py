@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
+import certifi
 import pytest
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -16,6 +18,7 @@ from azure.core.exceptions import (
 from orchestrator.azure.clients import (
     BATCH,
     STORAGE,
+    CountingTransport,
     RequestCounter,
     _translate_check_error,
     batch_operation,
@@ -223,3 +226,13 @@ async def test_entra_id_without_an_identity_is_a_credential_error_before_any_req
     assert "az login" in str(raised.value) and "'topnlocal'" in str(raised.value)
     assert identity.scopes and identity.scopes[0][0].startswith("https://batch.core.windows.net")
     assert identity.closed  # the stack closed the credential
+
+
+def test_the_ssl_context_for_a_ca_file_is_built_once_not_per_request() -> None:
+    """azure-core re-reads the CA bundle for every request given one; the counting transport keeps one."""
+    transport = CountingTransport(RequestCounter(), "storage", account_in_path=True)
+    first = transport._build_ssl_config(None, certifi.where())
+    assert isinstance(first, ssl.SSLContext) and first.verify_mode == ssl.CERT_REQUIRED
+    assert first.cert_store_stats()["x509_ca"] > 0  # the CA file's certificates are in it
+    assert transport._build_ssl_config(None, certifi.where()) is first
+    assert transport._build_ssl_config(None, True) is True  # no CA file: aiohttp's default, as before

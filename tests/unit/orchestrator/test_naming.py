@@ -29,9 +29,14 @@ def test_run_id_refuses_a_bad_suffix() -> None:
         naming.new_run_id(random_hex="xyz")
 
 
-def test_output_container_is_a_valid_container_name() -> None:
+def test_the_run_containers_are_valid_container_names_of_their_own() -> None:
     run_id = naming.new_run_id()
-    assert CONTAINER_NAME.match(naming.output_container("topn", run_id))
+    longest_prefix = "p" * 35  # [storage] container_prefix allows 2-35 characters
+    for prefix in ("topn", longest_prefix):
+        assert CONTAINER_NAME.match(naming.output_container(prefix, run_id))
+        assert CONTAINER_NAME.match(naming.input_container(prefix, run_id))
+    other_run = naming.new_run_id(random_hex="000000")
+    assert naming.input_container("topn", run_id) != naming.input_container("topn", other_run)
 
 
 def test_ids_and_blob_names() -> None:
@@ -57,12 +62,6 @@ def test_output_name_keeps_the_folders(relpath: str, expected: str) -> None:
     assert naming.output_name(relpath) == expected
 
 
-def test_node_input_path_never_carries_user_text_to_the_node() -> None:
-    assert naming.node_input_path(1, "a/b.txt") == "in/000001.txt"
-    assert naming.node_input_path(2, "a/b.t$x") == "in/000002"
-    assert naming.node_input_path(3, "noext") == "in/000003"
-
-
 relpaths = st.lists(
     st.text(
         alphabet=st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters="/\\"),
@@ -76,44 +75,24 @@ relpaths = st.lists(
 relpaths = relpaths.filter(lambda relpath: re.match(r"[A-Za-z]:", relpath) is None)
 
 
-def _values(words: list[str], flag: str) -> list[str]:
-    """The values of every `--flag=value` word, in order."""
-    return [word.partition("=")[2] for word in words if word.startswith(flag + "=")]
-
-
-@given(relpath=relpaths)
-def test_task_command_line_round_trips_through_two_shells(relpath: str) -> None:
-    command = naming.task_command_line([("in/000001.txt", relpath)], top=5, tokenizer="words")
+def test_task_command_line_names_the_unit_manifest_and_nothing_user_named() -> None:
+    command = naming.task_command_line("t000042")
     outer = shlex.split(command)
     assert outer[:2] == ["/bin/sh", "-c"] and len(outer) == 3
     inner = shlex.split(outer[2])
-    assert _values(inner, "--output-name") == [naming.output_name(relpath)]
-    assert _values(inner, "--counts-name") == [naming.counts_name(relpath)]
-    assert "--output-container-url" not in inner and "TOPN_OUTPUT_SAS_URL" not in command
-    assert inner[2] == "$AZ_BATCH_NODE_SHARED_DIR/node.pyz"
+    script = "$AZ_BATCH_NODE_SHARED_DIR/node.pyz"
+    assert inner == ["exec", "python3", script, "unit", "--manifest=unit-t000042.json"]
+    assert naming.unit_manifest_file("t000042") == "unit-t000042.json"
+    assert "TOPN_OUTPUT_SAS_URL" not in command
 
 
-@given(relpath=relpaths)
-def test_output_names_of_distinct_inputs_are_distinct_from_counts(relpath: str) -> None:
-    assert naming.output_name(relpath) != naming.counts_name(relpath)
-    assert naming.counts_name(relpath).startswith("counts/")
-
-
-def test_a_unit_of_several_files_passes_the_names_in_the_same_order() -> None:
-    files = [("in/000000.txt", "a b.txt"), ("in/000001", "x/it's")]
-    inner = shlex.split(shlex.split(naming.task_command_line(files, top=3, tokenizer="tutorial"))[2])
-    assert _values(inner, "--filepath") == [
-        "in/000000.txt",
-        "in/000001",
-    ]
-    assert _values(inner, "--output-name") == [
-        "a b_OUTPUT.txt",
-        "x/it's_OUTPUT",
-    ]
-    assert _values(inner, "--counts-name") == [
-        "counts/a b.txt.counts.json.gz",
-        "counts/x/it's.counts.json.gz",
-    ]
+@given(relpath=relpaths, task_index=st.integers(0, 999_999))
+def test_no_output_name_is_a_unit_result_or_manifest_name(relpath: str, task_index: int) -> None:
+    task_id = naming.task_id(task_index)
+    assert naming.output_name(relpath) != naming.unit_result_name(task_id)
+    assert naming.unit_result_name(task_id).startswith("results/")
+    # Manifests share the input container with the inputs, whose blobs are all under `runs/`.
+    assert not naming.unit_manifest_blob(task_id).startswith("runs/")
 
 
 @given(
@@ -121,6 +100,7 @@ def test_a_unit_of_several_files_passes_the_names_in_the_same_order() -> None:
     slots=st.integers(1, 16),
 )
 def test_work_units_cover_inputs_in_order_within_limits(sizes: list[int], slots: int) -> None:
+    """Units are sized by count and bytes only: no command line limits them any more."""
     units = naming.plan_work_units(sizes, slots, max_files_per_unit=64, max_unit_bytes=16 * 1024 * 1024)
     assert [index for unit in units for index in unit] == list(range(len(sizes)))
     for unit in units:
@@ -135,31 +115,18 @@ def test_many_small_files_share_tasks_but_keep_every_slot_busy() -> None:
     assert len(units) == 16 and {len(unit) for unit in units} <= {63, 55}
 
 
+def test_a_unit_of_many_small_files_is_one_task_whatever_their_names() -> None:
+    units = naming.plan_work_units([10] * 5000, slots=1, max_files_per_unit=1000)
+    assert [len(unit) for unit in units] == [1000] * 5
+
+
 def test_the_node_python_may_live_under_a_batch_variable() -> None:
     venv = "$AZ_BATCH_NODE_SHARED_DIR/topn-venv/bin/python"
-    command = naming.task_command_line([("in/000000", "a")], top=1, tokenizer="words", python=venv)
+    command = naming.task_command_line("t000000", python=venv)
     inner = shlex.split(command)[2]
     assert inner.startswith(f'exec "{venv}" ')  # double quotes: the shell expands the variable
     assert naming.interpreter_word("python3") == "python3"
     assert naming.interpreter_word("$(rm -rf ~)") == "'$(rm -rf ~)'"  # anything else stays literal
-
-
-@given(
-    relpaths=st.lists(
-        st.lists(st.text(alphabet="abé #%", min_size=1, max_size=60), min_size=1, max_size=5).map("/".join),
-        min_size=1,
-        max_size=200,
-    ),
-    slots=st.integers(1, 4),
-)
-def test_several_file_units_keep_their_command_line_under_the_limit(relpaths: list[str], slots: int) -> None:
-    chars = [naming.command_chars(relpath) for relpath in relpaths]
-    units = naming.plan_work_units([10] * len(relpaths), slots, command_chars=chars)
-    for unit in units:
-        if len(unit) > 1:
-            files = [(naming.node_input_path(i, relpaths[i]), relpaths[i]) for i in unit]
-            command = naming.task_command_line(files, top=10, tokenizer="tutorial")
-            assert len(command) <= naming.MAX_COMMAND_CHARS + 200
 
 
 # --- names that must never leave their folder -------------------------------------------------------
@@ -188,8 +155,6 @@ def test_names_that_could_leave_their_folder_are_refused(name: str) -> None:
         naming.check_relative_name(name)
     with pytest.raises(naming.UnsafeNameError):
         naming.output_name(name)
-    with pytest.raises(naming.UnsafeNameError):
-        naming.counts_name(name)
 
 
 @pytest.mark.parametrize(
@@ -210,9 +175,8 @@ def test_an_accepted_name_always_stays_below_its_folder(name: str) -> None:
         parts = joined.parts
         assert parts[:2] in (("/", "out"), ("D:\\", "out"))
         assert ".." not in parts and len(parts) > 2
-    # The derived names are accepted too, so results and counts land inside the folder as well.
+    # The derived name is accepted too, so results land inside the folder as well.
     naming.check_relative_name(naming.output_name(name))
-    naming.check_relative_name(naming.counts_name(name))
 
 
 @given(

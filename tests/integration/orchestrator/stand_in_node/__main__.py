@@ -1,7 +1,9 @@
-"""A minimal stand-in for node.pyz, speaking the node's documented command line and blob contract.
+"""A minimal stand-in for node.pyz, speaking the node's documented work-unit contract (docs/contracts.md).
 
 Integration tests of the pipeline use it so they test the orchestrator, not the node (the e2e tests
-run the real node). It counts `words`-tokenizer words and writes the `_OUTPUT` and counts blobs.
+run the real node). `unit --manifest FILE` reads the `topn.unit` manifest, reads each input blob
+through the manifest's container SAS, counts `words`-tokenizer words and writes each `_OUTPUT` blob
+and the unit's `topn.result` blob, written here from the documented format (not node/result.py).
 """
 
 import argparse
@@ -15,7 +17,10 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
+
+IDENTITY_VARIABLES = ("AZ_BATCH_NODE_ID", "AZ_BATCH_TASK_ID", "AZ_BATCH_JOB_ID", "AZ_BATCH_POOL_ID")
 
 
 def variant() -> str:
@@ -32,56 +37,75 @@ def main() -> int:
         # The real-Azure start task's check (the default outside local mode): this interpreter runs it.
         print("stand-in node: this interpreter can run the bundle")
         return 0
+    if sys.argv[1:] == ["--help"]:  # the local start task's check
+        print("stand-in node: unit --manifest FILE")
+        return 0
+    if sys.argv[1:2] != ["unit"]:
+        print(f"stand-in node: expected `unit --manifest FILE`, got {sys.argv[1:2]}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser()
-    parser.add_argument("--filepath", action="append", required=True)
-    parser.add_argument("--top", type=int, default=10)
-    parser.add_argument("--tokenizer", default="words")
-    parser.add_argument("--output-container-url", default=os.environ.get("TOPN_OUTPUT_SAS_URL"))
-    parser.add_argument("--output-name", action="append", required=True)
-    parser.add_argument("--counts-name", action="append", required=True)
-    args = parser.parse_args()
-    container = ContainerClient.from_container_url(args.output_container_url)
+    parser.add_argument("--manifest", required=True)
+    args = parser.parse_args(sys.argv[2:])
+    manifest = json.loads(Path(args.manifest).read_text(encoding="utf-8"))
+    assert manifest["format"] == "topn.unit" and manifest["version"] == 1, manifest.get("format")
+    output = ContainerClient.from_container_url(os.environ["TOPN_OUTPUT_SAS_URL"])
+    sources = [ContainerClient.from_container_url(url) for url in manifest["sources"]]
+    identity = {name: os.environ[name] for name in IDENTITY_VARIABLES if name in os.environ}
+    identity["AZ_BATCH_NODE_ID"] = variant()  # which build of the script ran, for the tests
     status = 0
-    for filepath, output_name, counts_name in zip(
-        args.filepath, args.output_name, args.counts_name, strict=True
-    ):
+    files = []
+    for index, unit_input in enumerate(manifest["inputs"]):
+        entry = {"index": index, "file": unit_input["relpath"], "output_name": unit_input["output_name"]}
+        entry["range"] = None
         try:
-            text = Path(filepath).read_text(encoding="utf-8", errors="replace")
-        except OSError as error:  # as the node does: this input fails, the others go on (exit 2)
-            print(f"stand-in node: cannot read input {filepath!r}: {error.strerror}", file=sys.stderr)
+            data = sources[unit_input["source"]].download_blob(unit_input["blob"]).readall()
+        except ResourceNotFoundError:  # as the node does: this input fails, the others go on (exit 2)
+            message = f"stand-in node: no blob {unit_input['blob']!r}"
+            print(message, file=sys.stderr)
+            files.append({**entry, "status": "failed", "error": {"kind": "not_found", "message": message}})
             status = max(status, 2)
             continue
+        text = data.decode("utf-8", errors="replace")
         if "SLEEP-THIS-FILE" in text:
             time.sleep(600)  # a task still running when the run is cancelled
         if "FAIL-THIS-FILE" in text:
-            print(f"stand-in node: asked to fail on {filepath}", file=sys.stderr)
+            # Left out of the result altogether: the orchestrator must notice the silence.
+            print(f"stand-in node: asked to fail on {unit_input['relpath']}", file=sys.stderr)
             status = 4
             continue
         counts = Counter(re.findall(r"[^\W_]+", text.casefold()))
-        rows = [f"{word}:\t{count}" for word, count in counts.most_common(args.top)]
-        lines = [
-            "Word\tCount",
-            "-" * 30,
-            *rows,
-            "-" * 30,
-            f"Node: {variant()}",
-            "Task: t",
-            "Job:  j",
-            "Pool: p",
-        ]
-        document = {
-            "format": "topn.counts",
-            "version": 1,
-            "file": filepath,
-            "tokenizer": args.tokenizer,
-            "words": sum(counts.values()),
-            "distinct": len(counts),
-            "invalid_bytes": 0,
-            "counts": [[word, count] for word, count in counts.items()],
-        }
-        container.upload_blob(output_name, ("\n".join(lines) + "\n").encode("utf-8"), overwrite=True)
-        blob = gzip.compress(json.dumps(document).encode("utf-8"))
-        container.upload_blob(counts_name, blob, overwrite=True)
+        rows = [f"{word}:\t{count}" for word, count in counts.most_common(manifest["top"])]
+        labels = ("Node: ", "Task: ", "Job:  ", "Pool: ")
+        lines = ["Word\tCount", "-" * 30, *rows, "-" * 30]
+        for label, name in zip(labels, IDENTITY_VARIABLES, strict=True):
+            lines.append(label + identity.get(name, "local"))
+        text = "\n".join(lines) + "\n"
+        output.upload_blob(unit_input["output_name"], text.encode("utf-8"), overwrite=True)
+        files.append(
+            {
+                **entry,
+                "status": "ok",
+                "counted": [0, len(data)],
+                "size": len(data),
+                "etag": None,
+                "words": sum(counts.values()),
+                "distinct": len(counts),
+                "invalid_bytes": 0,
+                "output_uploaded": True,
+                "counts": [[word, count] for word, count in counts.items()],
+            }
+        )
+    document = {
+        "format": "topn.result",
+        "version": 1,
+        "unit": manifest["unit"],
+        "tokenizer": manifest["tokenizer"],
+        "top": manifest["top"],
+        "identity": identity,
+        "files": files,
+    }
+    result = gzip.compress(json.dumps(document).encode("utf-8"))
+    output.upload_blob(manifest["result_name"], result, overwrite=True)
     return status
 
 

@@ -1,0 +1,110 @@
+"""Work units on the wire: the manifest a task brings (`topn.unit`) and what its result (`topn.result`) gives.
+
+The formats are the node's own (node/manifest.py, node/result.py: pure, standard-library modules the
+orchestrator may import), so there is one reader and one writer of each. This module is the
+orchestrator's side: the manifest of a unit from its staged inputs, and a finished unit's result
+sorted into each input's saved `_OUTPUT` text or failure. Pure functions; the I/O is in the stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from node.manifest import UnitInput, UnitManifest, encode_manifest
+from node.result import STATUS_OK, UnitResult, render_output
+from node.tokenizers import Tokenizer
+from orchestrator import naming
+from orchestrator.results import FileCounts
+
+# The one source of a unit of local inputs: the run's input container, read through a container SAS.
+INPUT_SOURCE = 0
+
+
+@dataclass(frozen=True)
+class UnitEntry:
+    """One input of a unit as the manifest names it."""
+
+    relpath: str
+    blob_name: str
+    size_bytes: int
+
+
+def build_manifest(
+    task_id: str, *, tokenizer: Tokenizer, top: int, source_url: str, entries: Sequence[UnitEntry]
+) -> bytes:
+    """The unit's manifest: every input read from `source_url` (a container URL with a read SAS).
+
+    An input that could not be uploaded is still listed (its blob does not exist): the node reports
+    it `not_found` and counts the others, and the run puts the real reason in its summary entry.
+    """
+    manifest = UnitManifest(
+        unit=task_id,
+        tokenizer=tokenizer,
+        top=top,
+        result_name=naming.unit_result_name(task_id),
+        sources=(source_url,),
+        inputs=tuple(
+            UnitInput(
+                relpath=entry.relpath,
+                source=INPUT_SOURCE,
+                blob=entry.blob_name,
+                output_name=naming.output_name(entry.relpath),
+                size=entry.size_bytes,
+            )
+            for entry in entries
+        ),
+    )
+    return encode_manifest(manifest)
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """An input the node counted: its counts and the `_OUTPUT` text to save under `output_name`."""
+
+    position: int  # in the unit
+    output_name: str
+    text: bytes
+    counts: FileCounts
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """An input without a result: the node could not read it, or the result does not mention it."""
+
+    position: int
+    reason: str | None  # the node's own (never a SAS); None when the result is silent about it
+
+
+def settle_unit(result: UnitResult | None, relpaths: Sequence[str]) -> list[RenderedFile | FailedFile]:
+    """Each input of a unit (by position) as its result blob tells it; no blob: every input failed.
+
+    An entry must name the input at its position (a result of another unit, or a damaged one, is
+    not taken for this one's); the `_OUTPUT` text is rendered exactly as the node renders it.
+    """
+    entries = {entry.index: entry for entry in result.files} if result is not None else {}
+    settled: list[RenderedFile | FailedFile] = []
+    for position, relpath in enumerate(relpaths):
+        entry = entries.get(position)
+        if result is None or entry is None or entry.relpath != relpath:
+            settled.append(FailedFile(position, None))
+        elif entry.status != STATUS_OK:
+            reason = entry.error_message or f"the node could not read it ({entry.error_kind})"
+            settled.append(FailedFile(position, reason))
+        else:
+            text = render_output(entry.counts, result.top, result.identity)
+            counts = FileCounts(entry.words, entry.distinct, entry.invalid_bytes, entry.counts)
+            settled.append(RenderedFile(position, naming.output_name(relpath), text.encode("utf-8"), counts))
+    return settled
+
+
+def outcome_record(
+    *, succeeded: bool, exit_code: int | None, failure_code: str | None, message: str | None
+) -> Mapping[str, object]:
+    """A task's outcome as the journal keeps it."""
+    return {
+        "status": "succeeded" if succeeded else "failed",
+        "exit_code": exit_code,
+        "failure_code": failure_code,
+        "message": message,
+    }
