@@ -333,7 +333,7 @@ def _status_command(args: argparse.Namespace, settings: Settings) -> int:
         if record is None:
             raise unknown_run(args.run_id, journal_file)
         described = describe_run(record)
-        described["job"] = anyio.run(read_live_job, settings, record.run_id)
+        described["job"] = anyio.run(read_live_job, settings, record.run_id, record.job_number)
         text = (
             json.dumps(described, ensure_ascii=False, indent=2) + "\n" if args.json else render_run(described)
         )

@@ -16,10 +16,11 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 from azure.batch.models import BatchJob, BatchTask, BatchTaskCountsResult
+from azure.core.exceptions import ResourceNotFoundError
 
 from orchestrator.azure.retry import RetryPolicy, next_poll_interval, retry_call
 from orchestrator.azure.states import job_state, task_succeeded
-from orchestrator.errors import RunFailedError
+from orchestrator.errors import JobEndedError
 
 log = structlog.get_logger()
 
@@ -164,9 +165,11 @@ async def watch_job(
                             batch, job_id, expected, seen, None, completions, retry
                         )
                         if len(seen) < len(expected):
-                            raise RunFailedError(
-                                f"job {job_id} is {ended} with {len(expected) - len(seen)} task(s) not "
-                                "finished; they will never run. Check who stopped it, then run again"
+                            raise JobEndedError(
+                                f"job {job_id} ended under the run: it is {ended} with "
+                                f"{len(expected) - len(seen)} task(s) not finished, which will never run in "
+                                "it (a resume goes on in a new job). Check who or what ended it (its wall "
+                                "clock is [run] run_timeout_s)"
                             )
                         break
                 interval = next_poll_interval(interval, moved, poll_min_s, poll_max_s)
@@ -175,9 +178,12 @@ async def watch_job(
 
 async def _job_end(batch: MonitorClient, job_id: str, retry: RetryPolicy) -> str | None:
     """How the job ended ("completed (AllTasksComplete)"), or None while it can still run tasks."""
-    job = await retry_call(
-        retry, "get_job", lambda: batch.get_job(job_id, select=["id", "state", "executionInfo"])
-    )
+    try:
+        job = await retry_call(
+            retry, "get_job", lambda: batch.get_job(job_id, select=["id", "state", "executionInfo"])
+        )
+    except ResourceNotFoundError:
+        return "deleted"
     state = job_state(job)
     if state.runs_tasks:
         return None

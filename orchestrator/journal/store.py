@@ -275,6 +275,41 @@ class Journal:
 
         await self._write(write, durable=True)
 
+    async def record_successor_job(self, run_id: str, job_number: int, task_ids: Sequence[str]) -> None:
+        """Record that these work units now belong to the run's job `job_number` (a successor, 2 or more).
+
+        Written before that job is created. In the same transaction the units stop counting as submitted:
+        none of them is in the new job yet, so a resume adds every one (`TaskExists` counts as added).
+        """
+        if job_number < 2:
+            raise ValueError(f"run {run_id}: a successor job's number is 2 or more")
+        unique_ids = list(dict.fromkeys(task_ids))
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            self._require_task_ids(connection, run_id, unique_ids)
+            finished = {
+                row[0]
+                for row in connection.execute(
+                    "SELECT task_id FROM completed_tasks WHERE run_id = ?", (run_id,)
+                )
+            }
+            if finished.intersection(unique_ids):
+                raise JournalError(
+                    f"run {run_id}: tasks with a recorded outcome stay in their job: "
+                    f"{sorted(finished.intersection(unique_ids))[:5]}"
+                )
+            for task_id in unique_ids:
+                key = {"run_id": run_id, "task_id": task_id}
+                _upsert(connection, "task_jobs", key, job_number=job_number, at=at)
+            connection.executemany(
+                "DELETE FROM submitted_tasks WHERE run_id = ? AND task_id = ?",
+                [(run_id, task_id) for task_id in unique_ids],
+            )
+
+        await self._write(write, durable=True)
+
     async def record_task_completed(self, run_id: str, task_id: str, outcome: Mapping[str, Any]) -> None:
         """Record a task's final outcome (JSON data, e.g. status, exit_code, failure_code, stderr_tail).
 

@@ -56,8 +56,10 @@ async def run_and_collect(
                     poll_max_s=run.settings.run.poll_max_s,
                     retry=run.retry,
                     on_counts=counts_moved,
-                    # Recorded completions still count in the job's totals, unless it is a new job.
-                    already_completed=0 if ledger.job_is_new else len(finished),
+                    # Recorded completions in this job still count in its totals (none in a new job).
+                    already_completed=0
+                    if ledger.job_is_new
+                    else sum(1 for task_id in finished if run.jobs.holding(task_id) == run.job_id),
                 )
             )
             async with receive:
@@ -113,7 +115,9 @@ async def _settle_recorded_task(
         return
     tail = message = ""
     if not outcome.succeeded:
-        tail = await collect.task_stderr_tail(run.batch, run.job_id, run.batch_task_id(task_id), run.retry)
+        tail = await collect.task_stderr_tail(
+            run.batch, run.jobs.holding(task_id), run.batch_task_id(task_id), run.retry
+        )
         message = outcome.failure_message or f"the task exited with code {outcome.exit_code}"
     async with anyio.create_task_group() as group:
         for index in to_collect:

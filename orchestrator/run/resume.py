@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.azure.states import TaskState
+from orchestrator.azure.states import JobState, TaskState
 from orchestrator.errors import UsageError
 from orchestrator.inputs import InputFile
 from orchestrator.journal import JournalInput, RunRecord
@@ -98,6 +98,34 @@ def resumed_out_dir(record: RunRecord) -> Path:
 def sas_expire_before(expiries: Mapping[str, datetime], deadline: datetime) -> bool:
     """Whether a SAS the run's submitted tasks may carry ends before `deadline` (an unrecorded one counts)."""
     return any(purpose not in expiries or expiries[purpose] < deadline for purpose in SAS_PURPOSES)
+
+
+# A job that ended this way holds what the run awaits: every task it was given finished.
+ENDED_WITH_ITS_TASKS = "AllTasksComplete"
+# States in which a job will never run a task again (a deleting one also loses its tasks).
+_ENDED_JOB_STATES = frozenset({JobState.TERMINATING, JobState.COMPLETED, JobState.DELETING})
+
+
+def job_end_reason(state: JobState, terminate_reason: str | None) -> str | None:
+    """Why a resumed run cannot go on in its job (it ended under the run), or None when it can.
+
+    A job that completed because its tasks all did (`AllTasksComplete`) still holds their results;
+    one terminated by its wall clock (`MaxWallClockTimeExpiry`), by a user, or being deleted holds
+    tasks that will never run: the run goes on in a successor job. A disabled job is left as it is
+    (whoever disabled it can enable it again).
+    """
+    if state not in _ENDED_JOB_STATES:
+        return None
+    if state != JobState.DELETING and terminate_reason == ENDED_WITH_ITS_TASKS:
+        return None
+    if state == JobState.DELETING:
+        return "JobBeingDeleted"
+    return terminate_reason or state.value
+
+
+def units_for_successor(record: RunRecord, task_ids: Sequence[str]) -> tuple[str, ...]:
+    """The work units a successor job takes over: every one without a recorded outcome, in order."""
+    return tuple(task_id for task_id in task_ids if task_id not in record.completed)
 
 
 @dataclass(frozen=True)
