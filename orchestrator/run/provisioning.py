@@ -17,7 +17,7 @@ from orchestrator.azure import quota
 from orchestrator.azure.retry import error_code_of, retry_call
 from orchestrator.azure.states import job_state
 from orchestrator.errors import RunFailedError
-from orchestrator.run import resume
+from orchestrator.run import renewal, resume
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.settings import RunSettings
 
@@ -107,8 +107,26 @@ async def _create_or_find_job(run: RunContext, ledger: RunLedger, pool_id: str) 
     found = await retry_call(
         run.retry, "get_job", lambda: run.batch.get_job(run.job_id, select=["id", "state", "executionInfo"])
     )
+    state = job_state(found)
     reason = found.execution_info.termination_reason if found.execution_info is not None else None
-    return resume.job_end_reason(job_state(found), reason)
+    # One that ended with its tasks takes no new one: are there any to add (to run again)?
+    to_add = reason == resume.ENDED_WITH_ITS_TASKS and await _tasks_to_add(run)
+    return resume.job_end_reason(state, reason, tasks_to_add=to_add)
+
+
+async def _tasks_to_add(run: RunContext) -> bool:
+    """Whether a resumed run has tasks to add: unsubmitted ones, or ones Storage failed (one listing)."""
+    assert run.resume is not None
+    record = run.resume
+    if any(task_id not in record.completed for task_id in resume.unsubmitted_task_ids(record)):
+        return True
+    awaited = [task_id for task_id in run.task_ids if task_id not in record.completed]
+    if not awaited:
+        return False
+    failed = renewal.failed_by_infrastructure(run, awaited, await renewal.listed_tasks(run))
+    if failed:  # they go on in the successor with every other unfinished unit
+        log.info("tasks.retried", tasks=len(failed), reason="infrastructure", from_state=None)
+    return bool(failed)
 
 
 async def _move_to_successor(run: RunContext, reason: str) -> None:
