@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
 import structlog
+from azure.batch.aio import BatchClient
 from azure.batch.models import BatchJobConstraints, BatchTask
 from azure.core.exceptions import ResourceNotFoundError
 
 from orchestrator import naming
 from orchestrator.azure import monitor
-from orchestrator.azure.retry import retry_call
+from orchestrator.azure.retry import RetryPolicy, retry_call
 from orchestrator.azure.staging import SasMinter
-from orchestrator.azure.states import TaskState, task_state
+from orchestrator.azure.states import TaskState, job_state, task_state
+from orchestrator.errors import JobEndedError, RunFailedError
 from orchestrator.run import resume
 from orchestrator.run.context import RunContext
 
@@ -147,6 +150,29 @@ async def _delete_task(run: RunContext, task_id: str, limiter: anyio.CapacityLim
     async with limiter:
         with contextlib.suppress(ResourceNotFoundError):  # gone already: nothing left to do
             await retry_call(run.retry, "delete_task", lambda: run.batch.delete_task(run.job_id, task_id))
+
+
+@asynccontextmanager
+async def ended_job_is_resumable(
+    batch: BatchClient, job_id: str, retry: RetryPolicy, *, resumed: bool
+) -> AsyncIterator[None]:
+    """A resume adding tasks to a job that ended meanwhile (its other tasks all finished): resumable.
+
+    The listing that decided what to re-issue saw the job running; when its last tasks finish before
+    the adds, the job ends and refuses them. The next resume goes on in a successor job.
+    """
+    try:
+        yield
+    except RunFailedError:
+        if not resumed:
+            raise
+        job = await retry_call(retry, "get_job", lambda: batch.get_job(job_id, select=["id", "state"]))
+        if job_state(job).runs_tasks:
+            raise
+        raise JobEndedError(
+            f"job {job_id} ended (its other tasks all finished) while this resume was adding tasks to "
+            "it; a resume goes on in a new job"
+        ) from None
 
 
 def resumed_job_constraints(run: RunContext, deadline_at: datetime) -> BatchJobConstraints:
