@@ -24,6 +24,8 @@ from orchestrator.errors import JobEndedError
 
 log = structlog.get_logger()
 
+JOB_DELETED = "deleted"  # how a job that is gone ended, for the run's error
+
 # Fields a completion needs; everything else (command line, environment, resource files) stays home.
 TASK_SELECT = ["id", "state", "stateTransitionTime", "executionInfo", "nodeInfo"]
 # Listings overlap the previous watermark by this much, in case the service's clock steps backwards.
@@ -161,9 +163,11 @@ async def watch_job(
                     if ended is not None:
                         # Task counts can lag behind the job's state (a job ends when its last task
                         # does): list every completed task before calling any of them unfinished.
-                        watermark = await _collect_completed(
-                            batch, job_id, expected, seen, None, completions, retry
-                        )
+                        # A deleted job has none to list.
+                        if ended != JOB_DELETED:
+                            watermark = await _collect_completed(
+                                batch, job_id, expected, seen, None, completions, retry
+                            )
                         if len(seen) < len(expected):
                             raise JobEndedError(
                                 f"job {job_id} ended under the run: it is {ended} with "
@@ -183,7 +187,7 @@ async def _job_end(batch: MonitorClient, job_id: str, retry: RetryPolicy) -> str
             retry, "get_job", lambda: batch.get_job(job_id, select=["id", "state", "executionInfo"])
         )
     except ResourceNotFoundError:
-        return "deleted"
+        return JOB_DELETED
     state = job_state(job)
     if state.runs_tasks:
         return None

@@ -56,10 +56,8 @@ async def run_and_collect(
                     poll_max_s=run.settings.run.poll_max_s,
                     retry=run.retry,
                     on_counts=counts_moved,
-                    # Recorded completions in this job still count in its totals (none in a new job).
-                    already_completed=0
-                    if ledger.job_is_new
-                    else sum(1 for task_id in finished if run.jobs.holding(task_id) == run.job_id),
+                    # Completed tasks it does not await still count in the job's totals.
+                    already_completed=0 if ledger.job_is_new else ledger.completed_in_job,
                 )
             )
             async with receive:

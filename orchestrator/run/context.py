@@ -147,6 +147,9 @@ class RunLedger:
     stage_s: dict[str, float] = field(default_factory=dict)
     job_created: bool = False
     job_is_new: bool = True  # False when a resumed run found its job still there
+    # Tasks of the job already completed that the monitor does not await (a resumed run's recorded
+    # completions, tasks re-issued since they ended): not news when the counts show them.
+    completed_in_job: int = 0
     results: dict[int, FileResult] = field(default_factory=dict)  # by input index
     # A resumed run's inputs that changed before their task was submitted, by index: uploaded again
     # and counted at their size now.

@@ -46,6 +46,7 @@ class Renewal:
     to_add: tuple[str, ...] = ()  # work units whose task goes in (again) with fresh SAS
     superseded: tuple[str, ...] = ()  # Batch ids of the tasks they replace: deleted once those are in
     old_sas_left: bool = False  # whether tasks with the old SAS stay in the job (started ones)
+    completed_in_job: int = 0  # completed tasks of the job that the run does not await (any more)
 
 
 async def listed_tasks(run: RunContext) -> dict[str, BatchTask]:
@@ -135,7 +136,10 @@ async def renew_expiring_tasks(run: RunContext, deadline_at: datetime) -> Renewa
     to_add = (*plan.replace, *plan.add, *retried)
     # Tasks left with the old SAS: the started ones when those were stale, else every one not re-added.
     old_sas_left = bool(plan.kept_started) if stale else bool(set(awaited) & submitted_before - set(to_add))
-    return Renewal(to_add=to_add, superseded=tuple(superseded), old_sas_left=old_sas_left)
+    awaited_ids = {run.batch_task_id(task_id) for task_id in awaited}
+    completed = [batch_id for batch_id, state in states.items() if state == TaskState.COMPLETED]
+    completed_in_job = len(set(completed) - awaited_ids)
+    return Renewal(to_add, tuple(superseded), old_sas_left, completed_in_job)
 
 
 async def delete_superseded(run: RunContext, batch_task_ids: Sequence[str]) -> None:

@@ -49,6 +49,7 @@ async def submit_run_tasks(
             renewed = await renewal.renew_expiring_tasks(run, deadline_at)
             unsubmitted |= set(renewed.to_add)
             superseded, old_sas_left = renewed.superseded, renewed.old_sas_left
+            ledger.completed_in_job = renewed.completed_in_job
     tasks = [
         task_of_unit(run, prepared, unit_index, unit)
         for unit_index, unit in enumerate(run.units)
