@@ -22,6 +22,7 @@ from emulator.auth import decode_account_key
 from emulator.autoscale import AUTOSCALER, Autoscaler
 from emulator.entra import EntraSettings
 from emulator.faults import FaultInjector, FaultSettings
+from emulator.jobclock import JobWallClock
 from emulator.quota import Quotas
 from emulator.rest import Limits, Services
 from emulator.runner import Runner, write_python_wrappers
@@ -72,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--time-scale",
         type=float,
         default=1.0,
-        help="multiply autoscale periods (30 s samples, evaluation intervals) by F, e.g. 0.01 in tests",
+        help="multiply autoscale periods (30 s samples, evaluation intervals) and jobs' maxWallClockTime "
+        "by F, e.g. 0.01 in tests",
     )
     entra = parser.add_argument_group("HTTPS and Microsoft Entra ID (off by default)")
     entra.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this PEM certificate")
@@ -259,6 +261,7 @@ async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> 
                 endpoint = f"{scheme}://{HOST}:{app_runner.addresses[0][1]}"
                 runner.account_url = endpoint
                 group.start_soon(Scheduler(account, runner.run_attempt, args.nodes_max_processes).run)
+                group.start_soon(JobWallClock(account, args.time_scale).run)
                 log.info("emulator.started", endpoint=endpoint, account_name=account.name, root=str(root))
                 announcement = {
                     "endpoint": endpoint,

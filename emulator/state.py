@@ -62,6 +62,8 @@ class Account:
         self.jobs: dict[str, Job] = {}
         self._sequence = itertools.count(1)
         self._wake: anyio.Event | None = None
+        # Set when a job is added or changed, so the wall clock (jobclock.py) looks at deadlines again.
+        self._job_deadlines: anyio.Event | None = None
         # Cancel hooks of running attempts (tasks) and start tasks (nodes), set by the runner.
         self.task_stoppers: dict[Task, StopAttempt] = {}
         self.node_stoppers: dict[Node, StopAttempt] = {}
@@ -84,6 +86,17 @@ class Account:
         if self._wake is not None:
             self._wake.set()
             self._wake = None
+
+    def job_deadlines_event(self) -> anyio.Event:
+        """The event the job wall clock waits on; set when a job is added or its constraints may change."""
+        if self._job_deadlines is None:
+            self._job_deadlines = anyio.Event()
+        return self._job_deadlines
+
+    def _job_deadlines_changed(self) -> None:
+        if self._job_deadlines is not None:
+            self._job_deadlines.set()
+            self._job_deadlines = None
 
     def next_sequence(self) -> int:
         return next(self._sequence)
@@ -253,6 +266,7 @@ class Account:
         self.jobs[job_id.lower()] = job
         self._reindex(job)
         log.info("job.created", job_id=job_id, pool_id=job.pool_id)
+        self._job_deadlines_changed()
         self.check_job_completion(job)
         self.notify()
         return job
@@ -284,6 +298,7 @@ class Account:
         job.touch(utc_now())
         self._reindex(job)
         log.info("job.updated", job_id=job.id, properties=sorted(changes))
+        self._job_deadlines_changed()
         self.check_job_completion(job)
         self.notify()
 

@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("run_id", metavar="RUN_ID", help="the run to continue")
     resume.add_argument("--json", action="store_true", help="print summary.json to stdout instead of a table")
+    resume.add_argument("--retry-failed", action="store_true", help="also run again every failed file")
 
     status = commands.add_parser("status", parents=[common], help="recent runs, or one run in detail")
     status.add_argument("run_id", nargs="?", default=None, metavar="RUN_ID", help="the run to describe")
@@ -249,10 +250,10 @@ def _resume_command(args: argparse.Namespace, settings: Settings, log_format: st
     from orchestrator.journal import check_state_folder, journal_path
     from orchestrator.run.pipeline import summary_exit_status
     from orchestrator.run.resume import resumed_inputs, resumed_out_dir, resumed_settings, unknown_run
-    from orchestrator.service.status import finished_summary, load_record
+    from orchestrator.service.status import finished_summary, load_for_resume
 
     journal_file = journal_path(settings.local.state_dir)
-    record = anyio.run(load_record, journal_file, args.run_id)
+    record = anyio.run(load_for_resume, journal_file, args.run_id, args.retry_failed)
     if record is None:
         raise unknown_run(args.run_id, journal_file)
     out_dir = resumed_out_dir(record)
@@ -348,7 +349,7 @@ def _status_command(args: argparse.Namespace, settings: Settings) -> int:
         if record is None:
             raise unknown_run(args.run_id, journal_file)
         described = describe_run(record)
-        described["job"] = anyio.run(read_live_job, settings, record.run_id)
+        described["job"] = anyio.run(read_live_job, settings, record.run_id, record.job_number)
         text = (
             json.dumps(described, ensure_ascii=False, indent=2) + "\n" if args.json else render_run(described)
         )

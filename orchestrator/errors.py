@@ -51,6 +51,10 @@ class RunFailedError(TopnError):
     """The run could not finish; the journal keeps what was done so `topn resume` can go on."""
 
 
+class JobEndedError(RunFailedError):
+    """The run's job ended under it (its wall clock, a user, a deletion); a resume goes on in a new job."""
+
+
 def iterate_exceptions(error: BaseException) -> Iterator[BaseException]:
     """The leaves of an exception group, depth first (the error itself when it is not a group)."""
     if isinstance(error, BaseExceptionGroup):

@@ -33,9 +33,22 @@ def is_run_id(text: str) -> bool:
     return bool(_RUN_ID.match(text))
 
 
-def job_id(run_id: str) -> str:
-    """The run's own job: `topn-<run_id>`."""
-    return f"topn-{run_id}"
+def job_id(run_id: str, number: int = 1) -> str:
+    """The run's job: `topn-<run_id>`; a successor a resume made (number 2, 3, ...): `topn-<run_id>-j<n>`."""
+    if number < 1:
+        raise ValueError("a job number starts at 1")
+    return f"topn-{run_id}" if number == 1 else f"topn-{run_id}-j{number}"
+
+
+def run_id_of_job(job: str) -> str | None:
+    """The run a job of topn's belongs to (`topn-<run_id>` or a successor `topn-<run_id>-j<n>`), else None."""
+    if not job.startswith("topn-"):
+        return None
+    run_id = job.removeprefix("topn-")
+    base, separator, number = run_id.rpartition("-j")
+    if separator and number.isdigit() and int(number) >= 2 and is_run_id(base):
+        return base
+    return run_id
 
 
 def task_id(index: int) -> str:

@@ -16,12 +16,15 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 from azure.batch.models import BatchJob, BatchTask, BatchTaskCountsResult
+from azure.core.exceptions import ResourceNotFoundError
 
 from orchestrator.azure.retry import RetryPolicy, next_poll_interval, retry_call
 from orchestrator.azure.states import job_state, task_succeeded
-from orchestrator.errors import RunFailedError
+from orchestrator.errors import JobEndedError
 
 log = structlog.get_logger()
+
+JOB_DELETED = "deleted"  # how a job that is gone ended, for the run's error
 
 # Fields a completion needs; everything else (command line, environment, resource files) stays home.
 TASK_SELECT = ["id", "state", "stateTransitionTime", "executionInfo", "nodeInfo"]
@@ -160,13 +163,17 @@ async def watch_job(
                     if ended is not None:
                         # Task counts can lag behind the job's state (a job ends when its last task
                         # does): list every completed task before calling any of them unfinished.
-                        watermark = await _collect_completed(
-                            batch, job_id, expected, seen, None, completions, retry
-                        )
+                        # A deleted job has none to list.
+                        if ended != JOB_DELETED:
+                            watermark = await _collect_completed(
+                                batch, job_id, expected, seen, None, completions, retry
+                            )
                         if len(seen) < len(expected):
-                            raise RunFailedError(
-                                f"job {job_id} is {ended} with {len(expected) - len(seen)} task(s) not "
-                                "finished; they will never run. Check who stopped it, then run again"
+                            raise JobEndedError(
+                                f"job {job_id} ended under the run: it is {ended} with "
+                                f"{len(expected) - len(seen)} task(s) not finished, which will never run in "
+                                "it (a resume goes on in a new job). Check who or what ended it (its wall "
+                                "clock is [run] run_timeout_s)"
                             )
                         break
                 interval = next_poll_interval(interval, moved, poll_min_s, poll_max_s)
@@ -175,9 +182,12 @@ async def watch_job(
 
 async def _job_end(batch: MonitorClient, job_id: str, retry: RetryPolicy) -> str | None:
     """How the job ended ("completed (AllTasksComplete)"), or None while it can still run tasks."""
-    job = await retry_call(
-        retry, "get_job", lambda: batch.get_job(job_id, select=["id", "state", "executionInfo"])
-    )
+    try:
+        job = await retry_call(
+            retry, "get_job", lambda: batch.get_job(job_id, select=["id", "state", "executionInfo"])
+        )
+    except ResourceNotFoundError:
+        return JOB_DELETED
     state = job_state(job)
     if state.runs_tasks:
         return None

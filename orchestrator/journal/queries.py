@@ -182,6 +182,12 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 "SELECT task_id, generation FROM task_generations WHERE run_id = ?", (run_id,)
             )
         }
+        task_jobs = {
+            row[0]: int(row[1])
+            for row in connection.execute(
+                "SELECT task_id, job_number FROM task_jobs WHERE run_id = ?", (run_id,)
+            )
+        }
         downloads = {
             row[0]: DownloadRecord(local_path=row[1], size_bytes=row[2])
             for row in connection.execute(
@@ -215,6 +221,7 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 out_dir=out_dir,
                 file_failures=file_failures,
                 task_generations=generations,
+                task_jobs=task_jobs,
                 last_error=last_error,
             )
         )

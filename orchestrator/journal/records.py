@@ -74,6 +74,8 @@ class RunRecord:
     file_failures: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # by relpath
     # Work units whose task a resume re-issued: the generation in the job (naming.task_generation_id).
     task_generations: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # Work units a resume moved to a successor job: that job's number (naming.job_id); absent: job 1.
+    task_jobs: Mapping[str, int] = dataclasses.field(default_factory=dict)
     # The error that ended the run's last attempt (error_type, message, resumable, state, at), if any.
     last_error: Mapping[str, Any] | None = None
 
@@ -81,6 +83,11 @@ class RunRecord:
     def is_finished(self) -> bool:
         """True once the run reached SUCCEEDED, FAILED or CANCELLED (nothing left to resume)."""
         return self.state.upper() in TERMINAL_STATES
+
+    @property
+    def job_number(self) -> int:
+        """The run's current job: the one that holds every unit without an outcome (1 unless succeeded)."""
+        return max(self.task_jobs.values(), default=1)
 
     @property
     def uploaded_md5(self) -> dict[str, str]:

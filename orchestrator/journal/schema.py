@@ -15,7 +15,7 @@ from orchestrator.errors import TopnError, UsageError
 T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -149,6 +149,17 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             created_at TEXT NOT NULL,
             outcome TEXT,
             at TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ),
+    # Version 8: a resume whose job ended under the run (its wall clock, or someone else) goes on in a
+    # successor job (naming.job_id(run_id, n)); this maps each work unit moved there to its job's number.
+    (
+        """CREATE TABLE task_jobs (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            task_id TEXT NOT NULL,
+            job_number INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, task_id)
         ) WITHOUT ROWID""",
     ),
 )

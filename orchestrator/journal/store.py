@@ -284,6 +284,82 @@ class Journal:
 
         await self._write(write, durable=True)
 
+    async def record_successor_job(self, run_id: str, job_number: int, task_ids: Sequence[str]) -> None:
+        """Record that these work units now belong to the run's job `job_number` (a successor, 2 or more).
+
+        Written before that job is created. In the same transaction the units stop counting as submitted:
+        none of them is in the new job yet, so a resume adds every one (`TaskExists` counts as added).
+        """
+        if job_number < 2:
+            raise ValueError(f"run {run_id}: a successor job's number is 2 or more")
+        unique_ids = list(dict.fromkeys(task_ids))
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            self._run_state(connection, run_id)
+            self._require_task_ids(connection, run_id, unique_ids)
+            finished = {
+                row[0]
+                for row in connection.execute(
+                    "SELECT task_id FROM completed_tasks WHERE run_id = ?", (run_id,)
+                )
+            }
+            if finished.intersection(unique_ids):
+                raise JournalError(
+                    f"run {run_id}: tasks with a recorded outcome stay in their job: "
+                    f"{sorted(finished.intersection(unique_ids))[:5]}"
+                )
+            for task_id in unique_ids:
+                key = {"run_id": run_id, "task_id": task_id}
+                _upsert(connection, "task_jobs", key, job_number=job_number, at=at)
+            connection.executemany(
+                "DELETE FROM submitted_tasks WHERE run_id = ? AND task_id = ?",
+                [(run_id, task_id) for task_id in unique_ids],
+            )
+
+        await self._write(write, durable=True)
+
+    async def record_tasks_reopened(
+        self, run_id: str, generations: Mapping[str, int], *, job_number: int, state: str | None
+    ) -> None:
+        """Forget the outcomes of work units a resume runs again, in one fsynced transaction.
+
+        Each unit gets its next task generation (`generations`, 1 or more) in the run's current job
+        (`job_number`), is no longer submitted, completed, nor failed file by file (its saved outputs
+        stay recorded). `state` (e.g. RUNNING), when given, is the state the run goes back to.
+        """
+        if not generations:
+            return
+        if any(generation < 1 for generation in generations.values()):
+            raise ValueError(f"run {run_id}: a re-issued task's generation is 1 or more")
+        name = _state_name(state) if state is not None else None
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            current = self._run_state(connection, run_id)
+            task_ids = list(generations)
+            self._require_task_ids(connection, run_id, task_ids)
+            for task_id, generation in generations.items():
+                key = {"run_id": run_id, "task_id": task_id}
+                _upsert(connection, "task_generations", key, generation=generation, at=at)
+                if job_number > 1:
+                    _upsert(connection, "task_jobs", key, job_number=job_number, at=at)
+            keys = [(run_id, task_id) for task_id in task_ids]
+            connection.executemany("DELETE FROM completed_tasks WHERE run_id = ? AND task_id = ?", keys)
+            connection.executemany("DELETE FROM submitted_tasks WHERE run_id = ? AND task_id = ?", keys)
+            connection.executemany(
+                "DELETE FROM file_failures WHERE run_id = ? AND relpath IN "
+                "(SELECT relpath FROM inputs WHERE run_id = ? AND task_id = ?)",
+                [(run_id, run_id, task_id) for task_id in task_ids],
+            )
+            if name is not None and name != current:
+                connection.execute("UPDATE runs SET state = ? WHERE run_id = ?", (name, run_id))
+                connection.execute(
+                    "INSERT INTO state_changes (run_id, state, at) VALUES (?, ?, ?)", (run_id, name, at)
+                )
+
+        await self._write(write, durable=True)
+
     async def record_task_completed(self, run_id: str, task_id: str, outcome: Mapping[str, Any]) -> None:
         """Record a task's final outcome (JSON data, e.g. status, exit_code, failure_code, stderr_tail).
 

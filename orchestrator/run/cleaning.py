@@ -17,20 +17,22 @@ from orchestrator.settings import CLEANUP_TIMEOUT_S
 
 
 async def clean_up(run: RunContext, ledger: RunLedger) -> None:
-    """Delete what config says to: the run's job and its two containers."""
+    """Delete what config says to: the run's jobs and its two containers."""
     settings = run.settings.run
     with anyio.move_on_after(CLEANUP_TIMEOUT_S, shield=True):
         async with anyio.create_task_group() as group:
             if ledger.job_created and settings.delete_job:
-                group.start_soon(_delete_job, run)
+                # Every job of the run: a resume that went on in a successor left the old ones for now.
+                for job_id in run.jobs.every_job():
+                    group.start_soon(_delete_job, run, job_id)
             if settings.delete_run_blobs:
                 group.start_soon(_delete_run_blobs, run)
 
 
-async def _delete_job(run: RunContext) -> None:
-    # Start the deletion and move on: the service finishes it, nobody needs to wait.
+async def _delete_job(run: RunContext, job_id: str) -> None:
+    # Start the deletion and move on: the service finishes it, nobody needs to wait (or it is gone).
     with contextlib.suppress(HttpResponseError):
-        await retry_call(run.retry, "delete_job", lambda: run.batch.begin_delete_job(run.job_id))
+        await retry_call(run.retry, "delete_job", lambda: run.batch.begin_delete_job(job_id))
 
 
 async def _delete_run_blobs(run: RunContext) -> None:

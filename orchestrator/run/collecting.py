@@ -58,8 +58,8 @@ async def run_and_collect(
                     poll_max_s=run.settings.run.poll_max_s,
                     retry=run.retry,
                     on_counts=counts_moved,
-                    # Recorded completions still count in the job's totals, unless it is a new job.
-                    already_completed=0 if ledger.job_is_new else len(finished),
+                    # Completed tasks it does not await still count in the job's totals.
+                    already_completed=0 if ledger.job_is_new else ledger.completed_in_job,
                 )
             )
             async with receive:
@@ -150,7 +150,7 @@ async def _collect_unit(
     async with limiter:
         if not outcome.succeeded:
             tail = await collect.task_stderr_tail(
-                run.batch, run.job_id, run.batch_task_id(outcome.task_id), run.retry
+                run.batch, run.jobs.holding(outcome.task_id), run.batch_task_id(outcome.task_id), run.retry
             )
             message = outcome.failure_message or f"the task exited with code {outcome.exit_code}"
         result, problem = await _read_result(run, outcome)

@@ -46,6 +46,36 @@ class ProgressSink(Protocol):
     def update(self, stage: str, done: int, total: int) -> None: ...
 
 
+@dataclass
+class RunJobs:
+    """The run's jobs: the first (`topn-<run_id>`) and the successors a resume made when one ended under it.
+
+    The current job (`number`) holds every work unit without a recorded outcome; a unit that finished
+    in an earlier job stays there (its task files are read from that job).
+    """
+
+    run_id: str
+    number: int = 1
+    unit_numbers: dict[str, int] = field(default_factory=dict)  # units moved to a successor; absent: 1
+
+    @property
+    def current(self) -> str:
+        return naming.job_id(self.run_id, self.number)
+
+    def holding(self, task_id: str) -> str:
+        """The job that holds (or held) a work unit's task."""
+        return naming.job_id(self.run_id, self.unit_numbers.get(task_id, 1))
+
+    def every_job(self) -> list[str]:
+        """Every job the run may have made, first to current (what clean-up deletes)."""
+        return [naming.job_id(self.run_id, number) for number in range(1, self.number + 1)]
+
+    def move(self, number: int, task_ids: Sequence[str]) -> None:
+        """The units now belong to the successor `number`, which becomes the current job."""
+        self.number = number
+        self.unit_numbers.update(dict.fromkeys(task_ids, number))
+
+
 @dataclass(frozen=True)
 class RunContext:
     """The run's fixed facts and collaborators, decided before its first side effect."""
@@ -61,7 +91,7 @@ class RunContext:
     progress: ProgressSink | None
     resume: RunRecord | None
     started: float  # time.monotonic() when the run began, for durations
-    job_id: str
+    jobs: RunJobs
     app_container: str
     input_container: str
     output_container: str
@@ -70,6 +100,11 @@ class RunContext:
     unit_by_task: dict[str, int]
     # Work units whose task a resume re-issued, and the generation now in the job (absent: 0).
     generations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str:
+        """The job the run works in now (a successor once a resume found the previous one ended)."""
+        return self.jobs.current
 
     def batch_task_id(self, task_id: str) -> str:
         """The id a work unit's task has in the job now."""
@@ -113,6 +148,9 @@ class RunLedger:
     first_task_s: float | None = None  # seconds from the run's start to its first task in the job
     job_created: bool = False
     job_is_new: bool = True  # False when a resumed run found its job still there
+    # Tasks of the job already completed that the monitor does not await (a resumed run's recorded
+    # completions, tasks re-issued since they ended): not news when the counts show them.
+    completed_in_job: int = 0
     results: dict[int, FileResult] = field(default_factory=dict)  # by input index
     # A resumed run's inputs that changed before their task was submitted, by index: uploaded again
     # and counted at their size now.
@@ -176,7 +214,11 @@ def new_run_context(
         progress=progress,
         resume=resume,
         started=started,
-        job_id=naming.job_id(run_id),
+        jobs=RunJobs(
+            run_id,
+            resume.job_number if resume is not None else 1,
+            dict(resume.task_jobs) if resume is not None else {},
+        ),
         app_container=naming.app_container(prefix),
         input_container=naming.input_container(prefix, run_id),
         output_container=naming.output_container(prefix, run_id),

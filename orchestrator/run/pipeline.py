@@ -31,7 +31,14 @@ import structlog
 from orchestrator import naming
 from orchestrator.azure import sas
 from orchestrator.azure.clients import BATCH, STORAGE, Clients, run_requests
-from orchestrator.errors import InputError, LocalWriteError, ServiceUnavailableError, TopnError, first_leaf
+from orchestrator.errors import (
+    InputError,
+    JobEndedError,
+    LocalWriteError,
+    ServiceUnavailableError,
+    TopnError,
+    first_leaf,
+)
 from orchestrator.inputs import InputFile
 from orchestrator.journal import Journal, RunRecord
 from orchestrator.results import claim_results_folder, write_summary
@@ -230,12 +237,13 @@ def leaves_run_resumable(error: BaseException) -> bool:
 
     A signal, a service that stopped answering and the run's deadline cost time, not the run: job,
     pool and blobs stay, and the journal keeps the state reached. So does a results folder that
-    could not be written (disk full, read-only, vanished): the results wait in Blob Storage.
+    could not be written (disk full, read-only, vanished): the results wait in Blob Storage. So does
+    a job that ended under the run (its wall clock, a user): a resume goes on in a successor job.
     """
     leaf = first_leaf(error)
     if isinstance(leaf, (anyio.get_cancelled_exc_class(), KeyboardInterrupt)):
         return True
-    return isinstance(leaf, ServiceUnavailableError | RunDeadlineError | LocalWriteError)
+    return isinstance(leaf, ServiceUnavailableError | RunDeadlineError | LocalWriteError | JobEndedError)
 
 
 async def _stop(

@@ -10,14 +10,19 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import structlog
 from azure.batch.models import BatchJobConstraints, BatchJobCreateOptions, BatchPoolInfo
 from azure.core.exceptions import ResourceExistsError
 
 from orchestrator.azure import quota
 from orchestrator.azure.retry import error_code_of, retry_call
+from orchestrator.azure.states import job_state
 from orchestrator.errors import RunFailedError
+from orchestrator.run import renewal, resume
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.settings import RunSettings
+
+log = structlog.get_logger()
 
 
 async def provision(
@@ -56,12 +61,38 @@ def job_create_options(settings: RunSettings, job_id: str, pool_id: str) -> Batc
     )
 
 
+# Bounds the successor loop: each pass journals a new job; only jobs ending as fast as they are made loop.
+MAX_SUCCESSORS_PER_RESUME = 5
+
+
 async def _create_job(run: RunContext, ledger: RunLedger, pool_id: str) -> None:
+    """The run's current job, created or found usable; a resume whose job ended goes on in a successor."""
+    moved = False
+    for _ in range(MAX_SUCCESSORS_PER_RESUME + 1):
+        ended = await _create_or_find_job(run, ledger, pool_id)
+        if ended is None:
+            # A successor made now holds none of the tasks the journal saw added: all go in.
+            ledger.job_is_new = ledger.job_is_new or moved
+            ledger.job_created = True
+            return
+        if run.resume is None:
+            raise RunFailedError(f"cannot create job {run.job_id}: it exists already and has ended ({ended})")
+        await _move_to_successor(run, ended)
+        moved = True
+    raise RunFailedError(
+        f"job {run.job_id} ended ({ended}) as soon as it was made, {MAX_SUCCESSORS_PER_RESUME} times "
+        "in a row; check its constraints and who ends the run's jobs, then resume again"
+    )
+
+
+async def _create_or_find_job(run: RunContext, ledger: RunLedger, pool_id: str) -> str | None:
+    """Create the current job; None when it is usable (new, or ours and still running), else why it ended."""
     job = job_create_options(run.settings.run, run.job_id, pool_id)
     # JobExists means a resumed run: the job is ours (its id holds our run id).
     try:
         await retry_call(run.retry, "create_job", lambda: run.batch.create_job(job))
         ledger.job_is_new = True
+        return None
     except ResourceExistsError as error:
         code = error_code_of(error)
         conflict = quota.classify_conflict(code)
@@ -72,10 +103,55 @@ async def _create_job(run: RunContext, ledger: RunLedger, pool_id: str) -> None:
                 advice="Terminate or delete jobs you no longer need (topn deletes its own with "
                 "[run] delete_job = true)",
             ) from None
+        if conflict == quota.Conflict.BEING_DELETED and run.resume is not None:
+            return code
         if conflict != quota.Conflict.EXISTS:
             raise RunFailedError(
                 f"cannot create job {run.job_id}: {code} (409): {error.message}; wait until the old job "
                 "is gone, or run again"
             ) from None
-        ledger.job_is_new = False
-    ledger.job_created = True
+    ledger.job_is_new = False
+    if run.resume is None:
+        return None  # created just before by this process (the daemon admits a batch by its job)
+    found = await retry_call(
+        run.retry, "get_job", lambda: run.batch.get_job(run.job_id, select=["id", "state", "executionInfo"])
+    )
+    state = job_state(found)
+    reason = found.execution_info.termination_reason if found.execution_info is not None else None
+    # One that ended with its tasks takes no new one: are there any to add (to run again)?
+    to_add = reason == resume.ENDED_WITH_ITS_TASKS and await _tasks_to_add(run)
+    return resume.job_end_reason(state, reason, tasks_to_add=to_add)
+
+
+async def _tasks_to_add(run: RunContext) -> bool:
+    """Whether a resumed run has tasks to add: unsubmitted ones, or ones Storage failed (one listing)."""
+    assert run.resume is not None
+    record = run.resume
+    if any(task_id not in record.completed for task_id in resume.unsubmitted_task_ids(record)):
+        return True
+    awaited = [task_id for task_id in run.task_ids if task_id not in record.completed]
+    if not awaited:
+        return False
+    failed = renewal.failed_by_infrastructure(run, awaited, await renewal.listed_tasks(run))
+    if failed:  # they go on in the successor with every other unfinished unit
+        log.info("tasks.retried", tasks=len(failed), reason="infrastructure", from_state=None)
+    return bool(failed)
+
+
+async def _move_to_successor(run: RunContext, reason: str) -> None:
+    """Journal the run's unfinished units as the next job's, before that job is created (kill-safe)."""
+    assert run.resume is not None
+    previous, number = run.job_id, run.jobs.number + 1
+    units = resume.units_for_successor(run.resume, run.task_ids)
+    if run.journal is not None:
+        await run.journal.record_successor_job(run.run_id, number, units)
+    run.jobs.move(number, units)
+    log.warning(
+        "job.superseded",
+        job_id=previous,
+        successor_job_id=run.job_id,
+        reason=reason,
+        tasks=len(units),
+        note="the job ended under the run; its unfinished tasks go on in a new job (the old one is left "
+        "for clean-up)",
+    )

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.azure.states import TaskState
+from orchestrator.azure.states import JobState, TaskState
 from orchestrator.errors import UsageError
 from orchestrator.inputs import InputFile
 from orchestrator.journal import JournalInput, RunRecord
@@ -98,6 +98,79 @@ def resumed_out_dir(record: RunRecord) -> Path:
 def sas_expire_before(expiries: Mapping[str, datetime], deadline: datetime) -> bool:
     """Whether a SAS the run's submitted tasks may carry ends before `deadline` (an unrecorded one counts)."""
     return any(purpose not in expiries or expiries[purpose] < deadline for purpose in SAS_PURPOSES)
+
+
+# A job that ended this way holds what the run awaits: every task it was given finished.
+ENDED_WITH_ITS_TASKS = "AllTasksComplete"
+# States in which a job will never run a task again (a deleting one also loses its tasks).
+_ENDED_JOB_STATES = frozenset({JobState.TERMINATING, JobState.COMPLETED, JobState.DELETING})
+
+
+def job_end_reason(
+    state: JobState, terminate_reason: str | None, *, tasks_to_add: bool = False
+) -> str | None:
+    """Why a resumed run cannot go on in its job (it ended under the run), or None when it can.
+
+    A job that completed because its tasks all did (`AllTasksComplete`) still holds their results,
+    but takes no new task: with tasks to add (to run again) the run goes on in a successor job, as it
+    does when the job was terminated by its wall clock (`MaxWallClockTimeExpiry`), by a user, or is
+    being deleted. A disabled job is left as it is (whoever disabled it can enable it again).
+    """
+    if state not in _ENDED_JOB_STATES:
+        return None
+    if state != JobState.DELETING and terminate_reason == ENDED_WITH_ITS_TASKS and not tasks_to_add:
+        return None
+    if state == JobState.DELETING:
+        return "JobBeingDeleted"
+    return terminate_reason or state.value
+
+
+# Resource files that could not be downloaded (the Batch error-code reference's codes for them), and
+# the node's exit status for an output it could not upload after its retries (docs/contracts.md):
+# Storage failed these tasks, not their files, so a resume runs them again with fresh SAS.
+DOWNLOAD_FAILURE_CODES = frozenset(
+    {"BlobNotFound", "BlobAccessDenied", "BlobDownloadTimedOut", "BlobDownloadMiscError"}
+)
+NODE_UPLOAD_FAILED_EXIT = 3
+
+
+def failed_by_infrastructure(outcome: Mapping[str, Any]) -> bool:
+    """Whether a failed task's outcome says Storage failed it (a download or an upload), not its input."""
+    if outcome_succeeded(outcome):
+        return False
+    return (
+        outcome.get("failure_code") in DOWNLOAD_FAILURE_CODES
+        or outcome.get("exit_code") == NODE_UPLOAD_FAILED_EXIT
+    )
+
+
+def retried_task_ids(record: RunRecord, *, retry_failed: bool = False) -> tuple[str, ...]:
+    """The work units a resume runs again: failed by the infrastructure; with `retry_failed`, any failed one.
+
+    With `retry_failed`, a unit whose task succeeded but one of whose files still failed (its outputs
+    could not be collected) runs again too. A cancelled run is left alone.
+    """
+    if record.state.upper() == "CANCELLED":
+        return ()
+    failed_files = {
+        record.task_of_relpath[relpath]
+        for relpath in record.file_failures
+        if relpath in record.task_of_relpath
+    }
+    retried = []
+    for task_id in record.task_ids:
+        outcome = record.completed.get(task_id)
+        if outcome is None:
+            continue
+        failed = not outcome_succeeded(outcome) or task_id in failed_files
+        if failed_by_infrastructure(outcome) or (retry_failed and failed):
+            retried.append(task_id)
+    return tuple(retried)
+
+
+def units_for_successor(record: RunRecord, task_ids: Sequence[str]) -> tuple[str, ...]:
+    """The work units a successor job takes over: every one without a recorded outcome, in order."""
+    return tuple(task_id for task_id in task_ids if task_id not in record.completed)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ async def submit_run_tasks(
             renewed = await renewal.renew_expiring_tasks(run, deadline_at)
             unsubmitted |= set(renewed.to_add)
             superseded, old_sas_left = renewed.superseded, renewed.old_sas_left
+            ledger.completed_in_job = renewed.completed_in_job
     to_add = [unit_index for unit_index in range(len(run.units)) if run.task_ids[unit_index] in unsubmitted]
     await stage_manifests(
         run,
@@ -58,15 +59,17 @@ async def submit_run_tasks(
             )
         log.debug("tasks.chunk_added", job_id=run.job_id, tasks=len(task_ids))
 
-    report = await submit.submit_tasks(
-        run.batch,
-        run.job_id,
-        tasks,
-        concurrency=run.settings.run.submit_concurrency,
-        retry=run.retry,
-        on_chunk_added=added,
-        max_tasks_per_request=run.settings.run.submit_chunk_tasks,
-    )
+    resumed = run.resume is not None
+    async with renewal.ended_job_is_resumable(run.batch, run.job_id, run.retry, resumed=resumed):
+        report = await submit.submit_tasks(
+            run.batch,
+            run.job_id,
+            tasks,
+            concurrency=run.settings.run.submit_concurrency,
+            retry=run.retry,
+            on_chunk_added=added,
+            max_tasks_per_request=run.settings.run.submit_chunk_tasks,
+        )
     if superseded:
         # Only now that their replacements are in: the job never runs out of unfinished tasks.
         await renewal.delete_superseded(run, superseded)

@@ -111,7 +111,7 @@ def jobs_to_delete(
             continue
         if job.state == JobState.DELETING:
             continue
-        run_id = job.job_id[len(JOB_PREFIX) :]
+        run_id = naming.run_id_of_job(job.job_id) or ""  # a resume's successor job is its run's too
         if run_id not in known_run_ids:
             if (
                 job.owner == owner

@@ -25,6 +25,7 @@ from orchestrator.results import read_summary
 from orchestrator.run.context import PoolSupply
 from orchestrator.run.pipeline import leaves_run_resumable, run_pipeline
 from orchestrator.run.resume import resumed_inputs, resumed_out_dir, resumed_settings
+from orchestrator.run.retrying import reopen_for_retry
 from orchestrator.secrets import redact_text
 from orchestrator.service.admission import Admission, admit, quota_backoff_s
 from orchestrator.service.claims import Claimer, DaemonFolders
@@ -200,6 +201,8 @@ class BatchRunner:
         if record is not None and record.is_finished:
             return await anyio.to_thread.run_sync(read_summary, resumed_out_dir(record))
         if record is not None:
+            # Failed by Storage (a download, an upload): run again, as `topn resume` does.
+            record = await reopen_for_retry(services.journal, record, retry_failed=False)
             return await run_pipeline(
                 resumed_settings(settings, record.settings_snapshot),
                 resumed_inputs(record),

@@ -106,9 +106,9 @@ async def release_pool(keeper: PoolKeeper, settings: PoolSettings) -> None:
             await keeper.delete()
 
 
-async def read_live_job(settings: Settings, run_id: str) -> dict[str, Any]:
-    """A run's job as Batch sees it now (state, task counts), or why it cannot be read; starts nothing."""
-    job_id = naming.job_id(run_id)
+async def read_live_job(settings: Settings, run_id: str, job_number: int = 1) -> dict[str, Any]:
+    """The run's current job as Batch sees it (state, task counts), or why not; starts nothing."""
+    job_id = naming.job_id(run_id, job_number)
     if settings.local.enabled and endpoint_port(settings.batch.endpoint) == 0:
         recorded = local_services.read_recorded(settings).get(local_services.EMULATOR)
         if recorded is None:

@@ -22,10 +22,13 @@ from orchestrator.run.resume import (
     file_error,
     incomplete_task_ids,
     pending_uploads,
+    retried_task_ids,
     succeeded_task_ids,
     undownloaded_relpaths,
     unsubmitted_task_ids,
 )
+from orchestrator.run.retrying import reopen_for_retry
+from orchestrator.service.runlock import run_lock
 
 
 async def recent_runs_in(journal_file: Path, limit: int, whole: bool) -> list[dict[str, Any]]:
@@ -177,6 +180,22 @@ async def load_record(journal_file: Path, run_id: str) -> Any:
         return None
     async with await Journal.open_for_reading(journal_file) as journal:
         return await journal.load_run(run_id)
+
+
+async def load_for_resume(journal_file: Path, run_id: str, retry_failed: bool = False) -> Any:
+    """The RunRecord `topn resume` continues (or None): failed units to run again are reopened first.
+
+    Failed by the infrastructure, or any with `retry_failed` (run/retrying.py); the journal is written
+    under the run's lock, so a run another process drives is refused (exit 2) before anything changes.
+    """
+    record = await load_record(journal_file, run_id)
+    if record is None or not retried_task_ids(record, retry_failed=retry_failed):
+        return record
+    with run_lock(journal_file.parent, run_id):
+        async with await Journal.open(journal_file) as journal:
+            latest = await journal.load_run(run_id)
+            assert latest is not None, "runs are never removed from the journal"
+            return await reopen_for_retry(journal, latest, retry_failed=retry_failed)
 
 
 def finished_summary(out_dir: Path, run_id: str) -> dict[str, Any]:

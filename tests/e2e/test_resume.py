@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import signal
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 import anyio
 import pytest
-from azure.batch import models
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
@@ -28,6 +23,7 @@ from orchestrator.results import claim_results_folder, write_summary
 from orchestrator.run.resume import failed_relpaths
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.fault_support import check_summary, job_tasks, write_corpus
+from tests.e2e.held_back import held_back_run, sas_expiry_of
 from tests.e2e.test_crash_resume import (
     EventTrigger,
     assert_one_task_per_input,
@@ -304,99 +300,24 @@ async def test_a_run_stopped_while_cleaning_up_finishes_clean_up_and_keeps_its_s
     assert record.state == "FAILED" and record.is_finished
 
 
-def sas_expiry_of(url: str) -> datetime:
-    """The `se=` (signed expiry) of a SAS URL."""
-    values = parse_qs(urlsplit(url).query).get("se")
-    assert values, "the URL carries no SAS expiry"
-    return datetime.fromisoformat(values[0])
-
-
 async def test_unstarted_tasks_whose_sas_expired_are_re_added_with_fresh_sas_on_resume(
-    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
     """Tasks submitted, then held back (the pool's only slot is busy) until their SAS expired: resume
     re-issues them with fresh SAS under their next generation's ids, added before the old ones are
     deleted (the job keeps `terminatejob`, which the emulator, like the service, never lets go back to
-    `noaction`), and the run succeeds."""
-    texts = write_corpus(tmp_path / "in", FILES, seed=53)
-    pool_id, blocker_job = f"sas-pool-{uuid.uuid4().hex[:8]}", f"sas-blocker-{uuid.uuid4().hex[:8]}"
-    release = tmp_path / "release-the-slot"
+    `noaction`), and the run succeeds. The job's wall clock (6 s, like the SAS) must outlast the wait
+    for this to happen in the same job: this emulator runs job wall clocks 100 times slower (when the
+    job ends instead, the resume goes on in a successor job: test_resume_successor.py)."""
+    batch_emulator = await start_emulator(["--time-scale", "100"])
+    async with held_back_run(batch_emulator, azurite, tmp_path, seed=53) as held:
+        texts, run_id, before = held.texts, held.run_id, held.before
+        resume_started = datetime.now(UTC)
+        normal = crash_environment(batch_emulator, azurite, tmp_path, TOPN_POOL_ID=held.pool_id)
+        second, _ = await run_until(
+            ["resume", run_id, "--json"], tmp_path, normal, None, on_event=held.release_once_submitted
+        )
     credential = AzureNamedKeyCredential(batch_emulator.account_name, batch_emulator.account_key)
-    async with BatchClient(batch_emulator.endpoint, credential) as client:
-        # A pool of one node with one slot, held by a task of another job until `release` exists.
-        await client.create_pool(
-            models.BatchPoolCreateOptions(
-                id=pool_id,
-                vm_size="standard_d2s_v3",
-                target_dedicated_nodes=1,
-                task_slots_per_node=1,
-                virtual_machine_configuration=models.VirtualMachineConfiguration(
-                    image_reference=models.BatchVmImageReference(
-                        publisher="canonical", offer="ubuntu-24_04-lts", sku="server"
-                    ),
-                    node_agent_sku_id="batch.node.ubuntu 24.04",
-                ),
-            )
-        )
-        await client.create_job(
-            models.BatchJobCreateOptions(id=blocker_job, pool_info=models.BatchPoolInfo(pool_id=pool_id))
-        )
-        wait_loop = f"while [ ! -e {shlex.quote(str(release))} ]; do sleep 0.1; done"
-        await client.create_task(
-            blocker_job,
-            models.BatchTaskCreateOptions(id="blocker", command_line=f"/bin/sh -c {shlex.quote(wait_loop)}"),
-        )
-        with anyio.fail_after(60):
-            while True:
-                if (await client.get_task(blocker_job, "blocker")).state == models.BatchTaskState.RUNNING:
-                    break
-                await anyio.sleep(0.1)
-        try:
-            # SAS live run_timeout_s + sas_margin_s: a few seconds here.
-            short = crash_environment(
-                batch_emulator,
-                azurite,
-                tmp_path,
-                TOPN_POOL_ID=pool_id,
-                TOPN_RUN_RUN_TIMEOUT_S="6",
-                TOPN_RUN_SAS_MARGIN_S="0",
-            )
-            first, killed = await run_until(
-                ["run", "in", "--out", "out", "--json"], tmp_path, short, event_named("tasks.submitted")
-            )
-            assert killed and first.exit_code == -9, first.stderr[-3000:]
-            run_id = run_id_in(first)
-            before = await load_record(tmp_path / ".topn", run_id)
-            assert before.submitted_task_ids == set(before.task_ids) and not before.completed
-            old_expiry = min(before.sas_expiries.values())
-            await anyio.sleep(max(0.0, (old_expiry - datetime.now(UTC)).total_seconds()) + 1.5)
-            held = await job_tasks(
-                batch_emulator.endpoint,
-                batch_emulator.account_name,
-                batch_emulator.account_key,
-                f"topn-{run_id}",
-            )
-            assert {task.state for task in held} == {"active"}
-            # The setup really tests expiry: the old input SAS is refused by Storage now.
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(held[0].resource_files[0].http_url) as got,
-            ):
-                assert got.status == 403
-
-            def free_the_slot_once_submitted(event: dict[str, Any]) -> None:
-                if event["event"] == "tasks.submitted":
-                    release.touch()
-
-            resume_started = datetime.now(UTC)
-            normal = crash_environment(batch_emulator, azurite, tmp_path, TOPN_POOL_ID=pool_id)
-            second, _ = await run_until(
-                ["resume", run_id, "--json"], tmp_path, normal, None, on_event=free_the_slot_once_submitted
-            )
-        finally:
-            release.touch()
-            await client.begin_delete_job(blocker_job)
-            await client.begin_delete_pool(pool_id)
     assert second.exit_code == 0, second.stderr[-3000:]
     assert check_summary(second.summary(), texts) == []
     renewed = [event for event in second.events() if event["event"] == "tasks.resubmitted"]
