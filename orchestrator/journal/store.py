@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from enum import Enum
-from pathlib import Path, PurePath
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -17,6 +14,7 @@ import anyio
 
 from orchestrator.journal.queries import load_runs, run_summaries
 from orchestrator.journal.records import JournalInput, RunRecord, RunSummary
+from orchestrator.journal.rows import input_rows, is_md5_hex, jsonable, state_name, upsert
 from orchestrator.journal.schema import (
     JournalError,
     JournalUnusableError,
@@ -30,54 +28,6 @@ from orchestrator.journal.schema import (
 from orchestrator.secrets import redact_value, strip_secrets
 
 T = TypeVar("T")
-
-_STATE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON data for a snapshot or an outcome: mappings, sequences, scalars; paths as text."""
-    if isinstance(value, Enum):
-        return _jsonable(value.value)
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, str):
-        return value
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable({field.name: getattr(value, field.name) for field in dataclasses.fields(value)})
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(item) for item in value]
-    # Anything else (an SDK object, a credential) is recorded by type only: its text may hold secrets.
-    return f"<{type(value).__name__}>"
-
-
-def _state_name(state: str) -> str:
-    name = state.value if isinstance(state, Enum) else state
-    if not isinstance(name, str) or not _STATE_NAME.fullmatch(name):
-        raise ValueError(f"invalid run state {state!r}: expected a name such as 'RUNNING'")
-    return name
-
-
-def _check_input(item: JournalInput, run_id: str) -> None:
-    problems = []
-    if not item.relpath:
-        problems.append("empty relpath")
-    if not item.blob_name:
-        problems.append("empty blob_name")
-    if not item.task_id:
-        problems.append("empty task_id")
-    if item.size_bytes < 0:
-        problems.append(f"negative size_bytes {item.size_bytes}")
-    if item.md5_hex is not None and not _MD5_HEX.fullmatch(item.md5_hex):
-        problems.append(f"md5_hex {item.md5_hex!r} is not 32 hex digits")
-    if problems:
-        raise ValueError(f"run {run_id}: input {item.index} ({item.relpath!r}): {', '.join(problems)}")
 
 
 class Journal:
@@ -150,9 +100,9 @@ class Journal:
 
         def write(connection: sqlite3.Connection) -> None:
             # Validating and encoding thousands of inputs happens here, on the journal's thread.
-            rows = _input_rows(run_id, inputs)
+            rows = input_rows(run_id, inputs)
             snapshot_json = json.dumps(
-                strip_secrets(_jsonable(settings_snapshot)), sort_keys=True, ensure_ascii=False
+                strip_secrets(jsonable(settings_snapshot)), sort_keys=True, ensure_ascii=False
             )
             results_folder = None if out_dir is None else str(Path(out_dir).absolute())
             existing = connection.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -182,7 +132,7 @@ class Journal:
 
     async def record_state(self, run_id: str, state: str) -> None:
         """Record a transition, fsynced before returning; re-recording the current state is a no-op."""
-        name = _state_name(state)
+        name = state_name(state)
         at = format_timestamp(now())
 
         def write(connection: sqlite3.Connection) -> None:
@@ -205,7 +155,7 @@ class Journal:
         if not uploads:
             return
         for relpath, md5_hex, _ in uploads:
-            if not _MD5_HEX.fullmatch(md5_hex):
+            if not is_md5_hex(md5_hex):
                 raise ValueError(
                     f"run {run_id}: upload of {relpath!r}: md5_hex {md5_hex!r} is not 32 hex digits"
                 )
@@ -215,7 +165,7 @@ class Journal:
             self._run_state(connection, run_id)
             self._require_relpaths(connection, run_id, [relpath for relpath, _, _ in uploads])
             for relpath, md5_hex, blob_name in uploads:
-                _upsert(
+                upsert(
                     connection,
                     "uploads",
                     {"run_id": run_id, "relpath": relpath},
@@ -239,7 +189,7 @@ class Journal:
 
         def write(connection: sqlite3.Connection) -> None:
             self._run_state(connection, run_id)
-            _upsert(
+            upsert(
                 connection, "sas_expiries", {"run_id": run_id, "purpose": purpose}, expires_at=expires, at=at
             )
 
@@ -274,7 +224,7 @@ class Journal:
             self._run_state(connection, run_id)
             self._require_task_ids(connection, run_id, list(generations))
             for task_id, generation in generations.items():
-                _upsert(
+                upsert(
                     connection,
                     "task_generations",
                     {"run_id": run_id, "task_id": task_id},
@@ -311,7 +261,7 @@ class Journal:
                 )
             for task_id in unique_ids:
                 key = {"run_id": run_id, "task_id": task_id}
-                _upsert(connection, "task_jobs", key, job_number=job_number, at=at)
+                upsert(connection, "task_jobs", key, job_number=job_number, at=at)
             connection.executemany(
                 "DELETE FROM submitted_tasks WHERE run_id = ? AND task_id = ?",
                 [(run_id, task_id) for task_id in unique_ids],
@@ -332,7 +282,7 @@ class Journal:
             return
         if any(generation < 1 for generation in generations.values()):
             raise ValueError(f"run {run_id}: a re-issued task's generation is 1 or more")
-        name = _state_name(state) if state is not None else None
+        name = state_name(state) if state is not None else None
         at = format_timestamp(now())
 
         def write(connection: sqlite3.Connection) -> None:
@@ -341,9 +291,9 @@ class Journal:
             self._require_task_ids(connection, run_id, task_ids)
             for task_id, generation in generations.items():
                 key = {"run_id": run_id, "task_id": task_id}
-                _upsert(connection, "task_generations", key, generation=generation, at=at)
+                upsert(connection, "task_generations", key, generation=generation, at=at)
                 if job_number > 1:
-                    _upsert(connection, "task_jobs", key, job_number=job_number, at=at)
+                    upsert(connection, "task_jobs", key, job_number=job_number, at=at)
             keys = [(run_id, task_id) for task_id in task_ids]
             connection.executemany("DELETE FROM completed_tasks WHERE run_id = ? AND task_id = ?", keys)
             connection.executemany("DELETE FROM submitted_tasks WHERE run_id = ? AND task_id = ?", keys)
@@ -404,9 +354,9 @@ class Journal:
         if outcome is not None:
             if task_id is None:
                 raise ValueError(f"run {run_id}: an outcome needs its task id")
-            outcome_json = json.dumps(redact_value(_jsonable(outcome)), sort_keys=True, ensure_ascii=False)
+            outcome_json = json.dumps(redact_value(jsonable(outcome)), sort_keys=True, ensure_ascii=False)
         errors = [
-            (relpath, json.dumps(redact_value(_jsonable(error)), sort_keys=True, ensure_ascii=False))
+            (relpath, json.dumps(redact_value(jsonable(error)), sort_keys=True, ensure_ascii=False))
             for relpath, error in failed
         ]
         at = format_timestamp(now())
@@ -421,7 +371,7 @@ class Journal:
                     "INSERT OR IGNORE INTO submitted_tasks (run_id, task_id, at) VALUES (?, ?, ?)",
                     (run_id, task_id, at),
                 )
-                _upsert(
+                upsert(
                     connection,
                     "completed_tasks",
                     {"run_id": run_id, "task_id": task_id},
@@ -434,7 +384,7 @@ class Journal:
                 connection.execute(
                     "DELETE FROM file_failures WHERE run_id = ? AND relpath = ?", (run_id, relpath)
                 )
-                _upsert(
+                upsert(
                     connection,
                     "downloads",
                     {"run_id": run_id, "relpath": relpath},
@@ -446,7 +396,7 @@ class Journal:
                 connection.execute(
                     "DELETE FROM downloads WHERE run_id = ? AND relpath = ?", (run_id, relpath)
                 )
-                _upsert(
+                upsert(
                     connection,
                     "file_failures",
                     {"run_id": run_id, "relpath": relpath},
@@ -461,12 +411,12 @@ class Journal:
     ) -> None:
         """Keep the error that ended the run's attempt (in `state`), for `topn status`; secrets redacted."""
         error = {"error_type": error_type, "message": message, "resumable": resumable, "state": state}
-        error_json = json.dumps(redact_value(_jsonable(error)), sort_keys=True, ensure_ascii=False)
+        error_json = json.dumps(redact_value(jsonable(error)), sort_keys=True, ensure_ascii=False)
         at = format_timestamp(now())
 
         def write(connection: sqlite3.Connection) -> None:
             self._run_state(connection, run_id)
-            _upsert(connection, "run_errors", {"run_id": run_id}, error_json=error_json, at=at)
+            upsert(connection, "run_errors", {"run_id": run_id}, error_json=error_json, at=at)
 
         await self._write(write, durable=True)
 
@@ -555,54 +505,3 @@ class Journal:
             return read_transaction(self._use(), work, self.path)
 
         return await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
-
-
-def _upsert(
-    connection: sqlite3.Connection, table: str, key: Mapping[str, str], at: str, **values: object
-) -> None:
-    """Insert a keyed row, or update the stored one when a value differs; an unchanged row keeps its `at`.
-
-    This is what makes every keyed record idempotent: the latest value wins, and recording the same
-    value again changes nothing (not even when it was recorded).
-    """
-    columns = [*key, *values, "at"]
-    changed = [f"{column} IS NOT excluded.{column}" for column in values]
-    updates = [f"{column} = excluded.{column}" for column in [*values, "at"]]
-    # Table and column names are this module's literals; every value is a bound parameter.
-    statement = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
-        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(updates)} WHERE {' OR '.join(changed)}"
-    )
-    connection.execute(statement, (*key.values(), *values.values(), at))
-
-
-def _input_rows(run_id: str, inputs: Sequence[JournalInput]) -> list[tuple[Any, ...]]:
-    """The `inputs` table rows of a run, after checking every input and their uniqueness."""
-    for item in inputs:
-        _check_input(item, run_id)
-    rows = [
-        (
-            run_id,
-            item.index,
-            item.relpath,
-            item.path,
-            item.size_bytes,
-            item.mtime_ns,
-            None if item.md5_hex is None else item.md5_hex.lower(),
-            item.blob_name,
-            item.task_id,
-        )
-        for item in inputs
-    ]
-    _check_unique(run_id, "index", [row[1] for row in rows])
-    _check_unique(run_id, "relpath", [row[2] for row in rows])
-    _check_unique(run_id, "blob_name", [row[7] for row in rows])
-    return rows
-
-
-def _check_unique(run_id: str, what: str, values: Sequence[object]) -> None:
-    seen: set[object] = set()
-    for value in values:
-        if value in seen:
-            raise ValueError(f"run {run_id}: two inputs share the {what} {value!r}")
-        seen.add(value)
