@@ -2,8 +2,9 @@
 
 The pool has one node with one slot, held by a task of another job until a file exists; topn is
 killed once its tasks are in, and the helper waits until the SAS they carry have expired (Storage
-refuses them). The run's job was created with a wall clock of `run_timeout_s` (6 s): whether it
-survives that depends on the emulator (`--time-scale` stretches it).
+refuses them). The run's job was created with a wall clock of `run_timeout_s` (10 s; on a loaded
+machine staging and submission alone once took 6 s): whether it survives that depends on the
+emulator (`--time-scale` stretches it).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ async def held_back_run(
                 azurite,
                 root,
                 TOPN_POOL_ID=pool_id,
-                TOPN_RUN_RUN_TIMEOUT_S="6",
+                TOPN_RUN_RUN_TIMEOUT_S="10",
                 TOPN_RUN_SAS_MARGIN_S="0",
             )
             first, killed = await run_until(

@@ -306,7 +306,7 @@ async def test_unstarted_tasks_whose_sas_expired_are_re_added_with_fresh_sas_on_
     """Tasks submitted, then held back (the pool's only slot is busy) until their SAS expired: resume
     re-issues them with fresh SAS under their next generation's ids, added before the old ones are
     deleted (the job keeps `terminatejob`, which the emulator, like the service, never lets go back to
-    `noaction`), and the run succeeds. The job's wall clock (6 s, like the SAS) must outlast the wait
+    `noaction`), and the run succeeds. The job's wall clock (10 s, like the SAS) must outlast the wait
     for this to happen in the same job: this emulator runs job wall clocks 100 times slower (when the
     job ends instead, the resume goes on in a successor job: test_resume_successor.py)."""
     batch_emulator = await start_emulator(["--time-scale", "100"])
@@ -343,7 +343,7 @@ async def test_unstarted_tasks_whose_sas_expired_are_re_added_with_fresh_sas_on_
         assert all(sas_expiry_of(url) > resume_started for url in urls), task.id
     async with BatchClient(batch_emulator.endpoint, credential) as client:
         job = await client.get_job(f"topn-{run_id}")
-    # The job was created with the first run's 6 s wall clock; the resume made it last to its deadline.
+    # The job was created with the first run's 10 s wall clock; the resume made it last to its deadline.
     assert job.constraints is not None and job.constraints.max_wall_clock_time is not None
     assert job.creation_time + job.constraints.max_wall_clock_time > resume_started + timedelta(seconds=1700)
     after = await load_record(tmp_path / ".topn", run_id)

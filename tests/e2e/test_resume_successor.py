@@ -1,6 +1,6 @@
 """A run whose job ended under it while topn was down goes on in a successor job on resume.
 
-The job's wall clock (`maxWallClockTime` = the first run's `run_timeout_s`, 6 s) runs out while the
+The job's wall clock (`maxWallClockTime` = the first run's `run_timeout_s`, 10 s) runs out while the
 run's tasks wait for the pool's only slot: the emulator, like the service, terminates the job
 (`MaxWallClockTimeExpiry`), and its tasks will never run. `topn resume` journals the unfinished work
 units as `topn-<run_id>-j2`'s, says why (`job.superseded`), creates that job and adds them with fresh

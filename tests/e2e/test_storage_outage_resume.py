@@ -19,6 +19,7 @@ import pytest
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
+from orchestrator import naming
 from orchestrator.local import processes as local
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.fault_support import check_summary, job_tasks, run_topn_live, write_corpus
@@ -144,11 +145,16 @@ async def test_retry_failed_runs_a_failed_file_again_and_plain_resume_leaves_it(
     """A file its task failed (exit 7: the file, not Storage) is final for `topn resume`; with
     `--retry-failed` the finished run is reopened, the unit runs again under its next task id (here it
     fails again, the fault being the emulator's), and the summary is the same."""
-    batch = await start_emulator(
-        ["--fault-task-fail-match", "text 0001_OUTPUT", "--fault-task-fail-exit-code", "7"]
-    )
     texts = write_corpus(tmp_path / "in", 3, seed=73)
-    assert "part1/text 0001.txt" in texts  # the file the fault fails
+    # Three files make three one-file units; the fault fails the unit of this one, by its manifest's
+    # name on the command line (a re-issued task keeps its unit's manifest).
+    failing_unit = naming.task_id(sorted(texts).index("part1/text 0001.txt"))
+    batch = await start_emulator(
+        [
+            *("--fault-task-fail-match", naming.unit_manifest_file(failing_unit)),
+            *("--fault-task-fail-exit-code", "7"),
+        ]
+    )
     env = crash_environment(batch, azurite, tmp_path, TOPN_RUN_TASK_MAX_RETRIES="0")
     first, _ = await run_until(["run", "in", "--out", "out", "--json"], tmp_path, env, None)
     assert first.exit_code == 1, first.stderr[-3000:]
@@ -158,6 +164,7 @@ async def test_retry_failed_runs_a_failed_file_again_and_plain_resume_leaves_it(
     (failed_unit,) = [
         task_id for task_id, outcome in before.completed.items() if outcome["status"] == "failed"
     ]
+    assert failed_unit == failing_unit
 
     plain, _ = await run_until(["resume", run_id, "--json"], tmp_path, env, None)
     assert plain.exit_code == 1 and plain.summary() == first.summary()
