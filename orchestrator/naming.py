@@ -201,6 +201,8 @@ def task_command_line(task_id: str, *, python: str = "python3", script: str = NO
 
 # Most inputs in one unit unless configured (`[run] max_files_per_task`).
 MAX_FILES_PER_UNIT = 1000
+# The first units of a run are smaller, each twice the one before, up to the planned size.
+RAMP_UNITS = 4
 # Most bytes in one unit of several files unless configured (`[run] unit_target_bytes`).
 UNIT_TARGET_BYTES = 64 * 1024 * 1024
 
@@ -228,7 +230,9 @@ def plan_work_units(
     least `units_per_slot` units per task slot (when there are that many files) to keep every slot busy
     and balanced. A unit of several files never holds more than `max_files_per_unit` files or more
     than `max_unit_bytes` (a bigger file is a unit of its own). The node reads a unit's inputs from
-    its manifest, so no command line limits a unit.
+    its manifest, so no command line limits a unit. The first `RAMP_UNITS` units are smaller (1/16,
+    1/8, 1/4, 1/2 of the others): a unit's task is added once its inputs are uploaded, so the first
+    task goes in after a few uploads whatever the number of files.
     """
     if not sizes:
         return []
@@ -238,7 +242,8 @@ def plan_work_units(
     current: list[int] = []
     current_bytes = 0
     for index, size in enumerate(sizes):
-        if current and (len(current) >= per_unit or current_bytes + size > max_unit_bytes):
+        limit = max(1, per_unit >> max(0, RAMP_UNITS - len(units)))
+        if current and (len(current) >= limit or current_bytes + size > max_unit_bytes):
             units.append(current)
             current, current_bytes = [], 0
         current.append(index)

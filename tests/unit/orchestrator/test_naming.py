@@ -112,12 +112,23 @@ def test_work_units_cover_inputs_in_order_within_limits(sizes: list[int], slots:
 
 def test_many_small_files_share_tasks_but_keep_every_slot_busy() -> None:
     units = naming.plan_work_units([100] * 1000, slots=4)
-    assert len(units) == 16 and {len(unit) for unit in units} <= {63, 55}
+    # 63 files per unit (1,000 over 4 units per slot), after a ramp of smaller first units.
+    assert [len(unit) for unit in units[:5]] == [3, 7, 15, 31, 63]
+    assert 16 <= len(units) <= 20 and max(len(unit) for unit in units) == 63
 
 
 def test_a_unit_of_many_small_files_is_one_task_whatever_their_names() -> None:
     units = naming.plan_work_units([10] * 5000, slots=1, max_files_per_unit=1000)
-    assert [len(unit) for unit in units] == [1000] * 5
+    assert [len(unit) for unit in units] == [62, 125, 250, 500, 1000, 1000, 1000, 1000, 63]
+
+
+@given(count=st.integers(1, 100_000), slots=st.integers(1, 64))
+def test_the_first_task_waits_for_few_uploads_whatever_the_number_of_files(count: int, slots: int) -> None:
+    """A unit's task is added once its inputs are uploaded: the first unit is 1/16 of the others."""
+    units = naming.plan_work_units([10] * count, slots)
+    planned = max(len(unit) for unit in units)
+    assert len(units[0]) <= max(1, planned // 16)
+    assert [index for unit in units for index in unit] == list(range(count))
 
 
 def test_the_node_python_may_live_under_a_batch_variable() -> None:
