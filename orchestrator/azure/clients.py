@@ -198,7 +198,7 @@ class CountingTransport(AioHttpTransport):  # type: ignore[misc]
     def _build_ssl_config(self, cert: Any, verify: Any) -> Any:
         """azure-core's SSL setting for a request, built once per (cert, CA file) instead of per request.
 
-        Given a CA file (`connection_verify`, from SSL_CERT_FILE), azure-core makes a new SSL context
+        Given a CA file (`connection_verify`, from `[section] ca_file`), azure-core makes a new SSL context
         and re-reads the whole CA bundle for every request: 10-20 ms of CPU each, most of the
         orchestrator's cost per file (issue 13). The file does not change while the process runs.
         """
