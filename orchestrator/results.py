@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gzip
 import json
 import os
 import tempfile
@@ -25,57 +24,17 @@ from orchestrator.secrets import redact_value
 if TYPE_CHECKING:  # inputs.py imports this module
     from orchestrator.inputs import SkippedInput
 
-COUNTS_FORMAT = "topn.counts"
 RUN_MARKER = ".topn-run"  # holds the run id that owns a results folder
-
-
-class CountsFormatError(ValueError):
-    """A counts blob that is not the documented `topn.counts` format."""
 
 
 @dataclass(frozen=True)
 class FileCounts:
-    """One input's full counts, in order of first occurrence (the node's counts blob)."""
+    """One input's full counts, in order of first occurrence (as its unit's result blob holds them)."""
 
     words: int
     distinct: int
     invalid_bytes: int
     counts: list[tuple[str, int]]
-
-
-def parse_counts_blob(data: bytes) -> FileCounts:
-    """Decode a gzip JSON counts blob (docs/contracts.md); CountsFormatError says what is wrong."""
-    try:
-        document = json.loads(gzip.decompress(data).decode("utf-8"))
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CountsFormatError(f"counts blob is not gzip-compressed UTF-8 JSON: {error}") from None
-    if not isinstance(document, dict) or document.get("format") != COUNTS_FORMAT:
-        raise CountsFormatError(f"counts blob is not in the {COUNTS_FORMAT!r} format")
-    if document.get("version") != 1:
-        raise CountsFormatError(f"unsupported counts version {document.get('version')!r} (expected 1)")
-    raw_counts = document.get("counts")
-    if not isinstance(raw_counts, list):
-        raise CountsFormatError("counts blob has no 'counts' list")
-    counts: list[tuple[str, int]] = []
-    for entry in raw_counts:
-        if (
-            not isinstance(entry, list)
-            or len(entry) != 2
-            or not isinstance(entry[0], str)
-            or not isinstance(entry[1], int)
-        ):
-            raise CountsFormatError(f"bad counts entry {entry!r}: expected [word, count]")
-        counts.append((entry[0], entry[1]))
-    words = document.get("words")
-    invalid_bytes = document.get("invalid_bytes", 0)
-    if isinstance(invalid_bytes, bool) or not isinstance(invalid_bytes, int) or invalid_bytes < 0:
-        raise CountsFormatError(f"bad invalid_bytes {invalid_bytes!r}: expected a count of bytes, 0 or more")
-    return FileCounts(
-        words=words if isinstance(words, int) else sum(count for _, count in counts),
-        distinct=len(counts),
-        invalid_bytes=invalid_bytes,
-        counts=counts,
-    )
 
 
 def top_of(counts: Sequence[tuple[str, int]], top: int) -> list[tuple[str, int]]:

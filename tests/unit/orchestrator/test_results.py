@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -14,11 +12,9 @@ from hypothesis import strategies as st
 from orchestrator.errors import InputError, LocalWriteError
 from orchestrator.naming import UnsafeNameError, output_name
 from orchestrator.results import (
-    CountsFormatError,
     RunCounts,
     check_result_paths_fit,
     claim_results_folder,
-    parse_counts_blob,
     result_path,
     top_of,
     write_atomic,
@@ -49,44 +45,6 @@ def test_merge_in_any_order_equals_sequential_counter_merge(files: list[list[str
 @given(tokens=st.lists(words, max_size=40), top=st.integers(1, 8))
 def test_per_file_top_matches_most_common(tokens: list[str], top: int) -> None:
     assert top_of(ordered_counts(tokens), top) == Counter(tokens).most_common(top)
-
-
-def counts_blob(document: object) -> bytes:
-    return gzip.compress(json.dumps(document).encode())
-
-
-def test_counts_blob_is_parsed() -> None:
-    blob = counts_blob(
-        {
-            "format": "topn.counts",
-            "version": 1,
-            "file": "a.txt",
-            "tokenizer": "words",
-            "words": 3,
-            "distinct": 2,
-            "invalid_bytes": 5,
-            "counts": [["b", 1], ["a", 2]],
-        }
-    )
-    parsed = parse_counts_blob(blob)
-    assert parsed.counts == [("b", 1), ("a", 2)]
-    assert (parsed.words, parsed.distinct, parsed.invalid_bytes) == (3, 2, 5)
-
-
-@pytest.mark.parametrize(
-    "blob",
-    [
-        b"not gzip",
-        counts_blob({"format": "other", "version": 1, "counts": []}),
-        counts_blob({"format": "topn.counts", "version": 2, "counts": []}),
-        counts_blob({"format": "topn.counts", "version": 1, "counts": [["a"]]}),
-    ],
-    # Named, not shown: gzip stamps the time, and pytest-xdist needs the same ids in every worker.
-    ids=["not gzip", "other format", "version 2", "row without count"],
-)
-def test_bad_counts_blobs_are_refused(blob: bytes) -> None:
-    with pytest.raises(CountsFormatError):
-        parse_counts_blob(blob)
 
 
 def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
