@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -88,9 +89,14 @@ async def test_files_become_results_exactly_once_with_the_http_side_telling(
                 assert name.split("/")[1:] == ["sub", "renamed_OUTPUT.txt"]  # relative path kept
                 assert "kiwi:\t3" in results[name]
 
-        status, runs = await get_json(f"{url}/v1/runs")
-        assert status == 200
-        finished = [run for run in runs["runs"] if run["state"] == "finished"]
+        async def runs_finished() -> list[dict[str, Any]] | None:
+            # A batch's files reach done/ and failed/ just before the batch is recorded as finished.
+            status, runs = await get_json(f"{url}/v1/runs")
+            assert status == 200
+            finished = [run for run in runs["runs"] if run["state"] == "finished"]
+            return finished if sum(run["files"] for run in finished) >= 4 else None
+
+        finished = await wait_async(runs_finished, "the batches to be recorded as finished", 30)
         assert sum(run["files"] for run in finished) == 4
         assert {run["run_id"] for run in finished} == {summary["run_id"] for summary in summaries}
         failed_run = next(run for run in finished if run["outcome"] == "failed")
