@@ -183,11 +183,14 @@ async def test_small_files_share_tasks_and_a_failing_file_does_not_sink_its_unit
             pool=PoolKeeper(settings, clients, stand_in_node()),
         )
     by_path = {entry["path"]: entry for entry in summary["files"]}
-    assert len({entry["task_id"] for entry in summary["files"]}) == 4  # 10 files in 4 work units
+    # 10 files, one slot: four units per slot of ceil(10/4) = 3 files, the first four ramping up
+    # (1/16, 1/8, 1/4, 1/2 of 3, at least one file): f00, f01, f02, f03, then f04-f06 and f07-f09.
+    tasks = {path: entry["task_id"] for path, entry in by_path.items()}
+    assert len(set(tasks.values())) == 6
+    assert tasks["f04.txt"] == tasks["f05.txt"] == tasks["f06.txt"] != tasks["f03.txt"]
     assert by_path["f04.txt"]["status"] == "failed"
     assert "asked to fail" in by_path["f04.txt"]["error"]["stderr_tail"]
-    assert by_path["f03.txt"]["task_id"] == by_path["f04.txt"]["task_id"]
-    assert by_path["f03.txt"]["status"] == "succeeded"
+    assert by_path["f05.txt"]["status"] == by_path["f06.txt"]["status"] == "succeeded"
     assert sum(entry["status"] == "succeeded" for entry in summary["files"]) == 9
     assert summary["top"][0] == ["common", 9]
 

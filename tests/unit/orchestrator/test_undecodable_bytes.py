@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.console import render_table
-from orchestrator.results import CountsFormatError, file_entry, parse_counts_blob, undecodable_notice
+from orchestrator.results import file_entry, undecodable_notice
 from orchestrator.run.context import FileResult, RunLedger
 from orchestrator.run.summary import run_summary
 from tests.unit.orchestrator.test_run_stages import context
-
-
-def counts_blob(**fields: Any) -> bytes:
-    document = {"format": "topn.counts", "version": 1, "words": 1, "counts": [["a", 1]], **fields}
-    return gzip.compress(json.dumps(document).encode("utf-8"))
 
 
 def succeeded(path: str, invalid_bytes: int) -> dict[str, Any]:
@@ -30,20 +22,6 @@ def succeeded(path: str, invalid_bytes: int) -> dict[str, Any]:
 
 def failed(path: str) -> dict[str, Any]:
     return file_entry(path, task_id="t000000", succeeded=False, error={"message": "boom"})
-
-
-def test_the_counts_blob_gives_its_invalid_bytes() -> None:
-    assert parse_counts_blob(counts_blob(invalid_bytes=17)).invalid_bytes == 17
-
-
-def test_a_counts_blob_without_invalid_bytes_counts_none() -> None:
-    assert parse_counts_blob(counts_blob()).invalid_bytes == 0
-
-
-@pytest.mark.parametrize("bad", [-1, "3", 2.5, True, None, [1]])
-def test_a_counts_blob_with_a_bad_invalid_bytes_is_refused_by_name(bad: object) -> None:
-    with pytest.raises(CountsFormatError, match="bad invalid_bytes"):
-        parse_counts_blob(counts_blob(invalid_bytes=bad))
 
 
 def test_a_failed_file_has_null_invalid_bytes_and_a_clean_one_zero() -> None:
