@@ -113,9 +113,10 @@ def requests_between(before: dict[str, Any], after: dict[str, Any]) -> Counter[s
     return Counter({operation: count for operation, count in delta.items() if count})
 
 
-def run_topn(
-    files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path
-) -> tuple[float, dict[str, Any]]:
+def topn_child(
+    files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path, timeout_s: float
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """`topn run --json` as a child process against the given services; its wall time and output."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
     env.update(
         {
@@ -133,11 +134,18 @@ def run_topn(
         capture_output=True,
         text=True,
         check=False,
-        timeout=3600,
+        timeout=timeout_s,
     )
     wall = time.monotonic() - started
     if completed.returncode != 0:
         raise SystemExit(f"topn run failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    return wall, completed
+
+
+def run_topn(
+    files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path
+) -> tuple[float, dict[str, Any]]:
+    wall, completed = topn_child(files_dir, out_dir, batch, blob, state_dir, timeout_s=3600)
     summary: dict[str, Any] = json.loads(completed.stdout)
     return wall, summary
 
@@ -268,30 +276,9 @@ def loadavg() -> str:
 
 def run_topn_measured(files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path) -> ScaleFigures:
     """`topn run` as a child process; its CPU and peak RSS from getrusage of the waited child."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
-    env.update(
-        {
-            "TOPN_BATCH_ENDPOINT": batch,
-            "TOPN_STORAGE_BLOB_ENDPOINT": blob,
-            "TOPN_LOCAL_STATE_DIR": str(state_dir),
-            "TOPN_POOL_ID": "topn-scale",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    completed = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "run", str(files_dir), "--out", str(out_dir), "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=7200,
-    )
-    wall = time.monotonic() - started
+    wall, completed = topn_child(files_dir, out_dir, batch, blob, state_dir, timeout_s=7200)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if completed.returncode != 0:
-        raise SystemExit(f"topn run failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
     summary: dict[str, Any] = json.loads(completed.stdout)
     totals = summary["totals"]
     if totals["succeeded"] != totals["files"]:
