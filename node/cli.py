@@ -65,14 +65,14 @@ class Plan:
     upload_retries: int
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
@@ -87,12 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--filepath", action="append", required=True, help="input file; repeat for several inputs"
     )
-    parser.add_argument("--numwords", type=_non_negative_int, help="how many top words to report (seed flag)")
-    parser.add_argument("--top", type=_non_negative_int, help=f"same as --numwords (default {DEFAULT_TOP})")
+    parser.add_argument("--numwords", type=non_negative_int, help="how many top words to report (seed flag)")
+    parser.add_argument("--top", type=non_negative_int, help=f"same as --numwords (default {DEFAULT_TOP})")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="words", help="how words are found")
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="processes for a large file (default: the CPUs available to this process)",
     )
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--counts-name", action="append", help="the counts blob's name, one per --filepath"
     )
     destination.add_argument(
-        "--upload-retries", type=_non_negative_int, default=UPLOAD_RETRIES, help="retries per blob upload"
+        "--upload-retries", type=non_negative_int, default=UPLOAD_RETRIES, help="retries per blob upload"
     )
     return parser
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from node.cli import non_negative_int, positive_int
 from node.counting import BLOCK_BYTES
 from node.manifest import ManifestError, UnitInput, UnitManifest, parse_manifest
 from node.ranges import RangeCounter
@@ -81,20 +82,6 @@ class UnitPlan:
     chunk_bytes: int = 4 << 20
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="node unit",
@@ -108,16 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_CONCURRENCY,
         help=f"inputs read at a time (default {DEFAULT_CONCURRENCY})",
     )
     parser.add_argument(
-        "--upload-retries", type=_non_negative_int, default=UPLOAD_RETRIES, help="retries per blob upload"
+        "--upload-retries", type=non_negative_int, default=UPLOAD_RETRIES, help="retries per blob upload"
     )
     parser.add_argument(
         "--chunk-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=CHUNK_BYTES,
         help=f"bytes per GET request of an input (default {CHUNK_BYTES})",
     )
