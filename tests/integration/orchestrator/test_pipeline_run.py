@@ -336,7 +336,9 @@ async def test_a_job_terminated_under_the_run_fails_it_promptly_with_the_reason(
     batch = await start_emulator()
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("SLEEP-THIS-FILE", encoding="utf-8")
-    (tmp_path / "in" / "b.txt").write_text("waits behind a", encoding="utf-8")
+    # Both sleep: whichever unit the pipelined submission adds first holds the only slot, and the
+    # other is still waiting when the job is terminated (b alone finished first now and then).
+    (tmp_path / "in" / "b.txt").write_text("waits behind a: SLEEP-THIS-FILE", encoding="utf-8")
     settings = settings_for(
         batch,
         azurite,
