@@ -122,12 +122,14 @@ async def renew_expiring_tasks(run: RunContext, deadline_at: datetime) -> Renewa
         # Before the add: a crash after it must find the new ids, or the run would await the old ones.
         await run.journal.record_task_generations(run.run_id, reissued)
     run.generations.update(reissued)
-    if stale:
+    missing = len([task_id for task_id in plan.add if task_id in submitted_before])
+    # Said only when a task of the job is concerned: a successor job's first adds re-issue nothing.
+    if stale and (plan.replace or missing or plan.kept_started):
         log.info(
             "tasks.resubmitted",
             job_id=run.job_id,
             tasks=len(plan.replace),
-            missing=len([task_id for task_id in plan.add if task_id in submitted_before]),
+            missing=missing,
             running_kept=len(plan.kept_started),
             reason="sas_expiring",
         )
