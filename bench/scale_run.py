@@ -59,12 +59,14 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,8 @@ from orchestrator.service.poolkeeper import PoolKeeper
 from orchestrator.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# `--code DIR`: the checkout whose topn the child runs (a worktree of an older commit: before/after).
+CODE_ROOT_VARIABLE = "TOPN_BENCH_CODE_ROOT"
 # Common English words; generated texts need realistic repetition, not meaning.
 VOCABULARY = """
 the of and to in is was that for it with as his on be at by had are but from or have an they which one you
@@ -114,9 +118,19 @@ def requests_between(before: dict[str, Any], after: dict[str, Any]) -> Counter[s
 
 
 def topn_child(
-    files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path, timeout_s: float
+    files_dir: Path,
+    out_dir: Path,
+    batch: str,
+    blob: str,
+    state_dir: Path,
+    timeout_s: float,
+    launcher: Sequence[str] = (),
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """`topn run --json` as a child process against the given services; its wall time and output."""
+    """`topn run --json` as a child process against the given services; its wall time and output.
+
+    `launcher` replaces the plain interpreter (e.g. a profiler's command line ending in it).
+    """
+    child_root = Path(os.environ.get(CODE_ROOT_VARIABLE) or ROOT)
     env = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
     env.update(
         {
@@ -124,13 +138,17 @@ def topn_child(
             "TOPN_STORAGE_BLOB_ENDPOINT": blob,
             "TOPN_LOCAL_STATE_DIR": str(state_dir),
             "TOPN_POOL_ID": "topn-scale",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(child_root),
         }
     )
     started = time.monotonic()
     completed = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "run", str(files_dir), "--out", str(out_dir), "--json"],
+        [
+            *(launcher or [sys.executable]),
+            *("-m", "orchestrator", "run", str(files_dir), "--out", str(out_dir), "--json"),
+        ],
         env=env,
+        cwd=child_root,  # `python -m` imports from the working folder first
         capture_output=True,
         text=True,
         check=False,
@@ -260,6 +278,7 @@ class ScaleFigures:
     files: int
     wall_s: float
     cpu_s: float  # user + system of the topn process
+    cpu_system_s: float  # the system (kernel) part of it
     peak_rss_mb: float
     storage_requests: int
     storage_by_operation: dict[str, int]
@@ -268,18 +287,61 @@ class ScaleFigures:
     first_task_s: float | None
     stages_s: dict[str, float]
     azurite_get_ms: float
+    azurite_cpu_s: float = 0.0  # Azurite's CPU over the block (one Node process)
+    emulator_cpu_s: float = 0.0  # the emulator's, with its finished task processes (the nodes' work)
 
 
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text(encoding="utf-8").strip()
 
 
-def run_topn_measured(files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path) -> ScaleFigures:
+def summary_of(stdout: str) -> dict[str, Any]:
+    """summary.json's content from `topn run --json`'s stdout (a profiler may print around it)."""
+    start = stdout.find("{") if stdout.startswith("{") else stdout.find("\n{") + 1
+    summary: dict[str, Any] = json.JSONDecoder().raw_decode(stdout, start)[0]
+    return summary
+
+
+def profiler_launcher(profile_dir: Path | None, files: int) -> list[str]:
+    """The interpreter under py-spy (the thread holding the GIL: Python's CPU), or plain without a folder.
+
+    py-spy is a measuring tool, not a dependency: `.venv/bin/pip install py-spy` first. A profiled
+    run's own figures (CPU, wall time) include py-spy's cost: measure and profile in separate runs.
+    """
+    if profile_dir is None:
+        return [sys.executable]
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy (a measuring tool only)")
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    output = profile_dir / f"topn-{files}.folded"
+    return [
+        *(py_spy, "record", "--format", "raw", "--gil", "--rate", str(PROFILE_RATE_HZ), "--nonblocking"),
+        *("--output", str(output), "--", sys.executable),
+    ]
+
+
+# Samples per second per active thread: each sample stands for 1/rate s of that thread's CPU.
+PROFILE_RATE_HZ = 250
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of a live process and of its children it has waited for (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    ticks = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_topn_measured(
+    files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path, profile_dir: Path | None = None
+) -> ScaleFigures:
     """`topn run` as a child process; its CPU and peak RSS from getrusage of the waited child."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall, completed = topn_child(files_dir, out_dir, batch, blob, state_dir, timeout_s=7200)
+    count = sum(1 for _ in files_dir.rglob("*.txt"))
+    launcher = profiler_launcher(profile_dir, count)
+    wall, completed = topn_child(files_dir, out_dir, batch, blob, state_dir, 7200, launcher)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    summary: dict[str, Any] = json.loads(completed.stdout)
+    summary = summary_of(completed.stdout)
     totals = summary["totals"]
     if totals["succeeded"] != totals["files"]:
         raise SystemExit(f"topn run: {totals['failed']} of {totals['files']} files failed")
@@ -291,6 +353,7 @@ def run_topn_measured(files_dir: Path, out_dir: Path, batch: str, blob: str, sta
         files=int(totals["files"]),
         wall_s=wall,
         cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        cpu_system_s=after.ru_stime - before.ru_stime,
         peak_rss_mb=after.ru_maxrss / 1024,  # kilobytes on Linux; the largest waited child: this run
         storage_requests=sum(storage.values()),
         storage_by_operation=storage,
@@ -321,8 +384,8 @@ async def azurite_get_latency_ms(
         return (time.monotonic() - started) / count * 1000
 
 
-async def scale_block(count: int, base: Path) -> ScaleFigures:
-    """Fresh Azurite and emulator, `count` files, one `topn run`."""
+async def scale_block(count: int, base: Path, profile_dir: Path | None = None) -> ScaleFigures:
+    """Fresh Azurite and emulator, `count` files, one `topn run` (under py-spy with `profile_dir`)."""
     folder = base / f"block-{count}"
     generate_files(folder / "texts", count)
     azurite = await local.start_azurite(folder / "azurite", folder / "logs")
@@ -336,12 +399,20 @@ async def scale_block(count: int, base: Path) -> ScaleFigures:
                 emulator.endpoint,
                 azurite.endpoint,
                 folder / "state",
+                profile_dir,
             )
+            # Read before the latency probe below, which would add its own requests to Azurite's.
+            azurite_cpu_s, emulator_cpu_s = process_cpu_s(azurite.pid), process_cpu_s(emulator.pid)
             run_id = json.loads((folder / "out" / "summary.json").read_text(encoding="utf-8"))["run_id"]
             latency = await azurite_get_latency_ms(
                 azurite.endpoint, f"topn-in-{run_id}", f"runs/{run_id}/part0/doc00000.txt"
             )
-            return dataclasses.replace(figures, azurite_get_ms=latency)
+            return dataclasses.replace(
+                figures,
+                azurite_get_ms=latency,
+                azurite_cpu_s=azurite_cpu_s,
+                emulator_cpu_s=emulator_cpu_s,
+            )
         finally:
             await local.stop_service(emulator)
     finally:
@@ -379,12 +450,14 @@ async def seed_block(count: int, base: Path) -> float:
         await local.stop_service(azurite)
 
 
-async def measure_scale(counts: list[int], seed_files: int, base: Path) -> None:
+async def measure_scale(
+    counts: list[int], seed_files: int, base: Path, profile_dir: Path | None = None
+) -> None:
     """Each count's topn block, then the seed once; one report with ratios and the machine's load."""
     load_before = loadavg()
     results = []
     for count in counts:
-        figures = await scale_block(count, base)
+        figures = await scale_block(count, base, profile_dir)
         print(f"topn {count}: {figures}  loadavg {loadavg()}", flush=True)
         results.append(figures)
     seed_wall = await seed_block(seed_files, base) if seed_files else None
@@ -406,7 +479,12 @@ async def measure_scale(counts: list[int], seed_files: int, base: Path) -> None:
             f"{figures.peak_rss_mb:>12.0f} {figures.tasks:>6} {figures.first_task_s!s:>11} "
             f"{figures.azurite_get_ms:>15.1f}"
         )
-        print(f"        storage by operation: {figures.storage_by_operation}; stages {figures.stages_s}")
+        print(
+            f"        CPU system (kernel) part {figures.cpu_system_s / figures.files * 1000:.2f} ms/file; "
+            f"Azurite CPU {figures.azurite_cpu_s:.1f} s, "
+            f"emulator + nodes CPU {figures.emulator_cpu_s:.1f} s; "
+            f"storage by operation: {figures.storage_by_operation}; stages {figures.stages_s}"
+        )
     if seed_wall is not None:
         print(f"seed way measured at {seed_files} files: {seed_wall:.1f} s, scaled linearly to each count")
 
@@ -426,10 +504,25 @@ def main() -> None:
         action="store_true",
         help="also run topn with packing off (orchestration alone)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="with --scale: run each topn child under py-spy, its stacks in this folder "
+        "(bench/profile_map.py turns them into CPU ms per file and stage)",
+    )
+    parser.add_argument(
+        "--code",
+        type=Path,
+        help="run the topn child from this checkout instead (e.g. a worktree of main, with node_modules "
+        "linked in): before/after side by side with the same benchmark",
+    )
     args = parser.parse_args()
+    if args.code:
+        os.environ[CODE_ROOT_VARIABLE] = str(args.code.resolve())
     with tempfile.TemporaryDirectory(prefix="topn-scale-") as folder:
         if args.scale:
-            anyio.run(measure_scale, args.scale, args.seed_files, Path(folder))
+            profile_dir = args.profile.absolute() if args.profile else None
+            anyio.run(measure_scale, args.scale, args.seed_files, Path(folder), profile_dir)
         else:
             anyio.run(measure, args.files, args.skip_seed, args.one_task_per_file, Path(folder))
 
