@@ -34,6 +34,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob.aio import BlobServiceClient
 
 from orchestrator.azure.entra import audience_refused, describe_token_failure, is_audience_error
+from orchestrator.azure.putblob import BlobService
 from orchestrator.azure.retry import (
     SDK_RETRY_KWARGS,
     TRANSIENT_STATUSES,
@@ -289,10 +290,15 @@ async def open_clients(
         }
     in_path = _storage_account_in_path(settings.storage.blob_endpoint, settings.storage.account_name)
     sdk_kwargs: dict[str, Any] = dict(SDK_RETRY_KWARGS, **storage_verify)
-    blob_service = BlobServiceClient(
+    blob_service = BlobService(
         settings.storage.blob_endpoint,
         credential=storage_credential,
         transport=CountingTransport(counter, STORAGE, account_in_path=in_path, **sdk_kwargs),
+        putter_transport=(
+            CountingTransport(counter, STORAGE, account_in_path=in_path, **sdk_kwargs)
+            if settings.storage.auth == "shared_key"
+            else None
+        ),
         **sdk_kwargs,
     )
     await stack.enter_async_context(blob_service)

@@ -21,10 +21,11 @@ import anyio
 import structlog
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings, UserDelegationKey
-from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.blob.aio import BlobClient, BlobServiceClient
 
 from orchestrator import naming
 from orchestrator.azure import sas
+from orchestrator.azure.putblob import BlobService
 from orchestrator.azure.retry import RetryPolicy, retry_call
 from orchestrator.errors import ConfigError, InputError, first_leaf
 from orchestrator.files import read_md5
@@ -94,9 +95,12 @@ def _file_version(path: Path) -> FileVersion:
     return (info.st_size, info.st_mtime_ns, info.st_ino)
 
 
-def _version_and_md5(path: Path) -> tuple[FileVersion, tuple[bytes | None, bytes]]:
-    """The file's version before it is read, then its bytes (when small) and MD5."""
-    return _file_version(path), _md5_of_file(path)
+def _version_and_md5(path: Path) -> tuple[FileVersion, tuple[bytes | None, bytes], FileVersion | None]:
+    """The file's version before it is read, its bytes (when small) and MD5, and for bytes held in
+    memory its version once they were read (what is sent is then those bytes, whatever comes next)."""
+    before = _file_version(path)
+    data, md5 = _md5_of_file(path)
+    return before, (data, md5), _file_version(path) if data is not None else None
 
 
 class _HashingReader:
@@ -140,8 +144,9 @@ async def upload_input_file(
 ) -> UploadedFile:
     """Upload one file so that the blob, its stored MD5 and the returned MD5 and size all agree.
 
-    The file's size, mtime and inode are compared before and after, and a streamed upload hashes what
-    it sent: a file that changed meanwhile is uploaded again (bounded), then InputChangedError names it.
+    The file's size, mtime and inode are compared before and after it is read (a small file, sent from
+    memory) or uploaded (a streamed one, which also hashes what it sent): a file that changed meanwhile
+    is read and uploaded again (bounded), then InputChangedError names it.
     """
     attempts = len(CHANGED_INPUT_RETRY_DELAYS_S) + 1
     for attempt in range(1, attempts + 1):
@@ -181,25 +186,52 @@ async def _upload_once(
 ) -> UploadedFile | None:
     """One read-and-upload of `path`; None when the file changed meanwhile (the blob is then suspect)."""
     try:
-        # One worker-thread trip for the version and the bytes: thousands of files cost few hops.
-        before, (data, md5) = await anyio.to_thread.run_sync(_version_and_md5, path)
+        # One worker-thread trip for the versions and the bytes of a small file: thousands of files
+        # cost few hops. A file that changed while it was read is read again before anything is sent.
+        before, (data, md5), read_version = await anyio.to_thread.run_sync(_version_and_md5, path)
     except OSError as error:
         raise InputError(_unreadable(path, error)) from None
-    blob = blob_service.get_blob_client(container, blob_name)
+    if read_version is not None and read_version != before:
+        return None
+    # Small files go through the short pipeline when the client has one (azure/putblob.py); the SDK's
+    # blob client, costly to build, only when it is needed (a streamed file, an existing blob).
+    putter = blob_service.putter if isinstance(blob_service, BlobService) else None
+    blob = (
+        None
+        if putter is not None and data is not None
+        else blob_service.get_blob_client(container, blob_name)
+    )
     settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5))
     sent: list[tuple[bytes, int]] = []  # (md5, size) of what the last put sent
+
+    def sdk_blob() -> BlobClient:
+        nonlocal blob
+        if blob is None:
+            blob = blob_service.get_blob_client(container, blob_name)
+        return blob
 
     async def put(overwrite: bool) -> None:
         sent.clear()
         if data is not None:
-            await blob.upload_blob(data, overwrite=overwrite, content_settings=settings)
+            if putter is not None:
+                await putter.put(
+                    container,
+                    blob_name,
+                    data,
+                    content_md5=md5,
+                    content_type=content_type,
+                    overwrite=overwrite,
+                )
+            else:
+                await sdk_blob().upload_blob(data, overwrite=overwrite, content_settings=settings)
             sent.append((md5, len(data)))
             return
+        client = sdk_blob()
         with path.open("rb") as stream:
             reader = _HashingReader(stream)
             # No MD5 is stored with the streamed bytes: only once they are known to be the file's
             # (below) is it set, so a crash in between leaves a blob that no resume will skip.
-            await blob.upload_blob(
+            await client.upload_blob(
                 cast("IO[bytes]", reader),  # the SDK takes any object with an (async) read
                 overwrite=overwrite,
                 content_settings=ContentSettings(content_type=content_type),
@@ -208,23 +240,26 @@ async def _upload_once(
             sent.append((reader.digest.digest(), reader.size_bytes))
             if sent[0][0] == md5:
                 await retry_call(
-                    retry, "set_http_headers", lambda: blob.set_http_headers(content_settings=settings)
+                    retry, "set_http_headers", lambda: client.set_http_headers(content_settings=settings)
                 )
 
     skipped = False
     try:
         await retry_call(retry, "upload_blob", lambda: put(False))
     except ResourceExistsError:
-        properties = await retry_call(retry, "get_blob_properties", blob.get_blob_properties)
+        properties = await retry_call(retry, "get_blob_properties", sdk_blob().get_blob_properties)
         existing = properties.content_settings.content_md5
         if existing is not None and bytes(existing) == md5:
             skipped = True
         else:
             await retry_call(retry, "upload_blob", lambda: put(True))
-    try:
-        after = await anyio.to_thread.run_sync(_file_version, path)
-    except OSError:
-        return None  # deleted or replaced meanwhile: try again, which names the problem if it stays
+    if read_version is not None:
+        after = read_version  # the blob holds the bytes read, which were the file's all along
+    else:
+        try:
+            after = await anyio.to_thread.run_sync(_file_version, path)
+        except OSError:
+            return None  # deleted or replaced meanwhile: try again, which names the problem if it stays
     size_bytes = before[0] if skipped else sent[0][1]
     if after != before or (not skipped and sent[0][0] != md5) or size_bytes != before[0]:
         return None

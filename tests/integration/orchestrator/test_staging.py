@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,10 +17,12 @@ import pytest
 import pytest_asyncio
 import yarl
 from azure.core.exceptions import HttpResponseError
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
 from orchestrator import naming, results
 from orchestrator.azure import collect, sas, staging
+from orchestrator.azure.putblob import BlobService
 from orchestrator.azure.retry import SDK_RETRY_KWARGS, RetryPolicy
 from orchestrator.inputs import discover_inputs
 from tests.conftest import StorageEndpoint
@@ -36,6 +39,32 @@ async def blob_service(azurite: StorageEndpoint) -> AsyncIterator[BlobServiceCli
         yield client
 
 
+@pytest_asyncio.fixture(loop_scope="session", params=["sdk", "putter"])
+async def uploader(
+    azurite: StorageEndpoint, request: pytest.FixtureRequest
+) -> AsyncIterator[BlobServiceClient]:
+    """The client uploads go through: the SDK's as anyone builds it, or topn's (azure/putblob.py)."""
+    sdk_kwargs: dict[str, Any] = dict(SDK_RETRY_KWARGS)
+    if request.param == "sdk":
+        async with BlobServiceClient.from_connection_string(
+            azurite.connection_string, **sdk_kwargs
+        ) as client:
+            yield client
+        return
+    credential = {"account_name": azurite.account_name, "account_key": azurite.account_key}
+    transport = AioHttpTransport(**sdk_kwargs)
+    async with BlobService(
+        azurite.endpoint, credential=credential, putter_transport=transport, **sdk_kwargs
+    ) as client:
+        assert client.putter is not None
+        yield client
+
+
+def unique_container(stem: str) -> str:
+    """A container no other test (nor this one's other parameter) uses in the shared Azurite."""
+    return f"{stem}{uuid.uuid4().hex[:12]}-input"
+
+
 def make_tree(root: Path) -> None:
     for relpath, text in {
         "a.txt": "alpha beta",
@@ -49,32 +78,32 @@ def make_tree(root: Path) -> None:
 
 
 async def test_inputs_are_uploaded_under_their_relative_paths_and_skipped_when_unchanged(
-    blob_service: BlobServiceClient, tmp_path: Path
+    uploader: BlobServiceClient, tmp_path: Path
 ) -> None:
     make_tree(tmp_path / "t")
     inputs = discover_inputs([tmp_path / "t"])
     run_id = naming.new_run_id()
     container = naming.input_container("topnstage", run_id)
-    await staging.ensure_containers(blob_service, [container, container], FAST_RETRY)
+    await staging.ensure_containers(uploader, [container, container], FAST_RETRY)
     recorded: list[str] = []
 
     async def record(item: staging.StagedInput) -> None:
         recorded.append(item.relpath)
 
     first = await staging.upload_inputs(
-        blob_service, container, run_id, inputs, concurrency=3, retry=FAST_RETRY, on_uploaded=record
+        uploader, container, run_id, inputs, concurrency=3, retry=FAST_RETRY, on_uploaded=record
     )
     assert sorted(recorded) == [item.relpath for item in inputs]
     assert [item.skipped for item in first] == [False] * 4
     for item, staged in zip(inputs, first, strict=True):
-        blob = blob_service.get_blob_client(container, f"runs/{run_id}/{item.relpath}")
+        blob = uploader.get_blob_client(container, f"runs/{run_id}/{item.relpath}")
         body = await (await blob.download_blob()).readall()
         assert body == item.path.read_bytes()
         assert staged.md5_hex == hashlib.md5(body, usedforsecurity=False).hexdigest()
 
     (tmp_path / "t" / "a.txt").write_text("changed", encoding="utf-8")
     second = await staging.upload_inputs(
-        blob_service, container, run_id, discover_inputs([tmp_path / "t"]), concurrency=3, retry=FAST_RETRY
+        uploader, container, run_id, discover_inputs([tmp_path / "t"]), concurrency=3, retry=FAST_RETRY
     )
     assert {item.relpath: item.skipped for item in second} == {
         "a.txt": False,
@@ -82,18 +111,16 @@ async def test_inputs_are_uploaded_under_their_relative_paths_and_skipped_when_u
         "x/a.txt": True,
         "y/é #%.txt": True,
     }
-    changed = blob_service.get_blob_client(container, f"runs/{run_id}/a.txt")
+    changed = uploader.get_blob_client(container, f"runs/{run_id}/a.txt")
     assert await (await changed.download_blob()).readall() == b"changed"
 
     deleted = await staging.delete_blobs_with_prefix(
-        blob_service, container, naming.run_input_prefix(run_id), FAST_RETRY
+        uploader, container, naming.run_input_prefix(run_id), FAST_RETRY
     )
     assert deleted == 4
     remaining = [
         b
-        async for b in blob_service.get_container_client(container).list_blobs(
-            name_starts_with=f"runs/{run_id}/"
-        )
+        async for b in uploader.get_container_client(container).list_blobs(name_starts_with=f"runs/{run_id}/")
     ]
     assert remaining == []
 
@@ -167,21 +194,22 @@ async def test_node_script_blob_is_keyed_by_content(blob_service: BlobServiceCli
 
 
 async def test_files_over_the_in_memory_limit_are_streamed_with_their_md5(
-    blob_service: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    uploader: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(staging, "IN_MEMORY_LIMIT_BYTES", 1024)
     body = b"".join(f"line {number} of a larger file\n".encode() for number in range(5000))
     (tmp_path / "big.txt").write_bytes(body)
-    await staging.ensure_containers(blob_service, ["topnbig-input"], FAST_RETRY)
+    container = unique_container("topnbig")
+    await staging.ensure_containers(uploader, [container], FAST_RETRY)
     first = await staging.upload_input_file(
-        blob_service, "topnbig-input", "runs/r/big.txt", tmp_path / "big.txt", FAST_RETRY
+        uploader, container, "runs/r/big.txt", tmp_path / "big.txt", FAST_RETRY
     )
     md5_hex, skipped = first.md5_hex, first.skipped
     assert not skipped and md5_hex == hashlib.md5(body, usedforsecurity=False).hexdigest()
-    blob = blob_service.get_blob_client("topnbig-input", "runs/r/big.txt")
+    blob = uploader.get_blob_client(container, "runs/r/big.txt")
     assert await (await blob.download_blob()).readall() == body
     uploaded_again = await staging.upload_input_file(
-        blob_service, "topnbig-input", "runs/r/big.txt", tmp_path / "big.txt", FAST_RETRY
+        uploader, container, "runs/r/big.txt", tmp_path / "big.txt", FAST_RETRY
     )
     again = (uploaded_again.md5_hex, uploaded_again.skipped)
     assert again == (md5_hex, True)
@@ -227,40 +255,38 @@ async def blob_body_and_md5(
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
 async def test_a_file_changed_during_its_upload_is_uploaded_again_as_it_now_is(
-    blob_service: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
+    uploader: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
     if streamed:
         monkeypatch.setattr(staging, "IN_MEMORY_LIMIT_BYTES", 1024)
     path = tmp_path / "growing.txt"
     path.write_bytes(b"tide gull net\n" * (200 if streamed else 1))
     calls = change_file_after_reading(monkeypatch, changes=1, keep_size_and_mtime=streamed)
-    container = "topnchanged-input"
-    await staging.ensure_containers(blob_service, [container], FAST_RETRY)
+    container = unique_container("topnchanged")
+    await staging.ensure_containers(uploader, [container], FAST_RETRY)
 
     inputs = discover_inputs([path])
-    staged = await staging.upload_inputs(
-        blob_service, container, "r1", inputs, concurrency=1, retry=FAST_RETRY
-    )
+    staged = await staging.upload_inputs(uploader, container, "r1", inputs, concurrency=1, retry=FAST_RETRY)
 
     final = path.read_bytes()
     assert len(calls) == 2  # read, found changed, read again
     assert staged[0].md5_hex == hashlib.md5(final, usedforsecurity=False).hexdigest()
     assert staged[0].size_bytes == len(final) and not staged[0].skipped
-    body, stored_md5 = await blob_body_and_md5(blob_service, container, staged[0].blob_name)
+    body, stored_md5 = await blob_body_and_md5(uploader, container, staged[0].blob_name)
     assert body == final and stored_md5.hex() == staged[0].md5_hex
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
 async def test_a_file_that_keeps_changing_is_reported_and_leaves_no_blob(
-    blob_service: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
+    uploader: BlobServiceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
     if streamed:
         monkeypatch.setattr(staging, "IN_MEMORY_LIMIT_BYTES", 1024)
     path = tmp_path / "log file.txt"
     path.write_bytes(b"tide gull net\n" * (200 if streamed else 1))
     calls = change_file_after_reading(monkeypatch, changes=100, keep_size_and_mtime=streamed)
-    container = "topnchanging-input"
-    await staging.ensure_containers(blob_service, [container], FAST_RETRY)
+    container = unique_container("topnchanging")
+    await staging.ensure_containers(uploader, [container], FAST_RETRY)
     recorded: list[str] = []
 
     async def record(item: staging.StagedInput) -> None:
@@ -268,7 +294,7 @@ async def test_a_file_that_keeps_changing_is_reported_and_leaves_no_blob(
 
     # That file fails alone (issue 10, point 5): staged as unreadable, with the reason, not the run.
     (staged,) = await staging.upload_inputs(
-        blob_service,
+        uploader,
         container,
         "r2",
         discover_inputs([path]),
@@ -280,7 +306,7 @@ async def test_a_file_that_keeps_changing_is_reported_and_leaves_no_blob(
     assert str(path) in staged.unreadable and "kept changing" in staged.unreadable
     assert len(calls) == len(staging.CHANGED_INPUT_RETRY_DELAYS_S) + 1  # bounded
     assert recorded == []  # nothing journalled as uploaded
-    listed = [blob.name async for blob in blob_service.get_container_client(container).list_blobs()]
+    listed = [blob.name async for blob in uploader.get_container_client(container).list_blobs()]
     assert listed == []
 
 
