@@ -30,10 +30,10 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob.aio import BlobServiceClient
 
 from orchestrator.azure.entra import audience_refused, describe_token_failure, is_audience_error
+from orchestrator.azure.proxies import EnvironmentProxyTransport
 from orchestrator.azure.putblob import BlobService
 from orchestrator.azure.retry import (
     SDK_RETRY_KWARGS,
@@ -186,7 +186,7 @@ async def unattributed_requests() -> AsyncIterator[None]:
         _run_requests.reset(token)
 
 
-class CountingTransport(AioHttpTransport):  # type: ignore[misc]
+class CountingTransport(EnvironmentProxyTransport):
     """aiohttp transport that records each request in the process's counter and the current run's."""
 
     def __init__(self, counter: RequestCounter, service: str, account_in_path: bool, **kwargs: Any) -> None:
