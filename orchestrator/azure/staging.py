@@ -95,12 +95,32 @@ def _file_version(path: Path) -> FileVersion:
     return (info.st_size, info.st_mtime_ns, info.st_ino)
 
 
-def _version_and_md5(path: Path) -> tuple[FileVersion, tuple[bytes | None, bytes], FileVersion | None]:
-    """The file's version before it is read, its bytes (when small) and MD5, and for bytes held in
-    memory its version once they were read (what is sent is then those bytes, whatever comes next)."""
+# A file's version before it is read, its bytes (when small) and MD5, and for bytes held in memory
+# its version once they were read (what is sent is then those bytes, whatever comes next).
+FileRead = tuple[FileVersion, tuple[bytes | None, bytes], FileVersion | None]
+
+
+def _version_and_md5(path: Path) -> FileRead:
     before = _file_version(path)
     data, md5 = _md5_of_file(path)
     return before, (data, md5), _file_version(path) if data is not None else None
+
+
+# An upload worker reads up to this many inputs (or about this many bytes) in one worker-thread
+# trip, then uploads them one by one: thousands of small files cost hundreds of trips, not one each.
+READ_BATCH_FILES = 8
+READ_BATCH_BYTES = 1024 * 1024
+
+
+def _read_files(paths: Sequence[Path]) -> list[FileRead | OSError]:
+    """Each file's read (or why it could not be read), in one worker-thread trip."""
+    reads: list[FileRead | OSError] = []
+    for path in paths:
+        try:
+            reads.append(_version_and_md5(path))
+        except OSError as error:
+            reads.append(error)
+    return reads
 
 
 class _HashingReader:
@@ -141,16 +161,19 @@ async def upload_input_file(
     path: Path,
     retry: RetryPolicy,
     content_type: str = "text/plain; charset=utf-8",
+    first_read: FileRead | OSError | None = None,
 ) -> UploadedFile:
     """Upload one file so that the blob, its stored MD5 and the returned MD5 and size all agree.
 
     The file's size, mtime and inode are compared before and after it is read (a small file, sent from
     memory) or uploaded (a streamed one, which also hashes what it sent): a file that changed meanwhile
-    is read and uploaded again (bounded), then InputChangedError names it.
+    is read and uploaded again (bounded), then InputChangedError names it. `first_read` is the file's
+    read when it was done already (with other files' in one worker-thread trip).
     """
     attempts = len(CHANGED_INPUT_RETRY_DELAYS_S) + 1
     for attempt in range(1, attempts + 1):
-        uploaded = await _upload_once(blob_service, container, blob_name, path, retry, content_type)
+        read = first_read if attempt == 1 else None
+        uploaded = await _upload_once(blob_service, container, blob_name, path, retry, content_type, read)
         if uploaded is not None:
             return uploaded
         if attempt == attempts:
@@ -183,12 +206,17 @@ async def _upload_once(
     path: Path,
     retry: RetryPolicy,
     content_type: str,
+    read: FileRead | OSError | None,
 ) -> UploadedFile | None:
     """One read-and-upload of `path`; None when the file changed meanwhile (the blob is then suspect)."""
     try:
-        # One worker-thread trip for the versions and the bytes of a small file: thousands of files
-        # cost few hops. A file that changed while it was read is read again before anything is sent.
-        before, (data, md5), read_version = await anyio.to_thread.run_sync(_version_and_md5, path)
+        # One worker-thread trip for the versions and the bytes of a small file (unless read already).
+        # A file that changed while it was read is read again before anything is sent.
+        if read is None:
+            read = await anyio.to_thread.run_sync(_version_and_md5, path)
+        if isinstance(read, OSError):
+            raise read
+        before, (data, md5), read_version = read
     except OSError as error:
         raise InputError(_unreadable(path, error)) from None
     if read_version is not None and read_version != before:
@@ -297,16 +325,18 @@ async def upload_inputs(
     """
     staged: list[StagedInput | None] = [None] * len(inputs)
 
-    async def upload(index: int, item: InputFile) -> None:
-        await _upload_one(index, item)
+    async def upload(index: int, item: InputFile, read: FileRead | OSError) -> None:
+        await _upload_one(index, item, read)
         if on_staged is not None:
             await on_staged(cast(StagedInput, staged[index]))
 
-    async def _upload_one(index: int, item: InputFile) -> None:
+    async def _upload_one(index: int, item: InputFile, read: FileRead | OSError) -> None:
         started = time.monotonic()
         blob_name = naming.input_blob_name(run_id, item.relpath)
         try:
-            uploaded = await upload_input_file(blob_service, container, blob_name, item.path, retry)
+            uploaded = await upload_input_file(
+                blob_service, container, blob_name, item.path, retry, first_read=read
+            )
         except (InputError, OSError) as error:  # gone, unreadable or never still since discovery
             reason = str(error) if isinstance(error, InputError) else _unreadable(item.path, error)
             staged[index] = StagedInput(index, item.relpath, blob_name, "", 0, False, unreadable=reason)
@@ -329,9 +359,22 @@ async def upload_inputs(
 
     pending = iter(enumerate(inputs))
 
-    async def worker() -> None:
+    def next_batch() -> list[tuple[int, InputFile]]:
+        """The next inputs in order, up to READ_BATCH_FILES or about READ_BATCH_BYTES."""
+        batch: list[tuple[int, InputFile]] = []
+        size = 0
         for index, item in pending:
-            await upload(index, item)
+            batch.append((index, item))
+            size += item.size_bytes
+            if len(batch) >= READ_BATCH_FILES or size >= READ_BATCH_BYTES:
+                break
+        return batch
+
+    async def worker() -> None:
+        while batch := next_batch():
+            reads = await anyio.to_thread.run_sync(_read_files, [item.path for _, item in batch])
+            for (index, item), read in zip(batch, reads, strict=True):
+                await upload(index, item, read)
 
     try:
         # A fixed set of workers takes the inputs in order: coroutines in flight are bounded by
