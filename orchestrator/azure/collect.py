@@ -12,7 +12,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from orchestrator import naming
 from orchestrator.azure.nodefiles import STDERR_TAIL_BYTES, stderr_tail
 from orchestrator.azure.retry import RetryPolicy, retry_call
-from orchestrator.results import write_result
+from orchestrator.results import ResultWriter
 
 
 class TaskFileClient(Protocol):
@@ -41,9 +41,10 @@ def save_outputs(out_dir: Path, outputs: Sequence[tuple[str, bytes]]) -> list[Pa
     written raises LocalWriteError (the run stays resumable); an unsafe name fails only its file.
     """
     saved: list[Path | str] = []
+    writer = ResultWriter(out_dir)
     for name, data in outputs:
         try:
-            saved.append(write_result(out_dir, name, data))
+            saved.append(writer.write(name, data))
         except naming.UnsafeNameError as error:
             saved.append(f"its output was not saved: {error}")
     return saved

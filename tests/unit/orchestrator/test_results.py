@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from orchestrator.errors import InputError, LocalWriteError
 from orchestrator.naming import UnsafeNameError, output_name
 from orchestrator.results import (
+    ResultWriter,
     RunCounts,
     check_result_paths_fit,
     claim_results_folder,
@@ -128,6 +129,55 @@ def test_a_symlink_inside_the_results_folder_cannot_lead_a_result_out(tmp_path: 
     with pytest.raises(UnsafeNameError, match="outside the results folder"):
         write_result(out_dir, "sub/a_OUTPUT.txt", b"x")
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def symlinked_results_folder(tmp_path: Path) -> Path:
+    """A results folder with a subfolder and a file name that lead outside it, and one that does not."""
+    out_dir = tmp_path / "out"
+    (out_dir / "real").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (out_dir / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (out_dir / "inside").symlink_to(out_dir / "real", target_is_directory=True)
+    (out_dir / "real" / "leak_OUTPUT.txt").symlink_to(tmp_path / "elsewhere" / "x_OUTPUT.txt")
+    return out_dir
+
+
+WRITER_NAMES = [
+    "a_OUTPUT.txt",
+    "real/b_OUTPUT.txt",
+    "sub/c_OUTPUT.txt",
+    "inside/d_OUTPUT.txt",
+    "real/leak_OUTPUT.txt",
+    "new/deeper/e_OUTPUT.txt",
+]
+
+
+def test_a_unit_writer_places_and_refuses_exactly_as_result_path(tmp_path: Path) -> None:
+    out_dir = symlinked_results_folder(tmp_path)
+    writer = ResultWriter(out_dir)
+    refused = set()
+    for name in WRITER_NAMES * 2:  # the second time from what the writer remembers
+        try:
+            expected: Path | str = result_path(out_dir, name)
+        except UnsafeNameError:
+            expected = "refused"
+        try:
+            placed: Path | str = writer.path_of(name)
+        except UnsafeNameError:
+            placed = "refused"
+            refused.add(name)
+        assert placed == expected, name
+    assert refused == {"sub/c_OUTPUT.txt", "real/leak_OUTPUT.txt"}
+
+
+def test_a_unit_writer_makes_again_a_subfolder_removed_between_its_files(tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    writer = ResultWriter(out_dir)
+    writer.write("part/a_OUTPUT.txt", b"a\n")
+    (out_dir / "part" / "a_OUTPUT.txt").unlink()
+    (out_dir / "part").rmdir()
+    assert writer.write("part/b_OUTPUT.txt", b"b\n").read_bytes() == b"b\n"
 
 
 def test_a_plain_result_name_is_written_below_the_folder(tmp_path: Path) -> None:
