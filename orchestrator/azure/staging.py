@@ -358,16 +358,22 @@ async def upload_inputs(
             await on_uploaded(result)
 
     pending = iter(enumerate(inputs))
+    workers = min(concurrency, len(inputs))
+    taken = 0
 
     def next_batch() -> list[tuple[int, InputFile]]:
-        """The next inputs in order, up to READ_BATCH_FILES or about READ_BATCH_BYTES."""
+        """The next inputs in order: up to READ_BATCH_FILES or about READ_BATCH_BYTES, and no more
+        than an even share of what is left, so that a few inputs still go up side by side."""
+        nonlocal taken
+        most = max(1, min(READ_BATCH_FILES, (len(inputs) - taken) // workers))
         batch: list[tuple[int, InputFile]] = []
         size = 0
         for index, item in pending:
             batch.append((index, item))
             size += item.size_bytes
-            if len(batch) >= READ_BATCH_FILES or size >= READ_BATCH_BYTES:
+            if len(batch) >= most or size >= READ_BATCH_BYTES:
                 break
+        taken += len(batch)
         return batch
 
     async def worker() -> None:
@@ -380,7 +386,7 @@ async def upload_inputs(
         # A fixed set of workers takes the inputs in order: coroutines in flight are bounded by
         # `concurrency`, never by the number of inputs, and the first units are staged first.
         async with anyio.create_task_group() as group:
-            for _ in range(min(concurrency, len(inputs))):
+            for _ in range(workers):
                 group.start_soon(worker)
     except BaseExceptionGroup as errors:
         raise first_leaf(errors) from None
