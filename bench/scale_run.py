@@ -78,8 +78,12 @@ Before/after at 1,000 files, each on fresh services, the machine shared with thr
   main be7b644  11.0     48.6    4.27 (0.62)           86 MB  0.89 s    5.1 ms  7.1 s / 14.4 s
   this branch   21.5     87.9    2.92 (0.44)           85 MB  2.16 s    6.6 ms  7.9 s / 15.2 s
   (this branch at 2a5d02d: the ResultWriter came after; both blocks ran while other sessions' did)
-Both include the fixed start-up (about 1.5 s of CPU): per file beyond it, about 2.8 -> 1.4 ms.
-Wall times follow the load (the nodes and Azurite share the 2 cores), not the change.
+Then back to back at 15:50 (loadavg 10-11 for both), main and this branch at 56a4ecc:
+  main be7b644  10.8     35.4    4.23 (0.68)           87 MB  0.74 s    6.5 ms  6.5 s / 13.5 s
+  this branch   10.1     33.3    2.74 (0.33)           85 MB  0.99 s   11.6 ms  6.7 s / 13.7 s
+  (staging 12.1 s -> 5.3 s; running 19.8 s and 23.6 s: the nodes and Azurite, under the load)
+Both include the fixed start-up (about 1.5 s of CPU): per file beyond it, about 2.7 -> 1.2 ms.
+Wall times follow the load (the nodes and Azurite share the 2 cores) more than the change.
 
 10,000 files, this branch at 2a5d02d, loadavg 17-21 throughout (main's block at the same time hit
 its run_timeout_s of 1,800 s under that load, so there is no side-by-side 10,000 figure this time;
@@ -95,7 +99,7 @@ The case for packing (not built here; it collides with the work-unit changes of 
 small local inputs packed into one blob per unit, read by the node at exact byte extents, take
 the per-file upload request away. In this branch's map (1,000 files under load, so shares only)
 the upload request is 30 % of the CPU beyond start-up and the read-batch thread trips 5 %: about
-0.5 of the 1.4 ms/file left, which leaves about 0.9 ms/file (reads + md5, render, `_OUTPUT`
+0.4 of the 1.2 ms/file left, which leaves about 0.8 ms/file (reads + md5, render, `_OUTPUT`
 writes, events, journal, summary.json): inside the 1 ms goal, not far. Azurite's requests per
 input would fall from about 3 to 1 (the node's `_OUTPUT` upload): about 140 s of its 210 s of
 CPU at 10,000, on the cores the nodes need. Next after that: summary.json's indented JSON goes
