@@ -297,9 +297,10 @@ async def test_a_run_killed_while_uploads_and_submissions_overlap_resumes_to_exa
 ) -> None:
     """SIGKILL at the first add-task request, while later inputs are still uploading (issue 13, point 4)."""
     texts = write_corpus(tmp_path / "in", OVERLAP_FILES, seed=29)
-    # Sorted last, so its unit is staged last: uploads go on well after the first tasks are added.
+    # Sorted last, so its unit is staged last: uploads go on well after the first tasks are added
+    # (and after the kill, which follows the event by a moment: small inputs now go up in batches).
     big = "zz/big.txt"
-    texts[big] = "tide " * (4 * 1024 * 1024)
+    texts[big] = "tide " * (8 * 1024 * 1024)
     (tmp_path / "in" / "zz").mkdir()
     (tmp_path / "in" / big).write_text(texts[big], encoding="utf-8")
     env = crash_environment(batch_emulator, azurite, tmp_path, TOPN_RUN_UPLOAD_CONCURRENCY="1")
