@@ -149,6 +149,7 @@ class DaemonSettings:
     low_priority: bool = False
     autoscale_interval_s: float = 300.0
     autoscale_formula: str | None = None  # None: the default formula (docs/daemon.md)
+    malloc_arena_max: int = 2  # glibc's cap on malloc arenas; 0 leaves glibc's own (docs/daemon.md)
 
 
 @dataclass(frozen=True)
