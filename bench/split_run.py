@@ -208,11 +208,12 @@ async def range_tasks(batch: str, job_id: str) -> list[RangeTask]:
                 manifest = json.loads(await response.read())
             for item in manifest["inputs"]:
                 if item["range"] is not None:
-                    info = task.execution_info
+                    info, node = task.execution_info, task.node_info
+                    assert info is not None and node is not None, f"task {task.id} has not run"
+                    assert info.start_time is not None and info.end_time is not None
+                    start, end = item["range"]
                     found.append(
-                        RangeTask(
-                            task.id, *item["range"], task.node_info.node_id, info.start_time, info.end_time
-                        )
+                        RangeTask(str(task.id), start, end, str(node.node_id), info.start_time, info.end_time)
                     )
     return sorted(found, key=lambda task: task.start_byte)
 
