@@ -15,7 +15,7 @@ from orchestrator.errors import TopnError, UsageError
 T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 10
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -161,6 +161,22 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             at TEXT NOT NULL,
             PRIMARY KEY (run_id, task_id)
         ) WITHOUT ROWID""",
+    ),
+    # Version 9: reserved for blob-resident inputs (branch `blobin`); the integrator renumbers.
+    (),
+    # Version 10: a file larger than [run] split_bytes is counted by several work units, each over one
+    # byte range of its blob; this names each such unit's input and nominal range (the input's own
+    # `task_id` is its first range's).
+    (
+        """CREATE TABLE unit_ranges (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            task_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            range_start INTEGER NOT NULL,
+            range_end INTEGER NOT NULL,
+            PRIMARY KEY (run_id, task_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX unit_ranges_by_input ON unit_ranges (run_id, idx)",
     ),
 )
 

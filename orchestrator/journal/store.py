@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import anyio
 
 from orchestrator.journal.queries import load_runs, run_summaries
-from orchestrator.journal.records import JournalInput, RunRecord, RunSummary
+from orchestrator.journal.records import JournalInput, JournalRange, RunRecord, RunSummary
 from orchestrator.journal.rows import input_rows, is_md5_hex, jsonable, state_name, upsert
 from orchestrator.journal.schema import (
     JournalError,
@@ -88,8 +88,11 @@ class Journal:
         inputs: Sequence[JournalInput],
         *,
         out_dir: Path | str | None = None,
+        ranges: Sequence[JournalRange] = (),
     ) -> None:
         """Record a new run in state CREATED with its settings (secrets stripped), inputs and results folder.
+
+        `ranges` are the work units of split inputs (one byte range each), recorded in the same transaction.
 
         Creating the same run again with the same inputs is a no-op (the first results folder stays);
         different inputs are an error.
@@ -127,6 +130,11 @@ class Journal:
                 "INSERT INTO state_changes (run_id, state, at) VALUES (?, 'CREATED', ?)", (run_id, at)
             )
             connection.executemany("INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany(
+                "INSERT INTO unit_ranges (run_id, task_id, idx, range_start, range_end)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(run_id, part.task_id, part.index, part.start, part.end) for part in ranges],
+            )
 
         await self._write(write, durable=True)
 
@@ -299,8 +307,9 @@ class Journal:
             connection.executemany("DELETE FROM submitted_tasks WHERE run_id = ? AND task_id = ?", keys)
             connection.executemany(
                 "DELETE FROM file_failures WHERE run_id = ? AND relpath IN "
-                "(SELECT relpath FROM inputs WHERE run_id = ? AND task_id = ?)",
-                [(run_id, run_id, task_id) for task_id in task_ids],
+                "(SELECT relpath FROM inputs WHERE run_id = ? AND (task_id = ? OR idx IN "
+                "(SELECT idx FROM unit_ranges WHERE run_id = ? AND task_id = ?)))",
+                [(run_id, run_id, task_id, run_id, task_id) for task_id in task_ids],
             )
             if name is not None and name != current:
                 connection.execute("UPDATE runs SET state = ? WHERE run_id = ?", (name, run_id))
@@ -470,7 +479,9 @@ class Journal:
             task_id
             for task_id in task_ids
             if connection.execute(
-                "SELECT 1 FROM inputs WHERE run_id = ? AND task_id = ? LIMIT 1", (run_id, task_id)
+                "SELECT 1 FROM inputs WHERE run_id = ? AND task_id = ?"
+                " UNION ALL SELECT 1 FROM unit_ranges WHERE run_id = ? AND task_id = ? LIMIT 1",
+                (run_id, task_id, run_id, task_id),
             ).fetchone()
             is None
         ]

@@ -17,7 +17,7 @@ from orchestrator import naming
 from orchestrator.azure import collect, monitor, submit
 from orchestrator.files import file_stat
 from orchestrator.results import FileCounts, failure_details, file_entry, top_of
-from orchestrator.run import units
+from orchestrator.run import splitting, units
 from orchestrator.run.context import FileResult, RunContext, RunLedger
 from orchestrator.run.resume import failed_relpaths, file_error, outcome_succeeded
 
@@ -110,6 +110,9 @@ async def _settle_recorded_task(
             saved_already.add(index)  # its counts come from the result blob; the file is not written again
     if all(index in ledger.results for index in unit):
         return
+    if task_id in run.unit_by_task and run.unit_by_task[task_id] in run.ranges:
+        await _collect_range(run, ledger, outcome, limiter, saved_already=bool(saved_already))
+        return
     await _collect_unit(run, ledger, outcome, limiter, saved_already=saved_already)
 
 
@@ -132,7 +135,43 @@ async def _handle_outcome(
                 message=outcome.failure_message,
             ),
         )
+    if run.unit_by_task[outcome.task_id] in run.ranges:
+        await _collect_range(run, ledger, outcome, limiter, saved_already=False)
+        return
     await _collect_unit(run, ledger, outcome, limiter, saved_already=set())
+
+
+async def _collect_range(
+    run: RunContext,
+    ledger: RunLedger,
+    outcome: monitor.TaskOutcome,
+    limiter: anyio.CapacityLimiter,
+    *,
+    saved_already: bool,
+) -> None:
+    """A split input's range finished: once all have, its merged result is journalled and reported."""
+    settled = await splitting.settle_range(run, ledger, outcome, limiter, saved_already=saved_already)
+    if settled is None:
+        return
+    index = settled.index
+    relpath = run.inputs[index].relpath
+    # Summarised under its first range's task, as the journal records the input.
+    as_input = dataclasses.replace(settled.outcome, task_id=splitting.first_range_task(run, index))
+    if isinstance(settled, splitting.MergedInput):
+        if settled.saved is None:  # saved by the run before a resume
+            _add_success(run, ledger, index, as_input.task_id, settled.counts)
+        else:
+            if run.journal is not None:
+                await run.journal.record_unit_collected(
+                    run.run_id, None, saved=[(relpath, settled.saved, settled.size)]
+                )
+            _report_saved(run, ledger, as_input, index, settled.size, settled.counts)
+    else:
+        if run.journal is not None:
+            await run.journal.record_unit_collected(run.run_id, None, failed=[(relpath, settled.details)])
+        _report_failure(run, ledger, settled.outcome, index, settled.details)
+    if run.progress is not None:
+        run.progress.update("collecting", len(ledger.results), len(run.inputs))
 
 
 async def _collect_unit(

@@ -50,6 +50,7 @@ from orchestrator.run.context import (
     RunContext,
     RunLedger,
     journal_inputs,
+    journal_ranges,
     new_run_context,
 )
 from orchestrator.run.failures import RunDeadlineError, explain
@@ -157,6 +158,7 @@ async def _run(run: RunContext, ledger: RunLedger, machine: RunStateMachine) -> 
             settings_snapshot(run.settings),
             await anyio.to_thread.run_sync(journal_inputs, run),  # one stat per input
             out_dir=run.out_dir,
+            ranges=journal_ranges(run),
         )
     _announce_start(run, machine)
     try:

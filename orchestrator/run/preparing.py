@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -21,6 +21,7 @@ from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.run.feeding import UnitFeeder
 from orchestrator.run.provisioning import provision
 from orchestrator.run.resume import pending_uploads, unsubmitted_task_ids
+from orchestrator.run.split_plan import later_range_units
 
 log = structlog.get_logger()
 
@@ -90,7 +91,9 @@ async def _stage_inputs(
     started = time.monotonic()
     kept = await _uploads_to_keep(run, ledger)
     pending = [item for item in ledger.current_inputs(run.inputs) if item.relpath not in kept]
-    tracker = UnitTracker([item.relpath for item in run.inputs], run.units, kept)
+    tracker = UnitTracker(
+        [item.relpath for item in run.inputs], run.units, kept, later_range_units(run.ranges)
+    )
     done = len(kept)
 
     async def staged_one(item: staging.StagedInput) -> None:
@@ -152,13 +155,18 @@ UnitStaged = Callable[[int, list[staging.StagedInput]], Awaitable[None]]
 
 
 class UnitTracker:
-    """Which units have all their inputs staged, as uploads settle one by one (in any order)."""
+    """Which units have all their inputs staged, as uploads settle one by one (in any order).
+
+    The units in `later_ranges` (a split input's second and later ranges) are never reported here:
+    they are ready along with the input's first range (the feeder adds them together).
+    """
 
     def __init__(
         self,
         relpaths: Sequence[str],
         work_units: Sequence[Sequence[int]],
         kept: Mapping[str, staging.StagedInput],
+        later_ranges: Collection[int] = (),
     ) -> None:
         self._position = {relpath: index for index, relpath in enumerate(relpaths)}
         self._unit_of: list[int] = [0] * len(relpaths)
@@ -166,6 +174,9 @@ class UnitTracker:
         self._staged: dict[int, dict[int, staging.StagedInput]] = {}
         self._left: list[int] = []
         for unit_index, unit in enumerate(work_units):
+            if unit_index in later_ranges:
+                self._left.append(-1)
+                continue
             for index in unit:
                 self._unit_of[index] = unit_index
                 item = kept.get(relpaths[index])

@@ -22,6 +22,7 @@ from orchestrator.azure.retry import retry_call
 from orchestrator.azure.staging import SasMinter, StagedInput
 from orchestrator.run import units
 from orchestrator.run.context import RunContext
+from orchestrator.run.splitting import pin_etags, unit_entries
 
 MANIFEST_CONTENT_TYPE = "application/json"
 
@@ -36,6 +37,7 @@ async def stage_manifests(
     SAS of the run's input container, so it lives in that container, readable by its task alone.
     """
     source_url = minter.container_read_url(run.input_container)
+    await pin_etags(run, units_to_stage)
     pending = iter(units_to_stage)
 
     async def worker() -> None:
@@ -46,7 +48,7 @@ async def stage_manifests(
                 tokenizer=run.settings.run.tokenizer,
                 top=run.settings.run.top,
                 source_url=source_url,
-                entries=[units.UnitEntry(item.relpath, item.blob_name, item.size_bytes) for item in items],
+                entries=await unit_entries(run, unit_index, items),
             )
             blob = run.blobs.get_blob_client(run.input_container, naming.unit_manifest_blob(task_id))
             upload = functools.partial(

@@ -23,11 +23,13 @@ INPUT_SOURCE = 0
 
 @dataclass(frozen=True)
 class UnitEntry:
-    """One input of a unit as the manifest names it."""
+    """One input of a unit as the manifest names it: a whole blob, or one byte range of a split input's."""
 
     relpath: str
     blob_name: str
     size_bytes: int
+    byte_range: tuple[int, int] | None = None  # nominal; its `_OUTPUT` is the merge's (run/splitting.py)
+    etag: str | None = None  # the blob version every range of the input reads
 
 
 def build_manifest(
@@ -49,7 +51,9 @@ def build_manifest(
                 relpath=entry.relpath,
                 source=INPUT_SOURCE,
                 blob=entry.blob_name,
-                output_name=naming.output_name(entry.relpath),
+                output_name=naming.output_name(entry.relpath) if entry.byte_range is None else None,
+                byte_range=entry.byte_range,
+                etag=entry.etag,
                 size=entry.size_bytes,
             )
             for entry in entries

@@ -180,6 +180,7 @@ def _validate(settings: Settings) -> None:
         "max_files_per_task",
         "unit_target_bytes",
         "submit_chunk_tasks",
+        "split_bytes",
     ):
         _positive(settings, "run", key, getattr(run, key))
     _positive(settings, "run", "task_max_retries", run.task_max_retries, allow_zero=True)

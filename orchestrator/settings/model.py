@@ -103,6 +103,7 @@ class RunSettings:
     max_files_per_task: int = 1000  # inputs packed into one task at most (1: one task per file)
     unit_target_bytes: int = 64 * 1024 * 1024  # bytes packed into one task at most (a bigger file: alone)
     submit_chunk_tasks: int = 100  # tasks per add-collection request (the service's maximum)
+    split_bytes: int = 256 * 1024 * 1024  # a bigger file is counted by several tasks over byte ranges
 
 
 TOKENIZERS = ("words", "tutorial")
