@@ -15,7 +15,7 @@ from orchestrator.errors import TopnError, UsageError
 T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -162,6 +162,10 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (run_id, task_id)
         ) WITHOUT ROWID""",
     ),
+    # Version 9: inputs read where they live in Blob Storage (orchestrator/blobinputs.py). Such an
+    # input's `path` and `blob_name` are its address `az://CONTAINER/NAME`, `mtime_ns` is 0, and
+    # this is the ETag it was listed with; NULL for a local input.
+    ("ALTER TABLE inputs ADD COLUMN etag TEXT",),
 )
 
 
