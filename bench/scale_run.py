@@ -49,6 +49,18 @@ measured at 500 files (145.0 s and 140.0 s) and scaled linearly:
 | 10,000 | 237.6 | 2,800 | 11.8x | 4.10 | 1.004 | 181 MB | 0.64 s | 20 | 15.5 ms |
 (10,000: staging 105.9 s, running 126.5 s; GET is Azurite's latency per small GET.)
 At 10,000 the node tasks (126 s) and Azurite (15.5 ms per GET, 3.5x its 1,000-blob figure) dominate.
+
+Blob-resident inputs (`--blob-resident 1000 10000`: the generated files seeded as blobs of a container
+first, then `topn run az://benchlogs/texts/`; storage requests include the listing's, from
+`inputs.listed`). Figures of 2026-12-06 15:40-15:57 on a heavily shared machine (loadavg 15-20 from
+other sessions' benchmarks and suites: wall times and the node tasks are inflated, per-file CPU less so):
+| blobs | wall s | CPU ms/file | storage req/file | list requests | RSS | 1st task | tasks | GET |
+|---|---|---|---|---|---|---|---|---|
+| 1,000 | 48.5 | 2.28 | 0.0410 | 1 | 85 MB | 0.59 s | 19 | 10.4 ms |
+| 10,000 | 730.8 (running 700.9) | 1.56 | 0.0044 | 2 | 196 MB | 2.74 s | 20 | 9.2 ms |
+Storage requests per run: the listing (one per 5,000 blobs), one manifest upload and one result
+download per task, two container creations; no request per blob. `1st task` counts from the run's
+start, after the listing.
 """
 
 from __future__ import annotations
