@@ -49,6 +49,18 @@ measured at 500 files (145.0 s and 140.0 s) and scaled linearly:
 | 10,000 | 237.6 | 2,800 | 11.8x | 4.10 | 1.004 | 181 MB | 0.64 s | 20 | 15.5 ms |
 (10,000: staging 105.9 s, running 126.5 s; GET is Azurite's latency per small GET.)
 At 10,000 the node tasks (126 s) and Azurite (15.5 ms per GET, 3.5x its 1,000-blob figure) dominate.
+
+Blob-resident inputs (`--blob-resident 1000 10000`: the generated files seeded as blobs of a container
+first, then `topn run az://benchlogs/texts/`; storage requests include the listing's, from
+`inputs.listed`). Figures of 2026-12-06 15:40-15:57 on a heavily shared machine (loadavg 15-20 from
+other sessions' benchmarks and suites: wall times and the node tasks are inflated, per-file CPU less so):
+| blobs | wall s | CPU ms/file | storage req/file | list requests | RSS | 1st task | tasks | GET |
+|---|---|---|---|---|---|---|---|---|
+| 1,000 | 48.5 | 2.28 | 0.0410 | 1 | 85 MB | 0.59 s | 19 | 10.4 ms |
+| 10,000 | 730.8 (running 700.9) | 1.56 | 0.0044 | 2 | 196 MB | 2.74 s | 20 | 9.2 ms |
+Storage requests per run: the listing (one per 5,000 blobs), one manifest upload and one result
+download per task, two container creations; no request per blob. `1st task` counts from the run's
+start, after the listing.
 """
 
 from __future__ import annotations
@@ -114,7 +126,7 @@ def requests_between(before: dict[str, Any], after: dict[str, Any]) -> Counter[s
 
 
 def topn_child(
-    files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path, timeout_s: float
+    files_dir: Path | str, out_dir: Path, batch: str, blob: str, state_dir: Path, timeout_s: float
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
     """`topn run --json` as a child process against the given services; its wall time and output."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
@@ -274,7 +286,9 @@ def loadavg() -> str:
     return Path("/proc/loadavg").read_text(encoding="utf-8").strip()
 
 
-def run_topn_measured(files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path) -> ScaleFigures:
+def run_topn_measured(
+    files_dir: Path | str, out_dir: Path, batch: str, blob: str, state_dir: Path
+) -> ScaleFigures:
     """`topn run` as a child process; its CPU and peak RSS from getrusage of the waited child."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall, completed = topn_child(files_dir, out_dir, batch, blob, state_dir, timeout_s=7200)
@@ -286,6 +300,9 @@ def run_topn_measured(files_dir: Path, out_dir: Path, batch: str, blob: str, sta
     events = [json.loads(line) for line in completed.stderr.splitlines() if line.startswith("{")]
     submitted = [event for event in events if event.get("event") == "tasks.submitted"]
     storage = {operation: int(count) for operation, count in totals["requests"].get("storage", {}).items()}
+    listed = [event for event in events if event.get("event") == "inputs.listed"]  # az:// inputs
+    if listed:  # listed before the run is created: not in the run's own count
+        storage["list_blobs (inputs)"] = sum(int(event["storage_requests"]) for event in listed)
     batch_counts = totals["requests"].get("batch", {})
     return ScaleFigures(
         files=int(totals["files"]),
@@ -411,6 +428,85 @@ async def measure_scale(counts: list[int], seed_files: int, base: Path) -> None:
         print(f"seed way measured at {seed_files} files: {seed_wall:.1f} s, scaled linearly to each count")
 
 
+BLOB_CONTAINER = "benchlogs"
+BLOB_PREFIX = "texts/"
+
+
+async def seed_blobs(blob_endpoint: str, folder: Path, concurrency: int = 32) -> int:
+    """Upload the generated files under `folder` as blobs of BLOB_CONTAINER (the user's data); how many."""
+    from azure.storage.blob.aio import BlobServiceClient
+
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={local.AZURITE_ACCOUNT_NAME};"
+        f"AccountKey={local.AZURITE_ACCOUNT_KEY};BlobEndpoint={blob_endpoint};"
+    )
+    files = iter(await anyio.to_thread.run_sync(lambda: sorted(folder.rglob("*.txt"))))
+    uploaded = 0
+    async with BlobServiceClient.from_connection_string(connection) as service:
+        await service.create_container(BLOB_CONTAINER)
+
+        async def worker() -> None:
+            nonlocal uploaded
+            for path in files:
+                name = BLOB_PREFIX + path.relative_to(folder).as_posix()
+                data = await anyio.Path(path).read_bytes()
+                await service.get_blob_client(BLOB_CONTAINER, name).upload_blob(data)
+                uploaded += 1
+
+        async with anyio.create_task_group() as group:
+            for _ in range(concurrency):
+                group.start_soon(worker)
+    return uploaded
+
+
+async def blob_block(count: int, base: Path) -> ScaleFigures:
+    """Fresh Azurite and emulator, `count` blobs already in Storage, one `topn run az://…` (issue 13, 7)."""
+    folder = base / f"blobs-{count}"
+    generate_files(folder / "texts", count)
+    azurite = await local.start_azurite(folder / "azurite", folder / "logs")
+    try:
+        emulator = await local.start_emulator(folder / "emulator", folder / "logs")
+        try:
+            seeded_at = time.monotonic()
+            await seed_blobs(azurite.endpoint, folder / "texts")
+            print(f"seeded {count} blobs in {time.monotonic() - seeded_at:.1f} s", flush=True)
+            figures = await anyio.to_thread.run_sync(
+                run_topn_measured,
+                f"az://{BLOB_CONTAINER}/{BLOB_PREFIX}",
+                folder / "out",
+                emulator.endpoint,
+                azurite.endpoint,
+                folder / "state",
+            )
+            latency = await azurite_get_latency_ms(
+                azurite.endpoint, BLOB_CONTAINER, f"{BLOB_PREFIX}part0/doc00000.txt"
+            )
+            return dataclasses.replace(figures, azurite_get_ms=latency)
+        finally:
+            await local.stop_service(emulator)
+    finally:
+        await local.stop_service(azurite)
+
+
+async def measure_blob_resident(counts: list[int], base: Path) -> None:
+    """Each count's blob-resident block: CPU and storage requests per file, the listing included."""
+    print(f"/proc/loadavg before: {loadavg()}", flush=True)
+    results = [await blob_block(count, base) for count in counts]
+    print(f"/proc/loadavg after: {loadavg()}")
+    print(
+        f"{'blobs':>7} {'wall s':>8} {'CPU ms/file':>12} {'storage req/file':>17} {'list requests':>14} "
+        f"{'peak RSS MB':>12} {'tasks':>6} {'1st task s':>11} {'Azurite GET ms':>15}"
+    )
+    for figures in results:
+        print(
+            f"{figures.files:>7} {figures.wall_s:>8.1f} {figures.cpu_s / figures.files * 1000:>12.2f} "
+            f"{figures.storage_requests / figures.files:>17.4f} "
+            f"{figures.storage_by_operation.get('list_blobs (inputs)', 0):>14} {figures.peak_rss_mb:>12.0f} "
+            f"{figures.tasks:>6} {figures.first_task_s!s:>11} {figures.azurite_get_ms:>15.1f}"
+        )
+        print(f"        storage by operation: {figures.storage_by_operation}; stages {figures.stages_s}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=1000)
@@ -420,6 +516,9 @@ def main() -> None:
     parser.add_argument(
         "--seed-files", type=int, default=2000, help="with --scale: the seed way's count (0: none)"
     )
+    parser.add_argument(
+        "--blob-resident", type=int, nargs="+", help="these blob counts, already in Storage: topn run az://…"
+    )
     parser.add_argument("--skip-seed", action="store_true", help="no seed-way run")
     parser.add_argument(
         "--one-task-per-file",
@@ -428,7 +527,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="topn-scale-") as folder:
-        if args.scale:
+        if args.blob_resident:
+            anyio.run(measure_blob_resident, args.blob_resident, Path(folder))
+        elif args.scale:
             anyio.run(measure_scale, args.scale, args.seed_files, Path(folder))
         else:
             anyio.run(measure, args.files, args.skip_seed, args.one_task_per_file, Path(folder))

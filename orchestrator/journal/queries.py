@@ -154,9 +154,10 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 md5_hex=row[5],
                 blob_name=row[6],
                 task_id=row[7],
+                etag=row[8],
             )
             for row in connection.execute(
-                "SELECT idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name, task_id"
+                "SELECT idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name, task_id, etag"
                 " FROM inputs WHERE run_id = ? ORDER BY idx",
                 (run_id,),
             )

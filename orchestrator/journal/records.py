@@ -29,6 +29,9 @@ class JournalInput:
     md5_hex: str | None
     blob_name: str
     task_id: str
+    # Set for an input read where it lives in Blob Storage (then `path` and `blob_name` are its
+    # address `az://CONTAINER/NAME`): the ETag it was listed with.
+    etag: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

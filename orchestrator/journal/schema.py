@@ -162,8 +162,10 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (run_id, task_id)
         ) WITHOUT ROWID""",
     ),
-    # Version 9: reserved for blob-resident inputs (branch `blobin`); the integrator renumbers.
-    (),
+    # Version 9: inputs read where they live in Blob Storage (orchestrator/blobinputs.py). Such an
+    # input's `path` and `blob_name` are its address `az://CONTAINER/NAME`, `mtime_ns` is 0, and
+    # this is the ETag it was listed with; NULL for a local input.
+    ("ALTER TABLE inputs ADD COLUMN etag TEXT",),
     # Version 10: a file larger than [run] split_bytes is counted by several work units, each over one
     # byte range of its blob; this names each such unit's input and nominal range (the input's own
     # `task_id` is its first range's).

@@ -111,8 +111,8 @@ class Journal:
             existing = connection.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if existing is not None:
                 stored = connection.execute(
-                    "SELECT run_id, idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name, task_id"
-                    " FROM inputs WHERE run_id = ? ORDER BY idx",
+                    "SELECT run_id, idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name, task_id,"
+                    " etag FROM inputs WHERE run_id = ? ORDER BY idx",
                     (run_id,),
                 ).fetchall()
                 if stored != sorted(rows, key=lambda row: row[1]):
@@ -129,7 +129,11 @@ class Journal:
             connection.execute(
                 "INSERT INTO state_changes (run_id, state, at) VALUES (?, 'CREATED', ?)", (run_id, at)
             )
-            connection.executemany("INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany(
+                "INSERT INTO inputs (run_id, idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name,"
+                " task_id, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             connection.executemany(
                 "INSERT INTO unit_ranges (run_id, task_id, idx, range_start, range_end)"
                 " VALUES (?, ?, ?, ?, ?)",

@@ -206,10 +206,14 @@ async def _collect_unit(
     where = {item.position: place for item, place in zip(to_write, written, strict=True)}
     saved: list[tuple[int, Path, int, FileCounts]] = []
     failures: list[tuple[int, dict[str, Any]]] = []
+    changed: list[tuple[int, str, int | None]] = []  # blob inputs that changed since listing
     for item in wanted:
         index = unit_inputs[item.position]
         place = where.get(item.position)
         if isinstance(item, units.RenderedFile) and not isinstance(place, str):
+            note = _changed_since_listing(run, index, item)
+            if note is not None:
+                changed.append((index, note, item.size_bytes))
             if place is None:  # saved by the run before a resume
                 _add_success(run, ledger, index, outcome.task_id, item.counts)
             else:
@@ -237,6 +241,8 @@ async def _collect_unit(
     # Events after the journal: whoever sees one can rely on the journal holding it.
     for index, _, size, counts in saved:
         _report_saved(run, ledger, outcome, index, size, counts)
+    for index, note, read_bytes in changed:
+        _report_changed(run, ledger, index, note, read_bytes)
     for index, details in failures:
         _report_failure(run, ledger, outcome, index, details)
     if run.progress is not None:
@@ -298,6 +304,27 @@ def _add_success(run: RunContext, ledger: RunLedger, index: int, task_id: str, c
         ),
         succeeded=True,
     )
+
+
+def _changed_since_listing(run: RunContext, index: int, item: units.RenderedFile) -> str | None:
+    """For an input read where it lives: what to say when the node read another version than listed."""
+    source = run.inputs[index].blob
+    if source is None:
+        return None
+    return units.changed_blob_note(source.etag, item.etag, run.inputs[index].size_bytes, item.size_bytes)
+
+
+def _report_changed(
+    run: RunContext, ledger: RunLedger, index: int, note: str, read_bytes: int | None
+) -> None:
+    """A blob input that changed between listing and reading: counted as read, and said (event, summary)."""
+    item = run.inputs[index]
+    if read_bytes is not None:
+        ledger.resized_inputs[index] = read_bytes  # the run's bytes are those counted
+    result = ledger.results.get(index)
+    if result is not None:
+        result.entry["note"] = note
+    log.warning("input.changed", file=item.relpath, bytes=read_bytes, note=f"{item.shown}: {note}")
 
 
 def _report_failure(

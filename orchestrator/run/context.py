@@ -260,6 +260,18 @@ def journal_inputs(run: RunContext) -> list[JournalInput]:
             blob_name=naming.input_blob_name(run.run_id, item.relpath),
             task_id=task_of_input[index],
         )
+        if item.blob is None
+        else JournalInput(  # read where it lives: its address stands for its path and blob name
+            index=index,
+            relpath=item.relpath,
+            path=item.blob.address,
+            size_bytes=item.size_bytes,
+            mtime_ns=0,
+            md5_hex=None,
+            blob_name=item.blob.address,
+            task_id=task_of_input[index],
+            etag=item.blob.etag,
+        )
         for index, item in enumerate(run.inputs)
     ]
 

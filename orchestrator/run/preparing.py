@@ -16,6 +16,7 @@ from orchestrator import naming
 from orchestrator.azure import staging
 from orchestrator.azure.sas import DelegationKeyProvider
 from orchestrator.files import file_md5_hex, file_stat
+from orchestrator.inputs import InputFile
 from orchestrator.run import renewal
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.run.feeding import UnitFeeder
@@ -90,11 +91,15 @@ async def _stage_inputs(
     """
     started = time.monotonic()
     kept = await _uploads_to_keep(run, ledger)
-    pending = [item for item in ledger.current_inputs(run.inputs) if item.relpath not in kept]
+    # Inputs that already live in Blob Storage are staged as they are: nothing to upload or journal.
+    in_place = blobs_in_place(run.inputs)
+    pending = [
+        item for item in ledger.current_inputs(run.inputs) if item.relpath not in kept and item.blob is None
+    ]
     tracker = UnitTracker(
-        [item.relpath for item in run.inputs], run.units, kept, later_range_units(run.ranges)
+        [item.relpath for item in run.inputs], run.units, {**kept, **in_place}, later_range_units(run.ranges)
     )
-    done = len(kept)
+    done = len(kept) + len(in_place)
 
     async def staged_one(item: staging.StagedInput) -> None:
         nonlocal done
@@ -127,7 +132,7 @@ async def _stage_inputs(
         retry=run.retry,
         on_staged=staged_one,
     )
-    by_relpath = {**kept, **{item.relpath: item for item in fresh}}
+    by_relpath = {**kept, **in_place, **{item.relpath: item for item in fresh}}
     for index, item in enumerate(run.inputs):
         fresh_item = by_relpath[item.relpath]
         if fresh_item.unreadable is not None:
@@ -139,6 +144,7 @@ async def _stage_inputs(
             log.warning(
                 "input.changed",
                 file=item.relpath,
+                bytes=fresh_item.size_bytes,
                 note=f"its size changed from {item.size_bytes} to {fresh_item.size_bytes} bytes since "
                 "discovery; it is counted as uploaded",
             )
@@ -148,6 +154,24 @@ async def _stage_inputs(
     ]
     ledger.stage_s["staging"] = round(time.monotonic() - started, 3)
     return staged
+
+
+def blobs_in_place(inputs: Sequence[InputFile]) -> dict[str, staging.StagedInput]:
+    """The inputs read where they live in Blob Storage, staged as they are (by relpath)."""
+    return {
+        item.relpath: staging.StagedInput(
+            index,
+            item.relpath,
+            item.blob.name,
+            "",
+            item.size_bytes,
+            True,
+            container=item.blob.container,
+            etag=item.blob.etag,
+        )
+        for index, item in enumerate(inputs)
+        if item.blob is not None
+    }
 
 
 # A unit whose inputs are all staged: its index and its inputs (run indexes), in unit order.
@@ -231,6 +255,7 @@ async def _uploads_to_keep(run: RunContext, ledger: RunLedger) -> dict[str, stag
             log.warning(
                 "input.changed",
                 file=item.relpath,
+                bytes=item.size_bytes,
                 note="changed after its task was submitted; its result is for the uploaded version",
             )
         kept[item.relpath] = staging.StagedInput(

@@ -56,7 +56,11 @@ async def pinned_etag(run: RunContext, blob_name: str) -> str | None:
 
 async def pin_etags(run: RunContext, units_to_stage: Sequence[tuple[int, Sequence[StagedInput]]]) -> None:
     """Look up, once per split input, the ETag its range units read (before their manifests are made)."""
-    names = {items[0].blob_name for unit_index, items in units_to_stage if unit_index in run.ranges}
+    names = {
+        items[0].blob_name
+        for unit_index, items in units_to_stage
+        if unit_index in run.ranges and items[0].container is None  # blob inputs: ETag as listed
+    }
     async with anyio.create_task_group() as group:
         for name in names - set(run.pinned_etags):
             group.start_soon(pinned_etag, run, name)
@@ -66,14 +70,18 @@ async def unit_entries(run: RunContext, unit_index: int, items: Sequence[StagedI
     """The manifest entries of a unit: its inputs whole, or the one range of a split input it counts."""
     part = run.ranges.get(unit_index)
     if part is None:
-        return [UnitEntry(item.relpath, item.blob_name, item.size_bytes) for item in items]
+        return [
+            UnitEntry(item.relpath, item.blob_name, item.size_bytes, etag=item.etag, container=item.container)
+            for item in items
+        ]
     (item,) = items
     end = part.end
     if part.is_last:
         # The file grew between discovery and upload: the last range reads to the blob's end.
         end = max(end, item.size_bytes)
-    etag = await pinned_etag(run, item.blob_name)
-    return [UnitEntry(item.relpath, item.blob_name, item.size_bytes, (part.start, end), etag)]
+    # A blob read where it lives is pinned to the version listed; an upload to the version uploaded.
+    etag = item.etag if item.container is not None else await pinned_etag(run, item.blob_name)
+    return [UnitEntry(item.relpath, item.blob_name, item.size_bytes, (part.start, end), etag, item.container)]
 
 
 def first_range_task(run: RunContext, index: int) -> str:

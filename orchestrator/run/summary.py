@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import PurePosixPath
 from typing import Any
 
 from orchestrator.errors import RunFailedError
+from orchestrator.inputs import renamed_inputs
 from orchestrator.results import build_summary, read_summary, summary_path
 from orchestrator.run.context import RunContext, RunLedger
 
@@ -35,9 +35,9 @@ def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[st
 def _with_source(run: RunContext, index: int, entry: dict[str, Any]) -> dict[str, Any]:
     """A renamed duplicate's entry (`notes~2.txt`) also names the file it stands for (`source`)."""
     item = run.inputs[index]
-    if PurePosixPath(item.relpath).name == item.path.name:
+    if not renamed_inputs([item]):
         return entry
-    return {**entry, "source": str(item.path)}
+    return {**entry, "source": item.shown}
 
 
 def written_summary(run: RunContext) -> dict[str, Any]:

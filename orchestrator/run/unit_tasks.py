@@ -38,6 +38,7 @@ async def stage_manifests(
     """
     source_url = minter.container_read_url(run.input_container)
     await pin_etags(run, units_to_stage)
+    blob_sources = read_urls_of_blob_inputs(minter, units_to_stage)
     pending = iter(units_to_stage)
 
     async def worker() -> None:
@@ -49,6 +50,7 @@ async def stage_manifests(
                 top=run.settings.run.top,
                 source_url=source_url,
                 entries=await unit_entries(run, unit_index, items),
+                blob_sources=blob_sources,
             )
             blob = run.blobs.get_blob_client(run.input_container, naming.unit_manifest_blob(task_id))
             upload = functools.partial(
@@ -63,6 +65,17 @@ async def stage_manifests(
     async with anyio.create_task_group() as group:
         for _ in range(min(run.settings.run.upload_concurrency, len(units_to_stage))):
             group.start_soon(worker)
+
+
+def read_urls_of_blob_inputs(
+    minter: SasMinter, units_to_stage: Sequence[tuple[int, Sequence[StagedInput]]]
+) -> dict[str, str]:
+    """A read-only container SAS URL (read: no list, write or delete) for each container whose blobs
+    these units read where they live; minted once per call, not once per input."""
+    containers = {
+        item.container for _, items in units_to_stage for item in items if item.container is not None
+    }
+    return {container: minter.container_read_url(container) for container in sorted(containers)}
 
 
 def task_of_unit(

@@ -16,13 +16,14 @@ from typing import Any
 import anyio
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from orchestrator import naming
+from orchestrator import blobinputs, naming
 from orchestrator.azure.clients import Clients, check_credentials, endpoint_port, open_clients
 from orchestrator.azure.states import job_state
 from orchestrator.errors import TopnError
 from orchestrator.inputs import InputFile
 from orchestrator.journal import Journal, RunRecord, journal_path
 from orchestrator.local import services as local_services
+from orchestrator.results import check_result_paths_fit
 from orchestrator.run.context import ProgressSink
 from orchestrator.run.pipeline import leaves_run_resumable, run_pipeline
 from orchestrator.secrets import redact_text
@@ -94,6 +95,17 @@ async def run_once(
         raise
     await release_pool(services.pool, services.settings.pool)
     return summary
+
+
+async def with_blob_inputs(
+    services: Services, local: Sequence[InputFile], arguments: Sequence[str], out_dir: Path
+) -> list[InputFile]:
+    """`topn run az://…`: the local inputs and the listed blob inputs as one run's (InputError: exit 2)."""
+    inputs = await blobinputs.with_blob_inputs(
+        services.settings, services.clients.blob_service, local, arguments
+    )
+    await anyio.to_thread.run_sync(check_result_paths_fit, out_dir, [item.relpath for item in inputs])
+    return inputs
 
 
 async def release_pool(keeper: PoolKeeper, settings: PoolSettings) -> None:
