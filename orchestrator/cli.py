@@ -285,7 +285,6 @@ def _run_body(
     skipped: Sequence[SkippedInput] = (),
 ) -> int:
     """`topn run` and `topn resume`: one run in the process shell, under signals; print; exit status."""
-    from orchestrator.results import add_skipped_inputs
     from orchestrator.run.pipeline import summary_exit_status
     from orchestrator.service.runlock import run_lock
     from orchestrator.service.shell import open_services, run_once
@@ -296,11 +295,17 @@ def _run_body(
 
     async def body() -> dict[str, Any]:
         async with open_services(settings) as services:
+            # --skip-unreadable: what discovery left out is journalled with the run and listed in
+            # summary.json (a resumed run's too).
             summary = await run_once(
-                services, inputs, out_dir, run_id=run_id, resume_run_id=resume_run_id, progress=progress
+                services,
+                inputs,
+                out_dir,
+                run_id=run_id,
+                resume_run_id=resume_run_id,
+                progress=progress,
+                skipped=skipped,
             )
-        if skipped:  # --skip-unreadable: summary.json names what discovery left out
-            summary = await anyio.to_thread.run_sync(add_skipped_inputs, out_dir, summary, skipped)
         progress.close()
         print_summary(summary, out_dir, as_json=as_json, inputs=inputs)
         return summary

@@ -78,6 +78,8 @@ class RunRecord:
     task_jobs: Mapping[str, int] = dataclasses.field(default_factory=dict)
     # The error that ended the run's last attempt (error_type, message, resumable, state, at), if any.
     last_error: Mapping[str, Any] | None = None
+    # What `--skip-unreadable` left out at discovery: why, by path as the user gave it (sorted).
+    skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def is_finished(self) -> bool:

@@ -88,11 +88,13 @@ class Journal:
         inputs: Sequence[JournalInput],
         *,
         out_dir: Path | str | None = None,
+        skipped: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Record a new run in state CREATED with its settings (secrets stripped), inputs and results folder.
 
-        Creating the same run again with the same inputs is a no-op (the first results folder stays);
-        different inputs are an error.
+        `skipped` is what `--skip-unreadable` left out at discovery: (path as given, why), in the same
+        transaction. Creating the same run again with the same inputs is a no-op (the first results
+        folder and skipped list stay); different inputs are an error.
         """
         if not run_id:
             raise ValueError("run_id must not be empty")
@@ -127,6 +129,10 @@ class Journal:
                 "INSERT INTO state_changes (run_id, state, at) VALUES (?, 'CREATED', ?)", (run_id, at)
             )
             connection.executemany("INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany(
+                "INSERT OR REPLACE INTO skipped_inputs (run_id, path, reason) VALUES (?, ?, ?)",
+                [(run_id, str(path), redact_value(str(reason))) for path, reason in skipped],
+            )
 
         await self._write(write, durable=True)
 
