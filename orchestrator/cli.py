@@ -288,7 +288,6 @@ def _run_body(
     blobs: Sequence[str] = (),
 ) -> int:
     """`topn run` and `topn resume`: one run in the process shell, under signals; print; exit status."""
-    from orchestrator.results import add_skipped_inputs
     from orchestrator.run.pipeline import summary_exit_status
     from orchestrator.service.runlock import run_lock
     from orchestrator.service.shell import open_services, run_once, with_blob_inputs
@@ -302,11 +301,17 @@ def _run_body(
         async with open_services(settings) as services:
             if blobs:  # listed, never copied (exit 2 before the run is created)
                 inputs = await with_blob_inputs(services, inputs, blobs, out_dir)
+            # --skip-unreadable: what discovery left out is journalled with the run and listed in
+            # summary.json (a resumed run's too).
             summary = await run_once(
-                services, inputs, out_dir, run_id=run_id, resume_run_id=resume_run_id, progress=progress
+                services,
+                inputs,
+                out_dir,
+                run_id=run_id,
+                resume_run_id=resume_run_id,
+                progress=progress,
+                skipped=skipped or (),
             )
-        if skipped:  # --skip-unreadable: summary.json names what discovery left out
-            summary = await anyio.to_thread.run_sync(add_skipped_inputs, out_dir, summary, skipped)
         progress.close()
         print_summary(summary, out_dir, as_json=as_json, inputs=inputs)
         return summary

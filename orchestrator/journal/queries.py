@@ -220,6 +220,12 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
             "SELECT error_json, at FROM run_errors WHERE run_id = ?", (run_id,)
         ).fetchone()
         last_error = {**json.loads(error_row[0]), "at": error_row[1]} if error_row is not None else None
+        skipped = {
+            row[0]: row[1]
+            for row in connection.execute(
+                "SELECT path, reason FROM skipped_inputs WHERE run_id = ? ORDER BY path", (run_id,)
+            )
+        }
         records.append(
             RunRecord(
                 run_id=run_id,
@@ -239,6 +245,7 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 task_jobs=task_jobs,
                 last_error=last_error,
                 ranges=ranges,
+                skipped=skipped,
             )
         )
     return records

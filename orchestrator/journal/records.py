@@ -94,6 +94,8 @@ class RunRecord:
     # The work units of split inputs, by task id: each counts one byte range of its input. A split
     # input's own `task_id` is its first range's.
     ranges: Mapping[str, JournalRange] = dataclasses.field(default_factory=dict)
+    # What `--skip-unreadable` left out at discovery: why, by path as the user gave it (sorted).
+    skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def is_finished(self) -> bool:

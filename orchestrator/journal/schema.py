@@ -15,7 +15,7 @@ from orchestrator.errors import TopnError, UsageError
 T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 10
+SCHEMA_VERSION: Final = 11
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -179,6 +179,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (run_id, task_id)
         ) WITHOUT ROWID""",
         "CREATE INDEX unit_ranges_by_input ON unit_ranges (run_id, idx)",
+    ),
+    # Version 11: what `--skip-unreadable` left out at discovery (path as given, why), so a resumed
+    # run's summary.json lists it as the uninterrupted run's does. IF NOT EXISTS: renumbering is safe.
+    (
+        """CREATE TABLE IF NOT EXISTS skipped_inputs (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            path TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            PRIMARY KEY (run_id, path)
+        ) WITHOUT ROWID""",
     ),
 )
 

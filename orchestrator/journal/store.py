@@ -89,13 +89,14 @@ class Journal:
         *,
         out_dir: Path | str | None = None,
         ranges: Sequence[JournalRange] = (),
+        skipped: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Record a new run in state CREATED with its settings (secrets stripped), inputs and results folder.
 
-        `ranges` are the work units of split inputs (one byte range each), recorded in the same transaction.
-
-        Creating the same run again with the same inputs is a no-op (the first results folder stays);
-        different inputs are an error.
+        `ranges` are the work units of split inputs (one byte range each), and `skipped` what
+        `--skip-unreadable` left out at discovery (path as given, why), recorded in the same
+        transaction. Creating the same run again with the same inputs is a no-op (the first results
+        folder and skipped list stay); different inputs are an error.
         """
         if not run_id:
             raise ValueError("run_id must not be empty")
@@ -138,6 +139,10 @@ class Journal:
                 "INSERT INTO unit_ranges (run_id, task_id, idx, range_start, range_end)"
                 " VALUES (?, ?, ?, ?, ?)",
                 [(run_id, part.task_id, part.index, part.start, part.end) for part in ranges],
+            )
+            connection.executemany(
+                "INSERT OR REPLACE INTO skipped_inputs (run_id, path, reason) VALUES (?, ?, ?)",
+                [(run_id, str(path), redact_value(str(reason))) for path, reason in skipped],
             )
 
         await self._write(write, durable=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +17,7 @@ from orchestrator.azure.clients import Clients, RequestCounter
 from orchestrator.azure.pool import Capacity, PoolHandle
 from orchestrator.azure.retry import RetryPolicy
 from orchestrator.files import file_mtime_ns
-from orchestrator.inputs import InputFile
+from orchestrator.inputs import InputFile, SkippedInput
 from orchestrator.journal import Journal, JournalInput, JournalRange, RunRecord
 from orchestrator.results import RunCounts
 from orchestrator.run.split_plan import UnitRange, plan_units, ranges_from_journal
@@ -105,6 +105,11 @@ class RunContext:
     ranges: dict[int, UnitRange] = field(default_factory=dict)
     # The ETag a split input's ranges read, by blob name, once looked up (run/splitting.py).
     pinned_etags: dict[str, str | None] = field(default_factory=dict)
+    # What `--skip-unreadable` left out at discovery: journalled with the run, listed in summary.json.
+    skipped: tuple[SkippedInput, ...] = ()
+    # Hears each wait on the active-jobs quota (refusals so far, seconds to wait); the daemon counts them.
+    # A new run waits only when someone listens; a resumed run always waits (it is under way).
+    on_quota_wait: Callable[[int, float], None] | None = None
 
     @property
     def job_id(self) -> str:
@@ -193,6 +198,8 @@ def new_run_context(
     max_files_per_task: int,
     resume: RunRecord | None,
     started: float,
+    skipped: Sequence[SkippedInput] = (),
+    on_quota_wait: Callable[[int, float], None] | None = None,
 ) -> RunContext:
     """The context of a run: its names, and its work units (a resumed run's own, never a new plan)."""
     inputs = tuple(inputs)
@@ -239,6 +246,12 @@ def new_run_context(
         unit_by_task={task_id: unit_index for unit_index, task_id in enumerate(task_ids)},
         generations=dict(resume.task_generations) if resume is not None else {},
         ranges=ranges,
+        skipped=(
+            tuple(SkippedInput(Path(path), reason) for path, reason in resume.skipped.items())
+            if resume is not None
+            else tuple(skipped)
+        ),
+        on_quota_wait=on_quota_wait,
     )
 
 

@@ -190,6 +190,15 @@ def retried_task_ids(record: RunRecord, *, retry_failed: bool = False) -> tuple[
     return tuple(retried)
 
 
+def units_to_run(record: RunRecord) -> tuple[str, ...]:
+    """The work units a resume still runs in Batch: every one without a recorded outcome, in order.
+
+    None left (all finished while the run was down, or before it stopped collecting): the resume
+    needs no pool, no job and no node; it collects what is unsaved and cleans up.
+    """
+    return tuple(task_id for task_id in record.task_ids if task_id not in record.completed)
+
+
 def units_for_successor(record: RunRecord, task_ids: Sequence[str]) -> tuple[str, ...]:
     """The work units a successor job takes over: every one without a recorded outcome, in order."""
     return tuple(task_id for task_id in task_ids if task_id not in record.completed)

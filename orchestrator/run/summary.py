@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.errors import RunFailedError
 from orchestrator.inputs import renamed_inputs
-from orchestrator.results import build_summary, read_summary, summary_path
+from orchestrator.results import build_summary, read_summary, skipped_entries, summary_path
 from orchestrator.run.context import RunContext, RunLedger
 
 
@@ -29,7 +29,10 @@ def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[st
         "job_id": run.job_id,
         "pool_id": run.settings.pool.id,
     }
-    return build_summary(run.run_id, final_state, ledger.counts.top(run.settings.run.top), files, totals)
+    summary = build_summary(run.run_id, final_state, ledger.counts.top(run.settings.run.top), files, totals)
+    if run.skipped:  # --skip-unreadable: what discovery left out (a resumed run's from the journal)
+        summary["skipped"] = skipped_entries(run.skipped)
+    return summary
 
 
 def _with_source(run: RunContext, index: int, entry: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from orchestrator import blobinputs, naming
 from orchestrator.azure.clients import Clients, check_credentials, endpoint_port, open_clients
 from orchestrator.azure.states import job_state
 from orchestrator.errors import TopnError
-from orchestrator.inputs import InputFile
+from orchestrator.inputs import InputFile, SkippedInput
 from orchestrator.journal import Journal, RunRecord, journal_path
 from orchestrator.local import services as local_services
 from orchestrator.results import check_result_paths_fit
@@ -72,8 +72,12 @@ async def run_once(
     run_id: str | None = None,
     resume_run_id: str | None = None,
     progress: ProgressSink | None = None,
+    skipped: Sequence[SkippedInput] = (),
 ) -> dict[str, Any]:
-    """One run as the process's only work (`topn run`, `topn resume`); the pool is released after."""
+    """One run as the process's only work (`topn run`, `topn resume`); the pool is released after.
+
+    `skipped`: what `--skip-unreadable` left out of a new run (a resumed run has its own, journalled).
+    """
     resume: RunRecord | None = None
     if resume_run_id is not None:
         resume = await services.journal.load_run(resume_run_id)  # what the journal holds now
@@ -88,6 +92,7 @@ async def run_once(
             journal=services.journal,
             progress=progress,
             resume=resume,
+            skipped=skipped,
         )
     except BaseException as error:
         if not leaves_run_resumable(error):
