@@ -104,6 +104,17 @@ writes, events, journal, summary.json): inside the 1 ms goal, not far. Azurite's
 input would fall from about 3 to 1 (the node's `_OUTPUT` upload): about 140 s of its 210 s of
 CPU at 10,000, on the cores the nodes need. Next after that: summary.json's indented JSON goes
 through the pure-Python encoder (0.2-0.3 ms/file in the maps).
+Blob-resident inputs (`--blob-resident 1000 10000`: the generated files seeded as blobs of a container
+first, then `topn run az://benchlogs/texts/`; storage requests include the listing's, from
+`inputs.listed`). Figures of 2026-12-06 15:40-15:57 on a heavily shared machine (loadavg 15-20 from
+other sessions' benchmarks and suites: wall times and the node tasks are inflated, per-file CPU less so):
+| blobs | wall s | CPU ms/file | storage req/file | list requests | RSS | 1st task | tasks | GET |
+|---|---|---|---|---|---|---|---|---|
+| 1,000 | 48.5 | 2.28 | 0.0410 | 1 | 85 MB | 0.59 s | 19 | 10.4 ms |
+| 10,000 | 730.8 (running 700.9) | 1.56 | 0.0044 | 2 | 196 MB | 2.74 s | 20 | 9.2 ms |
+Storage requests per run: the listing (one per 5,000 blobs), one manifest upload and one result
+download per task, two container creations; no request per blob. `1st task` counts from the run's
+start, after the listing.
 """
 
 from __future__ import annotations
@@ -173,7 +184,7 @@ def requests_between(before: dict[str, Any], after: dict[str, Any]) -> Counter[s
 
 
 def topn_child(
-    files_dir: Path,
+    files_dir: Path | str,
     out_dir: Path,
     batch: str,
     blob: str,
@@ -357,7 +368,7 @@ def summary_of(stdout: str) -> dict[str, Any]:
     return summary
 
 
-def profiler_launcher(profile_dir: Path | None, files: int) -> list[str]:
+def profiler_launcher(profile_dir: Path | None, label: str) -> list[str]:
     """The interpreter under py-spy (the thread holding the GIL: Python's CPU), or plain without a folder.
 
     py-spy is a measuring tool, not a dependency: `.venv/bin/pip install py-spy` first. A profiled
@@ -369,7 +380,7 @@ def profiler_launcher(profile_dir: Path | None, files: int) -> list[str]:
     if py_spy is None:
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy (a measuring tool only)")
     profile_dir.mkdir(parents=True, exist_ok=True)
-    output = profile_dir / f"topn-{files}.folded"
+    output = profile_dir / f"topn-{label}.folded"
     return [
         *(py_spy, "record", "--format", "raw", "--gil", "--rate", str(PROFILE_RATE_HZ), "--nonblocking"),
         *("--output", str(output), "--", sys.executable),
@@ -388,12 +399,17 @@ def process_cpu_s(pid: int) -> float:
 
 
 def run_topn_measured(
-    files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path, profile_dir: Path | None = None
+    files_dir: Path | str,
+    out_dir: Path,
+    batch: str,
+    blob: str,
+    state_dir: Path,
+    profile_dir: Path | None = None,
 ) -> ScaleFigures:
     """`topn run` as a child process; its CPU and peak RSS from getrusage of the waited child."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    count = sum(1 for _ in files_dir.rglob("*.txt"))
-    launcher = profiler_launcher(profile_dir, count)
+    label = str(sum(1 for _ in files_dir.rglob("*.txt"))) if isinstance(files_dir, Path) else "blobs"
+    launcher = profiler_launcher(profile_dir, label)
     wall, completed = topn_child(files_dir, out_dir, batch, blob, state_dir, 7200, launcher)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = summary_of(completed.stdout)
@@ -403,6 +419,9 @@ def run_topn_measured(
     events = [json.loads(line) for line in completed.stderr.splitlines() if line.startswith("{")]
     submitted = [event for event in events if event.get("event") == "tasks.submitted"]
     storage = {operation: int(count) for operation, count in totals["requests"].get("storage", {}).items()}
+    listed = [event for event in events if event.get("event") == "inputs.listed"]  # az:// inputs
+    if listed:  # listed before the run is created: not in the run's own count
+        storage["list_blobs (inputs)"] = sum(int(event["storage_requests"]) for event in listed)
     batch_counts = totals["requests"].get("batch", {})
     return ScaleFigures(
         files=int(totals["files"]),
@@ -544,6 +563,85 @@ async def measure_scale(
         print(f"seed way measured at {seed_files} files: {seed_wall:.1f} s, scaled linearly to each count")
 
 
+BLOB_CONTAINER = "benchlogs"
+BLOB_PREFIX = "texts/"
+
+
+async def seed_blobs(blob_endpoint: str, folder: Path, concurrency: int = 32) -> int:
+    """Upload the generated files under `folder` as blobs of BLOB_CONTAINER (the user's data); how many."""
+    from azure.storage.blob.aio import BlobServiceClient
+
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={local.AZURITE_ACCOUNT_NAME};"
+        f"AccountKey={local.AZURITE_ACCOUNT_KEY};BlobEndpoint={blob_endpoint};"
+    )
+    files = iter(await anyio.to_thread.run_sync(lambda: sorted(folder.rglob("*.txt"))))
+    uploaded = 0
+    async with BlobServiceClient.from_connection_string(connection) as service:
+        await service.create_container(BLOB_CONTAINER)
+
+        async def worker() -> None:
+            nonlocal uploaded
+            for path in files:
+                name = BLOB_PREFIX + path.relative_to(folder).as_posix()
+                data = await anyio.Path(path).read_bytes()
+                await service.get_blob_client(BLOB_CONTAINER, name).upload_blob(data)
+                uploaded += 1
+
+        async with anyio.create_task_group() as group:
+            for _ in range(concurrency):
+                group.start_soon(worker)
+    return uploaded
+
+
+async def blob_block(count: int, base: Path) -> ScaleFigures:
+    """Fresh Azurite and emulator, `count` blobs already in Storage, one `topn run az://…` (issue 13, 7)."""
+    folder = base / f"blobs-{count}"
+    generate_files(folder / "texts", count)
+    azurite = await local.start_azurite(folder / "azurite", folder / "logs")
+    try:
+        emulator = await local.start_emulator(folder / "emulator", folder / "logs")
+        try:
+            seeded_at = time.monotonic()
+            await seed_blobs(azurite.endpoint, folder / "texts")
+            print(f"seeded {count} blobs in {time.monotonic() - seeded_at:.1f} s", flush=True)
+            figures = await anyio.to_thread.run_sync(
+                run_topn_measured,
+                f"az://{BLOB_CONTAINER}/{BLOB_PREFIX}",
+                folder / "out",
+                emulator.endpoint,
+                azurite.endpoint,
+                folder / "state",
+            )
+            latency = await azurite_get_latency_ms(
+                azurite.endpoint, BLOB_CONTAINER, f"{BLOB_PREFIX}part0/doc00000.txt"
+            )
+            return dataclasses.replace(figures, azurite_get_ms=latency)
+        finally:
+            await local.stop_service(emulator)
+    finally:
+        await local.stop_service(azurite)
+
+
+async def measure_blob_resident(counts: list[int], base: Path) -> None:
+    """Each count's blob-resident block: CPU and storage requests per file, the listing included."""
+    print(f"/proc/loadavg before: {loadavg()}", flush=True)
+    results = [await blob_block(count, base) for count in counts]
+    print(f"/proc/loadavg after: {loadavg()}")
+    print(
+        f"{'blobs':>7} {'wall s':>8} {'CPU ms/file':>12} {'storage req/file':>17} {'list requests':>14} "
+        f"{'peak RSS MB':>12} {'tasks':>6} {'1st task s':>11} {'Azurite GET ms':>15}"
+    )
+    for figures in results:
+        print(
+            f"{figures.files:>7} {figures.wall_s:>8.1f} {figures.cpu_s / figures.files * 1000:>12.2f} "
+            f"{figures.storage_requests / figures.files:>17.4f} "
+            f"{figures.storage_by_operation.get('list_blobs (inputs)', 0):>14} {figures.peak_rss_mb:>12.0f} "
+            f"{figures.tasks:>6} {figures.first_task_s!s:>11} {figures.azurite_get_ms:>15.1f}"
+        )
+        print(f"        storage by operation: {figures.storage_by_operation}; stages {figures.stages_s}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=1000)
@@ -552,6 +650,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--seed-files", type=int, default=2000, help="with --scale: the seed way's count (0: none)"
+    )
+    parser.add_argument(
+        "--blob-resident", type=int, nargs="+", help="these blob counts, already in Storage: topn run az://…"
     )
     parser.add_argument("--skip-seed", action="store_true", help="no seed-way run")
     parser.add_argument(
@@ -575,7 +676,9 @@ def main() -> None:
     if args.code:
         os.environ[CODE_ROOT_VARIABLE] = str(args.code.resolve())
     with tempfile.TemporaryDirectory(prefix="topn-scale-") as folder:
-        if args.scale:
+        if args.blob_resident:
+            anyio.run(measure_blob_resident, args.blob_resident, Path(folder))
+        elif args.scale:
             profile_dir = args.profile.absolute() if args.profile else None
             anyio.run(measure_scale, args.scale, args.seed_files, Path(folder), profile_dir)
         else:

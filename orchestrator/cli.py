@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = commands.add_parser("run", parents=[common], help="process files and folders (recursively)")
-    run.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="text files or folders")
+    run.add_argument(
+        "paths", nargs="*", metavar="PATH", help="text files or folders; az://CONTAINER/PREFIX for blobs"
+    )
     run.add_argument("--top", type=_positive_int, default=None, help="how many words to report (default 10)")
     run.add_argument("--tokenizer", choices=("words", "tutorial"), default=None, help="how words are split")
     run.add_argument("--out", type=Path, default=None, help="results folder (default results/<run_id>/)")
@@ -220,7 +222,7 @@ def _report(error: TopnError, log_format: str, stream: TextIO | None = None) -> 
 def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) -> int:
     # Imported here so `topn local` and `--help` stay quick and independent of the run machinery.
     from orchestrator import naming
-    from orchestrator.inputs import discover_inputs
+    from orchestrator.blobinputs import discover_arguments
     from orchestrator.journal import check_state_folder
     from orchestrator.results import (
         check_result_paths_fit,
@@ -231,7 +233,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
     if not args.paths:
         raise UsageError("give at least one file or folder to process, e.g. `topn run examples/texts`")
     skipped: list[SkippedInput] | None = [] if args.skip_unreadable else None
-    inputs = discover_inputs(args.paths, skipped)  # InputError (exit 2) before anything is started
+    inputs, blobs = discover_arguments(args.paths, skipped)  # InputError (exit 2) before anything starts
     run_id = naming.new_run_id()
     out_dir = args.out if args.out is not None else Path("results") / run_id
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -242,7 +244,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, log_format: str) 
     check_result_paths_fit(out_dir, [item.relpath for item in inputs])
     check_state_folder(settings.local.state_dir)  # last: it makes the folder when it is missing
     return _run_body(
-        settings, inputs, out_dir, log_format, as_json=args.json, run_id=run_id, skipped=skipped or ()
+        settings, inputs, out_dir, log_format, as_json=args.json, run_id=run_id, skipped=skipped, blobs=blobs
     )
 
 
@@ -282,25 +284,34 @@ def _run_body(
     as_json: bool,
     run_id: str | None = None,
     resume_run_id: str | None = None,
-    skipped: Sequence[SkippedInput] = (),
+    skipped: Sequence[SkippedInput] | None = None,
+    blobs: Sequence[str] = (),
 ) -> int:
     """`topn run` and `topn resume`: one run in the process shell, under signals; print; exit status."""
-    from orchestrator.results import add_skipped_inputs
     from orchestrator.run.pipeline import summary_exit_status
     from orchestrator.service.runlock import run_lock
-    from orchestrator.service.shell import open_services, run_once
+    from orchestrator.service.shell import open_services, run_once, with_blob_inputs
     from orchestrator.service.signals import run_supervised
 
     show_progress = log_format == "console" and sys.stderr.isatty()
     progress: RichProgress | NullProgress = RichProgress() if show_progress else NullProgress()
 
     async def body() -> dict[str, Any]:
+        nonlocal inputs
         async with open_services(settings) as services:
+            if blobs:  # listed, never copied (exit 2 before the run is created)
+                inputs = await with_blob_inputs(services, inputs, blobs, out_dir)
+            # --skip-unreadable: what discovery left out is journalled with the run and listed in
+            # summary.json (a resumed run's too).
             summary = await run_once(
-                services, inputs, out_dir, run_id=run_id, resume_run_id=resume_run_id, progress=progress
+                services,
+                inputs,
+                out_dir,
+                run_id=run_id,
+                resume_run_id=resume_run_id,
+                progress=progress,
+                skipped=skipped or (),
             )
-        if skipped:  # --skip-unreadable: summary.json names what discovery left out
-            summary = await anyio.to_thread.run_sync(add_skipped_inputs, out_dir, summary, skipped)
         progress.close()
         print_summary(summary, out_dir, as_json=as_json, inputs=inputs)
         return summary

@@ -69,7 +69,7 @@ def shorten_word(word: str, columns: int) -> str:
 def render_table(
     summary: Mapping[str, Any],
     out_dir: Path,
-    renamed: Sequence[tuple[str, Path]] = (),
+    renamed: Sequence[tuple[str, Path | str]] = (),
     columns: int | None = None,
 ) -> str:
     """The readable result for stdout: run line, top words, failed files, inputs given another name.
@@ -188,7 +188,7 @@ def print_summary(
     if as_json:
         text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
     else:
-        renamed = [(item.relpath, item.path) for item in renamed_inputs(inputs)]
+        renamed = [(item.relpath, item.shown) for item in renamed_inputs(inputs)]
         text = render_table(summary, out_dir, renamed)
     try:
         sys.stdout.write(redact_text(text))

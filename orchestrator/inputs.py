@@ -29,12 +29,32 @@ class SkippedInput:
 
 
 @dataclass(frozen=True)
+class BlobSource:
+    """Where an input that already lives in Blob Storage is (orchestrator/blobinputs.py): never copied."""
+
+    container: str
+    name: str
+    etag: str  # as listed: the node reports the one it read, and a change is said (`input.changed`)
+
+    @property
+    def address(self) -> str:
+        """`az://CONTAINER/NAME`: how the journal, summary.json and events name it."""
+        return f"az://{self.container}/{self.name}"
+
+
+@dataclass(frozen=True)
 class InputFile:
     """One file to process: where it is, the name it has inside the run, its size."""
 
-    path: Path
+    path: Path  # a blob input's is its address as a path, for display only (never opened)
     relpath: str  # POSIX, relative to the argument it came from; unique within the run
     size_bytes: int
+    blob: BlobSource | None = None  # set for an input read where it lives in Blob Storage
+
+    @property
+    def shown(self) -> str:
+        """Where the input is, for people: its local path, or its blob's `az://CONTAINER/NAME`."""
+        return self.blob.address if self.blob is not None else str(self.path)
 
 
 def discover_inputs(paths: Sequence[Path], skipped: list[SkippedInput] | None = None) -> list[InputFile]:
@@ -226,7 +246,11 @@ def make_relpaths_unique(relpaths: Sequence[str]) -> list[str]:
 
 def renamed_inputs(inputs: Sequence[InputFile]) -> list[InputFile]:
     """The inputs whose run name is not their file's own name (a duplicate that became `stem~N`)."""
-    return [item for item in inputs if PurePosixPath(item.relpath).name != item.path.name]
+    return [item for item in inputs if PurePosixPath(item.relpath).name != _own_name(item)]
+
+
+def _own_name(item: InputFile) -> str:
+    return PurePosixPath(item.blob.name).name if item.blob is not None else item.path.name
 
 
 def check_relpath(relpath: str, path: Path) -> None:

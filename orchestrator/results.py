@@ -311,14 +311,10 @@ def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:
     return path
 
 
-def add_skipped_inputs(
-    out_dir: Path, summary: Mapping[str, Any], skipped: Sequence[SkippedInput]
-) -> dict[str, Any]:
-    """summary.json (rewritten) with `skipped`: what `--skip-unreadable` left out at discovery, and why."""
+def skipped_entries(skipped: Sequence[SkippedInput]) -> list[dict[str, str]]:
+    """summary.json's `skipped`: what `--skip-unreadable` left out at discovery, and why, by path."""
     entries = [{"path": str(item.path), "reason": item.reason} for item in skipped]
-    with_skipped = {**summary, "skipped": sorted(entries, key=lambda entry: entry["path"])}
-    write_summary(out_dir, with_skipped)
-    return with_skipped
+    return sorted(entries, key=lambda entry: entry["path"])
 
 
 def read_summary(out_dir: Path) -> dict[str, Any]:

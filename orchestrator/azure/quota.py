@@ -1,8 +1,10 @@
 """Batch's 409s and resize errors told apart by their error code, and what to ask for (pure).
 
 The SDK maps every 409 to ResourceExistsError, so "exists" and "quota reached" look alike until the
-code is read. A quota stops the run with exit 2 (nothing a retry can fix) naming the quota, the
-account and how to raise it: Azure portal > the Batch account > Quotas > Request quota increase,
+code is read. The active-jobs quota is a normal condition to wait out where a run is already under
+way (the daemon's batches, a resumed run's job): `quota_backoff_s` paces those tries. Elsewhere a
+quota stops the run with exit 2 (nothing a retry can fix) naming the quota, the account and how to
+raise it: Azure portal > the Batch account > Quotas > Request quota increase,
 or, for the Spot VMs of a user-subscription account, the subscription's Usage + quotas (docs/azure.md,
 "Quotas", cites the Microsoft pages).
 """
@@ -27,6 +29,10 @@ class Conflict(StrEnum):
     QUOTA = "quota"  # PoolQuotaReached, ActiveJobAndScheduleQuotaReached
     OTHER = "other"  # any other conflict (a state the operation needs, e.g. a node that cannot reboot)
 
+
+# The active-jobs quota: jobs free up as other runs end, so where a run is under way it waits.
+ACTIVE_JOBS_QUOTA_CODE = "ActiveJobAndScheduleQuotaReached"
+FIRST_QUOTA_BACKOFF_S = 1.0
 
 _EXISTS = frozenset({"PoolExists", "JobExists", "TaskExists", "JobScheduleExists"})
 _BEING_DELETED = frozenset({"PoolBeingDeleted", "JobBeingDeleted", "JobScheduleBeingDeleted"})
@@ -66,6 +72,13 @@ def classify_conflict(code: str | None) -> Conflict:
     if code in _ACCOUNT_QUOTAS:
         return Conflict.QUOTA
     return Conflict.OTHER
+
+
+def quota_backoff_s(refusals: int, max_s: float) -> float:
+    """Wait before the next try after `refusals` refusals in a row: 1 s, 2 s, 4 s, ... capped at `max_s`."""
+    if refusals <= 0:
+        return 0.0
+    return min(max_s, FIRST_QUOTA_BACKOFF_S * float(2 ** min(refusals - 1, 30)))
 
 
 def account_quota_error(code: str, account: str, *, advice: str) -> QuotaError:

@@ -50,6 +50,10 @@ class StagedInput:
     # Why it is not in Blob Storage after all: it vanished or became unreadable after discovery (or
     # kept changing). Only this file fails; its task runs the others.
     unreadable: str | None = None
+    # An input read where it lives (orchestrator/blobinputs.py): its own container (`blob_name` is its
+    # name there) and the ETag it was listed with. None: the run's input container.
+    container: str | None = None
+    etag: str | None = None
 
 
 UploadedCallback = Callable[[StagedInput], Awaitable[None]]

@@ -11,6 +11,7 @@ from orchestrator.journal.records import (
     TERMINAL_STATES,
     DownloadRecord,
     JournalInput,
+    JournalRange,
     RunRecord,
     RunSummary,
     StateChange,
@@ -44,9 +45,9 @@ SELECT run_id, state, created_at, out_dir,
     (SELECT at FROM state_changes AS change WHERE change.run_id = recent.run_id ORDER BY seq DESC LIMIT 1)
 FROM recent"""  # noqa: S608
 
-# Per run: files, bytes, tasks, files saved, and files failed - recorded as failed, or unsaved in a
-# failed task that can yield nothing more (it has one file, or the run is over), as
-# orchestrator/run/resume.py's `failed_relpaths` decides.
+# Per run: files, bytes, tasks (a split input's range units included), files saved, and files failed -
+# recorded as failed, or unsaved in a failed task that can yield nothing more (it has one file, or the
+# run is over), as orchestrator/run/resume.py's `failed_relpaths` decides.
 _FILE_COUNTS: Final = f"""WITH {_RECENT_RUNS},
 units AS (
     SELECT run_id, task_id, count(*) AS files
@@ -57,7 +58,14 @@ outcomes AS (
     SELECT run_id, task_id, {_OUTCOME_SUCCEEDED} AS succeeded
     FROM recent CROSS JOIN completed_tasks USING (run_id)
 )
-SELECT input.run_id, count(*), coalesce(sum(input.size_bytes), 0), count(DISTINCT input.task_id),
+SELECT input.run_id, count(*), coalesce(sum(input.size_bytes), 0),
+    count(DISTINCT input.task_id) + (
+        -- a split input's range units beyond its own (first range's) task
+        SELECT count(*) FROM unit_ranges AS part
+        WHERE part.run_id = input.run_id AND NOT EXISTS (
+            SELECT 1 FROM inputs AS own WHERE own.run_id = part.run_id AND own.task_id = part.task_id
+        )
+    ),
     count(download.relpath),
     sum(CASE
         WHEN failure.relpath IS NOT NULL THEN 1
@@ -146,9 +154,10 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 md5_hex=row[5],
                 blob_name=row[6],
                 task_id=row[7],
+                etag=row[8],
             )
             for row in connection.execute(
-                "SELECT idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name, task_id"
+                "SELECT idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name, task_id, etag"
                 " FROM inputs WHERE run_id = ? ORDER BY idx",
                 (run_id,),
             )
@@ -201,10 +210,22 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 "SELECT relpath, error_json FROM file_failures WHERE run_id = ? ORDER BY relpath", (run_id,)
             )
         }
+        ranges = {
+            row[0]: JournalRange(task_id=row[0], index=row[1], start=row[2], end=row[3])
+            for row in connection.execute(
+                "SELECT task_id, idx, range_start, range_end FROM unit_ranges WHERE run_id = ?", (run_id,)
+            )
+        }
         error_row = connection.execute(
             "SELECT error_json, at FROM run_errors WHERE run_id = ?", (run_id,)
         ).fetchone()
         last_error = {**json.loads(error_row[0]), "at": error_row[1]} if error_row is not None else None
+        skipped = {
+            row[0]: row[1]
+            for row in connection.execute(
+                "SELECT path, reason FROM skipped_inputs WHERE run_id = ? ORDER BY path", (run_id,)
+            )
+        }
         records.append(
             RunRecord(
                 run_id=run_id,
@@ -223,6 +244,8 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 task_generations=generations,
                 task_jobs=task_jobs,
                 last_error=last_error,
+                ranges=ranges,
+                skipped=skipped,
             )
         )
     return records

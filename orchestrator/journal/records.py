@@ -29,6 +29,19 @@ class JournalInput:
     md5_hex: str | None
     blob_name: str
     task_id: str
+    # Set for an input read where it lives in Blob Storage (then `path` and `blob_name` are its
+    # address `az://CONTAINER/NAME`): the ETag it was listed with.
+    etag: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalRange:
+    """One work unit that counts the byte range [start, end) of a split input (by its index)."""
+
+    task_id: str
+    index: int
+    start: int
+    end: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +91,11 @@ class RunRecord:
     task_jobs: Mapping[str, int] = dataclasses.field(default_factory=dict)
     # The error that ended the run's last attempt (error_type, message, resumable, state, at), if any.
     last_error: Mapping[str, Any] | None = None
+    # The work units of split inputs, by task id: each counts one byte range of its input. A split
+    # input's own `task_id` is its first range's.
+    ranges: Mapping[str, JournalRange] = dataclasses.field(default_factory=dict)
+    # What `--skip-unreadable` left out at discovery: why, by path as the user gave it (sorted).
+    skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def is_finished(self) -> bool:
@@ -98,16 +116,34 @@ class RunRecord:
     # status and resume stay linear in the number of inputs.
 
     @functools.cached_property
+    def ranges_by_index(self) -> dict[int, tuple[JournalRange, ...]]:
+        """The range units of each split input (by input index), in file order."""
+        grouped: dict[int, list[JournalRange]] = {}
+        for part in sorted(self.ranges.values(), key=lambda part: (part.index, part.start)):
+            grouped.setdefault(part.index, []).append(part)
+        return {index: tuple(parts) for index, parts in grouped.items()}
+
+    @functools.cached_property
     def task_ids(self) -> tuple[str, ...]:
-        """Every task id of the run once, in input order."""
-        return tuple(dict.fromkeys(item.task_id for item in self.inputs))
+        """Every task id of the run once, in input order (a split input's ranges in file order)."""
+        ordered: dict[str, None] = {}
+        by_index = self.ranges_by_index
+        for item in self.inputs:
+            ordered[item.task_id] = None
+            for part in by_index.get(item.index, ()):
+                ordered[part.task_id] = None
+        return tuple(ordered)
 
     @functools.cached_property
     def inputs_by_task(self) -> dict[str, tuple[JournalInput, ...]]:
-        """The inputs of each task (a work unit may hold several), in input order."""
+        """The inputs of each task (a work unit may hold several; a range unit, its input), in input order."""
         grouped: dict[str, list[JournalInput]] = {}
+        by_index = self.ranges_by_index
         for item in self.inputs:
             grouped.setdefault(item.task_id, []).append(item)
+            for part in by_index.get(item.index, ()):
+                if part.task_id != item.task_id:
+                    grouped.setdefault(part.task_id, []).append(item)
         return {task_id: tuple(items) for task_id, items in grouped.items()}
 
     @functools.cached_property

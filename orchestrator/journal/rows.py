@@ -101,6 +101,7 @@ def input_rows(run_id: str, inputs: Sequence[JournalInput]) -> list[tuple[Any, .
             None if item.md5_hex is None else item.md5_hex.lower(),
             item.blob_name,
             item.task_id,
+            item.etag,
         )
         for item in inputs
     ]

@@ -15,7 +15,7 @@ from orchestrator.errors import TopnError, UsageError
 T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 11
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -160,6 +160,34 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             job_number INTEGER NOT NULL,
             at TEXT NOT NULL,
             PRIMARY KEY (run_id, task_id)
+        ) WITHOUT ROWID""",
+    ),
+    # Version 9: inputs read where they live in Blob Storage (orchestrator/blobinputs.py). Such an
+    # input's `path` and `blob_name` are its address `az://CONTAINER/NAME`, `mtime_ns` is 0, and
+    # this is the ETag it was listed with; NULL for a local input.
+    ("ALTER TABLE inputs ADD COLUMN etag TEXT",),
+    # Version 10: a file larger than [run] split_bytes is counted by several work units, each over one
+    # byte range of its blob; this names each such unit's input and nominal range (the input's own
+    # `task_id` is its first range's).
+    (
+        """CREATE TABLE unit_ranges (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            task_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            range_start INTEGER NOT NULL,
+            range_end INTEGER NOT NULL,
+            PRIMARY KEY (run_id, task_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX unit_ranges_by_input ON unit_ranges (run_id, idx)",
+    ),
+    # Version 11: what `--skip-unreadable` left out at discovery (path as given, why), so a resumed
+    # run's summary.json lists it as the uninterrupted run's does. IF NOT EXISTS: renumbering is safe.
+    (
+        """CREATE TABLE IF NOT EXISTS skipped_inputs (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            path TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            PRIMARY KEY (run_id, path)
         ) WITHOUT ROWID""",
     ),
 )

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import anyio
 
 from orchestrator.journal.queries import load_runs, run_summaries
-from orchestrator.journal.records import JournalInput, RunRecord, RunSummary
+from orchestrator.journal.records import JournalInput, JournalRange, RunRecord, RunSummary
 from orchestrator.journal.rows import input_rows, is_md5_hex, jsonable, state_name, upsert
 from orchestrator.journal.schema import (
     JournalError,
@@ -88,11 +88,15 @@ class Journal:
         inputs: Sequence[JournalInput],
         *,
         out_dir: Path | str | None = None,
+        ranges: Sequence[JournalRange] = (),
+        skipped: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Record a new run in state CREATED with its settings (secrets stripped), inputs and results folder.
 
-        Creating the same run again with the same inputs is a no-op (the first results folder stays);
-        different inputs are an error.
+        `ranges` are the work units of split inputs (one byte range each), and `skipped` what
+        `--skip-unreadable` left out at discovery (path as given, why), recorded in the same
+        transaction. Creating the same run again with the same inputs is a no-op (the first results
+        folder and skipped list stay); different inputs are an error.
         """
         if not run_id:
             raise ValueError("run_id must not be empty")
@@ -108,8 +112,8 @@ class Journal:
             existing = connection.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if existing is not None:
                 stored = connection.execute(
-                    "SELECT run_id, idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name, task_id"
-                    " FROM inputs WHERE run_id = ? ORDER BY idx",
+                    "SELECT run_id, idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name, task_id,"
+                    " etag FROM inputs WHERE run_id = ? ORDER BY idx",
                     (run_id,),
                 ).fetchall()
                 if stored != sorted(rows, key=lambda row: row[1]):
@@ -126,7 +130,20 @@ class Journal:
             connection.execute(
                 "INSERT INTO state_changes (run_id, state, at) VALUES (?, 'CREATED', ?)", (run_id, at)
             )
-            connection.executemany("INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany(
+                "INSERT INTO inputs (run_id, idx, relpath, path, size_bytes, mtime_ns, md5_hex, blob_name,"
+                " task_id, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            connection.executemany(
+                "INSERT INTO unit_ranges (run_id, task_id, idx, range_start, range_end)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(run_id, part.task_id, part.index, part.start, part.end) for part in ranges],
+            )
+            connection.executemany(
+                "INSERT OR REPLACE INTO skipped_inputs (run_id, path, reason) VALUES (?, ?, ?)",
+                [(run_id, str(path), redact_value(str(reason))) for path, reason in skipped],
+            )
 
         await self._write(write, durable=True)
 
@@ -299,8 +316,9 @@ class Journal:
             connection.executemany("DELETE FROM submitted_tasks WHERE run_id = ? AND task_id = ?", keys)
             connection.executemany(
                 "DELETE FROM file_failures WHERE run_id = ? AND relpath IN "
-                "(SELECT relpath FROM inputs WHERE run_id = ? AND task_id = ?)",
-                [(run_id, run_id, task_id) for task_id in task_ids],
+                "(SELECT relpath FROM inputs WHERE run_id = ? AND (task_id = ? OR idx IN "
+                "(SELECT idx FROM unit_ranges WHERE run_id = ? AND task_id = ?)))",
+                [(run_id, run_id, task_id, run_id, task_id) for task_id in task_ids],
             )
             if name is not None and name != current:
                 connection.execute("UPDATE runs SET state = ? WHERE run_id = ?", (name, run_id))
@@ -470,7 +488,9 @@ class Journal:
             task_id
             for task_id in task_ids
             if connection.execute(
-                "SELECT 1 FROM inputs WHERE run_id = ? AND task_id = ? LIMIT 1", (run_id, task_id)
+                "SELECT 1 FROM inputs WHERE run_id = ? AND task_id = ?"
+                " UNION ALL SELECT 1 FROM unit_ranges WHERE run_id = ? AND task_id = ? LIMIT 1",
+                (run_id, task_id, run_id, task_id),
             ).fetchone()
             is None
         ]

@@ -17,7 +17,7 @@ from orchestrator import naming
 from orchestrator.azure import collect, monitor, submit
 from orchestrator.files import file_stat
 from orchestrator.results import FileCounts, failure_details, file_entry, top_of
-from orchestrator.run import units
+from orchestrator.run import splitting, units
 from orchestrator.run.context import FileResult, RunContext, RunLedger
 from orchestrator.run.resume import failed_relpaths, file_error, outcome_succeeded
 
@@ -110,6 +110,9 @@ async def _settle_recorded_task(
             saved_already.add(index)  # its counts come from the result blob; the file is not written again
     if all(index in ledger.results for index in unit):
         return
+    if task_id in run.unit_by_task and run.unit_by_task[task_id] in run.ranges:
+        await _collect_range(run, ledger, outcome, limiter, saved_already=bool(saved_already))
+        return
     await _collect_unit(run, ledger, outcome, limiter, saved_already=saved_already)
 
 
@@ -132,7 +135,43 @@ async def _handle_outcome(
                 message=outcome.failure_message,
             ),
         )
+    if run.unit_by_task[outcome.task_id] in run.ranges:
+        await _collect_range(run, ledger, outcome, limiter, saved_already=False)
+        return
     await _collect_unit(run, ledger, outcome, limiter, saved_already=set())
+
+
+async def _collect_range(
+    run: RunContext,
+    ledger: RunLedger,
+    outcome: monitor.TaskOutcome,
+    limiter: anyio.CapacityLimiter,
+    *,
+    saved_already: bool,
+) -> None:
+    """A split input's range finished: once all have, its merged result is journalled and reported."""
+    settled = await splitting.settle_range(run, ledger, outcome, limiter, saved_already=saved_already)
+    if settled is None:
+        return
+    index = settled.index
+    relpath = run.inputs[index].relpath
+    # Summarised under its first range's task, as the journal records the input.
+    as_input = dataclasses.replace(settled.outcome, task_id=splitting.first_range_task(run, index))
+    if isinstance(settled, splitting.MergedInput):
+        if settled.saved is None:  # saved by the run before a resume
+            _add_success(run, ledger, index, as_input.task_id, settled.counts)
+        else:
+            if run.journal is not None:
+                await run.journal.record_unit_collected(
+                    run.run_id, None, saved=[(relpath, settled.saved, settled.size)]
+                )
+            _report_saved(run, ledger, as_input, index, settled.size, settled.counts)
+    else:
+        if run.journal is not None:
+            await run.journal.record_unit_collected(run.run_id, None, failed=[(relpath, settled.details)])
+        _report_failure(run, ledger, settled.outcome, index, settled.details)
+    if run.progress is not None:
+        run.progress.update("collecting", len(ledger.results), len(run.inputs))
 
 
 async def _collect_unit(
@@ -167,10 +206,14 @@ async def _collect_unit(
     where = {item.position: place for item, place in zip(to_write, written, strict=True)}
     saved: list[tuple[int, Path, int, FileCounts]] = []
     failures: list[tuple[int, dict[str, Any]]] = []
+    changed: list[tuple[int, str, int | None]] = []  # blob inputs that changed since listing
     for item in wanted:
         index = unit_inputs[item.position]
         place = where.get(item.position)
         if isinstance(item, units.RenderedFile) and not isinstance(place, str):
+            note = _changed_since_listing(run, index, item)
+            if note is not None:
+                changed.append((index, note, item.size_bytes))
             if place is None:  # saved by the run before a resume
                 _add_success(run, ledger, index, outcome.task_id, item.counts)
             else:
@@ -198,6 +241,8 @@ async def _collect_unit(
     # Events after the journal: whoever sees one can rely on the journal holding it.
     for index, _, size, counts in saved:
         _report_saved(run, ledger, outcome, index, size, counts)
+    for index, note, read_bytes in changed:
+        _report_changed(run, ledger, index, note, read_bytes)
     for index, details in failures:
         _report_failure(run, ledger, outcome, index, details)
     if run.progress is not None:
@@ -259,6 +304,27 @@ def _add_success(run: RunContext, ledger: RunLedger, index: int, task_id: str, c
         ),
         succeeded=True,
     )
+
+
+def _changed_since_listing(run: RunContext, index: int, item: units.RenderedFile) -> str | None:
+    """For an input read where it lives: what to say when the node read another version than listed."""
+    source = run.inputs[index].blob
+    if source is None:
+        return None
+    return units.changed_blob_note(source.etag, item.etag, run.inputs[index].size_bytes, item.size_bytes)
+
+
+def _report_changed(
+    run: RunContext, ledger: RunLedger, index: int, note: str, read_bytes: int | None
+) -> None:
+    """A blob input that changed between listing and reading: counted as read, and said (event, summary)."""
+    item = run.inputs[index]
+    if read_bytes is not None:
+        ledger.resized_inputs[index] = read_bytes  # the run's bytes are those counted
+    result = ledger.results.get(index)
+    if result is not None:
+        result.entry["note"] = note
+    log.warning("input.changed", file=item.relpath, bytes=read_bytes, note=f"{item.shown}: {note}")
 
 
 def _report_failure(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,9 +17,10 @@ from orchestrator.azure.clients import Clients, RequestCounter
 from orchestrator.azure.pool import Capacity, PoolHandle
 from orchestrator.azure.retry import RetryPolicy
 from orchestrator.files import file_mtime_ns
-from orchestrator.inputs import InputFile
-from orchestrator.journal import Journal, JournalInput, RunRecord
+from orchestrator.inputs import InputFile, SkippedInput
+from orchestrator.journal import Journal, JournalInput, JournalRange, RunRecord
 from orchestrator.results import RunCounts
+from orchestrator.run.split_plan import UnitRange, plan_units, ranges_from_journal
 from orchestrator.settings import Settings
 
 
@@ -100,6 +101,15 @@ class RunContext:
     unit_by_task: dict[str, int]
     # Work units whose task a resume re-issued, and the generation now in the job (absent: 0).
     generations: dict[str, int] = field(default_factory=dict)
+    # Work units that count one byte range of a split input (run/split_plan.py), by unit index.
+    ranges: dict[int, UnitRange] = field(default_factory=dict)
+    # The ETag a split input's ranges read, by blob name, once looked up (run/splitting.py).
+    pinned_etags: dict[str, str | None] = field(default_factory=dict)
+    # What `--skip-unreadable` left out at discovery: journalled with the run, listed in summary.json.
+    skipped: tuple[SkippedInput, ...] = ()
+    # Hears each wait on the active-jobs quota (refusals so far, seconds to wait); the daemon counts them.
+    # A new run waits only when someone listens; a resumed run always waits (it is under way).
+    on_quota_wait: Callable[[int, float], None] | None = None
 
     @property
     def job_id(self) -> str:
@@ -152,6 +162,9 @@ class RunLedger:
     # completions, tasks re-issued since they ended): not news when the counts show them.
     completed_in_job: int = 0
     results: dict[int, FileResult] = field(default_factory=dict)  # by input index
+    # Split inputs: how each range unit's task ended (by task id), and the inputs being merged.
+    range_outcomes: dict[str, Any] = field(default_factory=dict)
+    merging: set[int] = field(default_factory=set)
     # A resumed run's inputs that changed before their task was submitted, by index: uploaded again
     # and counted at their size now.
     resized_inputs: dict[int, int] = field(default_factory=dict)
@@ -185,6 +198,8 @@ def new_run_context(
     max_files_per_task: int,
     resume: RunRecord | None,
     started: float,
+    skipped: Sequence[SkippedInput] = (),
+    on_quota_wait: Callable[[int, float], None] | None = None,
 ) -> RunContext:
     """The context of a run: its names, and its work units (a resumed run's own, never a new plan)."""
     inputs = tuple(inputs)
@@ -194,13 +209,17 @@ def new_run_context(
         index_of = {item.relpath: index for index, item in enumerate(inputs)}
         by_task = resume.inputs_by_task
         units = [[index_of[item.relpath] for item in by_task[task_id]] for task_id in task_ids]
+        recorded = {task_id: (part.index, part.start, part.end) for task_id, part in resume.ranges.items()}
+        ranges = ranges_from_journal(task_ids, recorded)
     else:
-        units = naming.plan_work_units(
+        plan = plan_units(
             [item.size_bytes for item in inputs],
             pool.planned_slots(),
+            split_bytes=settings.run.split_bytes,
             max_files_per_unit=max_files_per_task,
             max_unit_bytes=settings.run.unit_target_bytes,
         )
+        units, ranges = plan.units, plan.ranges
         task_ids = [naming.task_id(unit_index) for unit_index in range(len(units))]
     return RunContext(
         settings=settings,
@@ -226,14 +245,23 @@ def new_run_context(
         task_ids=task_ids,
         unit_by_task={task_id: unit_index for unit_index, task_id in enumerate(task_ids)},
         generations=dict(resume.task_generations) if resume is not None else {},
+        ranges=ranges,
+        skipped=(
+            tuple(SkippedInput(Path(path), reason) for path, reason in resume.skipped.items())
+            if resume is not None
+            else tuple(skipped)
+        ),
+        on_quota_wait=on_quota_wait,
     )
 
 
 def journal_inputs(run: RunContext) -> list[JournalInput]:
-    """The run's inputs as the journal records them, each with the task that processes it."""
-    task_of_input = {
-        index: run.task_ids[unit_index] for unit_index, unit in enumerate(run.units) for index in unit
-    }
+    """The run's inputs as the journal records them, each with the task that processes it (a split
+    input's first range's)."""
+    task_of_input: dict[int, str] = {}
+    for unit_index, unit in enumerate(run.units):
+        for index in unit:
+            task_of_input.setdefault(index, run.task_ids[unit_index])
     return [
         JournalInput(
             index=index,
@@ -245,5 +273,25 @@ def journal_inputs(run: RunContext) -> list[JournalInput]:
             blob_name=naming.input_blob_name(run.run_id, item.relpath),
             task_id=task_of_input[index],
         )
+        if item.blob is None
+        else JournalInput(  # read where it lives: its address stands for its path and blob name
+            index=index,
+            relpath=item.relpath,
+            path=item.blob.address,
+            size_bytes=item.size_bytes,
+            mtime_ns=0,
+            md5_hex=None,
+            blob_name=item.blob.address,
+            task_id=task_of_input[index],
+            etag=item.blob.etag,
+        )
         for index, item in enumerate(run.inputs)
+    ]
+
+
+def journal_ranges(run: RunContext) -> list[JournalRange]:
+    """The run's range units as the journal records them."""
+    return [
+        JournalRange(task_id=run.task_ids[unit_index], index=part.index, start=part.start, end=part.end)
+        for unit_index, part in sorted(run.ranges.items())
     ]

@@ -25,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from orchestrator.azure import submit
 from orchestrator.azure.staging import SasMinter, StagedInput
 from orchestrator.run.context import RunContext
+from orchestrator.run.split_plan import units_staged_with
 from orchestrator.run.unit_tasks import stage_manifests, task_of_unit
 
 log = structlog.get_logger()
@@ -50,8 +51,12 @@ class UnitFeeder:
         self._job_ready.set()
 
     async def unit_staged(self, unit_index: int, items: list[StagedInput]) -> None:
-        """A unit whose inputs are all staged (called by staging, in the order units complete)."""
-        await self._send.send((unit_index, items))
+        """A unit whose inputs are all staged (called by staging, in the order units complete).
+
+        A split input's first range brings its other ranges along: they count the same blob.
+        """
+        for ready in units_staged_with(self._run.ranges, unit_index):
+            await self._send.send((ready, items))
 
     def staging_done(self) -> None:
         """No unit will be staged any more: the feeder ends once it has added what it holds."""

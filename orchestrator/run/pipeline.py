@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from orchestrator.errors import (
     TopnError,
     first_leaf,
 )
-from orchestrator.inputs import InputFile
+from orchestrator.inputs import InputFile, SkippedInput
 from orchestrator.journal import Journal, RunRecord
 from orchestrator.results import claim_results_folder, write_summary
 from orchestrator.run.cleaning import clean_up
@@ -50,6 +50,7 @@ from orchestrator.run.context import (
     RunContext,
     RunLedger,
     journal_inputs,
+    journal_ranges,
     new_run_context,
 )
 from orchestrator.run.failures import RunDeadlineError, explain
@@ -113,13 +114,17 @@ async def run_pipeline(
     progress: ProgressSink | None = None,
     max_files_per_task: int | None = None,
     resume: RunRecord | None = None,
+    skipped: Sequence[SkippedInput] = (),
+    on_quota_wait: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole workflow for `inputs`; returns summary.json's content (also written to out_dir).
 
     `pool` is the process's pool keeper (service/poolkeeper.py): the run uses the pool and never
     changes it. `max_files_per_task` (default `[run] max_files_per_task`) = 1 gives one task per
     file. `resume` continues that journalled run (see run/resume.py, which builds its inputs and
-    settings).
+    settings). `skipped` is what `--skip-unreadable` left out (journalled, listed in summary.json; a
+    resumed run has its own from the journal). `on_quota_wait` hears each wait on the active-jobs
+    quota; given it, a new run waits the quota out too (a resumed one always does).
     """
     if not inputs:
         raise InputError("no input files to process")
@@ -143,6 +148,8 @@ async def run_pipeline(
             max_files_per_task=per_task,
             resume=resume,
             started=time.monotonic(),
+            skipped=skipped,
+            on_quota_wait=on_quota_wait,
         )
         machine = RunStateMachine(run_id, journal, RunState(resume.state) if resume else RunState.CREATED)
         with run_requests(run.requests):
@@ -157,6 +164,8 @@ async def _run(run: RunContext, ledger: RunLedger, machine: RunStateMachine) -> 
             settings_snapshot(run.settings),
             await anyio.to_thread.run_sync(journal_inputs, run),  # one stat per input
             out_dir=run.out_dir,
+            ranges=journal_ranges(run),
+            skipped=[(str(item.path), item.reason) for item in run.skipped],
         )
     _announce_start(run, machine)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -16,11 +16,13 @@ from orchestrator import naming
 from orchestrator.azure import staging
 from orchestrator.azure.sas import DelegationKeyProvider
 from orchestrator.files import file_md5_hex, file_stat
+from orchestrator.inputs import InputFile
 from orchestrator.run import renewal
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.run.feeding import UnitFeeder
 from orchestrator.run.provisioning import provision
 from orchestrator.run.resume import pending_uploads, unsubmitted_task_ids
+from orchestrator.run.split_plan import later_range_units
 
 log = structlog.get_logger()
 
@@ -89,9 +91,15 @@ async def _stage_inputs(
     """
     started = time.monotonic()
     kept = await _uploads_to_keep(run, ledger)
-    pending = [item for item in ledger.current_inputs(run.inputs) if item.relpath not in kept]
-    tracker = UnitTracker([item.relpath for item in run.inputs], run.units, kept)
-    done = len(kept)
+    # Inputs that already live in Blob Storage are staged as they are: nothing to upload or journal.
+    in_place = blobs_in_place(run.inputs)
+    pending = [
+        item for item in ledger.current_inputs(run.inputs) if item.relpath not in kept and item.blob is None
+    ]
+    tracker = UnitTracker(
+        [item.relpath for item in run.inputs], run.units, {**kept, **in_place}, later_range_units(run.ranges)
+    )
+    done = len(kept) + len(in_place)
 
     async def staged_one(item: staging.StagedInput) -> None:
         nonlocal done
@@ -124,7 +132,7 @@ async def _stage_inputs(
         retry=run.retry,
         on_staged=staged_one,
     )
-    by_relpath = {**kept, **{item.relpath: item for item in fresh}}
+    by_relpath = {**kept, **in_place, **{item.relpath: item for item in fresh}}
     for index, item in enumerate(run.inputs):
         fresh_item = by_relpath[item.relpath]
         if fresh_item.unreadable is not None:
@@ -136,6 +144,7 @@ async def _stage_inputs(
             log.warning(
                 "input.changed",
                 file=item.relpath,
+                bytes=fresh_item.size_bytes,
                 note=f"its size changed from {item.size_bytes} to {fresh_item.size_bytes} bytes since "
                 "discovery; it is counted as uploaded",
             )
@@ -147,18 +156,41 @@ async def _stage_inputs(
     return staged
 
 
+def blobs_in_place(inputs: Sequence[InputFile]) -> dict[str, staging.StagedInput]:
+    """The inputs read where they live in Blob Storage, staged as they are (by relpath)."""
+    return {
+        item.relpath: staging.StagedInput(
+            index,
+            item.relpath,
+            item.blob.name,
+            "",
+            item.size_bytes,
+            True,
+            container=item.blob.container,
+            etag=item.blob.etag,
+        )
+        for index, item in enumerate(inputs)
+        if item.blob is not None
+    }
+
+
 # A unit whose inputs are all staged: its index and its inputs (run indexes), in unit order.
 UnitStaged = Callable[[int, list[staging.StagedInput]], Awaitable[None]]
 
 
 class UnitTracker:
-    """Which units have all their inputs staged, as uploads settle one by one (in any order)."""
+    """Which units have all their inputs staged, as uploads settle one by one (in any order).
+
+    The units in `later_ranges` (a split input's second and later ranges) are never reported here:
+    they are ready along with the input's first range (the feeder adds them together).
+    """
 
     def __init__(
         self,
         relpaths: Sequence[str],
         work_units: Sequence[Sequence[int]],
         kept: Mapping[str, staging.StagedInput],
+        later_ranges: Collection[int] = (),
     ) -> None:
         self._position = {relpath: index for index, relpath in enumerate(relpaths)}
         self._unit_of: list[int] = [0] * len(relpaths)
@@ -166,6 +198,9 @@ class UnitTracker:
         self._staged: dict[int, dict[int, staging.StagedInput]] = {}
         self._left: list[int] = []
         for unit_index, unit in enumerate(work_units):
+            if unit_index in later_ranges:
+                self._left.append(-1)
+                continue
             for index in unit:
                 self._unit_of[index] = unit_index
                 item = kept.get(relpaths[index])
@@ -220,6 +255,7 @@ async def _uploads_to_keep(run: RunContext, ledger: RunLedger) -> dict[str, stag
             log.warning(
                 "input.changed",
                 file=item.relpath,
+                bytes=item.size_bytes,
                 note="changed after its task was submitted; its result is for the uploaded version",
             )
         kept[item.relpath] = staging.StagedInput(

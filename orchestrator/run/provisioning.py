@@ -2,6 +2,9 @@
 
 The run never creates, changes or deletes the pool: the process's pool keeper does (and stages the
 node script its start task brings). The job is created while the nodes boot, so tasks can queue.
+A resumed run with no work unit left to run needs none of it: it only collects and cleans up.
+A resumed run's job (a successor, or one created again) that meets the account's active-jobs quota
+waits for a job to end, within the run's deadline (`job.quota_wait`), as the daemon's admission does.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import anyio
 import structlog
 from azure.batch.models import BatchJobConstraints, BatchJobCreateOptions, BatchPoolInfo
 from azure.core.exceptions import ResourceExistsError
@@ -38,6 +42,10 @@ async def provision(
     `on_job_ready` hears the same as soon as the job exists (tasks may be added from then on).
     """
     started = time.monotonic()
+    if run.resume is not None and not resume.units_to_run(run.resume):
+        # Every unit has its outcome: no pool, no job (an empty successor would never end), no node.
+        ledger.stage_s["provisioning"] = 0.0
+        return None
     handle = await run.pool.ensure(needed_until)
     await _create_job(run, ledger, handle.pool_id)  # tasks may queue while the nodes boot
     if on_job_ready is not None:
@@ -89,23 +97,30 @@ async def _create_or_find_job(run: RunContext, ledger: RunLedger, pool_id: str) 
     """Create the current job; None when it is usable (new, or ours and still running), else why it ended."""
     job = job_create_options(run.settings.run, run.job_id, pool_id)
     # JobExists means a resumed run: the job is ours (its id holds our run id).
-    try:
-        await retry_call(run.retry, "create_job", lambda: run.batch.create_job(job))
-        ledger.job_is_new = True
-        return None
-    except ResourceExistsError as error:
-        code = error_code_of(error)
-        conflict = quota.classify_conflict(code)
-        if conflict == quota.Conflict.QUOTA and code is not None:
-            raise quota.account_quota_error(
-                code,
-                run.settings.batch.account_name,
-                advice="Terminate or delete jobs you no longer need (topn deletes its own with "
-                "[run] delete_job = true)",
-            ) from None
-        if conflict == quota.Conflict.BEING_DELETED and run.resume is not None:
-            return code
-        if conflict != quota.Conflict.EXISTS:
+    refusals = 0
+    while True:
+        try:
+            await retry_call(run.retry, "create_job", lambda: run.batch.create_job(job))
+            ledger.job_is_new = True
+            return None
+        except ResourceExistsError as error:
+            code = error_code_of(error)
+            if code == quota.ACTIVE_JOBS_QUOTA_CODE and _waits_out_job_quota(run):
+                refusals += 1
+                await _wait_out_job_quota(run, refusals)
+                continue
+            conflict = quota.classify_conflict(code)
+            if conflict == quota.Conflict.EXISTS:
+                break
+            if conflict == quota.Conflict.QUOTA and code is not None:
+                raise quota.account_quota_error(
+                    code,
+                    run.settings.batch.account_name,
+                    advice="Terminate or delete jobs you no longer need (topn deletes its own with "
+                    "[run] delete_job = true)",
+                ) from None
+            if conflict == quota.Conflict.BEING_DELETED and run.resume is not None:
+                return code
             raise RunFailedError(
                 f"cannot create job {run.job_id}: {code} (409): {error.message}; wait until the old job "
                 "is gone, or run again"
@@ -121,6 +136,36 @@ async def _create_or_find_job(run: RunContext, ledger: RunLedger, pool_id: str) 
     # One that ended with its tasks takes no new one: are there any to add (to run again)?
     to_add = reason == resume.ENDED_WITH_ITS_TASKS and await _tasks_to_add(run)
     return resume.job_end_reason(state, reason, tasks_to_add=to_add)
+
+
+def _waits_out_job_quota(run: RunContext) -> bool:
+    """Whether the active-jobs quota is waited out: for a run under way (resumed), or when someone listens.
+
+    A new `topn run` stops at once with exit 2 naming the quota (nothing of it runs yet); a resumed
+    run (a successor job, or its job created again) would otherwise be stranded half done, and the
+    daemon waits for every batch.
+    """
+    return run.resume is not None or run.on_quota_wait is not None
+
+
+async def _wait_out_job_quota(run: RunContext, refusals: int) -> None:
+    """One doubling wait (capped by `[daemon] quota_backoff_max_s`) before the job is asked for again.
+
+    The run's deadline (`fail_after` around PREPARING) bounds the whole wait: past it the run stops
+    resumable (exit 1), never failed.
+    """
+    wait_s = quota.quota_backoff_s(refusals, run.settings.daemon.quota_backoff_max_s)
+    log.info(
+        "job.quota_wait",
+        job_id=run.job_id,
+        refusals=refusals,
+        wait_s=wait_s,
+        note="the Batch account's active-jobs quota is full; the job is asked for again once another "
+        "job ends (within the run's deadline)",
+    )
+    if run.on_quota_wait is not None:
+        run.on_quota_wait(refusals, wait_s)
+    await anyio.sleep(wait_s)
 
 
 async def _tasks_to_add(run: RunContext) -> bool:

@@ -35,7 +35,7 @@ log = structlog.get_logger()
 async def record_sas_expiries(run: RunContext, minter: SasMinter) -> None:
     """Journal when the SAS this run's tasks carry end (a later resume compares them with its deadline)."""
     if run.journal is not None:
-        for purpose in resume.SAS_PURPOSES:
+        for purpose in resume.sas_purposes(run.inputs):
             await run.journal.record_sas_expiry(run.run_id, purpose, minter.expires_at)
 
 
@@ -104,7 +104,7 @@ async def renew_expiring_tasks(run: RunContext, deadline_at: datetime) -> Renewa
         for task_id in awaited
         if run.batch_task_id(task_id) in states
     }
-    stale = resume.sas_expire_before(record.sas_expiries, deadline_at)
+    stale = resume.sas_expire_before(record.sas_expiries, deadline_at, resume.sas_purposes(run.inputs))
     plan = resume.plan_sas_refresh(awaited, current)
     if not stale:  # the SAS outlive the deadline: only missing tasks go in again
         plan = resume.SasRefreshPlan((), plan.add, ())

@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.azure.states import JobState, TaskState
 from orchestrator.errors import UsageError
-from orchestrator.inputs import InputFile
+from orchestrator.inputs import BlobSource, InputFile
 from orchestrator.journal import JournalInput, RunRecord
 from orchestrator.settings import Settings, check_settings
 
@@ -33,6 +33,8 @@ RESULT_SHAPING: dict[str, tuple[str, ...]] = {
 
 # The SAS a task carries: its inputs' read SAS (resource files) and its output container's write SAS.
 SAS_PURPOSES = ("input_read", "output_write")
+# A run with inputs read where they live in Blob Storage also hands out a read SAS on their containers.
+BLOB_READ_PURPOSE = "blob_read"
 # Task states in which the node has fetched (or is fetching) the resource files: the read SAS is spent.
 
 
@@ -81,8 +83,19 @@ def resumed_inputs(record: RunRecord) -> list[InputFile]:
     """The run's own inputs in their journalled order (never a new discovery)."""
     ordered = sorted(record.inputs, key=lambda item: item.index)
     return [
-        InputFile(path=Path(item.path), relpath=item.relpath, size_bytes=item.size_bytes) for item in ordered
+        InputFile(
+            path=Path(item.path), relpath=item.relpath, size_bytes=item.size_bytes, blob=blob_source(item)
+        )
+        for item in ordered
     ]
+
+
+def blob_source(item: JournalInput) -> BlobSource | None:
+    """Where a journalled input read in Blob Storage lives (its address and ETag), None for a local one."""
+    if item.etag is None:
+        return None
+    container, _, name = item.path.removeprefix("az://").partition("/")
+    return BlobSource(container, name, item.etag)
 
 
 def resumed_out_dir(record: RunRecord) -> Path:
@@ -95,9 +108,18 @@ def resumed_out_dir(record: RunRecord) -> Path:
     return Path(record.out_dir)
 
 
-def sas_expire_before(expiries: Mapping[str, datetime], deadline: datetime) -> bool:
+def sas_expire_before(
+    expiries: Mapping[str, datetime], deadline: datetime, purposes: Sequence[str] = SAS_PURPOSES
+) -> bool:
     """Whether a SAS the run's submitted tasks may carry ends before `deadline` (an unrecorded one counts)."""
-    return any(purpose not in expiries or expiries[purpose] < deadline for purpose in SAS_PURPOSES)
+    return any(purpose not in expiries or expiries[purpose] < deadline for purpose in purposes)
+
+
+def sas_purposes(inputs: Sequence[InputFile]) -> tuple[str, ...]:
+    """The SAS a run's tasks carry: with any input read where it lives, its containers' read SAS too."""
+    if any(item.blob is not None for item in inputs):
+        return (*SAS_PURPOSES, BLOB_READ_PURPOSE)
+    return SAS_PURPOSES
 
 
 # A job that ended this way holds what the run awaits: every task it was given finished.
@@ -168,6 +190,15 @@ def retried_task_ids(record: RunRecord, *, retry_failed: bool = False) -> tuple[
     return tuple(retried)
 
 
+def units_to_run(record: RunRecord) -> tuple[str, ...]:
+    """The work units a resume still runs in Batch: every one without a recorded outcome, in order.
+
+    None left (all finished while the run was down, or before it stopped collecting): the resume
+    needs no pool, no job and no node; it collects what is unsaved and cleans up.
+    """
+    return tuple(task_id for task_id in record.task_ids if task_id not in record.completed)
+
+
 def units_for_successor(record: RunRecord, task_ids: Sequence[str]) -> tuple[str, ...]:
     """The work units a successor job takes over: every one without a recorded outcome, in order."""
     return tuple(task_id for task_id in task_ids if task_id not in record.completed)
@@ -214,9 +245,14 @@ def outcome_succeeded(outcome: Mapping[str, Any]) -> bool:
 
 
 def pending_uploads(record: RunRecord) -> tuple[JournalInput, ...]:
-    """Inputs with no recorded upload, or whose recorded MD5 differs from the input's known MD5."""
+    """Inputs with no recorded upload, or whose recorded MD5 differs from the input's known MD5.
+
+    An input read where it lives in Blob Storage is never uploaded, so never pending.
+    """
     pending = []
     for item in record.inputs:
+        if item.etag is not None:
+            continue
         upload = record.uploads.get(item.relpath)
         if upload is None or (item.md5_hex is not None and upload.md5_hex != item.md5_hex.lower()):
             pending.append(item)

@@ -15,7 +15,7 @@ from orchestrator.azure.retry import error_code_of, retry_call
 from orchestrator.run import renewal
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.run.preparing import Prepared
-from orchestrator.run.resume import unsubmitted_task_ids
+from orchestrator.run.resume import units_to_run, unsubmitted_task_ids
 from orchestrator.run.unit_tasks import stage_manifests, task_of_unit
 
 log = structlog.get_logger()
@@ -28,6 +28,11 @@ async def submit_run_tasks(
     run: RunContext, ledger: RunLedger, prepared: Prepared, deadline_at: datetime
 ) -> None:
     """Add the tasks not yet recorded as added (all, unless resumed), then let the job end with them."""
+    if run.resume is not None and not units_to_run(run.resume):
+        # Every unit has its outcome, so the job was switched to `terminatejob` before (outcomes are
+        # recorded only once the monitor runs, after that switch): nothing to add, no job to touch.
+        ledger.stage_s["submitting"] = 0.0
+        return
     started = time.monotonic()
     unsubmitted = set(run.task_ids) - prepared.added_early  # added while the inputs were staged
     old_sas_left = False

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from pathlib import PurePosixPath
 from typing import Any
 
 from orchestrator.errors import RunFailedError
-from orchestrator.results import build_summary, read_summary, summary_path
+from orchestrator.inputs import renamed_inputs
+from orchestrator.results import build_summary, read_summary, skipped_entries, summary_path
 from orchestrator.run.context import RunContext, RunLedger
 
 
@@ -29,15 +29,18 @@ def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[st
         "job_id": run.job_id,
         "pool_id": run.settings.pool.id,
     }
-    return build_summary(run.run_id, final_state, ledger.counts.top(run.settings.run.top), files, totals)
+    summary = build_summary(run.run_id, final_state, ledger.counts.top(run.settings.run.top), files, totals)
+    if run.skipped:  # --skip-unreadable: what discovery left out (a resumed run's from the journal)
+        summary["skipped"] = skipped_entries(run.skipped)
+    return summary
 
 
 def _with_source(run: RunContext, index: int, entry: dict[str, Any]) -> dict[str, Any]:
     """A renamed duplicate's entry (`notes~2.txt`) also names the file it stands for (`source`)."""
     item = run.inputs[index]
-    if PurePosixPath(item.relpath).name == item.path.name:
+    if not renamed_inputs([item]):
         return entry
-    return {**entry, "source": str(item.path)}
+    return {**entry, "source": item.shown}
 
 
 def written_summary(run: RunContext) -> dict[str, Any]:

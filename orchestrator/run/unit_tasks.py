@@ -22,6 +22,7 @@ from orchestrator.azure.retry import retry_call
 from orchestrator.azure.staging import SasMinter, StagedInput
 from orchestrator.run import units
 from orchestrator.run.context import RunContext
+from orchestrator.run.splitting import pin_etags, unit_entries
 
 MANIFEST_CONTENT_TYPE = "application/json"
 
@@ -36,6 +37,8 @@ async def stage_manifests(
     SAS of the run's input container, so it lives in that container, readable by its task alone.
     """
     source_url = minter.container_read_url(run.input_container)
+    await pin_etags(run, units_to_stage)
+    blob_sources = read_urls_of_blob_inputs(minter, units_to_stage)
     pending = iter(units_to_stage)
 
     async def worker() -> None:
@@ -46,7 +49,8 @@ async def stage_manifests(
                 tokenizer=run.settings.run.tokenizer,
                 top=run.settings.run.top,
                 source_url=source_url,
-                entries=[units.UnitEntry(item.relpath, item.blob_name, item.size_bytes) for item in items],
+                entries=await unit_entries(run, unit_index, items),
+                blob_sources=blob_sources,
             )
             blob = run.blobs.get_blob_client(run.input_container, naming.unit_manifest_blob(task_id))
             upload = functools.partial(
@@ -61,6 +65,17 @@ async def stage_manifests(
     async with anyio.create_task_group() as group:
         for _ in range(min(run.settings.run.upload_concurrency, len(units_to_stage))):
             group.start_soon(worker)
+
+
+def read_urls_of_blob_inputs(
+    minter: SasMinter, units_to_stage: Sequence[tuple[int, Sequence[StagedInput]]]
+) -> dict[str, str]:
+    """A read-only container SAS URL (read: no list, write or delete) for each container whose blobs
+    these units read where they live; minted once per call, not once per input."""
+    containers = {
+        item.container for _, items in units_to_stage for item in items if item.container is not None
+    }
+    return {container: minter.container_read_url(container) for container in sorted(containers)}
 
 
 def task_of_unit(

@@ -23,33 +23,58 @@ INPUT_SOURCE = 0
 
 @dataclass(frozen=True)
 class UnitEntry:
-    """One input of a unit as the manifest names it."""
+    """One input of a unit as the manifest names it: a whole blob, or one byte range of a split input's."""
 
     relpath: str
     blob_name: str
     size_bytes: int
+    byte_range: tuple[int, int] | None = None  # nominal; its `_OUTPUT` is the merge's (run/splitting.py)
+    # A local input: the blob version every range of a split one reads. An input read where it lives:
+    # the ETag it was listed with (the node reports the one it read; a range reads only that one).
+    etag: str | None = None
+    container: str | None = None  # an input read where it lives: its container (None: the run's)
 
 
 def build_manifest(
-    task_id: str, *, tokenizer: Tokenizer, top: int, source_url: str, entries: Sequence[UnitEntry]
+    task_id: str,
+    *,
+    tokenizer: Tokenizer,
+    top: int,
+    source_url: str,
+    entries: Sequence[UnitEntry],
+    blob_sources: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The unit's manifest: every input read from `source_url` (a container URL with a read SAS).
+    """The unit's manifest: local inputs read from `source_url` (the run's input container with a
+    read SAS), inputs that live in Blob Storage from their container's URL in `blob_sources`.
 
-    An input that could not be uploaded is still listed (its blob does not exist): the node reports
-    it `not_found` and counts the others, and the run puts the real reason in its summary entry.
+    `sources` holds the run's container first, then each other container the unit reads, once, in
+    order of first use. An input that could not be uploaded is still listed (its blob does not
+    exist): the node reports it `not_found` and counts the others, and the run puts the real reason
+    in its summary entry.
     """
+    sources = [source_url]
+    position: dict[str | None, int] = {None: INPUT_SOURCE}
+    for entry in entries:
+        container = entry.container
+        if container is not None and container not in position:
+            if blob_sources is None or container not in blob_sources:
+                raise KeyError(f"no read SAS URL for container {container!r}")
+            position[container] = len(sources)
+            sources.append(blob_sources[container])
     manifest = UnitManifest(
         unit=task_id,
         tokenizer=tokenizer,
         top=top,
         result_name=naming.unit_result_name(task_id),
-        sources=(source_url,),
+        sources=tuple(sources),
         inputs=tuple(
             UnitInput(
                 relpath=entry.relpath,
-                source=INPUT_SOURCE,
+                source=position[entry.container],
                 blob=entry.blob_name,
-                output_name=naming.output_name(entry.relpath),
+                output_name=naming.output_name(entry.relpath) if entry.byte_range is None else None,
+                byte_range=entry.byte_range,
+                etag=entry.etag,
                 size=entry.size_bytes,
             )
             for entry in entries
@@ -66,6 +91,8 @@ class RenderedFile:
     output_name: str
     text: bytes
     counts: FileCounts
+    etag: str | None = None  # of the blob version the node read
+    size_bytes: int | None = None  # of that version
 
 
 @dataclass(frozen=True)
@@ -94,7 +121,16 @@ def settle_unit(result: UnitResult | None, relpaths: Sequence[str]) -> list[Rend
         else:
             text = render_output(entry.counts, result.top, result.identity)
             counts = FileCounts(entry.words, entry.distinct, entry.invalid_bytes, entry.counts)
-            settled.append(RenderedFile(position, naming.output_name(relpath), text.encode("utf-8"), counts))
+            settled.append(
+                RenderedFile(
+                    position,
+                    naming.output_name(relpath),
+                    text.encode("utf-8"),
+                    counts,
+                    etag=entry.etag,
+                    size_bytes=entry.size,
+                )
+            )
     return settled
 
 
@@ -108,3 +144,22 @@ def outcome_record(
         "failure_code": failure_code,
         "message": message,
     }
+
+
+def changed_blob_note(
+    listed_etag: str, read_etag: str | None, listed_size: int, read_size: int | None
+) -> str | None:
+    """What to say of an input read where it lives whose blob changed between listing and reading, or None.
+
+    The node counts whatever version it reads (a whole blob is read without a condition); the run
+    keeps that count and says so.
+    """
+    if read_etag is None or read_etag.strip('"') == listed_etag.strip('"'):
+        return None
+    sizes = (
+        "" if read_size is None or read_size == listed_size else f", size {listed_size} -> {read_size} bytes"
+    )
+    return (
+        f"the blob changed between listing and reading (ETag {listed_etag} -> {read_etag}{sizes}); "
+        "counted as read"
+    )

@@ -26,6 +26,8 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 
 from orchestrator import naming
 from orchestrator.azure.clients import Clients
+from orchestrator.azure.quota import ACTIVE_JOBS_QUOTA_CODE
+from orchestrator.azure.quota import quota_backoff_s as quota_backoff_s  # one rule for admission and resumes
 from orchestrator.azure.retry import error_code_of, retry_call
 from orchestrator.azure.sas import utc_now
 from orchestrator.azure.states import JobState, job_state
@@ -36,23 +38,14 @@ JOB_PREFIX = naming.job_id("")
 
 log = structlog.get_logger()
 
-QUOTA_ERROR_CODE = "ActiveJobAndScheduleQuotaReached"
 JOB_EXISTS_CODE = "JobExists"
 OWNER_METADATA = "topn-daemon"
-FIRST_BACKOFF_S = 1.0
 
 
 class Admission(enum.Enum):
     CREATED = "created"
     EXISTS = "exists"  # a resumed batch: its job is still there
     QUOTA = "quota"  # the account's active-jobs quota is full: wait and try again
-
-
-def quota_backoff_s(refusals: int, max_s: float) -> float:
-    """Wait before the next try after `refusals` refusals in a row: 1 s, 2 s, 4 s, ... capped."""
-    if refusals <= 0:
-        return 0.0
-    return min(max_s, FIRST_BACKOFF_S * float(2 ** min(refusals - 1, 30)))
 
 
 def daemon_owner(settings: Settings) -> str:
@@ -73,7 +66,7 @@ async def admit(settings: Settings, clients: Clients, run_id: str) -> Admission:
     except HttpResponseError as error:
         # Both are 409s (azure-core raises ResourceExistsError for either): the code tells them apart.
         code = error_code_of(error)
-        if code == QUOTA_ERROR_CODE:
+        if code == ACTIVE_JOBS_QUOTA_CODE:
             return Admission.QUOTA
         if isinstance(error, ResourceExistsError) and code in (JOB_EXISTS_CODE, None):
             return Admission.EXISTS

@@ -124,7 +124,10 @@ class BatchRunner:
         settings = daemon_run_settings(services.settings)
         files = [item for item in await self._store.batch_files(batch_id) if item.state != "duplicate"]
         record = await services.journal.load_run(batch_id)
-        if record is None or not record.is_finished:
+        if record is None:
+            # A batch with a run was admitted before its run began. Its job now comes from the resume
+            # (the one it has, or a successor, each waiting out the quota): admitting it again could
+            # make an empty first job that nothing would ever end.
             await self._admit(settings, batch_id, progress)
         started = time.monotonic()
         run_relpaths = make_relpaths_unique([item.relpath for item in files])
@@ -198,6 +201,7 @@ class BatchRunner:
     ) -> Mapping[str, Any]:
         services = self._services
         sink = _ProgressSink(progress, self._metrics)
+        quota_refused = self._quota_refused
         if record is not None and record.is_finished:
             return await anyio.to_thread.run_sync(read_summary, resumed_out_dir(record))
         if record is not None:
@@ -212,6 +216,7 @@ class BatchRunner:
                 journal=services.journal,
                 progress=sink,
                 resume=record,
+                on_quota_wait=quota_refused,
             )
         inputs = [
             InputFile(path=item.claimed_path, relpath=relpath, size_bytes=item.size_bytes)
@@ -226,7 +231,12 @@ class BatchRunner:
             run_id=batch_id,
             journal=services.journal,
             progress=sink,
+            on_quota_wait=quota_refused,
         )
+
+    def _quota_refused(self, refusals: int, wait_s: float) -> None:
+        """A run's job met the active-jobs quota (a resumed batch's successor, say): it waits, counted."""
+        self._metrics.quota_refusals.inc()
 
     def _record_metrics(
         self,

@@ -41,6 +41,7 @@ from orchestrator.service.claims import Claimer, DaemonFolders
 from orchestrator.service.drain import DrainPolicy
 from orchestrator.service.intake import CompleteFile, Inbox, watch_inbox
 from orchestrator.service.keeping import DaemonPoolSupply, daemon_settings, keep_pool, read_pool_view
+from orchestrator.service.memory import cap_malloc_arenas
 from orchestrator.service.metrics import DaemonMetrics
 from orchestrator.service.notify import SystemdNotifier
 from orchestrator.service.shell import Services, open_services
@@ -374,6 +375,8 @@ async def _run_daemon(
 
     metrics = DaemonMetrics()
     settings = daemon_settings(settings)
+    # Before the first worker thread: a thread that finds every arena busy makes a new one.
+    arena_cap = cap_malloc_arenas(settings.daemon.malloc_arena_max)
     daemon_id = uuid.uuid4().hex[:12]
     # Bound first, so every line of this process carries it (local services' events too).
     with structlog.contextvars.bound_contextvars(daemon_id=daemon_id):
@@ -389,7 +392,13 @@ async def _run_daemon(
                 await group.start(keep_pool, services.settings, services.clients, services.pool)
                 await group.start(daemon.recover)
                 daemon.notifier.ready(f"serving {url}")
-                log.info("daemon.ready", url=url, inbox=str(folders.inbox), pool_id=settings.pool.id)
+                log.info(
+                    "daemon.ready",
+                    url=url,
+                    inbox=str(folders.inbox),
+                    pool_id=settings.pool.id,
+                    malloc_arena_max=arena_cap,
+                )
                 if on_ready is not None:
                     on_ready(daemon)
                 group.start_soon(daemon._intake)

@@ -16,13 +16,14 @@ from typing import Any
 import anyio
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from orchestrator import naming
+from orchestrator import blobinputs, naming
 from orchestrator.azure.clients import Clients, check_credentials, endpoint_port, open_clients
 from orchestrator.azure.states import job_state
 from orchestrator.errors import TopnError
-from orchestrator.inputs import InputFile
+from orchestrator.inputs import InputFile, SkippedInput
 from orchestrator.journal import Journal, RunRecord, journal_path
 from orchestrator.local import services as local_services
+from orchestrator.results import check_result_paths_fit
 from orchestrator.run.context import ProgressSink
 from orchestrator.run.pipeline import leaves_run_resumable, run_pipeline
 from orchestrator.secrets import redact_text
@@ -71,8 +72,12 @@ async def run_once(
     run_id: str | None = None,
     resume_run_id: str | None = None,
     progress: ProgressSink | None = None,
+    skipped: Sequence[SkippedInput] = (),
 ) -> dict[str, Any]:
-    """One run as the process's only work (`topn run`, `topn resume`); the pool is released after."""
+    """One run as the process's only work (`topn run`, `topn resume`); the pool is released after.
+
+    `skipped`: what `--skip-unreadable` left out of a new run (a resumed run has its own, journalled).
+    """
     resume: RunRecord | None = None
     if resume_run_id is not None:
         resume = await services.journal.load_run(resume_run_id)  # what the journal holds now
@@ -87,6 +92,7 @@ async def run_once(
             journal=services.journal,
             progress=progress,
             resume=resume,
+            skipped=skipped,
         )
     except BaseException as error:
         if not leaves_run_resumable(error):
@@ -94,6 +100,17 @@ async def run_once(
         raise
     await release_pool(services.pool, services.settings.pool)
     return summary
+
+
+async def with_blob_inputs(
+    services: Services, local: Sequence[InputFile], arguments: Sequence[str], out_dir: Path
+) -> list[InputFile]:
+    """`topn run az://…`: the local inputs and the listed blob inputs as one run's (InputError: exit 2)."""
+    inputs = await blobinputs.with_blob_inputs(
+        services.settings, services.clients.blob_service, local, arguments
+    )
+    await anyio.to_thread.run_sync(check_result_paths_fit, out_dir, [item.relpath for item in inputs])
+    return inputs
 
 
 async def release_pool(keeper: PoolKeeper, settings: PoolSettings) -> None:

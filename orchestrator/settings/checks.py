@@ -180,6 +180,7 @@ def _validate(settings: Settings) -> None:
         "max_files_per_task",
         "unit_target_bytes",
         "submit_chunk_tasks",
+        "split_bytes",
     ):
         _positive(settings, "run", key, getattr(run, key))
     _positive(settings, "run", "task_max_retries", run.task_max_retries, allow_zero=True)
@@ -228,7 +229,7 @@ def _validate_daemon(settings: Settings) -> None:
         "autoscale_interval_s",
     ):
         _positive(settings, "daemon", key, getattr(daemon, key))
-    for key in ("min_age_s", "job_retention_s", "reconcile_grace_s"):
+    for key in ("min_age_s", "job_retention_s", "reconcile_grace_s", "malloc_arena_max"):
         _positive(settings, "daemon", key, getattr(daemon, key), allow_zero=True)
     host, _, port = daemon.listen.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:

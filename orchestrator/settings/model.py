@@ -103,6 +103,7 @@ class RunSettings:
     max_files_per_task: int = 1000  # inputs packed into one task at most (1: one task per file)
     unit_target_bytes: int = 64 * 1024 * 1024  # bytes packed into one task at most (a bigger file: alone)
     submit_chunk_tasks: int = 100  # tasks per add-collection request (the service's maximum)
+    split_bytes: int = 256 * 1024 * 1024  # a bigger file is counted by several tasks over byte ranges
 
 
 TOKENIZERS = ("words", "tutorial")
@@ -149,6 +150,7 @@ class DaemonSettings:
     low_priority: bool = False
     autoscale_interval_s: float = 300.0
     autoscale_formula: str | None = None  # None: the default formula (docs/daemon.md)
+    malloc_arena_max: int = 2  # glibc's cap on malloc arenas; 0 leaves glibc's own (docs/daemon.md)
 
 
 @dataclass(frozen=True)

@@ -96,9 +96,54 @@ async def test_unreadable_inputs_are_skipped_with_the_flag_and_refused_without(
     left_out = [str(path.relative_to(tmp_path)) for path in unreadable]
     expected_skipped = [{"path": path, "reason": "unreadable: Permission denied"} for path in left_out]
     assert summary["skipped"] == expected_skipped
+    assert list(summary)[-1] == "skipped"
     assert sorted(entry["path"] for entry in summary["files"]) == sorted(readable)
     assert summary["top"] == reference_top(list(readable.values()), "words", 10)
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     assert on_disk["skipped"] == expected_skipped
     warnings = [event for event in run.events() if event["event"] == "input.skipped"]
     assert [(event["file"], event["level"]) for event in warnings] == [(path, "warning") for path in left_out]
+
+
+async def test_a_resumed_run_lists_the_skipped_inputs_as_an_uninterrupted_run_does(
+    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    # The pool has no node for its first 8 s: the first run stops at its 3 s deadline (resumable).
+    batch = await start_emulator(["--pool-allocation-delay-s", "8"])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    readable = {"ok.txt": "heron heron egret\n", "more.txt": "egret stork heron\n"}
+    for relpath, text in readable.items():
+        (folder / relpath).write_text(text, encoding="utf-8")
+    (folder / "secret.txt").write_text("never counted\n", encoding="utf-8")
+    (tmp_path / "home").mkdir()
+    env = topn_environment(batch, azurite, tmp_path / "state", TOPN_POOL_ID=f"skipr-{tmp_path.name[-8:]}")
+    open_to_nobody(tmp_path)
+    (folder / "secret.txt").chmod(0)
+    args = ["--out", "out", "--json", "--log-format", "json"]
+    try:
+        stopped = await anyio.to_thread.run_sync(
+            run_topn_as_nobody,
+            ["run", "in", "--skip-unreadable", *args],
+            tmp_path,
+            {**env, "TOPN_RUN_RUN_TIMEOUT_S": "3"},
+        )
+        assert stopped.exit_code == 1, stopped.stderr[-3000:]
+        (failed,) = [event for event in stopped.events() if event["event"] == "run.failed"]
+        assert failed["resumable"] is True, failed
+        run_id = failed["run_id"]
+        resumed = await anyio.to_thread.run_sync(
+            run_topn_as_nobody, ["resume", run_id, "--json", "--log-format", "json"], tmp_path, env
+        )
+    finally:
+        (folder / "secret.txt").chmod(0o644)
+    assert resumed.exit_code == 0, resumed.stderr[-3000:]
+    summary = resumed.summary()
+    # Exactly what the uninterrupted run lists (the test above): path as given, why, after `totals`.
+    expected_skipped = [{"path": "in/secret.txt", "reason": "unreadable: Permission denied"}]
+    assert summary["skipped"] == expected_skipped
+    assert list(summary)[-1] == "skipped"
+    assert sorted(entry["path"] for entry in summary["files"]) == sorted(readable)
+    assert summary["top"] == reference_top(list(readable.values()), "words", 10)
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    assert on_disk == summary

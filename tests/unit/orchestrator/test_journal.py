@@ -139,6 +139,22 @@ async def test_the_results_folder_and_saved_outputs_are_kept_absolute_for_resume
     assert other.out_dir is None
 
 
+async def test_what_skip_unreadable_left_out_is_kept_with_the_run_and_only_once(tmp_path: Path) -> None:
+    inputs = make_inputs(2)
+    left_out = [("in/locked", "unreadable: Permission denied"), ("in/a b.txt", "unreadable: I/O error")]
+    async with await Journal.open(tmp_path) as journal:
+        await journal.create_run(RUN, {}, inputs, skipped=left_out)
+        await journal.create_run(RUN, {}, inputs, skipped=[("in/other", "unreadable: later")])  # no-op
+        await journal.create_run("other", {}, inputs)
+    async with await Journal.open(tmp_path) as journal:
+        record = await journal.load_run(RUN)
+        other = await journal.load_run("other")
+    assert record is not None and other is not None
+    assert dict(record.skipped) == dict(left_out)
+    assert list(record.skipped) == sorted(path for path, _ in left_out)
+    assert dict(other.skipped) == {}
+
+
 async def test_a_state_folder_can_be_given_instead_of_the_file(tmp_path: Path) -> None:
     async with await Journal.open(tmp_path) as journal:
         await journal.create_run(RUN, {}, make_inputs(1))

@@ -3,6 +3,7 @@ and how the state machine skips the states a resumed run has already passed."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from orchestrator.run.resume import (
     resumed_out_dir,
     resumed_settings,
     sas_expire_before,
+    units_to_run,
     unknown_run,
 )
 from orchestrator.settings import load_settings
@@ -290,3 +292,21 @@ def test_every_awaited_task_lands_in_at_most_one_bucket_by_its_state(
     # Order follows `awaited` (first occurrence), so re-added tasks keep the run's submission order.
     first_seen = list(dict.fromkeys(awaited))
     assert list(plan.replace) == [task_id for task_id in first_seen if task_id in plan.replace]
+
+
+@given(st.integers(1, 12), st.sets(st.integers(0, 11)), st.booleans())
+def test_units_to_run_are_those_without_an_outcome_in_unit_order(
+    count: int, finished: set[int], succeeded: bool
+) -> None:
+    inputs = [
+        JournalInput(index, f"f{index}.txt", f"/data/f{index}.txt", 1, 5, None, f"b{index}", f"t{index:06d}")
+        for index in range(count)
+    ]
+    outcome = {"status": "succeeded" if succeeded else "failed"}
+    resumed = dataclasses.replace(
+        record(inputs), completed={f"t{index:06d}": outcome for index in finished if index < count}
+    )
+    left = units_to_run(resumed)
+    assert left == tuple(f"t{index:06d}" for index in range(count) if index not in finished)
+    # A failed outcome is an outcome too: only `--retry-failed` (which forgets it) runs it again.
+    assert (left == ()) == all(index in finished for index in range(count))
