@@ -15,11 +15,16 @@ that an event emitted inside an upload counts as events. Nothing here is asserte
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import shutil
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # py-spy frames read `function (path/to/file.py:line)`; the line is left out when the stack is folded.
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -118,6 +123,46 @@ def report(path: Path, files: int, rate_hz: float, top: int) -> None:
         print(f"\n{stage}: where its samples were (innermost frame)")
         for leaf, leaf_count in leaves[stage].most_common(top):
             print(f"  {leaf_count * per_file:>7.3f} ms/file  {leaf}")
+
+
+# Launching a profiled child (bench/scale_run.py --profile) and reading what it leaves.
+
+
+def summary_of(stdout: str) -> dict[str, Any]:
+    """summary.json's content from `topn run --json`'s stdout (a profiler may print around it)."""
+    start = stdout.find("{") if stdout.startswith("{") else stdout.find("\n{") + 1
+    summary: dict[str, Any] = json.JSONDecoder().raw_decode(stdout, start)[0]
+    return summary
+
+
+def profiler_launcher(profile_dir: Path | None, label: str) -> list[str]:
+    """The interpreter under py-spy (the thread holding the GIL: Python's CPU), or plain without a folder.
+
+    py-spy is a measuring tool, not a dependency: `.venv/bin/pip install py-spy` first. A profiled
+    run's own figures (CPU, wall time) include py-spy's cost: measure and profile in separate runs.
+    """
+    if profile_dir is None:
+        return [sys.executable]
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy (a measuring tool only)")
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    output = profile_dir / f"topn-{label}.folded"
+    return [
+        *(py_spy, "record", "--format", "raw", "--gil", "--rate", str(PROFILE_RATE_HZ), "--nonblocking"),
+        *("--output", str(output), "--", sys.executable),
+    ]
+
+
+# Samples per second per active thread: each sample stands for 1/rate s of that thread's CPU.
+PROFILE_RATE_HZ = 250
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of a live process and of its children it has waited for (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    ticks = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

@@ -50,60 +50,8 @@ measured at 500 files (145.0 s and 140.0 s) and scaled linearly:
 (10,000: staging 105.9 s, running 126.5 s; GET is Azurite's latency per small GET.)
 At 10,000 the node tasks (126 s) and Azurite (15.5 ms per GET, 3.5x its 1,000-blob figure) dominate.
 
-Where the orchestrator's CPU per file goes (the map for the next session). `--profile DIR` runs the
-child under py-spy (the thread holding the GIL: Python's own CPU; `.venv/bin/pip install py-spy`,
-a measuring tool only) and `python -m bench.profile_map DIR/topn-N.folded --files N` sorts the
-samples into stages. Main at be7b644, 1,000 files, 2026-12-06 15:09 (loadavg ~13), ms per file:
-  upload request    1.78  per file: an SDK BlobClient built (generated client, serializers over all
-                          its models), 16 policies, and aiohttp's per-request lookup of ~/.netrc and
-                          the proxy variables in two worker-thread trips (0.3 of it)
-  imports           1.45  fixed (about 1.5 s whatever N): 0.15 ms/file at 10,000
-  thread hops       0.63  anyio to_thread: two per file (read + md5; the version after the upload)
-  loop, other       0.97  asyncio scheduling, aiohttp's protocol, settings, what no stage claims
-  events            0.18  two info events per file (task.completed, output.downloaded), redacted
-  summary.json      0.17  redaction of every string of every entry (four patterns each)
-  _OUTPUT writes    0.11  the Python part; alone 0.26 user + 0.2 system ms per file (both paths
-                          resolved whole, every folder level made, mkstemp, fsync, rename)
-  decode + render   0.16  one JSON result blob per task, the `_OUTPUT` text, the run's top
-  journal           0.08  alone: 0.025 ms of CPU per file for both batched writes (not worth more)
-  the rest          0.2   discovery, reads + md5, manifests, task adds, polling
-The kernel's part (getrusage, system time): 0.6 ms per file: sockets, file creation and fsync.
-What this branch changed: small inputs go through a short Put Blob pipeline (azure/putblob.py);
-a worker reads 8 inputs per thread trip and a file's version is read with its bytes; the transport
-reads the proxy settings once per endpoint (azure/proxies.py); redaction checks for its marker
-words first; a unit's `_OUTPUT` files share one ResultWriter (0.26 -> 0.16 ms user per file alone).
-
-Before/after at 1,000 files, each on fresh services, the machine shared with three other sessions:
-  code          loadavg  wall s  CPU ms/file (system)  RSS    1st task  GET     Azurite / emulator CPU
-  main be7b644  11.0     48.6    4.27 (0.62)           86 MB  0.89 s    5.1 ms  7.1 s / 14.4 s
-  this branch   21.5     87.9    2.92 (0.44)           85 MB  2.16 s    6.6 ms  7.9 s / 15.2 s
-  (this branch at 2a5d02d: the ResultWriter came after; both blocks ran while other sessions' did)
-Then back to back at 15:50 (loadavg 10-11 for both), main and this branch at 56a4ecc:
-  main be7b644  10.8     35.4    4.23 (0.68)           87 MB  0.74 s    6.5 ms  6.5 s / 13.5 s
-  this branch   10.1     33.3    2.74 (0.33)           85 MB  0.99 s   11.6 ms  6.7 s / 13.7 s
-  (staging 12.1 s -> 5.3 s; running 19.8 s and 23.6 s: the nodes and Azurite, under the load)
-Both include the fixed start-up (about 1.5 s of CPU): per file beyond it, about 2.7 -> 1.2 ms.
-Wall times follow the load (the nodes and Azurite share the 2 cores) more than the change.
-
-10,000 files, this branch at 2a5d02d, loadavg 17-21 throughout (main's block at the same time hit
-its run_timeout_s of 1,800 s under that load, so there is no side-by-side 10,000 figure this time;
-the quiet figure of main above is 4.10 ms/file): wall 1,091.5 s (staging 576, running 482),
-orchestrator CPU 2.06 ms/file (0.35 system), 1.004 storage requests/file, peak RSS 207 MB, first
-task 4.66 s, Azurite GET 33.0 ms. Azurite's own CPU over the block: 210.2 s, 21 ms per input file,
-ten times the orchestrator's and four times the emulator's with every node task (53.5 s). Azurite
-serves about three requests per input (its upload, the node's read, the node's `_OUTPUT` upload),
-about 7 ms of CPU each at 10,000 blobs and more as it holds more: on this 2-core machine, staging
-and running wait for Azurite, not for topn.
-
-The case for packing (not built here; it collides with the work-unit changes of this session):
-small local inputs packed into one blob per unit, read by the node at exact byte extents, take
-the per-file upload request away. In this branch's map (1,000 files under load, so shares only)
-the upload request is 30 % of the CPU beyond start-up and the read-batch thread trips 5 %: about
-0.4 of the 1.2 ms/file left, which leaves about 0.8 ms/file (reads + md5, render, `_OUTPUT`
-writes, events, journal, summary.json): inside the 1 ms goal, not far. Azurite's requests per
-input would fall from about 3 to 1 (the node's `_OUTPUT` upload): about 140 s of its 210 s of
-CPU at 10,000, on the cores the nodes need. Next after that: summary.json's indented JSON goes
-through the pure-Python encoder (0.2-0.3 ms/file in the maps).
+Where the orchestrator's CPU per file goes, this branch's before/after and the case for packing
+small inputs: docs/performance.md (`--profile DIR`, `--code DIR`, bench/profile_map.py).
 Blob-resident inputs (`--blob-resident 1000 10000`: the generated files seeded as blobs of a container
 first, then `topn run az://benchlogs/texts/`; storage requests include the listing's, from
 `inputs.listed`). Figures of 2026-12-06 15:40-15:57 on a heavily shared machine (loadavg 15-20 from
@@ -125,7 +73,6 @@ import json
 import os
 import random
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,6 +87,7 @@ from typing import Any
 
 import anyio
 
+from bench.profile_map import process_cpu_s, profiler_launcher, summary_of
 from bench.seed_baseline import SeedEndpoints, run_seed_baseline
 from orchestrator.azure.clients import open_clients
 from orchestrator.azure.staging import build_node_script
@@ -359,43 +307,6 @@ class ScaleFigures:
 
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text(encoding="utf-8").strip()
-
-
-def summary_of(stdout: str) -> dict[str, Any]:
-    """summary.json's content from `topn run --json`'s stdout (a profiler may print around it)."""
-    start = stdout.find("{") if stdout.startswith("{") else stdout.find("\n{") + 1
-    summary: dict[str, Any] = json.JSONDecoder().raw_decode(stdout, start)[0]
-    return summary
-
-
-def profiler_launcher(profile_dir: Path | None, label: str) -> list[str]:
-    """The interpreter under py-spy (the thread holding the GIL: Python's CPU), or plain without a folder.
-
-    py-spy is a measuring tool, not a dependency: `.venv/bin/pip install py-spy` first. A profiled
-    run's own figures (CPU, wall time) include py-spy's cost: measure and profile in separate runs.
-    """
-    if profile_dir is None:
-        return [sys.executable]
-    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-    if py_spy is None:
-        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy (a measuring tool only)")
-    profile_dir.mkdir(parents=True, exist_ok=True)
-    output = profile_dir / f"topn-{label}.folded"
-    return [
-        *(py_spy, "record", "--format", "raw", "--gil", "--rate", str(PROFILE_RATE_HZ), "--nonblocking"),
-        *("--output", str(output), "--", sys.executable),
-    ]
-
-
-# Samples per second per active thread: each sample stands for 1/rate s of that thread's CPU.
-PROFILE_RATE_HZ = 250
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds of a live process and of its children it has waited for (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    ticks = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_topn_measured(
@@ -669,8 +580,7 @@ def main() -> None:
     parser.add_argument(
         "--code",
         type=Path,
-        help="run the topn child from this checkout instead (e.g. a worktree of main, with node_modules "
-        "linked in): before/after side by side with the same benchmark",
+        help="run the topn child from this checkout instead (a worktree of main: before/after side by side)",
     )
     args = parser.parse_args()
     if args.code:
