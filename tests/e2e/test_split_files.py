@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,51 @@ async def test_a_run_killed_with_some_ranges_done_resumes_to_the_exact_result(
     assert output_blobs(azurite, record.run_id) == {"big_OUTPUT.txt": expected}
     # The ranges finished before the kill were not run again.
     assert len(tasks) == RANGES and {task.id for task in tasks} == set(record.ranges)
+
+
+async def test_a_big_blob_read_where_it_lives_is_split_pinned_to_the_etag_listed(
+    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
+) -> None:
+    """`topn run az://…` of a blob above split_bytes: 8 range tasks read the user's blob in place."""
+    data = split_corpus()
+    (tmp_path / "big.txt").write_bytes(data)  # for the reference count only
+    container = f"userbig-{uuid.uuid4().hex[:12]}"
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        service.create_container(container)
+        listed = service.get_blob_client(container, "logs/big.txt").upload_blob(data)["etag"]
+    env = topn_environment(
+        batch_emulator,
+        azurite,
+        tmp_path / ".topn",
+        TOPN_POOL_ID="e2e-split-blob",
+        TOPN_POOL_DEDICATED_NODES="2",
+        TOPN_POOL_TASK_SLOTS_PER_NODE="2",
+        TOPN_RUN_SPLIT_BYTES=str(SPLIT_BYTES),
+        TOPN_RUN_DELETE_JOB="false",
+    )
+    run = await run_topn_live(["run", f"az://{container}/logs/", "--out", "out", "--json"], tmp_path, env)
+    assert run.exit_code == 0, run.stderr[-3000:]
+    summary = run.summary()
+    tasks = await job_tasks(
+        batch_emulator.endpoint,
+        batch_emulator.account_name,
+        batch_emulator.account_key,
+        f"topn-{summary['run_id']}",
+    )
+    manifests = [await task_manifest(task) for task in tasks]
+    ranges = sorted(tuple(manifest["inputs"][0]["range"]) for manifest in manifests)
+    assert len(ranges) == RANGES and ranges[0][0] == 0 and ranges[-1][1] == len(data)
+    for manifest in manifests:
+        (item,) = manifest["inputs"]
+        # Read in place (the user's container, not the run's input container), that version only.
+        assert item["blob"] == "logs/big.txt" and item["etag"].strip('"') == listed.strip('"')
+        assert f"/{container}" in manifest["sources"][item["source"]].split("?")[0]
+    reference = count_file(tmp_path / "big.txt", "words")
+    (entry,) = summary["files"]
+    assert entry["path"] == "big.txt" and entry["status"] == "succeeded"
+    assert entry["words"] == reference.words and entry["invalid_bytes"] == reference.invalid_bytes
+    assert entry["top"] == [[word, count] for word, count in reference.top(10)]
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        user_blobs = [blob.name for blob in service.get_container_client(container).list_blobs()]
+        service.delete_container(container)
+    assert user_blobs == ["logs/big.txt"]  # nothing written beside it
