@@ -7,6 +7,7 @@ absent, and an upload whose blob already holds the same MD5 is skipped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import tempfile
@@ -158,6 +159,20 @@ class UploadedFile:
     skipped: bool
 
 
+# The slowest upload rate a big input's deadline allows for: `[retry] deadline_s` bounds a whole call,
+# retries included, and suits small requests; one streamed upload of 2 GB to a busy local Azurite
+# took 126 s, and the input was reported unreadable under a 60 s deadline.
+MIN_UPLOAD_BYTES_PER_S = 4 * 1024 * 1024
+
+
+def retry_for_upload(retry: RetryPolicy, size_bytes: int) -> RetryPolicy:
+    """The policy for uploading `size_bytes`: its deadline plus the bytes' time at the slowest rate."""
+    needed_s = size_bytes / MIN_UPLOAD_BYTES_PER_S
+    if needed_s < 1.0:
+        return retry
+    return dataclasses.replace(retry, deadline_s=retry.deadline_s + needed_s)
+
+
 async def upload_input_file(
     blob_service: BlobServiceClient,
     container: str,
@@ -235,6 +250,7 @@ async def _upload_once(
     )
     settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5))
     sent: list[tuple[bytes, int]] = []  # (md5, size) of what the last put sent
+    upload_retry = retry_for_upload(retry, before[0])
 
     def sdk_blob() -> BlobClient:
         nonlocal blob
@@ -277,14 +293,14 @@ async def _upload_once(
 
     skipped = False
     try:
-        await retry_call(retry, "upload_blob", lambda: put(False))
+        await retry_call(upload_retry, "upload_blob", lambda: put(False))
     except ResourceExistsError:
         properties = await retry_call(retry, "get_blob_properties", sdk_blob().get_blob_properties)
         existing = properties.content_settings.content_md5
         if existing is not None and bytes(existing) == md5:
             skipped = True
         else:
-            await retry_call(retry, "upload_blob", lambda: put(True))
+            await retry_call(upload_retry, "upload_blob", lambda: put(True))
     if read_version is not None:
         after = read_version  # the blob holds the bytes read, which were the file's all along
     else:
