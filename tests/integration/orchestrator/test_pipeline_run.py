@@ -115,7 +115,10 @@ async def test_a_run_collects_results_merges_them_and_reports_the_failed_file(
     assert failed["error"]["exit_code"] == 4
     assert "asked to fail" in failed["error"]["stderr_tail"]
     assert json.loads((out_dir / "summary.json").read_text(encoding="utf-8")) == summary
-    assert summary["totals"]["requests"]["batch"]["create_task_collection"] == 1
+    # Units go in as they are staged (run/feeding.py): one request when all were staged before the
+    # job existed, more when the job came first (a fresh clone's run saw 2); never more than the units.
+    units = len(record.completed) if record is not None else 0
+    assert 1 <= summary["totals"]["requests"]["batch"]["create_task_collection"] <= units
 
     assert record is not None and record.state == "FAILED"
     assert [change.state for change in record.state_history] == [
