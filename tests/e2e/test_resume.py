@@ -178,10 +178,19 @@ async def test_a_batch_endpoint_that_died_leaves_a_resumable_run_that_a_new_acco
 ) -> None:
     """The emulator dies mid-run (its jobs die with it): run.failed says resumable, nothing is cleaned
     up; `topn resume` against a fresh emulator re-adds exactly the tasks that had not finished."""
-    texts = write_corpus(tmp_path / "in", FILES, seed=43)
+    texts = write_corpus(tmp_path / "in", 2 * FILES, seed=43)
     first_service = await local.start_emulator(tmp_path / "nodes1", tmp_path / "logs1")
     dead = emulator_endpoint(first_service, tmp_path / "nodes1", tmp_path / "logs1")
-    overrides = {"TOPN_RETRY_DEADLINE_S": "3", "TOPN_RETRY_MAX_ATTEMPTS": "1000", "TOPN_POOL_ID": "gone-pool"}
+    # One slot runs the tasks one after another and a short poll sees them finish one or two at a
+    # time, so tasks are still unfinished at the first download (with 2 slots and the poll's backoff
+    # all 4 once finished before the first poll that saw any, and the kill came after the work).
+    overrides = {
+        "TOPN_RETRY_DEADLINE_S": "3",
+        "TOPN_RETRY_MAX_ATTEMPTS": "1000",
+        "TOPN_POOL_ID": "gone-pool",
+        "TOPN_POOL_TASK_SLOTS_PER_NODE": "1",
+        "TOPN_RUN_POLL_MAX_S": "0.5",
+    }
     env = crash_environment(dead, azurite, tmp_path, **overrides)
 
     killed: list[bool] = []
