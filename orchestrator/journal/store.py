@@ -160,8 +160,8 @@ class Journal:
         """One listed page of a blob prefix: its inputs and range units, and the listing's new marker.
 
         One transaction: a crash leaves the page and its marker both recorded or neither, so a
-        resumed run lists on from the marker without a page twice or a blob lost. A page recorded
-        already (same inputs, same indexes) changes nothing.
+        resumed run lists on from the marker without a page twice or a blob lost. An input whose
+        index or relpath the run has already is an error (a page is never recorded twice).
         """
         at = format_timestamp(now())
 
@@ -169,12 +169,12 @@ class Journal:
             rows = input_rows(run_id, inputs)
             self._run_state(connection, run_id)
             connection.executemany(
-                "INSERT OR IGNORE INTO inputs (run_id, idx, relpath, path, size_bytes, mtime_ns, md5_hex,"
+                "INSERT INTO inputs (run_id, idx, relpath, path, size_bytes, mtime_ns, md5_hex,"
                 " blob_name, task_id, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             connection.executemany(
-                "INSERT OR IGNORE INTO unit_ranges (run_id, task_id, idx, range_start, range_end)"
+                "INSERT INTO unit_ranges (run_id, task_id, idx, range_start, range_end)"
                 " VALUES (?, ?, ?, ?, ?)",
                 [(run_id, part.task_id, part.index, part.start, part.end) for part in ranges],
             )
