@@ -12,7 +12,8 @@ the listing's memory is bounded whatever the number of blobs.
 A resumed run lists on from the journalled markers (a page is journalled whole with its marker, so
 none is listed twice into the run and no blob is lost); a listing that completed is never redone.
 A page that cannot be listed stops the run as interrupted (ServiceUnavailableError): `topn resume`
-goes on from the last journalled page.
+goes on from the last journalled page. A listed name that cannot be a result file (the checks the
+first pages passed before the run was created) fails the run: a resume would meet it again.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from orchestrator.blobinputs import (
 )
 from orchestrator.errors import InputError, ServiceUnavailableError
 from orchestrator.inputs import InputFile
+from orchestrator.results import check_result_paths_fit
 from orchestrator.run.context import RunContext, journal_inputs, journal_ranges
 from orchestrator.run.split_plan import SplitPlan, UnitRange, plan_units
 
@@ -164,7 +166,9 @@ async def _take_page(
     """One page into the run: inputs, units, one journal transaction, then its units to the feeder."""
     listing = run.listings[position]
     first_input, first_unit = len(run.inputs), len(run.units)
+    # A name that cannot be a result (InputError) fails the run: a resume would meet it again.
     new = namer.name(listed_inputs(prefix_of_listing(listing), page.blobs))
+    check_result_paths_fit(run.out_dir, [item.relpath for item in new])
     plan = plan_page(
         [item.size_bytes for item in new],
         run.pool.planned_slots(),
