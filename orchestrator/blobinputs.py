@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -36,8 +36,8 @@ from orchestrator.inputs import (
     SkippedInput,
     check_relpath,
     discover_inputs,
-    make_relpaths_unique,
 )
+from orchestrator.journal.records import JournalListing
 from orchestrator.settings import Settings
 
 log = structlog.get_logger()
@@ -203,21 +203,30 @@ def _listing_refused(prefix: BlobPrefix, account_name: str, error: HttpResponseE
     )
 
 
-async def list_pages(
+@dataclass(frozen=True)
+class ListedPage:
+    """One List Blobs page: its blobs, and the marker to list the next page from (None: the last)."""
+
+    blobs: list[ListedBlob]
+    next_marker: str | None
+
+
+async def list_pages_after(
     blob_service: BlobServiceClient,
     prefix: BlobPrefix,
     retry: RetryPolicy,
     *,
     account_name: str,
+    after: str | None = None,
     page_size: int = LIST_PAGE_SIZE,
-) -> AsyncIterator[list[ListedBlob]]:
-    """The blobs under a prefix, one page (one request, up to `page_size` names) at a time.
+) -> AsyncGenerator[ListedPage, None]:
+    """The blobs under a prefix from continuation marker `after` (None: the start), a page at a time.
 
-    Each page is retried on its own from its continuation token, so a transient error costs one
-    page. Folder markers (names ending in `/`) are not inputs and are left out.
+    Each page is one request, retried on its own from its marker, so a transient error costs one
+    page. Folder markers (names ending in `/`) are not inputs and are left out (a page may be empty).
     """
     container = blob_service.get_container_client(prefix.container)
-    token: str | None = None
+    token = after
     while True:
         marker = token
 
@@ -241,9 +250,33 @@ async def list_pages(
             found, token = await retry_call(retry, "list_blobs", one_page)
         except HttpResponseError as error:
             raise _listing_refused(prefix, account_name, error) from None
-        yield found
+        yield ListedPage(found, token)
         if token is None:
             return
+
+
+async def list_pages(
+    blob_service: BlobServiceClient,
+    prefix: BlobPrefix,
+    retry: RetryPolicy,
+    *,
+    account_name: str,
+    page_size: int = LIST_PAGE_SIZE,
+) -> AsyncIterator[list[ListedBlob]]:
+    """The blobs under a prefix, one page (one request, up to `page_size` names) at a time."""
+    async for page in list_pages_after(
+        blob_service, prefix, retry, account_name=account_name, page_size=page_size
+    ):
+        yield page.blobs
+
+
+def no_blobs_error(prefix: BlobPrefix) -> InputError:
+    """The exit-2 refusal of a prefix that names no blob."""
+    return InputError(
+        f"blob input {prefix.argument}: no blobs in container {prefix.container!r} start with "
+        f"{prefix.prefix!r} (check the prefix; it is matched from the start of blob names, case "
+        "included)"
+    )
 
 
 async def list_blob_inputs(
@@ -261,53 +294,99 @@ async def list_blob_inputs(
         async for page in list_pages(
             blob_service, prefix, retry, account_name=account_name, page_size=page_size
         ):
-            for blob in page:
-                source = BlobSource(prefix.container, blob.name, blob.etag)
-                relpath = relpath_of(blob.name, prefix.prefix)
-                found.append(
-                    InputFile(
-                        path=Path(source.address), relpath=relpath, size_bytes=blob.size_bytes, blob=source
-                    )
-                )
+            found.extend(listed_inputs(prefix, page))
         if len(found) == before:
-            raise InputError(
-                f"blob input {prefix.argument}: no blobs in container {prefix.container!r} start with "
-                f"{prefix.prefix!r} (check the prefix; it is matched from the start of blob names, case "
-                "included)"
-            )
+            raise no_blobs_error(prefix)
     return found
+
+
+def listed_inputs(prefix: BlobPrefix, blobs: Sequence[ListedBlob]) -> list[InputFile]:
+    """A page's blobs as inputs, each named by its relpath under the prefix (not yet made unique)."""
+    inputs: list[InputFile] = []
+    for blob in blobs:
+        source = BlobSource(prefix.container, blob.name, blob.etag)
+        relpath = relpath_of(blob.name, prefix.prefix)
+        inputs.append(
+            InputFile(path=Path(source.address), relpath=relpath, size_bytes=blob.size_bytes, blob=source)
+        )
+    return inputs
+
+
+class InputNamer:
+    """Names a run's inputs one page at a time, as `make_relpaths_unique` names one list (pure).
+
+    Each name is decided when its page comes, from the names taken so far only: a blob whose
+    relpath is taken becomes `stem~N.ext` with the smallest N >= 2 not taken yet, and the same blob
+    reached again (through a second prefix) is left out. So the names depend on the order of the
+    blobs, never on how the listing cut them into pages, and a resumed listing goes on from the
+    journalled names alone.
+    """
+
+    def __init__(self, taken: Iterable[str] = (), blobs: Iterable[tuple[str, str]] = ()) -> None:
+        self._taken = set(taken)
+        self._blobs = set(blobs)
+
+    def name(self, items: Sequence[InputFile]) -> list[InputFile]:
+        """The page's new inputs with unique relpaths (InputError names one that cannot be a result)."""
+        named: list[InputFile] = []
+        for item in items:
+            assert item.blob is not None, "only blob inputs come page by page"
+            key = (item.blob.container, item.blob.name)
+            if key in self._blobs:
+                continue
+            relpath = unique_relpath(item.relpath, self._taken)
+            check_relpath(relpath, item.path)
+            self._blobs.add(key)
+            self._taken.add(relpath)
+            named.append(replace(item, relpath=relpath))
+        return named
+
+
+def unique_relpath(relpath: str, taken: Collection[str]) -> str:
+    """`relpath`, or when taken, `stem~N.ext` with the smallest N >= 2 not taken (inputs' rule)."""
+    if relpath not in taken:
+        return relpath
+    path = PurePosixPath(relpath)
+    number = 2
+    while True:
+        candidate = str(path.with_name(f"{path.stem}~{number}{path.suffix}"))
+        if candidate not in taken:
+            return candidate
+        number += 1
 
 
 def merge_inputs(local: Sequence[InputFile], blobs: Sequence[InputFile]) -> list[InputFile]:
     """Local inputs (as discovered) and blob inputs as one run's inputs: unique relpaths, sorted.
 
-    A blob whose relpath another input already has becomes `stem~2.ext` (inputs.make_relpaths_unique,
-    local inputs keep theirs); every name is checked as a local one is (InputError names a bad one).
+    A blob whose relpath another input already has becomes `stem~2.ext` (`InputNamer`: local inputs
+    keep theirs); every name is checked as a local one is (InputError names a bad one).
     """
     if not blobs:
         return list(local)
-    seen: set[tuple[str, str]] = set()
-    distinct: list[InputFile] = []
-    for item in blobs:  # the same blob reached by two prefixes is one input
-        assert item.blob is not None
-        key = (item.blob.container, item.blob.name)
-        if key not in seen:
-            seen.add(key)
-            distinct.append(item)
-    combined = [*local, *distinct]
-    unique = make_relpaths_unique([item.relpath for item in combined])
-    merged = [replace(item, relpath=relpath) for item, relpath in zip(combined, unique, strict=True)]
-    for item in merged[len(local) :]:
-        check_relpath(item.relpath, item.path)
-    return sorted(merged, key=lambda item: item.relpath)
+    named = InputNamer(item.relpath for item in local).name(blobs)
+    return sorted([*local, *named], key=lambda item: item.relpath)
 
 
-async def with_blob_inputs(
+@dataclass(frozen=True)
+class ListingStart:
+    """A run's inputs before its run is created: the local ones and each blob prefix's first page.
+
+    The rest of each prefix is listed by the run (run/listing.py) from its marker in `listings`.
+    """
+
+    inputs: list[InputFile]
+    listings: list[JournalListing]
+    storage_requests: int  # the first pages' own requests, retries included
+    started: float  # time.monotonic() when the listing began
+
+
+async def start_listing(
     settings: Settings, blob_service: BlobServiceClient, local: Sequence[InputFile], arguments: Sequence[str]
-) -> list[InputFile]:
-    """The run's inputs: `local` plus the blobs the arguments name, listed now (InputError: exit 2).
+) -> ListingStart:
+    """Check every blob argument and list its first page (InputError, exit 2: nothing is created yet).
 
-    `settings` are the resolved ones (local mode's Azurite endpoint has its real port by then).
+    An empty prefix, a missing container and a refused listing are found here, before the run
+    exists. `settings` are the resolved ones (local mode's Azurite endpoint has its real port by then).
     """
     storage = settings.storage
     prefixes = [
@@ -317,16 +396,39 @@ async def with_blob_inputs(
     for prefix in prefixes:
         check_not_topn_container(prefix, storage.container_prefix)
     started = time.monotonic()
-    with run_requests(RequestCounter()) as counter:  # the listing's own requests, retries included
-        listed = await list_blob_inputs(
-            blob_service, prefixes, settings.retry, account_name=storage.account_name
-        )
-    log.info(
-        "inputs.listed",
-        prefixes=len(prefixes),
-        blobs=len(listed),
-        bytes=sum(item.size_bytes for item in listed),
-        storage_requests=counter.total(STORAGE),
-        duration_s=round(time.monotonic() - started, 3),
-    )
-    return merge_inputs(local, listed)
+    namer = InputNamer(item.relpath for item in local)
+    inputs = list(local)
+    listings: list[JournalListing] = []
+    with run_requests(RequestCounter()) as counter:
+        for position, prefix in enumerate(prefixes):
+            pages = list_pages_after(
+                blob_service,
+                prefix,
+                settings.retry,
+                account_name=storage.account_name,
+                page_size=settings.run.list_page_blobs,
+            )
+            page = ListedPage([], None)
+            async for page in pages:  # up to the first page with a blob (folder markers may fill one)
+                if page.blobs:
+                    break
+            await pages.aclose()
+            if not page.blobs:
+                raise no_blobs_error(prefix)
+            inputs.extend(namer.name(listed_inputs(prefix, page.blobs)))
+            listings.append(
+                JournalListing(
+                    position=position,
+                    argument=prefix.argument,
+                    container=prefix.container,
+                    prefix=prefix.prefix,
+                    marker=page.next_marker,
+                    complete=page.next_marker is None,
+                )
+            )
+    return ListingStart(inputs, listings, counter.total(STORAGE), started)
+
+
+def prefix_of_listing(listing: JournalListing) -> BlobPrefix:
+    """The prefix a journalled listing lists."""
+    return BlobPrefix(argument=listing.argument, container=listing.container, prefix=listing.prefix)

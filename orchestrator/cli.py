@@ -290,7 +290,7 @@ def _run_body(
     """`topn run` and `topn resume`: one run in the process shell, under signals; print; exit status."""
     from orchestrator.run.pipeline import summary_exit_status
     from orchestrator.service.runlock import run_lock
-    from orchestrator.service.shell import open_services, run_once, with_blob_inputs
+    from orchestrator.service.shell import open_services, run_once, start_blob_listing
     from orchestrator.service.signals import run_supervised
 
     show_progress = log_format == "console" and sys.stderr.isatty()
@@ -299,8 +299,10 @@ def _run_body(
     async def body() -> dict[str, Any]:
         nonlocal inputs
         async with open_services(settings) as services:
-            if blobs:  # listed, never copied (exit 2 before the run is created)
-                inputs = await with_blob_inputs(services, inputs, blobs, out_dir)
+            # Blobs are read where they live: each prefix's first page now (exit 2 before the run
+            # is created), the rest while the run goes on.
+            listing = await start_blob_listing(services, inputs, blobs, out_dir) if blobs else None
+            inputs = listing.inputs if listing is not None else inputs
             # --skip-unreadable: what discovery left out is journalled with the run and listed in
             # summary.json (a resumed run's too).
             summary = await run_once(
@@ -311,6 +313,7 @@ def _run_body(
                 resume_run_id=resume_run_id,
                 progress=progress,
                 skipped=skipped or (),
+                listing=listing,
             )
         progress.close()
         print_summary(summary, out_dir, as_json=as_json, inputs=inputs)

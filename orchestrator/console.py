@@ -189,6 +189,13 @@ def print_summary(
         text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
     else:
         renamed = [(item.relpath, item.shown) for item in renamed_inputs(inputs)]
+        shown = {relpath for relpath, _ in renamed}
+        # Blob inputs listed while the run went on: their renamed entries name their source.
+        renamed += [
+            (entry["path"], entry["source"])
+            for entry in summary.get("files", ())
+            if "source" in entry and entry["path"] not in shown
+        ]
         text = render_table(summary, out_dir, renamed)
     try:
         sys.stdout.write(redact_text(text))

@@ -223,6 +223,7 @@ def plan_work_units(
     units_per_slot: int = 4,
     max_files_per_unit: int = MAX_FILES_PER_UNIT,
     max_unit_bytes: int = UNIT_TARGET_BYTES,
+    ramp_units: int = RAMP_UNITS,
 ) -> list[list[int]]:
     """Group consecutive inputs (by index) into work units, one task each, sized by count and bytes.
 
@@ -232,7 +233,8 @@ def plan_work_units(
     than `max_unit_bytes` (a bigger file is a unit of its own). The node reads a unit's inputs from
     its manifest, so no command line limits a unit. The first `RAMP_UNITS` units are smaller (1/16,
     1/8, 1/4, 1/2 of the others): a unit's task is added once its inputs are uploaded, so the first
-    task goes in after a few uploads whatever the number of files.
+    task goes in after a few uploads whatever the number of files (`ramp_units=0`: no ramp, for the
+    later pages of a blob listing, planned while the run's first tasks already run).
     """
     if not sizes:
         return []
@@ -242,7 +244,7 @@ def plan_work_units(
     current: list[int] = []
     current_bytes = 0
     for index, size in enumerate(sizes):
-        limit = max(1, per_unit >> max(0, RAMP_UNITS - len(units)))
+        limit = max(1, per_unit >> max(0, ramp_units - len(units)))
         if current and (len(current) >= limit or current_bytes + size > max_unit_bytes):
             units.append(current)
             current, current_bytes = [], 0

@@ -48,14 +48,18 @@ class RunCounts:
     """Accumulates files' counts in any arrival order; ranks as a sorted-order Counter merge would."""
 
     totals: dict[str, int] = field(default_factory=dict)
-    first_seen: dict[str, tuple[int, int]] = field(default_factory=dict)  # (input index, position)
+    first_seen: dict[str, tuple[str | int, int]] = field(default_factory=dict)  # (input order, position)
 
-    def add(self, input_index: int, counts: Iterable[tuple[str, int]]) -> None:
-        """Merge one input's counts; `input_index` is its position in the run's sorted inputs."""
+    def add(self, order: str | int, counts: Iterable[tuple[str, int]]) -> None:
+        """Merge one input's counts; `order` is its place in the run's sorted inputs (its relpath).
+
+        A run ranks ties by first occurrence in relpath order, whatever order its inputs were
+        listed in (blob pages come after the local inputs); one kind of `order` per run.
+        """
         totals = self.totals
         first_seen = self.first_seen
         for position, (word, count) in enumerate(counts):
-            key = (input_index, position)
+            key = (order, position)
             if word in totals:
                 totals[word] += count
                 if key < first_seen[word]:

@@ -11,6 +11,7 @@ from orchestrator.journal.records import (
     TERMINAL_STATES,
     DownloadRecord,
     JournalInput,
+    JournalListing,
     JournalRange,
     RunRecord,
     RunSummary,
@@ -226,6 +227,21 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 "SELECT path, reason FROM skipped_inputs WHERE run_id = ? ORDER BY path", (run_id,)
             )
         }
+        listings = tuple(
+            JournalListing(
+                position=row[0],
+                argument=row[1],
+                container=row[2],
+                prefix=row[3],
+                marker=row[4],
+                complete=bool(row[5]),
+            )
+            for row in connection.execute(
+                "SELECT position, argument, container, prefix, marker, complete FROM input_listings"
+                " WHERE run_id = ? ORDER BY position",
+                (run_id,),
+            )
+        )
         records.append(
             RunRecord(
                 run_id=run_id,
@@ -246,6 +262,7 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
                 last_error=last_error,
                 ranges=ranges,
                 skipped=skipped,
+                listings=listings,
             )
         )
     return records

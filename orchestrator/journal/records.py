@@ -45,6 +45,22 @@ class JournalRange:
 
 
 @dataclasses.dataclass(frozen=True)
+class JournalListing:
+    """How far a run has listed one blob prefix of its arguments (pure data: never a SAS or a key).
+
+    `marker` is the continuation marker after the last journalled page (None once `complete`, or
+    before the first page): a resumed run lists on from there.
+    """
+
+    position: int  # the prefix's place among the run's blob arguments
+    argument: str  # as given, without any query
+    container: str
+    prefix: str
+    marker: str | None
+    complete: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class StateChange:
     """One recorded transition: the state entered and when (UTC)."""
 
@@ -96,6 +112,8 @@ class RunRecord:
     ranges: Mapping[str, JournalRange] = dataclasses.field(default_factory=dict)
     # What `--skip-unreadable` left out at discovery: why, by path as the user gave it (sorted).
     skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Each blob prefix's listing, in argument order (empty for a run without blob prefixes).
+    listings: tuple[JournalListing, ...] = ()
 
     @property
     def is_finished(self) -> bool:

@@ -15,7 +15,7 @@ from orchestrator.errors import TopnError, UsageError
 T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 11
+SCHEMA_VERSION: Final = 13
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -188,6 +188,24 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             path TEXT NOT NULL,
             reason TEXT NOT NULL,
             PRIMARY KEY (run_id, path)
+        ) WITHOUT ROWID""",
+    ),
+    # Version 12: another branch's (packed units); empty here, the integrator renumbers at merge time.
+    (),
+    # Version 13: blob prefixes listed page by page while the run goes on (run/listing.py): how far
+    # each is listed (the continuation marker after the last journalled page, and whether it is
+    # complete), so a resumed run lists on from there. Pages' inputs go into `inputs` as they come.
+    (
+        """CREATE TABLE IF NOT EXISTS input_listings (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            position INTEGER NOT NULL,
+            argument TEXT NOT NULL,
+            container TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            marker TEXT,
+            complete INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (run_id, position)
         ) WITHOUT ROWID""",
     ),
 )

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import anyio
 
 from orchestrator.journal.queries import load_runs, run_summaries
-from orchestrator.journal.records import JournalInput, JournalRange, RunRecord, RunSummary
+from orchestrator.journal.records import JournalInput, JournalListing, JournalRange, RunRecord, RunSummary
 from orchestrator.journal.rows import input_rows, is_md5_hex, jsonable, state_name, upsert
 from orchestrator.journal.schema import (
     JournalError,
@@ -90,13 +90,15 @@ class Journal:
         out_dir: Path | str | None = None,
         ranges: Sequence[JournalRange] = (),
         skipped: Sequence[tuple[str, str]] = (),
+        listings: Sequence[JournalListing] = (),
     ) -> None:
         """Record a new run in state CREATED with its settings (secrets stripped), inputs and results folder.
 
-        `ranges` are the work units of split inputs (one byte range each), and `skipped` what
-        `--skip-unreadable` left out at discovery (path as given, why), recorded in the same
-        transaction. Creating the same run again with the same inputs is a no-op (the first results
-        folder and skipped list stay); different inputs are an error.
+        `ranges` are the work units of split inputs (one byte range each), `skipped` what
+        `--skip-unreadable` left out at discovery (path as given, why) and `listings` how far each
+        blob prefix is listed (run/listing.py lists the rest), recorded in the same transaction.
+        Creating the same run again with the same inputs is a no-op (the first results folder and
+        skipped list stay); different inputs are an error.
         """
         if not run_id:
             raise ValueError("run_id must not be empty")
@@ -144,6 +146,39 @@ class Journal:
                 "INSERT OR REPLACE INTO skipped_inputs (run_id, path, reason) VALUES (?, ?, ?)",
                 [(run_id, str(path), redact_value(str(reason))) for path, reason in skipped],
             )
+            _write_listings(connection, run_id, listings, at)
+
+        await self._write(write, durable=True)
+
+    async def record_listed_page(
+        self,
+        run_id: str,
+        inputs: Sequence[JournalInput],
+        ranges: Sequence[JournalRange],
+        listing: JournalListing,
+    ) -> None:
+        """One listed page of a blob prefix: its inputs and range units, and the listing's new marker.
+
+        One transaction: a crash leaves the page and its marker both recorded or neither, so a
+        resumed run lists on from the marker without a page twice or a blob lost. An input whose
+        index or relpath the run has already is an error (a page is never recorded twice).
+        """
+        at = format_timestamp(now())
+
+        def write(connection: sqlite3.Connection) -> None:
+            rows = input_rows(run_id, inputs)
+            self._run_state(connection, run_id)
+            connection.executemany(
+                "INSERT INTO inputs (run_id, idx, relpath, path, size_bytes, mtime_ns, md5_hex,"
+                " blob_name, task_id, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            connection.executemany(
+                "INSERT INTO unit_ranges (run_id, task_id, idx, range_start, range_end)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(run_id, part.task_id, part.index, part.start, part.end) for part in ranges],
+            )
+            _write_listings(connection, run_id, [listing], at)
 
         await self._write(write, durable=True)
 
@@ -525,3 +560,21 @@ class Journal:
             return read_transaction(self._use(), work, self.path)
 
         return await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
+
+
+def _write_listings(
+    connection: sqlite3.Connection, run_id: str, listings: Sequence[JournalListing], at: str
+) -> None:
+    """How far each blob prefix is listed (the latest marker wins)."""
+    for listing in listings:
+        upsert(
+            connection,
+            "input_listings",
+            {"run_id": run_id, "position": str(listing.position)},
+            argument=listing.argument,
+            container=listing.container,
+            prefix=listing.prefix,
+            marker=listing.marker,
+            complete=int(listing.complete),
+            at=at,
+        )

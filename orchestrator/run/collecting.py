@@ -291,7 +291,7 @@ def _report_saved(
 
 def _add_success(run: RunContext, ledger: RunLedger, index: int, task_id: str, counts: FileCounts) -> None:
     relpath = run.inputs[index].relpath
-    ledger.counts.add(index, counts.counts)
+    ledger.counts.add(relpath, counts.counts)  # ties: first occurrence in relpath order
     ledger.results[index] = FileResult(
         file_entry(
             relpath,

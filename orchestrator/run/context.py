@@ -18,7 +18,7 @@ from orchestrator.azure.pool import Capacity, PoolHandle
 from orchestrator.azure.retry import RetryPolicy
 from orchestrator.files import file_mtime_ns
 from orchestrator.inputs import InputFile, SkippedInput
-from orchestrator.journal import Journal, JournalInput, JournalRange, RunRecord
+from orchestrator.journal import Journal, JournalInput, JournalListing, JournalRange, RunRecord
 from orchestrator.results import RunCounts
 from orchestrator.run.split_plan import UnitRange, plan_units, ranges_from_journal
 from orchestrator.settings import Settings
@@ -85,7 +85,7 @@ class RunContext:
     clients: Clients
     pool: PoolSupply
     requests: RequestCounter  # this run's requests only (the clients may serve other runs too)
-    inputs: tuple[InputFile, ...]
+    inputs: list[InputFile]  # grows while blob prefixes are listed (run/listing.py), fixed after PREPARING
     out_dir: Path
     run_id: str
     journal: Journal | None
@@ -110,6 +110,16 @@ class RunContext:
     # Hears each wait on the active-jobs quota (refusals so far, seconds to wait); the daemon counts them.
     # A new run waits only when someone listens; a resumed run always waits (it is under way).
     on_quota_wait: Callable[[int, float], None] | None = None
+    # How far each blob prefix is listed; a prefix not complete is listed on in PREPARING.
+    listings: list[JournalListing] = field(default_factory=list)
+    max_files_per_task: int = naming.MAX_FILES_PER_UNIT  # how later pages' units are planned
+    # A new run's first pages, listed before it was created: their requests, and when listing began.
+    listing_start: tuple[int, float] | None = None
+
+    @property
+    def still_listing(self) -> bool:
+        """Whether inputs are still to be listed (then the run's inputs and units are not all known)."""
+        return any(not listing.complete for listing in self.listings)
 
     @property
     def job_id(self) -> str:
@@ -200,9 +210,14 @@ def new_run_context(
     started: float,
     skipped: Sequence[SkippedInput] = (),
     on_quota_wait: Callable[[int, float], None] | None = None,
+    listings: Sequence[JournalListing] = (),
+    listing_start: tuple[int, float] | None = None,
 ) -> RunContext:
-    """The context of a run: its names, and its work units (a resumed run's own, never a new plan)."""
-    inputs = tuple(inputs)
+    """The context of a run: its names, and its work units (a resumed run's own, never a new plan).
+
+    `listings`: a new run's blob prefixes still to list (a resumed run's come from its journal).
+    """
+    inputs = list(inputs)
     prefix = settings.storage.container_prefix
     if resume is not None:
         task_ids = list(resume.task_ids)
@@ -252,15 +267,18 @@ def new_run_context(
             else tuple(skipped)
         ),
         on_quota_wait=on_quota_wait,
+        listings=list(resume.listings if resume is not None else listings),
+        max_files_per_task=max_files_per_task,
+        listing_start=listing_start,
     )
 
 
-def journal_inputs(run: RunContext) -> list[JournalInput]:
+def journal_inputs(run: RunContext, first_input: int = 0, first_unit: int = 0) -> list[JournalInput]:
     """The run's inputs as the journal records them, each with the task that processes it (a split
-    input's first range's)."""
+    input's first range's); from `first_input` on, whose units are `first_unit` and later."""
     task_of_input: dict[int, str] = {}
-    for unit_index, unit in enumerate(run.units):
-        for index in unit:
+    for unit_index in range(first_unit, len(run.units)):
+        for index in run.units[unit_index]:
             task_of_input.setdefault(index, run.task_ids[unit_index])
     return [
         JournalInput(
@@ -285,13 +303,14 @@ def journal_inputs(run: RunContext) -> list[JournalInput]:
             task_id=task_of_input[index],
             etag=item.blob.etag,
         )
-        for index, item in enumerate(run.inputs)
+        for index, item in enumerate(run.inputs[first_input:], start=first_input)
     ]
 
 
-def journal_ranges(run: RunContext) -> list[JournalRange]:
-    """The run's range units as the journal records them."""
+def journal_ranges(run: RunContext, first_unit: int = 0) -> list[JournalRange]:
+    """The run's range units as the journal records them (those from `first_unit` on)."""
     return [
         JournalRange(task_id=run.task_ids[unit_index], index=part.index, start=part.start, end=part.end)
         for unit_index, part in sorted(run.ranges.items())
+        if unit_index >= first_unit
     ]

@@ -31,6 +31,7 @@ import structlog
 from orchestrator import naming
 from orchestrator.azure import sas
 from orchestrator.azure.clients import BATCH, STORAGE, Clients, run_requests
+from orchestrator.blobinputs import ListingStart
 from orchestrator.errors import (
     InputError,
     JobEndedError,
@@ -116,6 +117,7 @@ async def run_pipeline(
     resume: RunRecord | None = None,
     skipped: Sequence[SkippedInput] = (),
     on_quota_wait: Callable[[int, float], None] | None = None,
+    listing: ListingStart | None = None,
 ) -> dict[str, Any]:
     """Run the whole workflow for `inputs`; returns summary.json's content (also written to out_dir).
 
@@ -124,7 +126,9 @@ async def run_pipeline(
     file. `resume` continues that journalled run (see run/resume.py, which builds its inputs and
     settings). `skipped` is what `--skip-unreadable` left out (journalled, listed in summary.json; a
     resumed run has its own from the journal). `on_quota_wait` hears each wait on the active-jobs
-    quota; given it, a new run waits the quota out too (a resumed one always does).
+    quota; given it, a new run waits the quota out too (a resumed one always does). `listing`: the
+    blob prefixes' first pages (in `inputs`) and where each goes on; the run lists the rest while
+    its first tasks run (run/listing.py).
     """
     if not inputs:
         raise InputError("no input files to process")
@@ -150,6 +154,8 @@ async def run_pipeline(
             started=time.monotonic(),
             skipped=skipped,
             on_quota_wait=on_quota_wait,
+            listings=listing.listings if listing is not None else (),
+            listing_start=(listing.storage_requests, listing.started) if listing is not None else None,
         )
         machine = RunStateMachine(run_id, journal, RunState(resume.state) if resume else RunState.CREATED)
         with run_requests(run.requests):
@@ -166,6 +172,7 @@ async def _run(run: RunContext, ledger: RunLedger, machine: RunStateMachine) -> 
             out_dir=run.out_dir,
             ranges=journal_ranges(run),
             skipped=[(str(item.path), item.reason) for item in run.skipped],
+            listings=run.listings,
         )
     _announce_start(run, machine)
     try:
@@ -224,8 +231,9 @@ async def _run(run: RunContext, ledger: RunLedger, machine: RunStateMachine) -> 
 def _announce_start(run: RunContext, machine: RunStateMachine) -> None:
     log.info(
         "run.started",
-        files=len(run.inputs),
+        files=len(run.inputs),  # known so far: blob prefixes still listing add theirs later
         bytes=sum(item.size_bytes for item in run.inputs),
+        still_listing=run.still_listing,
         config_path=str(run.settings.source),
         local_mode=run.settings.local.enabled,
     )

@@ -17,7 +17,7 @@ from orchestrator.azure import staging
 from orchestrator.azure.sas import DelegationKeyProvider
 from orchestrator.files import file_md5_hex, file_stat
 from orchestrator.inputs import InputFile
-from orchestrator.run import renewal
+from orchestrator.run import listing, renewal
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.run.feeding import UnitFeeder
 from orchestrator.run.provisioning import provision
@@ -56,13 +56,27 @@ async def prepare(run: RunContext, ledger: RunLedger) -> Prepared:
     task_script_url: str | None = None
     # A new run adds each unit's task as soon as its inputs are staged; a resumed one in SUBMITTING.
     feeder = UnitFeeder(run, minter) if run.resume is None else None
+    # Staging sees the inputs known now; the blob pages listed meanwhile are staged in place.
+    known = dataclasses.replace(run, inputs=list(run.inputs), units=list(run.units), ranges=dict(run.ranges))
+    producers = 2  # staging and listing: the feeder ends once both are done
+
+    def producer_done() -> None:
+        nonlocal producers
+        producers -= 1
+        if feeder is not None and producers == 0:
+            feeder.staging_done()
 
     async def stage() -> None:
         try:
-            staged.extend(await _stage_inputs(run, ledger, feeder.unit_staged if feeder else None))
+            staged.extend(await _stage_inputs(known, ledger, feeder.unit_staged if feeder else None))
         finally:
-            if feeder is not None:
-                feeder.staging_done()
+            producer_done()
+
+    async def list_inputs() -> None:
+        try:
+            await listing.list_the_rest(run, feeder.unit_staged if feeder else None)
+        finally:
+            producer_done()
 
     async def provision_pool() -> None:
         nonlocal task_script_url
@@ -73,9 +87,14 @@ async def prepare(run: RunContext, ledger: RunLedger) -> Prepared:
 
     async with anyio.create_task_group() as group:
         group.start_soon(stage)
+        group.start_soon(list_inputs)
         group.start_soon(provision_pool)
         if feeder is not None:
             group.start_soon(feeder.run)
+    listed = [
+        listing.staged_in_place(item, index) for index, item in enumerate(run.inputs) if index >= len(staged)
+    ]
+    staged.extend(listed)
     if feeder is not None and feeder.first_added_s is not None:
         ledger.first_task_s = feeder.first_added_s
     return Prepared(minter, staged, task_script_url, frozenset(feeder.added) if feeder else frozenset())

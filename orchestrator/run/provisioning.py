@@ -42,7 +42,7 @@ async def provision(
     `on_job_ready` hears the same as soon as the job exists (tasks may be added from then on).
     """
     started = time.monotonic()
-    if run.resume is not None and not resume.units_to_run(run.resume):
+    if run.resume is not None and not resume.units_to_run(run.resume) and not run.still_listing:
         # Every unit has its outcome: no pool, no job (an empty successor would never end), no node.
         ledger.stage_s["provisioning"] = 0.0
         return None

@@ -60,6 +60,7 @@ def plan_units(
     split_bytes: int,
     max_files_per_unit: int = naming.MAX_FILES_PER_UNIT,
     max_unit_bytes: int = naming.UNIT_TARGET_BYTES,
+    ramp_units: int = naming.RAMP_UNITS,
 ) -> SplitPlan:
     """Pack the inputs into work units (`naming.plan_work_units`), a split input's ranges one unit each.
 
@@ -69,7 +70,11 @@ def plan_units(
     # A size past the byte limit makes the packer give a split input a unit of its own.
     packed_sizes = [max(size, max_unit_bytes + 1) if is_split(size, split_bytes) else size for size in sizes]
     packed = naming.plan_work_units(
-        packed_sizes, slots, max_files_per_unit=max_files_per_unit, max_unit_bytes=max_unit_bytes
+        packed_sizes,
+        slots,
+        max_files_per_unit=max_files_per_unit,
+        max_unit_bytes=max_unit_bytes,
+        ramp_units=ramp_units,
     )
     units: list[list[int]] = []
     ranges: dict[int, UnitRange] = {}

@@ -28,7 +28,8 @@ async def submit_run_tasks(
     run: RunContext, ledger: RunLedger, prepared: Prepared, deadline_at: datetime
 ) -> None:
     """Add the tasks not yet recorded as added (all, unless resumed), then let the job end with them."""
-    if run.resume is not None and not units_to_run(run.resume):
+    listed_now = run.task_ids[len(run.resume.task_ids) :] if run.resume is not None else []
+    if run.resume is not None and not units_to_run(run.resume) and not listed_now:
         # Every unit has its outcome, so the job was switched to `terminatejob` before (outcomes are
         # recorded only once the monitor runs, after that switch): nothing to add, no job to touch.
         ledger.stage_s["submitting"] = 0.0
@@ -41,7 +42,8 @@ async def submit_run_tasks(
         # A job that had to be created again (deleted, or a Batch account that forgot it) holds
         # none of the tasks the journal saw added: every unfinished one goes in again.
         recorded = unsubmitted_task_ids(run.resume) if not ledger.job_is_new else run.task_ids
-        unsubmitted = set(recorded) - set(run.resume.completed)
+        # Units of pages this resume listed are new to the job whatever it holds.
+        unsubmitted = (set(recorded) - set(run.resume.completed)) | set(listed_now)
         if not ledger.job_is_new:
             renewed = await renewal.renew_expiring_tasks(run, deadline_at)
             unsubmitted |= set(renewed.to_add)

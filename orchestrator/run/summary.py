@@ -13,7 +13,9 @@ from orchestrator.run.context import RunContext, RunLedger
 
 def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[str, Any]:
     """summary.json's content (DESIGN §4) for a run that ends in `final_state`."""
-    files = [_with_source(run, index, result.entry) for index, result in sorted(ledger.results.items())]
+    # In relpath order, as the inputs of a run without blob pages are (those come after its local inputs).
+    ordered = sorted(ledger.results.items(), key=lambda pair: run.inputs[pair[0]].relpath)
+    files = [_with_source(run, index, result.entry) for index, result in ordered]
     succeeded = [result for result in ledger.results.values() if result.succeeded]
     totals: dict[str, Any] = {
         "files": len(run.inputs),

@@ -73,6 +73,7 @@ async def run_once(
     resume_run_id: str | None = None,
     progress: ProgressSink | None = None,
     skipped: Sequence[SkippedInput] = (),
+    listing: blobinputs.ListingStart | None = None,
 ) -> dict[str, Any]:
     """One run as the process's only work (`topn run`, `topn resume`); the pool is released after.
 
@@ -93,6 +94,7 @@ async def run_once(
             progress=progress,
             resume=resume,
             skipped=skipped,
+            listing=listing,
         )
     except BaseException as error:
         if not leaves_run_resumable(error):
@@ -102,15 +104,16 @@ async def run_once(
     return summary
 
 
-async def with_blob_inputs(
+async def start_blob_listing(
     services: Services, local: Sequence[InputFile], arguments: Sequence[str], out_dir: Path
-) -> list[InputFile]:
-    """`topn run az://…`: the local inputs and the listed blob inputs as one run's (InputError: exit 2)."""
-    inputs = await blobinputs.with_blob_inputs(
-        services.settings, services.clients.blob_service, local, arguments
-    )
-    await anyio.to_thread.run_sync(check_result_paths_fit, out_dir, [item.relpath for item in inputs])
-    return inputs
+) -> blobinputs.ListingStart:
+    """`topn run az://…`: the local inputs and each prefix's first page (InputError: exit 2, nothing created).
+
+    The run lists the rest while its first tasks run (run/listing.py).
+    """
+    start = await blobinputs.start_listing(services.settings, services.clients.blob_service, local, arguments)
+    await anyio.to_thread.run_sync(check_result_paths_fit, out_dir, [item.relpath for item in start.inputs])
+    return start
 
 
 async def release_pool(keeper: PoolKeeper, settings: PoolSettings) -> None:

@@ -181,6 +181,7 @@ def _validate(settings: Settings) -> None:
         "unit_target_bytes",
         "submit_chunk_tasks",
         "split_bytes",
+        "list_page_blobs",
     ):
         _positive(settings, "run", key, getattr(run, key))
     _positive(settings, "run", "task_max_retries", run.task_max_retries, allow_zero=True)
@@ -189,6 +190,10 @@ def _validate(settings: Settings) -> None:
     if run.submit_chunk_tasks > 100:
         raise ConfigError(
             f"{_origin(settings, 'run', 'submit_chunk_tasks')}: at most 100 (a Batch limit per request)."
+        )
+    if run.list_page_blobs > 5000:
+        raise ConfigError(
+            f"{_origin(settings, 'run', 'list_page_blobs')}: at most 5000 (a Blob Storage limit per page)."
         )
     if run.poll_min_s > run.poll_max_s:
         raise ConfigError(
