@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from orchestrator import naming
 from orchestrator.errors import InputError, LocalWriteError
@@ -158,9 +158,14 @@ def build_summary(
     files: Sequence[Mapping[str, Any]],
     totals: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """summary.json as DESIGN §4: run id, final state, run-level top, one entry per input, totals."""
+    """summary.json as DESIGN §4: run id, final state, run-level top, one entry per input, totals.
+
+    `files` are entries (sorted by path here) or SummaryEntries (already in path order).
+    """
     # The entries themselves, not copies: at 100,000 files each copy of them is tens of megabytes.
-    ordered = sorted(files, key=lambda entry: str(entry["path"]))
+    ordered: Sequence[Mapping[str, Any]] = (
+        files if isinstance(files, SummaryEntries) else sorted(files, key=lambda entry: str(entry["path"]))
+    )
     return {
         "run_id": run_id,
         "state": state,
@@ -168,6 +173,44 @@ def build_summary(
         "files": ordered,
         "totals": dict(totals),
     }
+
+
+def entry_line(entry: Mapping[str, Any]) -> str:
+    """One summary.json `files` entry as its line of the file: compact JSON, secrets redacted."""
+    return json.dumps(redact_value(entry), ensure_ascii=False, separators=_ONE_LINE)
+
+
+class SummaryEntries(Sequence[dict[str, Any]]):
+    """summary.json's `files`, held as their lines (entry_line): a few hundred bytes per file.
+
+    A run keeps every file's entry until it ends; as dicts with their lists, 100,000 of them took
+    well over 100 MB. Reading an item decodes it (a fresh dict each time); summary_text writes the
+    lines as they are.
+    """
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self.lines = lines
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence of the same entries (a list read back from summary.json)."""
+        if not isinstance(other, Sequence) or isinstance(other, str) or len(other) != len(self):
+            return False
+        return all(mine == theirs for mine, theirs in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-like, compared by content
+
+    @overload
+    def __getitem__(self, position: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, position: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, position: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(position, slice):
+            return [json.loads(line) for line in self.lines[position]]
+        entry: dict[str, Any] = json.loads(self.lines[position])
+        return entry
 
 
 def summary_text(summary: Mapping[str, Any]) -> Iterator[str]:
@@ -182,14 +225,14 @@ def summary_text(summary: Mapping[str, Any]) -> Iterator[str]:
     for key, value in summary.items():
         yield f"{separator}  {json.dumps(key, ensure_ascii=False)}: "
         separator = ",\n"
-        if key == "files" and isinstance(value, list) and value:
+        if key == "files" and isinstance(value, Sequence):
+            lines = value.lines if isinstance(value, SummaryEntries) else map(entry_line, value)
             yield "["
             entry_separator = "\n    "
-            for entry in value:
-                line = json.dumps(redact_value(entry), ensure_ascii=False, separators=_ONE_LINE)
+            for line in lines:
                 yield entry_separator + line
                 entry_separator = ",\n    "
-            yield "\n  ]"
+            yield "\n  ]" if value else "]"
         else:
             text = json.dumps(redact_value(value), ensure_ascii=False, indent=2)
             yield text.replace("\n", "\n  ")
