@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestrator.events import TextSink
 from orchestrator.inputs import InputFile, renamed_inputs
-from orchestrator.results import undecodable_notice
+from orchestrator.results import summary_text, undecodable_notice
 from orchestrator.secrets import redact_text
 
 STDERR_TAIL_LINES = 5
@@ -186,7 +185,7 @@ def print_summary(
     summary: Mapping[str, Any], out_dir: Path, *, as_json: bool, inputs: Sequence[InputFile] = ()
 ) -> None:
     if as_json:
-        text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
+        pieces: Iterable[str] = summary_text(summary)  # redacted, in pieces: never the whole text at once
     else:
         renamed = [(item.relpath, item.shown) for item in renamed_inputs(inputs)]
         shown = {relpath for relpath, _ in renamed}
@@ -196,9 +195,9 @@ def print_summary(
             for entry in summary.get("files", ())
             if "source" in entry and entry["path"] not in shown
         ]
-        text = render_table(summary, out_dir, renamed)
+        pieces = [redact_text(render_table(summary, out_dir, renamed))]
     try:
-        sys.stdout.write(redact_text(text))
+        sys.stdout.writelines(pieces)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader left (`topn run … | head`): the results and summary.json are on disk already.

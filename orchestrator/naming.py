@@ -13,7 +13,6 @@ import secrets
 import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
 
 _RUN_ID = re.compile(r"^\d{8}t\d{6}z-[0-9a-f]{6}$")
 
@@ -166,18 +165,27 @@ def output_name(relpath: str) -> str:
     name (cut on a character boundary), `~` and a hash of the whole relpath (two long names never
     collide), `_OUTPUT` and the extension. summary.json's `output` says which file belongs to which input.
     """
-    path = PurePosixPath(check_relative_name(relpath))
-    name = f"{path.stem}_OUTPUT{path.suffix}"
+    # String operations, not PurePosixPath: this runs once per file, 100,000 times in a big run.
+    folder, slash, file_name = check_relative_name(relpath).rpartition("/")
+    stem, suffix = split_extension(file_name)
+    name = f"{stem}_OUTPUT{suffix}"
     if len(name.encode("utf-8")) <= MAX_FILE_NAME_BYTES:
-        return str(path.with_name(name))
-    stem, suffix = path.stem, path.suffix
+        return f"{folder}{slash}{name}"
     if len(suffix.encode("utf-8")) > _KEPT_EXTENSION_BYTES:
-        stem, suffix = path.name, ""
+        stem, suffix = file_name, ""
     digest = hashlib.sha256(relpath.encode("utf-8")).hexdigest()[:_NAME_HASH_CHARS]
     tail = f"~{digest}_OUTPUT{suffix}"
     budget = MAX_FILE_NAME_BYTES - len(tail.encode("utf-8"))
     start = stem.encode("utf-8")[:budget].decode("utf-8", errors="ignore")  # never half a character
-    return str(path.with_name(start + tail))
+    return f"{folder}{slash}{start}{tail}"
+
+
+def split_extension(file_name: str) -> tuple[str, str]:
+    """A file name's stem and extension as PurePosixPath's `stem` and `suffix` give them."""
+    dot = file_name.rfind(".")
+    if 0 < dot < len(file_name) - 1:
+        return file_name[:dot], file_name[dot:]
+    return file_name, ""
 
 
 NODE_SCRIPT_PATH = "$AZ_BATCH_NODE_SHARED_DIR/node.pyz"

@@ -100,8 +100,8 @@ async def _settle_recorded_task(
         saved = record.downloads.get(relpath)
         if relpath in failed:
             details = file_error(record, relpath)
-            ledger.results[index] = FileResult(
-                file_entry(relpath, task_id=task_id, succeeded=False, error=details), succeeded=False
+            ledger.results[index] = FileResult.of(
+                file_entry(relpath, task_id=task_id, succeeded=False, error=details)
             )
         elif (
             saved is not None
@@ -292,7 +292,7 @@ def _report_saved(
 def _add_success(run: RunContext, ledger: RunLedger, index: int, task_id: str, counts: FileCounts) -> None:
     relpath = run.inputs[index].relpath
     ledger.counts.add(relpath, counts.counts)  # ties: first occurrence in relpath order
-    ledger.results[index] = FileResult(
+    ledger.results[index] = FileResult.of(
         file_entry(
             relpath,
             task_id=task_id,
@@ -301,8 +301,7 @@ def _add_success(run: RunContext, ledger: RunLedger, index: int, task_id: str, c
             words=counts.words,
             invalid_bytes=counts.invalid_bytes,
             output=naming.output_name(relpath),
-        ),
-        succeeded=True,
+        )
     )
 
 
@@ -323,7 +322,7 @@ def _report_changed(
         ledger.resized_inputs[index] = read_bytes  # the run's bytes are those counted
     result = ledger.results.get(index)
     if result is not None:
-        result.entry["note"] = note
+        ledger.results[index] = FileResult.of({**result.entry, "note": note})
     log.warning("input.changed", file=item.relpath, bytes=read_bytes, note=f"{item.shown}: {note}")
 
 
@@ -331,8 +330,8 @@ def _report_failure(
     run: RunContext, ledger: RunLedger, outcome: monitor.TaskOutcome, index: int, details: dict[str, Any]
 ) -> None:
     relpath = run.inputs[index].relpath
-    ledger.results[index] = FileResult(
-        file_entry(relpath, task_id=outcome.task_id, succeeded=False, error=details), succeeded=False
+    ledger.results[index] = FileResult.of(
+        file_entry(relpath, task_id=outcome.task_id, succeeded=False, error=details)
     )
     log.warning(
         "task.failed",

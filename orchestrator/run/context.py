@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from orchestrator.azure.retry import RetryPolicy
 from orchestrator.files import file_mtime_ns
 from orchestrator.inputs import InputFile, SkippedInput
 from orchestrator.journal import Journal, JournalInput, JournalListing, JournalRange, RunRecord
-from orchestrator.results import RunCounts
+from orchestrator.results import RunCounts, entry_line
 from orchestrator.run.split_plan import UnitRange, plan_units, ranges_from_journal
 from orchestrator.settings import Settings
 
@@ -152,12 +153,29 @@ class RunContext:
         return self.settings.retry
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class FileResult:
-    """One input's summary entry, and whether it succeeded."""
+    """One input's summary entry as its summary.json line, and what the run's totals take from it.
 
-    entry: dict[str, Any]
+    The line, not the dict: every file's entry is kept until the run ends (results.SummaryEntries).
+    """
+
+    line: str
     succeeded: bool
+    words: int
+    invalid_bytes: int
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any]) -> FileResult:
+        succeeded = entry["status"] == "succeeded"
+        words, invalid = (int(entry["words"] or 0), int(entry["invalid_bytes"] or 0)) if succeeded else (0, 0)
+        return cls(entry_line(entry), succeeded, words, invalid)
+
+    @property
+    def entry(self) -> dict[str, Any]:
+        """The entry as a dict (decoded afresh: change it and make a new FileResult.of it)."""
+        entry: dict[str, Any] = json.loads(self.line)
+        return entry
 
 
 @dataclass

@@ -186,6 +186,7 @@ async def _run(run: RunContext, ledger: RunLedger, machine: RunStateMachine) -> 
                 prepared = await prepare(run, ledger)
                 await machine.advance(RunState.SUBMITTING)
                 await submit_run_tasks(run, ledger, prepared, deadline_at)
+                del prepared  # every input's staged record: not needed once the tasks are in
                 await machine.advance(RunState.RUNNING)
                 # COLLECTING is recorded once no task is left to watch; the last downloads may still run.
                 await run_and_collect(

@@ -7,22 +7,29 @@ from typing import Any
 
 from orchestrator.errors import RunFailedError
 from orchestrator.inputs import renamed_inputs
-from orchestrator.results import build_summary, read_summary, skipped_entries, summary_path
-from orchestrator.run.context import RunContext, RunLedger
+from orchestrator.results import (
+    SummaryEntries,
+    build_summary,
+    entry_line,
+    read_summary,
+    skipped_entries,
+    summary_path,
+)
+from orchestrator.run.context import FileResult, RunContext, RunLedger
 
 
 def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[str, Any]:
     """summary.json's content (DESIGN §4) for a run that ends in `final_state`."""
-    # In relpath order, as the inputs of a run without blob pages are (those come after its local inputs).
-    ordered = sorted(ledger.results.items(), key=lambda pair: run.inputs[pair[0]].relpath)
-    files = [_with_source(run, index, result.entry) for index, result in ordered]
+    # In path order (an entry's path is its input's relpath); lines, never all entries as dicts.
+    in_order = sorted(ledger.results, key=lambda index: run.inputs[index].relpath)
+    files = SummaryEntries([_with_source(run, index, ledger.results[index]) for index in in_order])
     succeeded = [result for result in ledger.results.values() if result.succeeded]
     totals: dict[str, Any] = {
         "files": len(run.inputs),
         "succeeded": len(succeeded),
         "failed": len(ledger.results) - len(succeeded),
-        "words": sum(int(result.entry["words"] or 0) for result in succeeded),
-        "invalid_bytes": sum(int(result.entry.get("invalid_bytes") or 0) for result in succeeded),
+        "words": sum(result.words for result in succeeded),
+        "invalid_bytes": sum(result.invalid_bytes for result in succeeded),
         "distinct_words": len(ledger.counts.totals),
         "bytes": sum(item.size_bytes for item in ledger.current_inputs(run.inputs)),
         "duration_s": round(time.monotonic() - run.started, 3),
@@ -37,12 +44,12 @@ def run_summary(run: RunContext, ledger: RunLedger, final_state: str) -> dict[st
     return summary
 
 
-def _with_source(run: RunContext, index: int, entry: dict[str, Any]) -> dict[str, Any]:
-    """A renamed duplicate's entry (`notes~2.txt`) also names the file it stands for (`source`)."""
+def _with_source(run: RunContext, index: int, result: FileResult) -> str:
+    """A file's summary line; a renamed duplicate's (`notes~2.txt`) also names the file it stands for."""
     item = run.inputs[index]
     if not renamed_inputs([item]):
-        return entry
-    return {**entry, "source": item.shown}
+        return result.line
+    return entry_line({**result.entry, "source": item.shown})
 
 
 def written_summary(run: RunContext) -> dict[str, Any]:

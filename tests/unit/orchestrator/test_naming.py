@@ -244,3 +244,19 @@ def test_two_long_names_never_share_a_result_name(first: str, second: str) -> No
     for output in outputs:
         assert len(output.encode()) <= naming.MAX_FILE_NAME_BYTES
         output.encode().decode("utf-8")  # cut on a character boundary
+
+
+name_parts = st.text(
+    alphabet=st.sampled_from(["a", "B", ".", " ", "-", "é", "語", "~"]), min_size=1, max_size=12
+)
+
+
+@given(folders=st.lists(name_parts, max_size=3), file_name=name_parts)
+def test_stem_and_extension_split_as_pathlib_splits_them(folders: list[str], file_name: str) -> None:
+    """output_name splits names with string operations; pathlib's `stem`/`suffix` are the reference."""
+    relpath = "/".join([*folders, file_name])
+    if any(part in (".", "..") for part in relpath.split("/")):
+        return  # refused by check_relative_name, tested above
+    source = PurePosixPath(relpath)
+    assert naming.split_extension(file_name) == (source.stem, source.suffix)
+    assert naming.output_name(relpath) == str(source.with_name(f"{source.stem}_OUTPUT{source.suffix}"))

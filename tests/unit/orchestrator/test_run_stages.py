@@ -19,6 +19,7 @@ from orchestrator.azure.retry import RetryPolicy, retry_call
 from orchestrator.errors import InputError, RunFailedError, ServiceUnavailableError
 from orchestrator.inputs import InputFile
 from orchestrator.journal import JournalInput, RunRecord
+from orchestrator.results import file_entry
 from orchestrator.run.context import FileResult, RunContext, RunLedger, journal_inputs, new_run_context
 from orchestrator.run.failures import RunDeadlineError, explain
 from orchestrator.run.renewal import resumed_job_constraints
@@ -120,8 +121,12 @@ def test_the_summary_counts_what_the_ledger_holds() -> None:
     run = context([10, 20, 30])
     ledger = RunLedger(stage_s={"staging": 1.5})
     ledger.counts.add(0, [("a", 2), ("b", 1)])
-    ledger.results[0] = FileResult({"path": "f0.txt", "words": 3}, succeeded=True)
-    ledger.results[2] = FileResult({"path": "f2.txt", "words": None}, succeeded=False)
+    ledger.results[0] = FileResult.of(
+        file_entry("f0.txt", task_id="t0", succeeded=True, words=3, invalid_bytes=0)
+    )
+    ledger.results[2] = FileResult.of(
+        file_entry("f2.txt", task_id="t1", succeeded=False, error={"message": "x"})
+    )
     run.requests.record(BATCH, "create_job")
     summary = run_summary(run, ledger, "FAILED")
     totals = summary["totals"]

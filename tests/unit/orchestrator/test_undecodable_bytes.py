@@ -32,9 +32,9 @@ def test_a_failed_file_has_null_invalid_bytes_and_a_clean_one_zero() -> None:
 def test_totals_add_the_invalid_bytes_of_succeeded_files_only() -> None:
     run = context([10, 20, 30])
     ledger = RunLedger()
-    ledger.results[0] = FileResult(succeeded("f0.txt", 5), succeeded=True)
-    ledger.results[1] = FileResult(succeeded("f1.txt", 0), succeeded=True)
-    ledger.results[2] = FileResult(failed("f2.txt"), succeeded=False)
+    ledger.results[0] = FileResult.of(succeeded("f0.txt", 5))
+    ledger.results[1] = FileResult.of(succeeded("f1.txt", 0))
+    ledger.results[2] = FileResult.of(failed("f2.txt"))
     summary = run_summary(run, ledger, "FAILED")
     assert summary["totals"]["invalid_bytes"] == 5
     assert [entry["invalid_bytes"] for entry in summary["files"]] == [5, 0, None]
