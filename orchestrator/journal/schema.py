@@ -15,7 +15,7 @@ from orchestrator.errors import TopnError, UsageError
 T = TypeVar("T")
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 11
+SCHEMA_VERSION: Final = 12
 
 # How long a write waits for another process (a second topn on the same state folder) to commit.
 _BUSY_TIMEOUT_S: Final = 30.0
@@ -189,6 +189,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             reason TEXT NOT NULL,
             PRIMARY KEY (run_id, path)
         ) WITHOUT ROWID""",
+    ),
+    # Version 12: an input packed with its unit's other small inputs into one blob (`blob_name`, the
+    # pack) is these bytes of it; both NULL for an input uploaded as a blob of its own.
+    (
+        "ALTER TABLE uploads ADD COLUMN pack_offset INTEGER",
+        "ALTER TABLE uploads ADD COLUMN pack_length INTEGER",
     ),
 )
 

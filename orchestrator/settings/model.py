@@ -104,6 +104,7 @@ class RunSettings:
     unit_target_bytes: int = 64 * 1024 * 1024  # bytes packed into one task at most (a bigger file: alone)
     submit_chunk_tasks: int = 100  # tasks per add-collection request (the service's maximum)
     split_bytes: int = 256 * 1024 * 1024  # a bigger file is counted by several tasks over byte ranges
+    pack_max_bytes: int = 4 * 1024 * 1024  # a unit's local inputs up to this size go up as one blob (0: off)
 
 
 TOKENIZERS = ("words", "tutorial")
