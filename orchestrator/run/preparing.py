@@ -311,12 +311,13 @@ async def _uploads_to_keep(run: RunContext, ledger: RunLedger) -> dict[str, stag
         )
         if any(staged.extent is not None for staged in kept.values()):
             stored.update(await staging.stored_md5s(run.blobs, run.input_container, PACKS_PREFIX, run.retry))
-        kept = {
-            relpath: staged
-            for relpath, staged in kept.items()
-            if (staged.blob_name in stored if staged.extent is not None else False)
-            or stored.get(staged.blob_name, "missing") in (staged.md5_hex, None)
-        }
+
+        def still_stored(staged: staging.StagedInput) -> bool:
+            if staged.extent is not None:  # a pack's stored MD5 is the whole pack's
+                return staged.blob_name in stored
+            return stored.get(staged.blob_name, "missing") in (staged.md5_hex, None)
+
+        kept = {relpath: staged for relpath, staged in kept.items() if still_stored(staged)}
         kept = keep_whole_packs(kept, record.uploads)
     return kept
 
