@@ -1,4 +1,4 @@
-"""The unit manifest (`topn.unit`, version 1): what one task counts, where each input lives, where results go.
+"""The unit manifest (`topn.unit`, v1 and v2): what one task counts, where each input lives, where results go.
 
 Pure and standard-library only, so whoever builds units (the orchestrator) can build, check and
 read manifests with exactly the node's rules. docs/contracts.md describes the format.
@@ -16,11 +16,15 @@ from node.tokenizers import TOKENIZERS, Tokenizer
 
 MANIFEST_FORMAT = "topn.unit"
 MANIFEST_VERSION = 1
+# Version 2 adds an input's `extent`: the input is exactly those bytes of its blob (a unit's pack of
+# small files). A manifest without extents is written as version 1, so older nodes still read it.
+EXTENT_MANIFEST_VERSION = 2
+READABLE_VERSIONS = (MANIFEST_VERSION, EXTENT_MANIFEST_VERSION)
 MAX_BLOB_NAME_CHARS = 1024
 
 
 class ManifestError(ValueError):
-    """A manifest that is not a valid `topn.unit` version 1 document; the message says where and why."""
+    """A manifest that is not a valid `topn.unit` document; the message says where and why."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,9 @@ class UnitInput:
     byte_range: tuple[int, int] | None = None  # nominal [start, end); the node moves both to word ends
     etag: str | None = None  # the ETag seen when the unit was planned; ranges read only that version
     size: int | None = None  # the blob's size when planned (informational; ranges need no size)
+    # (offset, length): the input is exactly these bytes of the blob (a pack of a unit's small files);
+    # unlike a range, no boundary moves: the extent is the whole file. None: the whole blob.
+    extent: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,21 @@ def _check_range(value: object, where: str) -> tuple[int, int] | None:
     return (value[0], value[1])
 
 
-def _parse_input(raw: object, index: int, source_count: int) -> UnitInput:
+def _check_extent(value: object, where: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(_is_int(number) for number in value)
+        or value[0] < 0
+        or value[1] < 0
+    ):
+        raise ManifestError(f"{where}: 'extent' must be null or [offset, length] with both >= 0")
+    return (value[0], value[1])
+
+
+def _parse_input(raw: object, index: int, source_count: int, version: int) -> UnitInput:
     where = f"inputs[{index}]"
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: expected an object")
@@ -107,7 +128,13 @@ def _parse_input(raw: object, index: int, source_count: int) -> UnitInput:
     size = raw.get("size")
     if size is not None and (not _is_int(size) or size < 0):
         raise ManifestError(f"{where}: 'size' must be null or a byte count")
-    return UnitInput(relpath, source, blob, output_name, byte_range, etag, size)
+    extent = _check_extent(raw.get("extent"), where)
+    if extent is not None:
+        if version < EXTENT_MANIFEST_VERSION:
+            raise ManifestError(f"{where}: 'extent' needs manifest version {EXTENT_MANIFEST_VERSION}")
+        if byte_range is not None:
+            raise ManifestError(f"{where}: an input has a 'range' or an 'extent', not both")
+    return UnitInput(relpath, source, blob, output_name, byte_range, etag, size, extent)
 
 
 def parse_manifest(data: bytes | str) -> UnitManifest:
@@ -118,10 +145,11 @@ def parse_manifest(data: bytes | str) -> UnitManifest:
         raise ManifestError(f"not UTF-8 JSON: {error}") from None
     if not isinstance(document, dict) or document.get("format") != MANIFEST_FORMAT:
         raise ManifestError(f"not a {MANIFEST_FORMAT!r} manifest")
-    if document.get("version") != MANIFEST_VERSION:
+    version = document.get("version")
+    if not _is_int(version) or version not in READABLE_VERSIONS:
         raise ManifestError(
-            f"unsupported {MANIFEST_FORMAT} version {document.get('version')!r} "
-            f"(this node reads version {MANIFEST_VERSION})"
+            f"unsupported {MANIFEST_FORMAT} version {version!r} "
+            f"(this node reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     unit = document.get("unit")
     if not isinstance(unit, str) or not unit:
@@ -140,7 +168,7 @@ def parse_manifest(data: bytes | str) -> UnitManifest:
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ManifestError("'inputs' must be a non-empty list")
-    inputs = tuple(_parse_input(raw, index, len(sources)) for index, raw in enumerate(raw_inputs))
+    inputs = tuple(_parse_input(raw, index, len(sources), version) for index, raw in enumerate(raw_inputs))
     _check_unique(inputs, result_name)
     checked_tokenizer: Tokenizer = "words" if tokenizer == "words" else "tutorial"
     return UnitManifest(unit, checked_tokenizer, top, result_name, sources, inputs)
@@ -168,7 +196,7 @@ def manifest_document(manifest: UnitManifest) -> dict[str, Any]:
     """The manifest's JSON object (for `encode_manifest`)."""
     return {
         "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
+        "version": manifest_version(manifest),
         "unit": manifest.unit,
         "tokenizer": manifest.tokenizer,
         "top": manifest.top,
@@ -178,8 +206,15 @@ def manifest_document(manifest: UnitManifest) -> dict[str, Any]:
     }
 
 
+def manifest_version(manifest: UnitManifest) -> int:
+    """The oldest version that can say what the manifest says (2 only when an input has an extent)."""
+    if any(unit_input.extent is not None for unit_input in manifest.inputs):
+        return EXTENT_MANIFEST_VERSION
+    return MANIFEST_VERSION
+
+
 def _input_document(unit_input: UnitInput) -> Mapping[str, Any]:
-    return {
+    document: dict[str, Any] = {
         "relpath": unit_input.relpath,
         "source": unit_input.source,
         "blob": unit_input.blob,
@@ -188,6 +223,9 @@ def _input_document(unit_input: UnitInput) -> Mapping[str, Any]:
         "etag": unit_input.etag,
         "size": unit_input.size,
     }
+    if unit_input.extent is not None:
+        document["extent"] = list(unit_input.extent)
+    return document
 
 
 def encode_manifest(manifest: UnitManifest) -> bytes:

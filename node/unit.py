@@ -19,14 +19,15 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from node.cli import non_negative_int, positive_int
 from node.counting import BLOCK_BYTES
+from node.extents import PackSplitter
 from node.manifest import ManifestError, UnitInput, UnitManifest, parse_manifest
-from node.ranges import RangeCounter
+from node.ranges import RangeCounter, RangeCounts
 from node.report import output_text
 from node.result import (
     STATUS_FAILED,
@@ -69,6 +70,9 @@ RESULT_CONTENT_TYPE = "application/json"
 OUTPUT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
+Extent = tuple[int, int]
+
+
 class UsageError(Exception):
     """Bad flags or an unusable manifest: exit 2 with the message."""
 
@@ -80,6 +84,10 @@ class UnitPlan:
     concurrency: int
     upload_retries: int
     chunk_bytes: int = 4 << 20
+
+
+# Hands a finished input's result on (its `_OUTPUT` upload and its result entry), bounded.
+Report = Callable[[int, FileResult], Awaitable[None]]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,32 +239,54 @@ class UnitRunner:
                 await client.close()
 
     async def _count_all(self, uploader: Uploader, writer: ResultWriter) -> None:
-        # A fixed number of workers take inputs in manifest order: coroutines in flight are bounded
-        # by --concurrency, never by the number of inputs.
-        pending: Iterator[tuple[int, UnitInput]] = iter(enumerate(self._manifest.inputs))
+        # A fixed number of workers take jobs in manifest order: coroutines in flight are bounded
+        # by --concurrency, never by the number of inputs. A job is one input, or one pack blob's
+        # inputs (every input with an extent of that blob), read in one streamed GET.
+        pending: Iterator[list[int]] = iter(_jobs(self._manifest.inputs))
+        reporting = asyncio.Semaphore(self._plan.concurrency)
+        reports: set[asyncio.Future[None]] = set()
 
-        async def worker() -> None:
-            for index, unit_input in pending:
-                result = await self._process(index, unit_input, uploader)
+        async def report(index: int, result: FileResult) -> None:
+            try:
+                result = await self._report(self._manifest.inputs[index], result, uploader)
                 async with self._write_lock:
                     if len(result.counts) <= INLINE_WRITE_WORDS:
                         writer.add(result)
                     else:
                         await asyncio.to_thread(writer.add, result)
+            finally:
+                reporting.release()
+
+        async def start_report(index: int, result: FileResult) -> None:
+            # Bounded: a pack's inputs finish faster than their `_OUTPUT` uploads go.
+            await reporting.acquire()
+            task = asyncio.ensure_future(report(index, result))
+            reports.add(task)
+            task.add_done_callback(reports.discard)
+
+        async def worker() -> None:
+            for job in pending:
+                if self._manifest.inputs[job[0]].extent is not None:
+                    await self._count_pack(job, start_report)
+                else:
+                    (index,) = job
+                    await start_report(index, await self._read_and_count(index, self._manifest.inputs[index]))
 
         count = min(self._plan.concurrency, len(self._manifest.inputs))
         workers = [asyncio.ensure_future(worker()) for _ in range(count)]
         try:
             await asyncio.gather(*workers)
+            while reports:
+                await asyncio.gather(*list(reports))
         except BaseException:
             # Python 3.10 has no TaskGroup: one failing worker cancels the others, all are awaited.
-            for task in workers:
+            for task in [*workers, *reports]:
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, *reports, return_exceptions=True)
             raise
 
-    async def _process(self, index: int, unit_input: UnitInput, uploader: Uploader) -> FileResult:
-        result = await self._read_and_count(index, unit_input)
+    async def _report(self, unit_input: UnitInput, result: FileResult, uploader: Uploader) -> FileResult:
+        """Upload the input's `_OUTPUT` file (not for a failure or a range); the result to write."""
         if result.status != STATUS_OK:
             self.read_failures += 1
             return result
@@ -267,6 +297,88 @@ class UnitRunner:
         failures = await uploader.upload([output])
         self.upload_failures += [failure.message for failure in failures]
         return dataclasses.replace(result, output_uploaded=not failures)
+
+    async def _count_pack(self, indexes: list[int], report: Report) -> None:
+        """Count the inputs packed in one blob over one streamed read of the span of their extents."""
+        from azure.core.exceptions import AzureError
+
+        first = self._manifest.inputs[indexes[0]]
+        splitter = PackSplitter([cast(Extent, self._manifest.inputs[index].extent) for index in indexes])
+        counters: dict[int, RangeCounter] = {}
+        etag: list[str | None] = [None]
+
+        def feed(chunk: bytes) -> list[tuple[int, FileResult]]:
+            finished: list[tuple[int, FileResult]] = []
+            for piece in splitter.feed(chunk):
+                counter = counters.get(piece.extent)
+                if counter is None:
+                    counter = counters[piece.extent] = RangeCounter(self._manifest.tokenizer, 0, None)
+                _feed_in_blocks(counter, piece.data)
+                if piece.done:
+                    position = indexes[piece.extent]
+                    counted = counters.pop(piece.extent).finish()
+                    finished.append((position, self._packed_result(position, counted, etag[0])))
+            return finished
+
+        try:
+            if splitter.end > splitter.start:
+                blob = self._sources[first.source].get_blob_client(first.blob)
+                downloader = await blob.download_blob(
+                    offset=splitter.start, length=splitter.end - splitter.start
+                )
+                etag[0] = downloader.properties.etag
+                async for chunk in downloader.chunks():
+                    if len(chunk) <= INLINE_COUNT_BYTES:
+                        done = feed(chunk)
+                    else:
+                        done = await asyncio.to_thread(feed, chunk)
+                    for position, result in done:
+                        await report(position, result)
+            for position, result in feed(b""):  # empty extents at the span's end (or an empty span)
+                await report(position, result)
+            failure = (
+                "read_failed",
+                f"the pack blob {first.blob!r} ended at byte {splitter.position}, before the input's extent",
+            )
+        except AzureError as error:
+            failure = (
+                _error_kind(error),
+                f"cannot read pack blob {first.blob!r} of "
+                f"{url_without_query(self._manifest.sources[first.source])}: "
+                + describe_error(error, "read"),
+            )
+        for extent in splitter.unfinished():
+            position = indexes[extent]
+            unit_input = self._manifest.inputs[position]
+            kind, message = failure
+            await report(
+                position,
+                FileResult(
+                    position,
+                    unit_input.relpath,
+                    STATUS_FAILED,
+                    unit_input.output_name,
+                    None,
+                    error_kind=kind,
+                    error_message=message,
+                ),
+            )
+
+    def _packed_result(self, position: int, counted: RangeCounts, etag: str | None) -> FileResult:
+        unit_input = self._manifest.inputs[position]
+        return FileResult(
+            position,
+            unit_input.relpath,
+            STATUS_OK,
+            unit_input.output_name,
+            None,
+            counted=(counted.counted_start, counted.counted_end),
+            size=cast(Extent, unit_input.extent)[1],
+            etag=etag,
+            words=counted.counts.words,
+            invalid_bytes=counted.counts.invalid_bytes,
+            counts=list(counted.counts.counts.items()),
+        )
 
     async def _read_and_count(self, index: int, unit_input: UnitInput) -> FileResult:
         from azure.core import MatchConditions
@@ -352,6 +464,23 @@ async def _count_overlapped(chunks: AsyncIterator[bytes], counter: RangeCounter)
     finally:
         downloading.cancel()
         await asyncio.gather(downloading, return_exceptions=True)
+
+
+def _jobs(inputs: Sequence[UnitInput]) -> list[list[int]]:
+    """The unit's jobs in manifest order: each input alone, or all the inputs with extents of one
+    blob together (at the position of the first of them)."""
+    jobs: list[list[int]] = []
+    packs: dict[tuple[int, str], list[int]] = {}
+    for index, unit_input in enumerate(inputs):
+        if unit_input.extent is None:
+            jobs.append([index])
+            continue
+        key = (unit_input.source, unit_input.blob)
+        if key not in packs:
+            packs[key] = []
+            jobs.append(packs[key])
+        packs[key].append(index)
+    return jobs
 
 
 def _feed_in_blocks(counter: RangeCounter, chunk: bytes) -> bool:

@@ -107,6 +107,14 @@ def unit_manifest_blob(task_id: str) -> str:
     return f"units/{task_id}.json"
 
 
+def unit_pack_blob(task_id: str) -> str:
+    """A work unit's pack (its small local inputs end to end) in the run's input container.
+
+    Beside the manifests, outside `runs/`: no input blob can have this name.
+    """
+    return f"units/{task_id}.pack"
+
+
 def unit_manifest_file(task_id: str) -> str:
     """The manifest's file name on the node (the task's resource file); it names the unit, nothing else."""
     return f"unit-{task_id}.json"

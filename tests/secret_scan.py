@@ -14,7 +14,7 @@ _BEARER = re.compile(r"Bearer\s+[A-Za-z0-9\-_.]{20,}")
 # design it carries the read SAS of the run's input container for its node (docs/contracts.md), and
 # it lives where the node reads it, a blob in that container and the task's resource file. Those
 # whole documents are taken out before scanning; a SAS anywhere else is still a leak.
-_MANIFEST = re.compile(r'\{"format":"topn\.unit","version":1,.*?"inputs":\[.*?\]\}', re.DOTALL)
+_MANIFEST = re.compile(r'\{"format":"topn\.unit","version":[12],.*?"inputs":\[.*?\]\}', re.DOTALL)
 
 
 def find_secrets(texts: Iterable[tuple[str, str]], keys: Iterable[str]) -> list[str]:

@@ -32,16 +32,21 @@ async def task_manifest(task: Any) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(manifest_url(task)) as response:
         assert response.status == 200, f"manifest of task {task.id}: HTTP {response.status}"
         document: dict[str, Any] = json.loads(await response.read())
-    assert document["format"] == "topn.unit" and document["version"] == 1
+    assert document["format"] == "topn.unit" and document["version"] in (1, 2)  # 2: with packed inputs
     assert naming.unit_manifest_file(document["unit"]) in str(task.command_line)
     return document
 
 
 async def task_input_blobs(task: Any) -> list[str]:
-    """`<source container URL without its SAS>/<blob>` of every input of the task's unit."""
+    """`<source container URL without its SAS>/<blob>` of every input of the task's unit, and for a
+    packed input its extent in the pack (`#offset+length`): one name per input either way."""
     manifest = await task_manifest(task)
     sources = [str(url).split("?", 1)[0] for url in manifest["sources"]]
-    return [f"{sources[item['source']]}/{item['blob']}" for item in manifest["inputs"]]
+    return [
+        f"{sources[item['source']]}/{item['blob']}"
+        + ("" if item.get("extent") is None else "#{}+{}".format(*item["extent"]))
+        for item in manifest["inputs"]
+    ]
 
 
 async def task_input_relpaths(task: Any) -> list[str]:

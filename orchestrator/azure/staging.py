@@ -55,6 +55,8 @@ class StagedInput:
     # name there) and the ETag it was listed with. None: the run's input container.
     container: str | None = None
     etag: str | None = None
+    # A packed input (orchestrator/azure/packing.py): (offset, length) in its pack, `blob_name`.
+    extent: tuple[int, int] | None = None
 
 
 UploadedCallback = Callable[[StagedInput], Awaitable[None]]

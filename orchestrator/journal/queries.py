@@ -164,9 +164,13 @@ def load_runs(connection: sqlite3.Connection, run_ids: Sequence[str]) -> list[Ru
             )
         )
         uploads = {
-            row[0]: UploadRecord(md5_hex=row[1], blob_name=row[2])
+            row[0]: UploadRecord(
+                md5_hex=row[1], blob_name=row[2], extent=None if row[3] is None else (row[3], row[4])
+            )
             for row in connection.execute(
-                "SELECT relpath, md5_hex, blob_name FROM uploads WHERE run_id = ? ORDER BY relpath", (run_id,)
+                "SELECT relpath, md5_hex, blob_name, pack_offset, pack_length FROM uploads"
+                " WHERE run_id = ? ORDER BY relpath",
+                (run_id,),
             )
         }
         expiries = {

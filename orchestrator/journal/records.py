@@ -74,6 +74,8 @@ class UploadRecord:
 
     md5_hex: str
     blob_name: str
+    # (offset, length) in `blob_name` when the input is packed with its unit's other small inputs.
+    extent: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

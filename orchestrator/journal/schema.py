@@ -190,8 +190,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (run_id, path)
         ) WITHOUT ROWID""",
     ),
-    # Version 12: another branch's (packed units); empty here, the integrator renumbers at merge time.
-    (),
+    # Version 12: an input packed with its unit's other small inputs into one blob (`blob_name`, the
+    # pack) is these bytes of it; both NULL for an input uploaded as a blob of its own.
+    (
+        "ALTER TABLE uploads ADD COLUMN pack_offset INTEGER",
+        "ALTER TABLE uploads ADD COLUMN pack_length INTEGER",
+    ),
     # Version 13: blob prefixes listed page by page while the run goes on (run/listing.py): how far
     # each is listed (the continuation marker after the last journalled page, and whether it is
     # complete), so a resumed run lists on from there. Pages' inputs go into `inputs` as they come.

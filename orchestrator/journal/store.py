@@ -202,8 +202,17 @@ class Journal:
         """Record that an input is in Blob Storage with this MD5 (the latest upload wins)."""
         await self.record_uploads(run_id, [(relpath, md5_hex, blob_name)])
 
-    async def record_uploads(self, run_id: str, uploads: Sequence[tuple[str, str, str]]) -> None:
-        """Record `(relpath, md5_hex, blob_name)` uploads in one transaction (the latest upload wins)."""
+    async def record_uploads(
+        self,
+        run_id: str,
+        uploads: Sequence[tuple[str, str, str]],
+        extents: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
+        """Record `(relpath, md5_hex, blob_name)` uploads in one transaction (the latest upload wins).
+
+        `extents` gives, by relpath, where a packed input lies in its pack blob (`blob_name`).
+        """
+        extents = extents or {}
         if not uploads:
             return
         for relpath, md5_hex, _ in uploads:
@@ -223,6 +232,8 @@ class Journal:
                     {"run_id": run_id, "relpath": relpath},
                     md5_hex=md5_hex.lower(),
                     blob_name=blob_name,
+                    pack_offset=extents[relpath][0] if relpath in extents else None,
+                    pack_length=extents[relpath][1] if relpath in extents else None,
                     at=at,
                 )
 

@@ -13,13 +13,16 @@ import anyio
 import structlog
 
 from orchestrator import naming
-from orchestrator.azure import staging
+from orchestrator.azure import packing, staging
 from orchestrator.azure.sas import DelegationKeyProvider
+from orchestrator.errors import first_leaf
 from orchestrator.files import file_md5_hex, file_stat
 from orchestrator.inputs import InputFile
+from orchestrator.journal.records import UploadRecord
 from orchestrator.run import listing, renewal
 from orchestrator.run.context import RunContext, RunLedger
 from orchestrator.run.feeding import UnitFeeder
+from orchestrator.run.pack_plan import plan_packs
 from orchestrator.run.provisioning import provision
 from orchestrator.run.resume import pending_uploads, unsubmitted_task_ids
 from orchestrator.run.split_plan import later_range_units
@@ -112,9 +115,20 @@ async def _stage_inputs(
     kept = await _uploads_to_keep(run, ledger)
     # Inputs that already live in Blob Storage are staged as they are: nothing to upload or journal.
     in_place = blobs_in_place(run.inputs)
-    pending = [
-        item for item in ledger.current_inputs(run.inputs) if item.relpath not in kept and item.blob is None
-    ]
+    current = ledger.current_inputs(run.inputs)
+    pending = [item for item in current if item.relpath not in kept and item.blob is None]
+    # A unit's small inputs go up as one blob (its pack); the others, and every input of a unit
+    # with fewer than two small ones, as blobs of their own.
+    to_upload = {item.relpath for item in pending}
+    packs = plan_packs(
+        run.units,
+        run.task_ids,
+        lambda index: current[index].relpath in to_upload,
+        run.settings.run.pack_max_bytes,
+        [item.size_bytes for item in current],
+        run.ranges,
+    )
+    packed = {current[index].relpath for pack in packs for index in pack.inputs}
     tracker = UnitTracker(
         [item.relpath for item in run.inputs], run.units, {**kept, **in_place}, later_range_units(run.ranges)
     )
@@ -128,12 +142,14 @@ async def _stage_inputs(
             unit_index, items = finished
             if run.journal is not None:
                 # A kept upload is journalled already; an unreadable input has nothing in Storage.
-                uploads = [
-                    (staged.relpath, staged.md5_hex, staged.blob_name)
-                    for staged in items
-                    if staged.relpath not in kept and staged.unreadable is None
+                fresh_items = [
+                    staged for staged in items if staged.relpath not in kept and staged.unreadable is None
                 ]
-                await run.journal.record_uploads(run.run_id, uploads)
+                await run.journal.record_uploads(
+                    run.run_id,
+                    [(staged.relpath, staged.md5_hex, staged.blob_name) for staged in fresh_items],
+                    {staged.relpath: staged.extent for staged in fresh_items if staged.extent is not None},
+                )
             if on_unit_staged is not None:
                 await on_unit_staged(unit_index, items)
         if run.progress is not None:
@@ -142,15 +158,41 @@ async def _stage_inputs(
     if on_unit_staged is not None:
         for unit_index, items in tracker.already_staged():  # every input kept: ready at once
             await on_unit_staged(unit_index, items)
-    fresh = await staging.upload_inputs(
-        run.blobs,
-        run.input_container,
-        run.run_id,
-        pending,
-        concurrency=run.settings.run.upload_concurrency,
-        retry=run.retry,
-        on_staged=staged_one,
-    )
+    fresh: list[staging.StagedInput] = []
+
+    async def upload_alone() -> None:
+        fresh.extend(
+            await staging.upload_inputs(
+                run.blobs,
+                run.input_container,
+                run.run_id,
+                [item for item in pending if item.relpath not in packed],
+                concurrency=run.settings.run.upload_concurrency,
+                retry=run.retry,
+                on_staged=staged_one,
+            )
+        )
+
+    async def upload_packed() -> None:
+        fresh.extend(
+            await packing.upload_packs(
+                run.blobs,
+                run.input_container,
+                run.run_id,
+                [(pack.blob_name, [current[index] for index in pack.inputs]) for pack in packs],
+                pack_max_bytes=run.settings.run.pack_max_bytes,
+                concurrency=run.settings.run.upload_concurrency,
+                retry=run.retry,
+                on_staged=staged_one,
+            )
+        )
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(upload_packed)
+            group.start_soon(upload_alone)
+    except BaseExceptionGroup as errors:
+        raise first_leaf(errors) from None
     by_relpath = {**kept, **in_place, **{item.relpath: item for item in fresh}}
     for index, item in enumerate(run.inputs):
         fresh_item = by_relpath[item.relpath]
@@ -278,7 +320,7 @@ async def _uploads_to_keep(run: RunContext, ledger: RunLedger) -> dict[str, stag
                 note="changed after its task was submitted; its result is for the uploaded version",
             )
         kept[item.relpath] = staging.StagedInput(
-            index, item.relpath, upload.blob_name, upload.md5_hex, item.size_bytes, True
+            index, item.relpath, upload.blob_name, upload.md5_hex, item.size_bytes, True, extent=upload.extent
         )
     if kept:
         # The journal says uploaded; Storage must still hold those bytes (a local Azurite killed
@@ -286,9 +328,35 @@ async def _uploads_to_keep(run: RunContext, ledger: RunLedger) -> dict[str, stag
         stored = await staging.stored_md5s(
             run.blobs, run.input_container, naming.run_input_prefix(run.run_id), run.retry
         )
-        kept = {
-            relpath: staged
-            for relpath, staged in kept.items()
-            if stored.get(staged.blob_name, "missing") in (staged.md5_hex, None)
-        }
+        if any(staged.extent is not None for staged in kept.values()):
+            stored.update(await staging.stored_md5s(run.blobs, run.input_container, PACKS_PREFIX, run.retry))
+
+        def still_stored(staged: staging.StagedInput) -> bool:
+            if staged.extent is not None:  # a pack's stored MD5 is the whole pack's
+                return staged.blob_name in stored
+            return stored.get(staged.blob_name, "missing") in (staged.md5_hex, None)
+
+        kept = {relpath: staged for relpath, staged in kept.items() if still_stored(staged)}
+        kept = keep_whole_packs(kept, record.uploads)
     return kept
+
+
+# Where the packs are (naming.unit_pack_blob), beside the manifests: what a resume lists to check them.
+PACKS_PREFIX = "units/"
+
+
+def keep_whole_packs(
+    kept: Mapping[str, staging.StagedInput], uploads: Mapping[str, UploadRecord]
+) -> dict[str, staging.StagedInput]:
+    """`kept` without the packed inputs of any pack one of whose inputs is not kept: that unit is
+    packed again whole (its pack blob is overwritten, so no kept extent may point into it)."""
+    broken = {
+        upload.blob_name
+        for relpath, upload in uploads.items()
+        if upload.extent is not None and relpath not in kept
+    }
+    return {
+        relpath: staged
+        for relpath, staged in kept.items()
+        if staged.extent is None or staged.blob_name not in broken
+    }

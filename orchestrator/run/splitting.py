@@ -71,7 +71,14 @@ async def unit_entries(run: RunContext, unit_index: int, items: Sequence[StagedI
     part = run.ranges.get(unit_index)
     if part is None:
         return [
-            UnitEntry(item.relpath, item.blob_name, item.size_bytes, etag=item.etag, container=item.container)
+            UnitEntry(
+                item.relpath,
+                item.blob_name,
+                item.size_bytes,
+                etag=item.etag,
+                container=item.container,
+                extent=item.extent,
+            )
             for item in items
         ]
     (item,) = items

@@ -33,6 +33,7 @@ class UnitEntry:
     # the ETag it was listed with (the node reports the one it read; a range reads only that one).
     etag: str | None = None
     container: str | None = None  # an input read where it lives: its container (None: the run's)
+    extent: tuple[int, int] | None = None  # a packed input: (offset, length) in `blob_name`, its pack
 
 
 def build_manifest(
@@ -76,6 +77,7 @@ def build_manifest(
                 byte_range=entry.byte_range,
                 etag=entry.etag,
                 size=entry.size_bytes,
+                extent=entry.extent,
             )
             for entry in entries
         ),

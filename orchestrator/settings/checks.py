@@ -187,6 +187,7 @@ def _validate(settings: Settings) -> None:
     _positive(settings, "run", "task_max_retries", run.task_max_retries, allow_zero=True)
     _positive(settings, "run", "sas_margin_s", run.sas_margin_s, allow_zero=True)
     _positive(settings, "run", "task_retention_s", run.task_retention_s, allow_zero=True)
+    _positive(settings, "run", "pack_max_bytes", run.pack_max_bytes, allow_zero=True)
     if run.submit_chunk_tasks > 100:
         raise ConfigError(
             f"{_origin(settings, 'run', 'submit_chunk_tasks')}: at most 100 (a Batch limit per request)."

@@ -105,6 +105,7 @@ class RunSettings:
     submit_chunk_tasks: int = 100  # tasks per add-collection request (the service's maximum)
     split_bytes: int = 256 * 1024 * 1024  # a bigger file is counted by several tasks over byte ranges
     list_page_blobs: int = 5000  # blob names per List Blobs request (the service's maximum)
+    pack_max_bytes: int = 4 * 1024 * 1024  # a unit's local inputs up to this size go up as one blob (0: off)
 
 
 TOKENIZERS = ("words", "tutorial")

@@ -291,10 +291,10 @@ async def test_a_read_only_output_sas_exits_3_and_a_bad_manifest_exits_2(
     assert completed.returncode == 3, completed.stderr
     assert "HTTP 403" in completed.stderr and "a_OUTPUT.txt" in completed.stderr
     _no_secrets(completed, azurite)
-    path.write_text('{"format": "topn.unit", "version": 2}', encoding="utf-8")
+    path.write_text('{"format": "topn.unit", "version": 3}', encoding="utf-8")
     completed = await _run_unit(node_pyz, str(path), read_only_output, tmp_path)
     assert completed.returncode == 2
-    assert "unsupported topn.unit version 2" in completed.stderr
+    assert "unsupported topn.unit version 3" in completed.stderr
 
 
 # Runs `node unit` from the zipapp and prints the process's own peak RSS (VmHWM, in KiB) last.

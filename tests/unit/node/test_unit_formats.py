@@ -75,12 +75,16 @@ def manifests(draw: st.DrawFn) -> UnitManifest:
     )
     inputs = []
     for index, relpath in enumerate(draw(st.lists(relpaths, min_size=1, max_size=8, unique=True))):
-        if draw(st.booleans()):
+        extent: tuple[int, int] | None = None
+        kind = draw(st.sampled_from(["whole", "range", "extent"]))
+        if kind == "range":
             start = draw(st.integers(0, 1000))
             byte_range: tuple[int, int] | None = (start, start + draw(st.integers(1, 1000)))
             output_name = None
         else:
             byte_range, output_name = None, f"out/{index}_OUTPUT"
+            if kind == "extent":
+                extent = (draw(st.integers(0, 10**9)), draw(st.integers(0, 10**6)))
         inputs.append(
             UnitInput(
                 relpath,
@@ -90,6 +94,7 @@ def manifests(draw: st.DrawFn) -> UnitManifest:
                 byte_range,
                 draw(st.none() | st.just('"0xABC"')),
                 draw(st.none() | st.integers(0, 10**12)),
+                extent,
             )
         )
     return UnitManifest(
@@ -107,6 +112,15 @@ def test_a_manifest_reads_back_as_written(manifest: UnitManifest) -> None:
     assert parse_manifest(encode_manifest(manifest)) == manifest
 
 
+def test_a_manifest_is_version_2_exactly_when_an_input_has_an_extent() -> None:
+    whole = UnitInput("a.txt", 0, "runs/r/a.txt", "a.txt_OUTPUT")
+    packed = UnitInput("b.txt", 0, "packs/t000000", "b.txt_OUTPUT", extent=(0, 0))
+    for inputs, version in (((whole,), 1), ((whole, packed), 2)):
+        manifest = UnitManifest("t000000", "words", 3, "results/t.json.gz", (SOURCE,), inputs)
+        assert json.loads(encode_manifest(manifest))["version"] == version
+        assert parse_manifest(encode_manifest(manifest)) == manifest
+
+
 def test_the_documented_example_parses() -> None:
     parsed = parse_manifest(json.dumps(_manifest()))
     assert parsed.inputs[1].byte_range == (0, 100) and parsed.inputs[1].output_name is None
@@ -117,7 +131,17 @@ def test_the_documented_example_parses() -> None:
     ("document", "message"),
     [
         ({"format": "topn.counts", "version": 1}, "not a 'topn.unit' manifest"),
-        (_manifest(version=2), "unsupported topn.unit version 2"),
+        (_manifest(version=3), "unsupported topn.unit version 3"),
+        (_manifest(inputs=[_input(extent=[0, 5])]), "'extent' needs manifest version 2"),
+        (
+            _manifest(version=2, inputs=[_input(extent=[0, -1])]),
+            r"'extent' must be null or \[offset, length\]",
+        ),
+        (_manifest(version=2, inputs=[_input(extent=[0, 5], range=[0, 5], output_name=None)]), "range"),
+        (
+            _manifest(version=2, inputs=[_input(extent=[0, 5], range=[0, 5])]),
+            "a range has no _OUTPUT of its own",
+        ),
         (_manifest(unit=""), "'unit'"),
         (_manifest(tokenizer="bigrams"), "'tokenizer' must be one of words, tutorial"),
         (_manifest(top=-1), "'top'"),

@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--manifest", required=True)
     args = parser.parse_args(sys.argv[2:])
     manifest = json.loads(Path(args.manifest).read_text(encoding="utf-8"))
-    assert manifest["format"] == "topn.unit" and manifest["version"] == 1, manifest.get("format")
+    assert manifest["format"] == "topn.unit" and manifest["version"] in (1, 2), manifest.get("format")
     output = ContainerClient.from_container_url(os.environ["TOPN_OUTPUT_SAS_URL"])
     sources = [ContainerClient.from_container_url(url) for url in manifest["sources"]]
     identity = {name: os.environ[name] for name in IDENTITY_VARIABLES if name in os.environ}
@@ -58,7 +58,13 @@ def main() -> int:
         entry = {"index": index, "file": unit_input["relpath"], "output_name": unit_input["output_name"]}
         entry["range"] = None
         try:
-            data = sources[unit_input["source"]].download_blob(unit_input["blob"]).readall()
+            blob = sources[unit_input["source"]].get_blob_client(unit_input["blob"])
+            extent = unit_input.get("extent")  # version 2: the input is exactly these bytes of a pack
+            if extent is None:
+                data = blob.download_blob().readall()
+            else:
+                data = blob.download_blob(offset=extent[0], length=extent[1]).readall() if extent[1] else b""
+                blob.get_blob_properties()  # a missing pack is still not_found for an empty extent
         except ResourceNotFoundError:  # as the node does: this input fails, the others go on (exit 2)
             message = f"stand-in node: no blob {unit_input['blob']!r}"
             print(message, file=sys.stderr)
