@@ -389,8 +389,8 @@ async def scale_block(count: int, base: Path, profile_dir: Path | None = None) -
             # Read before the latency probe below, which would add its own requests to Azurite's.
             azurite_cpu_s, emulator_cpu_s = process_cpu_s(azurite.pid), process_cpu_s(emulator.pid)
             run_id = json.loads((folder / "out" / "summary.json").read_text(encoding="utf-8"))["run_id"]
-            latency = await azurite_get_latency_ms(
-                azurite.endpoint, f"topn-in-{run_id}", f"runs/{run_id}/part0/doc00000.txt"
+            latency = await azurite_get_latency_ms(  # a small blob of every run (inputs go in packs)
+                azurite.endpoint, f"topn-out-{run_id}", "part0/doc00000_OUTPUT.txt"
             )
             return dataclasses.replace(
                 figures,
