@@ -220,16 +220,7 @@ async def _stage_inputs(
 def blobs_in_place(inputs: Sequence[InputFile]) -> dict[str, staging.StagedInput]:
     """The inputs read where they live in Blob Storage, staged as they are (by relpath)."""
     return {
-        item.relpath: staging.StagedInput(
-            index,
-            item.relpath,
-            item.blob.name,
-            "",
-            item.size_bytes,
-            True,
-            container=item.blob.container,
-            etag=item.blob.etag,
-        )
+        item.relpath: listing.staged_in_place(item, index)
         for index, item in enumerate(inputs)
         if item.blob is not None
     }
