@@ -51,7 +51,7 @@ STAGES: tuple[Stage, ...] = (
     _stage("events (structlog)", files=["structlog/"]),
     _stage("journal (sqlite, its thread)", files=["orchestrator/journal/"]),
     _stage("discovery", ["discover_inputs", "journal_inputs", "new_run_context", "plan_work_units"]),
-    _stage("input reads + md5 (thread)", ["_version_and_md5", "_file_version", "read_md5"]),
+    _stage("input reads + md5 (thread)", ["_version_and_md5", "file_version", "read_md5"]),
     _stage("_OUTPUT writes (thread)", ["save_outputs", "write_result"]),
     _stage("result decode", ["decode_result_blob"]),
     _stage("render + merge counts", ["settle_unit", "_add_success", "_report_saved", "top_of"]),

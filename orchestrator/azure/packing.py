@@ -23,11 +23,10 @@ import structlog
 from azure.storage.blob import BlobBlock, ContentSettings
 from azure.storage.blob.aio import BlobServiceClient
 
-from orchestrator import naming
 from orchestrator.azure import staging
 from orchestrator.azure.putblob import BlobService
 from orchestrator.azure.retry import RetryPolicy, retry_call
-from orchestrator.errors import InputError, first_leaf
+from orchestrator.errors import first_leaf
 from orchestrator.inputs import InputFile
 
 log = structlog.get_logger()
@@ -39,17 +38,15 @@ READ_BATCH_FILES = 64
 READ_BATCH_BYTES = 1024 * 1024
 PACK_CONTENT_TYPE = "application/octet-stream"
 
-FileVersion = tuple[int, int, int]
-
 
 @dataclass(frozen=True)
 class _Read:
     """A file read whole: its bytes, and its version before and after (equal: a consistent read)."""
 
-    before: FileVersion
+    before: staging.FileVersion
     data: bytes
     md5_hex: str
-    after: FileVersion
+    after: staging.FileVersion
 
 
 @dataclass(frozen=True)
@@ -61,12 +58,12 @@ class _TooBig:
 
 def _read_one(path: Path, limit: int) -> _Read | _TooBig | OSError:
     try:
-        before = staging._file_version(path)
+        before = staging.file_version(path)
         if before[0] > limit:
             return _TooBig(before[0])
         data = path.read_bytes()
         md5_hex = hashlib.md5(data, usedforsecurity=False).hexdigest()
-        return _Read(before, data, md5_hex, staging._file_version(path))
+        return _Read(before, data, md5_hex, staging.file_version(path))
     except OSError as error:
         return error
 
@@ -225,8 +222,8 @@ async def _upload_pack(
                         0, item.relpath, blob_name, outcome.md5_hex, extent[1], False, extent=extent
                     )
                 )
-            elif isinstance(outcome, _TooBig):
-                alone.append(await _upload_alone(blob_service, container, run_id, item, retry))
+            elif isinstance(outcome, _TooBig):  # grew past the limit since discovery: a blob of its own
+                alone.append(await staging.stage_input_file(blob_service, container, run_id, item, retry))
             else:
                 log.warning("input.unreadable", file=item.relpath, error=outcome)
                 alone.append(
@@ -249,7 +246,7 @@ async def _settled_read(
     """A consistent read of the input (read again after a pause while it changes), or why there is none."""
     for delay in (*staging.CHANGED_INPUT_RETRY_DELAYS_S, None):
         if isinstance(read, OSError):
-            return staging._unreadable(item.path, read)
+            return staging.unreadable_reason(item.path, read)
         if isinstance(read, _TooBig) or read.before == read.after:
             return read
         if delay is None:
@@ -259,20 +256,4 @@ async def _settled_read(
     return (
         f"input {item.path} kept changing while it was read for its unit's pack "
         f"({len(staging.CHANGED_INPUT_RETRY_DELAYS_S) + 1} attempts); only this file fails"
-    )
-
-
-async def _upload_alone(
-    blob_service: BlobServiceClient, container: str, run_id: str, item: InputFile, retry: RetryPolicy
-) -> staging.StagedInput:
-    """An input that grew past the pack limit since discovery: a blob of its own, as a big input has."""
-    blob_name = naming.input_blob_name(run_id, item.relpath)
-    try:
-        uploaded = await staging.upload_input_file(blob_service, container, blob_name, item.path, retry)
-    except (InputError, OSError) as error:
-        reason = str(error) if isinstance(error, InputError) else staging._unreadable(item.path, error)
-        log.warning("input.unreadable", file=item.relpath, error=reason)
-        return staging.StagedInput(0, item.relpath, blob_name, "", 0, False, unreadable=reason)
-    return staging.StagedInput(
-        0, item.relpath, blob_name, uploaded.md5_hex, uploaded.size_bytes, uploaded.skipped
     )

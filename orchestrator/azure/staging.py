@@ -97,7 +97,7 @@ class InputChangedError(InputError):
 FileVersion = tuple[int, int, int]  # (size, mtime in ns, inode): what a writer or a replacement changes
 
 
-def _file_version(path: Path) -> FileVersion:
+def file_version(path: Path) -> FileVersion:
     info = path.stat()
     return (info.st_size, info.st_mtime_ns, info.st_ino)
 
@@ -108,9 +108,9 @@ FileRead = tuple[FileVersion, tuple[bytes | None, bytes], FileVersion | None]
 
 
 def _version_and_md5(path: Path) -> FileRead:
-    before = _file_version(path)
+    before = file_version(path)
     data, md5 = _md5_of_file(path)
-    return before, (data, md5), _file_version(path) if data is not None else None
+    return before, (data, md5), file_version(path) if data is not None else None
 
 
 # An upload worker reads up to this many inputs (or about this many bytes) in one worker-thread
@@ -239,7 +239,7 @@ async def _upload_once(
             raise read
         before, (data, md5), read_version = read
     except OSError as error:
-        raise InputError(_unreadable(path, error)) from None
+        raise InputError(unreadable_reason(path, error)) from None
     if read_version is not None and read_version != before:
         return None
     # Small files go through the short pipeline when the client has one (azure/putblob.py); the SDK's
@@ -307,7 +307,7 @@ async def _upload_once(
         after = read_version  # the blob holds the bytes read, which were the file's all along
     else:
         try:
-            after = await anyio.to_thread.run_sync(_file_version, path)
+            after = await anyio.to_thread.run_sync(file_version, path)
         except OSError:
             return None  # deleted or replaced meanwhile: try again, which names the problem if it stays
     size_bytes = before[0] if skipped else sent[0][1]
@@ -316,7 +316,7 @@ async def _upload_once(
     return UploadedFile(md5_hex=md5.hex(), size_bytes=size_bytes, skipped=skipped)
 
 
-def _unreadable(path: Path, error: OSError) -> str:
+def unreadable_reason(path: Path, error: OSError) -> str:
     """Why an input found at discovery cannot be uploaded now."""
     if isinstance(error, FileNotFoundError):
         return (
@@ -326,6 +326,32 @@ def _unreadable(path: Path, error: OSError) -> str:
     return (
         f"cannot read input {path}: {error.strerror or error} (it changed since the run started); "
         "only this file fails"
+    )
+
+
+async def stage_input_file(
+    blob_service: BlobServiceClient,
+    container: str,
+    run_id: str,
+    item: InputFile,
+    retry: RetryPolicy,
+    *,
+    index: int = 0,
+    first_read: FileRead | OSError | None = None,
+) -> StagedInput:
+    """One input uploaded as a blob of its own; `unreadable` says (and an event) why it could not be."""
+    blob_name = naming.input_blob_name(run_id, item.relpath)
+    try:
+        uploaded = await upload_input_file(
+            blob_service, container, blob_name, item.path, retry, first_read=first_read
+        )
+    except (InputError, OSError) as error:  # gone, unreadable or never still since discovery
+        reason = str(error) if isinstance(error, InputError) else unreadable_reason(item.path, error)
+        log.warning("input.unreadable", file=item.relpath, error=reason)
+        return StagedInput(index, item.relpath, blob_name, "", 0, False, unreadable=reason)
+    # The size is what was uploaded: the file may have changed since it was discovered.
+    return StagedInput(
+        index, item.relpath, blob_name, uploaded.md5_hex, uploaded.size_bytes, uploaded.skipped
     )
 
 
@@ -354,27 +380,18 @@ async def upload_inputs(
 
     async def _upload_one(index: int, item: InputFile, read: FileRead | OSError) -> None:
         started = time.monotonic()
-        blob_name = naming.input_blob_name(run_id, item.relpath)
-        try:
-            uploaded = await upload_input_file(
-                blob_service, container, blob_name, item.path, retry, first_read=read
-            )
-        except (InputError, OSError) as error:  # gone, unreadable or never still since discovery
-            reason = str(error) if isinstance(error, InputError) else _unreadable(item.path, error)
-            staged[index] = StagedInput(index, item.relpath, blob_name, "", 0, False, unreadable=reason)
-            log.warning("input.unreadable", file=item.relpath, error=reason)
-            return
-        # The size is what was uploaded: the file may have changed since it was discovered.
-        result = StagedInput(
-            index, item.relpath, blob_name, uploaded.md5_hex, uploaded.size_bytes, uploaded.skipped
+        result = await stage_input_file(
+            blob_service, container, run_id, item, retry, index=index, first_read=read
         )
         staged[index] = result
+        if result.unreadable is not None:
+            return
         log.debug(
             "blob.uploaded",
-            blob=blob_name,
-            bytes=uploaded.size_bytes,
+            blob=result.blob_name,
+            bytes=result.size_bytes,
             duration_s=round(time.monotonic() - started, 4),
-            skipped=uploaded.skipped,
+            skipped=result.skipped,
         )
         if on_uploaded is not None:
             await on_uploaded(result)
