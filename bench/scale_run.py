@@ -87,6 +87,7 @@ from typing import Any
 
 import anyio
 
+from bench.exactness import check_exact
 from bench.profile_map import process_cpu_s, profiler_launcher, summary_of
 from bench.seed_baseline import SeedEndpoints, run_seed_baseline
 from orchestrator.azure.clients import open_clients
@@ -386,6 +387,7 @@ async def scale_block(count: int, base: Path, profile_dir: Path | None = None) -
                 folder / "state",
                 profile_dir,
             )
+            check_exact(folder / "texts", folder / "out")
             # Read before the latency probe below, which would add its own requests to Azurite's.
             azurite_cpu_s, emulator_cpu_s = process_cpu_s(azurite.pid), process_cpu_s(emulator.pid)
             run_id = json.loads((folder / "out" / "summary.json").read_text(encoding="utf-8"))["run_id"]
@@ -524,6 +526,7 @@ async def blob_block(count: int, base: Path) -> ScaleFigures:
                 azurite.endpoint,
                 folder / "state",
             )
+            check_exact(folder / "texts", folder / "out")
             latency = await azurite_get_latency_ms(
                 azurite.endpoint, BLOB_CONTAINER, f"{BLOB_PREFIX}part0/doc00000.txt"
             )
