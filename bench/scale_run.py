@@ -63,11 +63,21 @@ other sessions' benchmarks and suites: wall times and the node tasks are inflate
 Storage requests per run: the listing (one per 5,000 blobs), one manifest upload and one result
 download per task, two container creations; no request per blob. `1st task` counts from the run's
 start, after the listing.
+
+100,000-file blocks: Azurite's default metadata store (LokiJS) finds a blob by scanning every
+blob of the account, twice per SAS-signed upload, so each request costs more as Azurite holds more
+(a 100,000-file run needs hours of Azurite CPU). `--azurite-sql` starts a MariaDB for this process
+and gives each block's Azurite an empty database of its own (bench/sql_azurite.py), where a lookup
+costs the same at any count. The report names the store used; docs/performance.md has the figures.
+
+    .venv/bin/python -m bench.scale_run --scale 100000 --seed-files 0 --azurite-sql
+    .venv/bin/python -m bench.scale_run --blob-resident 100000 --azurite-sql
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -87,6 +97,7 @@ from typing import Any
 
 import anyio
 
+from bench import sql_azurite
 from bench.exactness import check_exact
 from bench.profile_map import process_cpu_s, profiler_launcher, summary_of
 from bench.seed_baseline import SeedEndpoints, run_seed_baseline
@@ -374,7 +385,7 @@ async def scale_block(count: int, base: Path, profile_dir: Path | None = None) -
     """Fresh Azurite and emulator, `count` files, one `topn run` (under py-spy with `profile_dir`)."""
     folder = base / f"block-{count}"
     generate_files(folder / "texts", count)
-    azurite = await local.start_azurite(folder / "azurite", folder / "logs")
+    azurite = await sql_azurite.start_azurite(folder / "azurite", folder / "logs")
     try:
         emulator = await local.start_emulator(folder / "emulator", folder / "logs")
         try:
@@ -410,7 +421,7 @@ async def seed_block(count: int, base: Path) -> float:
     """Fresh Azurite and emulator, `count` files the seed tutorial's way; its wall time."""
     folder = base / f"seed-{count}"
     generate_files(folder / "texts", count)
-    azurite = await local.start_azurite(folder / "azurite", folder / "logs")
+    azurite = await sql_azurite.start_azurite(folder / "azurite", folder / "logs")
     try:
         emulator = await local.start_emulator(folder / "emulator", folder / "logs")
         try:
@@ -449,6 +460,7 @@ async def measure_scale(
         results.append(figures)
     seed_wall = await seed_block(seed_files, base) if seed_files else None
     print(f"\n/proc/loadavg before: {load_before}; after: {loadavg()}")
+    print(f"Azurite metadata: {sql_azurite.store_name()}")
     header = (
         f"{'files':>7} {'wall s':>8} {'seed s (scaled)':>16} {'speed-up':>9} {'CPU ms/file':>12} "
         f"{'storage req/file':>17} {'peak RSS MB':>12} {'tasks':>6} {'1st task s':>11} {'Azurite GET ms':>15}"
@@ -511,7 +523,7 @@ async def blob_block(count: int, base: Path) -> ScaleFigures:
     """Fresh Azurite and emulator, `count` blobs already in Storage, one `topn run az://…` (issue 13, 7)."""
     folder = base / f"blobs-{count}"
     generate_files(folder / "texts", count)
-    azurite = await local.start_azurite(folder / "azurite", folder / "logs")
+    azurite = await sql_azurite.start_azurite(folder / "azurite", folder / "logs")
     try:
         emulator = await local.start_emulator(folder / "emulator", folder / "logs")
         try:
@@ -539,7 +551,7 @@ async def blob_block(count: int, base: Path) -> ScaleFigures:
 
 async def measure_blob_resident(counts: list[int], base: Path) -> None:
     """Each count's blob-resident block: CPU and storage requests per file, the listing included."""
-    print(f"/proc/loadavg before: {loadavg()}", flush=True)
+    print(f"/proc/loadavg before: {loadavg()}; Azurite metadata: {sql_azurite.store_name()}", flush=True)
     results = [await blob_block(count, base) for count in counts]
     print(f"/proc/loadavg after: {loadavg()}")
     print(
@@ -585,10 +597,18 @@ def main() -> None:
         type=Path,
         help="run the topn child from this checkout instead (a worktree of main: before/after side by side)",
     )
+    parser.add_argument(
+        "--azurite-sql",
+        action="store_true",
+        help="Azurite keeps its metadata in a MariaDB started here (bench/sql_azurite.py)",
+    )
     args = parser.parse_args()
     if args.code:
         os.environ[CODE_ROOT_VARIABLE] = str(args.code.resolve())
-    with tempfile.TemporaryDirectory(prefix="topn-scale-") as folder:
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="topn-scale-"))
+        if args.azurite_sql:
+            stack.enter_context(sql_azurite.mariadb_server(Path(folder)))
         if args.blob_resident:
             anyio.run(measure_blob_resident, args.blob_resident, Path(folder))
         elif args.scale:
