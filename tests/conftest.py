@@ -6,7 +6,9 @@ ever skipped because a service is missing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,32 @@ from orchestrator.local import processes as local
 # workers and the emulators, where one example can take 300 ms. Speed goals live in bench/.
 settings.register_profile("topn", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("topn")
+
+
+@pytest.fixture
+def reachable_tmp() -> Iterator[Path]:
+    """A fresh folder directly in the system temp folder, which an unprivileged user (`nobody`) can reach.
+
+    Not under pytest's tmp_path: pytest keeps /tmp/pytest-of-USER at mode 0o700 and puts it back
+    whenever a pytest process starts, so opening that path up for `nobody` raced with every other
+    suite running on the machine.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="topn-reachable-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        _open_folders(folder)
+        shutil.rmtree(folder)
+
+
+def _open_folders(folder: Path) -> None:
+    """Every folder under `folder` listable and writable again, so that a non-root user can remove
+    what a test left at mode 0 (each is opened before it is listed)."""
+    folder.chmod(0o755)
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            _open_folders(child)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import anyio
@@ -44,22 +43,19 @@ def run_topn_as_nobody(args: list[str], cwd: Path, env: dict[str, str]) -> CliRe
     return CliResult(completed.returncode, completed.stdout, completed.stderr)
 
 
-def open_to_nobody(tmp_path: Path) -> None:
-    """The unprivileged user reaches tmp_path and may write in it (state, results, HOME)."""
-    for folder in tmp_path.rglob("*"):
+def open_to_nobody(root: Path) -> None:
+    """The unprivileged user may write in `root` (it can reach it) and its folders: state, results, HOME."""
+    for folder in root.rglob("*"):
         if folder.is_dir():
             folder.chmod(0o777)
-    tmp_path.chmod(0o777)
-    for ancestor in tmp_path.parents:
-        if str(ancestor).startswith(tempfile.gettempdir()) and ancestor != Path(tempfile.gettempdir()):
-            ancestor.chmod(0o755)
+    root.chmod(0o777)
 
 
 async def test_unreadable_inputs_are_skipped_with_the_flag_and_refused_without(
-    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+    start_emulator: StartEmulator, azurite: StorageEndpoint, reachable_tmp: Path
 ) -> None:
     batch = await start_emulator()
-    folder = tmp_path / "in"
+    folder = reachable_tmp / "in"
     (folder / "sub").mkdir(parents=True)
     (folder / "locked").mkdir()
     readable = {"ok.txt": "heron heron egret\n", "sub/fine.txt": "egret stork heron\n"}
@@ -67,24 +63,26 @@ async def test_unreadable_inputs_are_skipped_with_the_flag_and_refused_without(
         (folder / relpath).write_text(text, encoding="utf-8")
     (folder / "sub" / "secret.txt").write_text("never counted\n", encoding="utf-8")
     (folder / "locked" / "inside.txt").write_text("never counted either\n", encoding="utf-8")
-    (tmp_path / "home").mkdir()
-    env = topn_environment(batch, azurite, tmp_path / "state", TOPN_POOL_ID=f"skip-{tmp_path.name[-8:]}")
-    open_to_nobody(tmp_path)
+    (reachable_tmp / "home").mkdir()
+    env = topn_environment(
+        batch, azurite, reachable_tmp / "state", TOPN_POOL_ID=f"skip-{reachable_tmp.name[-8:]}"
+    )
+    open_to_nobody(reachable_tmp)
     unreadable = [folder / "locked", folder / "sub" / "secret.txt"]
     for target in unreadable:
         target.chmod(0)
     try:
         refused = await anyio.to_thread.run_sync(
-            run_topn_as_nobody, ["run", "in", "--out", "refused"], tmp_path, env
+            run_topn_as_nobody, ["run", "in", "--out", "refused"], reachable_tmp, env
         )
         assert refused.exit_code == 2, refused.stderr[-2000:]
         assert "in/locked: Permission denied" in refused.stderr and "--skip-unreadable" in refused.stderr
-        assert not (tmp_path / "refused").exists()
+        assert not (reachable_tmp / "refused").exists()
 
         run = await anyio.to_thread.run_sync(
             run_topn_as_nobody,
             ["run", "in", "--out", "out", "--json", "--skip-unreadable", "--log-format", "json"],
-            tmp_path,
+            reachable_tmp,
             env,
         )
     finally:
@@ -93,39 +91,41 @@ async def test_unreadable_inputs_are_skipped_with_the_flag_and_refused_without(
     assert run.exit_code == 0, run.stderr[-3000:]
     summary = run.summary()
     # Named as the user gave them (`in`, relative to where topn ran).
-    left_out = [str(path.relative_to(tmp_path)) for path in unreadable]
+    left_out = [str(path.relative_to(reachable_tmp)) for path in unreadable]
     expected_skipped = [{"path": path, "reason": "unreadable: Permission denied"} for path in left_out]
     assert summary["skipped"] == expected_skipped
     assert list(summary)[-1] == "skipped"
     assert sorted(entry["path"] for entry in summary["files"]) == sorted(readable)
     assert summary["top"] == reference_top(list(readable.values()), "words", 10)
-    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    on_disk = json.loads((reachable_tmp / "out" / "summary.json").read_text(encoding="utf-8"))
     assert on_disk["skipped"] == expected_skipped
     warnings = [event for event in run.events() if event["event"] == "input.skipped"]
     assert [(event["file"], event["level"]) for event in warnings] == [(path, "warning") for path in left_out]
 
 
 async def test_a_resumed_run_lists_the_skipped_inputs_as_an_uninterrupted_run_does(
-    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+    start_emulator: StartEmulator, azurite: StorageEndpoint, reachable_tmp: Path
 ) -> None:
     # The pool has no node for its first 8 s: the first run stops at its 3 s deadline (resumable).
     batch = await start_emulator(["--pool-allocation-delay-s", "8"])
-    folder = tmp_path / "in"
+    folder = reachable_tmp / "in"
     folder.mkdir()
     readable = {"ok.txt": "heron heron egret\n", "more.txt": "egret stork heron\n"}
     for relpath, text in readable.items():
         (folder / relpath).write_text(text, encoding="utf-8")
     (folder / "secret.txt").write_text("never counted\n", encoding="utf-8")
-    (tmp_path / "home").mkdir()
-    env = topn_environment(batch, azurite, tmp_path / "state", TOPN_POOL_ID=f"skipr-{tmp_path.name[-8:]}")
-    open_to_nobody(tmp_path)
+    (reachable_tmp / "home").mkdir()
+    env = topn_environment(
+        batch, azurite, reachable_tmp / "state", TOPN_POOL_ID=f"skipr-{reachable_tmp.name[-8:]}"
+    )
+    open_to_nobody(reachable_tmp)
     (folder / "secret.txt").chmod(0)
     args = ["--out", "out", "--json", "--log-format", "json"]
     try:
         stopped = await anyio.to_thread.run_sync(
             run_topn_as_nobody,
             ["run", "in", "--skip-unreadable", *args],
-            tmp_path,
+            reachable_tmp,
             {**env, "TOPN_RUN_RUN_TIMEOUT_S": "3"},
         )
         assert stopped.exit_code == 1, stopped.stderr[-3000:]
@@ -133,7 +133,7 @@ async def test_a_resumed_run_lists_the_skipped_inputs_as_an_uninterrupted_run_do
         assert failed["resumable"] is True, failed
         run_id = failed["run_id"]
         resumed = await anyio.to_thread.run_sync(
-            run_topn_as_nobody, ["resume", run_id, "--json", "--log-format", "json"], tmp_path, env
+            run_topn_as_nobody, ["resume", run_id, "--json", "--log-format", "json"], reachable_tmp, env
         )
     finally:
         (folder / "secret.txt").chmod(0o644)
@@ -145,5 +145,5 @@ async def test_a_resumed_run_lists_the_skipped_inputs_as_an_uninterrupted_run_do
     assert list(summary)[-1] == "skipped"
     assert sorted(entry["path"] for entry in summary["files"]) == sorted(readable)
     assert summary["top"] == reference_top(list(readable.values()), "words", 10)
-    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    on_disk = json.loads((reachable_tmp / "out" / "summary.json").read_text(encoding="utf-8"))
     assert on_disk == summary

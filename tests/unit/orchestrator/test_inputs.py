@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -236,19 +235,14 @@ def _discover_without_privileges(
 
 @pytest.mark.parametrize("unreadable", ["file", "folder"])
 def test_an_unreadable_file_or_folder_is_refused_at_discovery_naming_it(
-    tmp_path: Path, unreadable: str
+    reachable_tmp: Path, unreadable: str
 ) -> None:
-    folder = tmp_path / "in"
+    folder = reachable_tmp / "in"
     (folder / "sub").mkdir(parents=True)
     (folder / "ok.txt").write_text("fine")
     (folder / "sub" / "secret.txt").write_text("hidden")
     target = folder / "sub" / "secret.txt" if unreadable == "file" else folder / "sub"
     target.chmod(0)
-    tmp_path.chmod(0o755)
-    folder.chmod(0o755)
-    for ancestor in tmp_path.parents:  # the unprivileged user must reach the folder itself
-        if str(ancestor).startswith(tempfile.gettempdir()) and ancestor != Path(tempfile.gettempdir()):
-            ancestor.chmod(0o755)
     try:
         completed = _discover_without_privileges(folder)
     finally:
@@ -257,17 +251,8 @@ def test_an_unreadable_file_or_folder_is_refused_at_discovery_naming_it(
     assert str(target) in completed.stdout and "Permission denied" in completed.stdout
 
 
-def _open_the_way(tmp_path: Path, folder: Path) -> None:
-    """The unprivileged user must reach `folder` itself."""
-    tmp_path.chmod(0o755)
-    folder.chmod(0o755)
-    for ancestor in tmp_path.parents:
-        if str(ancestor).startswith(tempfile.gettempdir()) and ancestor != Path(tempfile.gettempdir()):
-            ancestor.chmod(0o755)
-
-
-def test_skipping_unreadable_files_and_folders_keeps_the_rest_and_names_them(tmp_path: Path) -> None:
-    folder = tmp_path / "in"
+def test_skipping_unreadable_files_and_folders_keeps_the_rest_and_names_them(reachable_tmp: Path) -> None:
+    folder = reachable_tmp / "in"
     (folder / "sub").mkdir(parents=True)
     (folder / "locked").mkdir()
     (folder / "ok.txt").write_text("fine")
@@ -277,7 +262,6 @@ def test_skipping_unreadable_files_and_folders_keeps_the_rest_and_names_them(tmp
     unreadable = [folder / "locked", folder / "sub" / "secret.txt"]
     for target in unreadable:
         target.chmod(0)
-    _open_the_way(tmp_path, folder)
     try:
         completed = _discover_without_privileges(folder, DISCOVER_SKIPPING_AS_USER)
     finally:
@@ -293,12 +277,11 @@ def test_skipping_unreadable_files_and_folders_keeps_the_rest_and_names_them(tmp
         assert sum(1 for line in lines[:-1] if "input.skipped" in line and str(path) in line) == 1
 
 
-def test_skipping_everything_is_still_exit_2_naming_the_first(tmp_path: Path) -> None:
-    folder = tmp_path / "in"
+def test_skipping_everything_is_still_exit_2_naming_the_first(reachable_tmp: Path) -> None:
+    folder = reachable_tmp / "in"
     folder.mkdir()
     (folder / "a.txt").write_text("hidden")
     (folder / "a.txt").chmod(0)
-    _open_the_way(tmp_path, folder)
     try:
         completed = _discover_without_privileges(folder, DISCOVER_SKIPPING_AS_USER)
     finally:
