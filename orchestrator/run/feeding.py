@@ -44,6 +44,10 @@ class UnitFeeder:
         self._task_script_url: str | None = None
         self.added: set[str] = set()  # unit task ids now in the job (TaskExists included)
         self.first_added_s: float | None = None  # seconds from the run's start to its first added task
+        # Set once the first add request is over (or there is nothing to add before more is listed):
+        # what the listing of later pages waits for, so that it does not slow the first task down.
+        self.first_request_over = anyio.Event()
+        self._units_sent = 0
 
     def job_ready(self, task_script_url: str | None) -> None:
         """The job exists (the pool may still be booting): tasks can be added from now on."""
@@ -56,7 +60,13 @@ class UnitFeeder:
         A split input's first range brings its other ranges along: they count the same blob.
         """
         for ready in units_staged_with(self._run.ranges, unit_index):
+            self._units_sent += 1
             await self._send.send((ready, items))
+
+    def known_inputs_staged(self) -> None:
+        """Every input known at the start is staged: if none made a unit, nothing is coming to wait for."""
+        if self._units_sent == 0:
+            self.first_request_over.set()
 
     def staging_done(self) -> None:
         """No unit will be staged any more: the feeder ends once it has added what it holds."""
@@ -66,9 +76,15 @@ class UnitFeeder:
         """Add tasks as units come, until staging is done and every staged unit is added."""
         await self._job_ready.wait()
         chunk = self._run.settings.run.submit_chunk_tasks
-        async with self._receive:
-            async for first in self._receive:
-                await self._add([first, *_ready_now(self._receive, chunk - 1)])
+        try:
+            async with self._receive:
+                async for first in self._receive:
+                    try:
+                        await self._add([first, *_ready_now(self._receive, chunk - 1)])
+                    finally:
+                        self.first_request_over.set()
+        finally:
+            self.first_request_over.set()
 
     async def _add(self, ready: Sequence[ReadyUnit]) -> None:
         run = self._run

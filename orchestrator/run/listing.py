@@ -2,7 +2,8 @@
 
 `topn run az://CONTAINER/PREFIX` lists each prefix's first page before the run is created (an empty
 prefix, a missing container or a refused listing is exit 2 with nothing created:
-blobinputs.start_listing). The run lists the rest here, from each prefix's journalled marker: every
+blobinputs.start_listing). The run lists the rest here (a new run once its first task is in:
+preparing.py), from each prefix's journalled marker: every
 page becomes inputs (named by `blobinputs.InputNamer`, from the names taken so far) and work units
 (planned by the run's rules, a unit never spanning two pages), journalled with the listing's new
 marker in one transaction, then handed to the feeder at once (blobs are read where they live:

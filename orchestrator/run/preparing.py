@@ -30,6 +30,10 @@ from orchestrator.run.split_plan import later_range_units
 log = structlog.get_logger()
 
 
+# The longest the later blob pages wait for the first task to be added (a slow pool or job).
+FIRST_TASK_HOLD_S = 30.0
+
+
 @dataclass(frozen=True)
 class Prepared:
     """What submitting needs from PREPARING."""
@@ -72,11 +76,19 @@ async def prepare(run: RunContext, ledger: RunLedger) -> Prepared:
     async def stage() -> None:
         try:
             staged.extend(await _stage_inputs(known, ledger, feeder.unit_staged if feeder else None))
+            if feeder is not None:
+                feeder.known_inputs_staged()
         finally:
             producer_done()
 
     async def list_inputs() -> None:
         try:
+            if feeder is not None:
+                # Parsing a page of 5,000 blobs keeps the event loop busy for a second or so: the
+                # later pages wait for the first task, which the first page's units already make,
+                # so that provisioning and the first add are not slowed down by them.
+                with anyio.move_on_after(FIRST_TASK_HOLD_S):
+                    await feeder.first_request_over.wait()
             await listing.list_the_rest(run, feeder.unit_staged if feeder else None)
         finally:
             producer_done()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,6 +33,7 @@ class ListingGate:
         self._opened = anyio.Event()
         self.listed = 0  # List Blobs requests that went through
         self.held = 0  # List Blobs requests that had to wait at the gate
+        self.arrived_at: list[datetime] = []  # when each List Blobs request arrived, held or not
 
     def open(self) -> None:
         self._opened.set()
@@ -47,6 +49,7 @@ class ListingGate:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self._is_listing(request):
+            self.arrived_at.append(datetime.now(UTC))
             if self.listed >= self._passing and not self._opened.is_set():
                 self.held += 1
                 if self._refuse:

@@ -136,6 +136,10 @@ async def test_the_first_task_is_added_while_later_pages_are_still_listed_and_re
             f"topn-{summary['run_id']}",
         )
         assert sorted(task.id for task in tasks) == sorted(record.task_ids)
+        # The later pages were not even asked for before the first task was in: their parsing would
+        # only have slowed the first add down.
+        assert len(gate.arrived_at) == 5  # 2 first pages before the run, then 3 more
+        assert gate.arrived_at[2] >= min(task.creation_time for task in tasks)
         read = [blob for task in tasks for blob in await task_input_blobs(task)]
         assert len(read) == len(set(read)) == len(expected)
         assert all(len(record.inputs_by_task[task_id]) <= 2 for task_id in record.task_ids)
@@ -167,41 +171,44 @@ async def test_a_run_killed_while_listing_resumes_the_listing_to_exact_results_w
         )
         assert killed and first.exit_code == -9, (first.exit_code, first.stderr[-2000:])
         assert gate.held == 1
-    run_id = run_id_in(first)
-    record = await load_record(tmp_path / ".topn", run_id)
-    assert record.state == "PREPARING"
-    (listing,) = record.listings
-    assert (
-        not listing.complete
-        and listing.marker
-        and (listing.container, listing.prefix) == (container, "logs/")
-    )
-    assert len(record.inputs) == 2 * PAGE  # the first page and one more, journalled whole
-    names = sorted(LOGS)
-    assert [item.path for item in sorted(record.inputs, key=lambda item: item.index)] == [
-        f"az://{container}/{name}" for name in names[: 2 * PAGE]
-    ]
+        run_id = run_id_in(first)
+        record = await load_record(tmp_path / ".topn", run_id)
+        assert record.state == "PREPARING"
+        (listing,) = record.listings
+        assert (
+            not listing.complete
+            and listing.marker
+            and (listing.container, listing.prefix) == (container, "logs/")
+        )
+        assert len(record.inputs) == 2 * PAGE  # the first page and one more, journalled whole
+        names = sorted(LOGS)
+        assert [item.path for item in sorted(record.inputs, key=lambda item: item.index)] == [
+            f"az://{container}/{name}" for name in names[: 2 * PAGE]
+        ]
 
-    # Resumed straight against Azurite: the listing goes on from the journalled marker.
-    env["TOPN_STORAGE_BLOB_ENDPOINT"] = azurite.endpoint
-    second, _ = await run_until(["resume", run_id, "--json", "--log-level", "debug"], tmp_path, env, None)
-    assert second.exit_code == 0, second.stderr[-3000:]
-    events = second.events()
-    assert [event["blobs"] for event in events if named(event, "inputs.page_listed")] == [
-        PAGE,
-        len(LOGS) - 3 * PAGE,
-    ]
-    listed = next(event for event in events if named(event, "inputs.listed"))
-    assert (listed["blobs"], listed["storage_requests"]) == (len(LOGS), 2)  # two pages, none twice
-    expected = {name.removeprefix("logs/"): text for name, text in LOGS.items()}
-    summary = second.summary()
-    assert check_summary(summary, expected) == []
-    relpaths = sorted(expected)
-    await assert_one_task_per_input(batch_emulator, run_id, relpaths)  # each blob counted once
-    assert_no_partial_files(tmp_path / "out", relpaths)
-    resumed = await load_record(tmp_path / ".topn", run_id)
-    assert len(resumed.inputs) == len(LOGS) and all(item.complete for item in resumed.listings)
-    assert find_secrets([("stderr", first.stderr + second.stderr)], [azurite.account_key]) == []
+        # Resumed straight against Azurite: the listing goes on from the journalled marker. The gate
+        # stays up meanwhile: the first run's tasks fetch their manifests through it, as they would
+        # from a storage endpoint that is still there.
+        env["TOPN_STORAGE_BLOB_ENDPOINT"] = azurite.endpoint
+        second, _ = await run_until(["resume", run_id, "--json", "--log-level", "debug"], tmp_path, env, None)
+        assert second.exit_code == 0, second.stderr[-3000:]
+        events = second.events()
+        assert [event["blobs"] for event in events if named(event, "inputs.page_listed")] == [
+            PAGE,
+            len(LOGS) - 3 * PAGE,
+        ]
+        listed = next(event for event in events if named(event, "inputs.listed"))
+        assert (listed["blobs"], listed["storage_requests"]) == (len(LOGS), 2)  # two pages, none twice
+        expected = {name.removeprefix("logs/"): text for name, text in LOGS.items()}
+        summary = second.summary()
+        assert check_summary(summary, expected) == []
+        relpaths = sorted(expected)
+        # Each blob counted once (the first run's tasks name their manifests through the gate).
+        await assert_one_task_per_input(batch_emulator, run_id, relpaths)
+        assert_no_partial_files(tmp_path / "out", relpaths)
+        resumed = await load_record(tmp_path / ".topn", run_id)
+        assert len(resumed.inputs) == len(LOGS) and all(item.complete for item in resumed.listings)
+        assert find_secrets([("stderr", first.stderr + second.stderr)], [azurite.account_key]) == []
 
 
 async def test_a_later_page_that_cannot_be_listed_leaves_the_run_resumable(
@@ -226,16 +233,18 @@ async def test_a_later_page_that_cannot_be_listed_leaves_the_run_resumable(
             ["run", f"az://{container}/logs/", "--out", "out", "--json"], tmp_path, env, None
         )
         assert gate.held == 1
-    assert first.exit_code == 1, first.stderr[-2000:]  # not 2: the run exists, and goes on
-    run_id = run_id_in(first)
-    (failed,) = [event for event in first.events() if named(event, "run.failed")]
-    assert failed["resumable"] is True and failed["error_type"] == "ServiceUnavailableError"
-    assert "HTTP 403" in failed["error"] and f"topn resume {run_id}" in failed["error"]
-    record = await load_record(tmp_path / ".topn", run_id)
-    assert record.state == "PREPARING" and len(record.inputs) == PAGE and not record.listings[0].complete
+        assert first.exit_code == 1, first.stderr[-2000:]  # not 2: the run exists, and goes on
+        run_id = run_id_in(first)
+        (failed,) = [event for event in first.events() if named(event, "run.failed")]
+        assert failed["resumable"] is True and failed["error_type"] == "ServiceUnavailableError"
+        assert "HTTP 403" in failed["error"] and f"topn resume {run_id}" in failed["error"]
+        record = await load_record(tmp_path / ".topn", run_id)
+        assert record.state == "PREPARING" and len(record.inputs) == PAGE and not record.listings[0].complete
 
-    env["TOPN_STORAGE_BLOB_ENDPOINT"] = azurite.endpoint
-    second, _ = await run_until(["resume", run_id, "--json"], tmp_path, env, None)
+        # The first page's tasks went in before the refusal and read their blobs through the gate,
+        # which stays up (answering only listings with 403) as a storage endpoint would.
+        env["TOPN_STORAGE_BLOB_ENDPOINT"] = azurite.endpoint
+        second, _ = await run_until(["resume", run_id, "--json"], tmp_path, env, None)
     assert second.exit_code == 0, second.stderr[-3000:]
     expected = {name.removeprefix("logs/"): text for name, text in LOGS.items()}
     assert check_summary(second.summary(), expected) == []
