@@ -22,7 +22,7 @@ Issue 13's figures (work units from manifests, one result blob per task, pipelin
 runs topn on each file count against freshly started services (one block each), and the seed's
 way once at `--seed-files` (its cost is per file: scaled linearly to each count, and said so).
 Per topn run: wall time, orchestrator CPU per file (user + system of the `topn run` process, from
-getrusage of the waited child), storage requests per file (the run's own count, summary.json),
+os.wait4 of that child alone), storage requests per file (the run's own count, summary.json),
 peak RSS of the `topn run` process, time from the run's start to its first task in the job
 (`tasks.submitted`'s `first_task_s`), Azurite's latency per small GET at that blob count, and
 /proc/loadavg before and after (the machine is shared).
@@ -86,6 +86,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -151,10 +152,12 @@ def topn_child(
     state_dir: Path,
     timeout_s: float,
     launcher: Sequence[str] = (),
-) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """`topn run --json` as a child process against the given services; its wall time and output.
+) -> tuple[float, subprocess.CompletedProcess[str], resource.struct_rusage]:
+    """`topn run --json` as a child process against the given services: wall time, output, own rusage.
 
-    `launcher` replaces the plain interpreter (e.g. a profiler's command line ending in it).
+    `launcher` replaces the plain interpreter (e.g. a profiler's command line ending in it). The
+    child is waited with `os.wait4`, so its CPU and peak RSS are its own (RUSAGE_CHILDREN would also
+    hold every other process this one waited for: a MariaDB set-up, an earlier block's services).
     """
     child_root = Path(os.environ.get(CODE_ROOT_VARIABLE) or ROOT)
     env = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
@@ -167,29 +170,42 @@ def topn_child(
             "PYTHONPATH": str(child_root),
         }
     )
+    command = [
+        *(launcher or [sys.executable]),
+        *("-m", "orchestrator", "run", str(files_dir), "--out", str(out_dir), "--json"),
+    ]
     started = time.monotonic()
-    completed = subprocess.run(
-        [
-            *(launcher or [sys.executable]),
-            *("-m", "orchestrator", "run", str(files_dir), "--out", str(out_dir), "--json"),
-        ],
-        env=env,
-        cwd=child_root,  # `python -m` imports from the working folder first
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout_s,
-    )
-    wall = time.monotonic() - started
-    if completed.returncode != 0:
-        raise SystemExit(f"topn run failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
-    return wall, completed
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        # `python -m` imports from the working folder first.
+        child = subprocess.Popen(command, env=env, cwd=child_root, stdout=stdout, stderr=stderr)
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            child.kill()
+
+        deadline = threading.Timer(timeout_s, kill)
+        deadline.start()
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        finally:
+            deadline.cancel()
+        child.returncode = os.waitstatus_to_exitcode(status)  # waited here, not by Popen
+        wall = time.monotonic() - started
+        stdout.seek(0)
+        stderr.seek(0)
+        output, errors = stdout.read().decode("utf-8"), stderr.read().decode("utf-8")
+    if timed_out.is_set():
+        raise SystemExit(f"topn run did not finish in {timeout_s:.0f} s:\n{errors[-3000:]}")
+    if child.returncode != 0:
+        raise SystemExit(f"topn run failed ({child.returncode}):\n{errors[-3000:]}")
+    return wall, subprocess.CompletedProcess(command, child.returncode, output, errors), usage
 
 
 def run_topn(
     files_dir: Path, out_dir: Path, batch: str, blob: str, state_dir: Path
 ) -> tuple[float, dict[str, Any]]:
-    wall, completed = topn_child(files_dir, out_dir, batch, blob, state_dir, timeout_s=3600)
+    wall, completed, _ = topn_child(files_dir, out_dir, batch, blob, state_dir, timeout_s=3600)
     summary: dict[str, Any] = json.loads(completed.stdout)
     return wall, summary
 
@@ -329,12 +345,10 @@ def run_topn_measured(
     state_dir: Path,
     profile_dir: Path | None = None,
 ) -> ScaleFigures:
-    """`topn run` as a child process; its CPU and peak RSS from getrusage of the waited child."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """`topn run` as a child process; its CPU and peak RSS from its own rusage (os.wait4)."""
     label = str(sum(1 for _ in files_dir.rglob("*.txt"))) if isinstance(files_dir, Path) else "blobs"
     launcher = profiler_launcher(profile_dir, label)
-    wall, completed = topn_child(files_dir, out_dir, batch, blob, state_dir, 7200, launcher)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, completed, usage = topn_child(files_dir, out_dir, batch, blob, state_dir, 7200, launcher)
     summary = summary_of(completed.stdout)
     totals = summary["totals"]
     if totals["succeeded"] != totals["files"]:
@@ -349,9 +363,9 @@ def run_topn_measured(
     return ScaleFigures(
         files=int(totals["files"]),
         wall_s=wall,
-        cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-        cpu_system_s=after.ru_stime - before.ru_stime,
-        peak_rss_mb=after.ru_maxrss / 1024,  # kilobytes on Linux; the largest waited child: this run
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        cpu_system_s=usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,  # kilobytes on Linux
         storage_requests=sum(storage.values()),
         storage_by_operation=storage,
         batch_requests=sum(int(count) for count in batch_counts.values()),

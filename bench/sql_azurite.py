@@ -38,8 +38,11 @@ class MariaDB:
     password: str
 
     def run_sql(self, statement: str) -> None:
+        # On stdin, not the command line: the password in a CREATE USER stays out of `ps` and of
+        # the CalledProcessError a failure raises.
         subprocess.run(
-            [self.client, f"--socket={self.socket_path}", "-uroot", "-e", statement],
+            [self.client, f"--socket={self.socket_path}", "-uroot"],
+            input=statement.encode("utf-8"),
             check=True,
             capture_output=True,
             timeout=60,
@@ -121,16 +124,19 @@ def mariadb_server(folder: Path) -> Iterator[MariaDB]:
 
 def store_name() -> str:
     """Which metadata store the Azurite started here uses: it bounds the figures at large counts."""
-    if _server is not None or os.environ.get("AZURITE_DB"):
-        return "SQL database (MariaDB)" if _server is not None else "SQL database (AZURITE_DB)"
+    if _server is not None:
+        return "SQL database (MariaDB, --azurite-sql)"
+    if os.environ.get("AZURITE_DB"):  # Azurite inherits it: a SQL store set up by hand
+        return "SQL database (AZURITE_DB)"
     return "LokiJS (Azurite's default)"
 
 
 async def start_azurite(location: Path, log_dir: Path) -> local.ServiceProcess:
     """Azurite as `local.start_azurite` starts it; inside `mariadb_server`, on an empty database."""
-    if _server is not None:
-        name = f"azurite_{secrets.token_hex(4)}"
-        await anyio.to_thread.run_sync(_server.run_sql, f"CREATE DATABASE {name};")
-        # Azurite reads its SQL store from its environment, which it inherits from this process.
-        os.environ["AZURITE_DB"] = f"mysql://azurite:{_server.password}@127.0.0.1:{_server.port}/{name}"
-    return await local.start_azurite(location, log_dir)
+    if _server is None:
+        return await local.start_azurite(location, log_dir)
+    name = f"azurite_{secrets.token_hex(4)}"
+    await anyio.to_thread.run_sync(_server.run_sql, f"CREATE DATABASE {name};")
+    # Azurite reads its SQL store from its environment; only Azurite gets it (the URL holds a password).
+    url = f"mysql://azurite:{_server.password}@127.0.0.1:{_server.port}/{name}"
+    return await local.start_azurite(location, log_dir, env={**os.environ, "AZURITE_DB": url})

@@ -292,7 +292,12 @@ async def stop_service(service: ServiceProcess, grace_s: float = 10.0) -> int | 
 
 
 async def start_azurite(
-    location: Path, log_dir: Path, azurite_bin: Path | None = None, port: int = 0, detached: bool = False
+    location: Path,
+    log_dir: Path,
+    azurite_bin: Path | None = None,
+    port: int = 0,
+    detached: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> ServiceProcess:
     binary = azurite_bin or project_root() / "node_modules" / ".bin" / "azurite-blob"
     if not await anyio.Path(binary).exists():
@@ -305,6 +310,7 @@ async def start_azurite(
         azurite_command(binary, location, port=port),
         log_dir,
         parse_azurite_ready,
+        env=env,
         detached=detached,
     )
 
