@@ -20,8 +20,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -39,6 +37,7 @@ from bench.scale_run import (
     generate_files,
     loadavg,
     seed_blobs,
+    topn_child,
 )
 from orchestrator.local import processes as local
 
@@ -69,35 +68,16 @@ def _moment(event: dict[str, Any]) -> float:
 
 
 def topn_run_child(blob_endpoint: str, batch_endpoint: str, folder: Path) -> tuple[float, str, str, Any]:
-    """`topn run az://… --json` as a child of its own: wall time, stdout, stderr and its own rusage.
-
-    `os.wait4` gives this child's CPU and peak RSS alone (RUSAGE_CHILDREN would also hold the
-    services of an earlier block, stopped and waited by this process).
-    """
-    child_root = Path(os.environ.get(CODE_ROOT_VARIABLE) or HERE)
-    env = {name: value for name, value in os.environ.items() if not name.startswith("TOPN_")}
-    env.update(
-        {
-            "TOPN_BATCH_ENDPOINT": batch_endpoint,
-            "TOPN_STORAGE_BLOB_ENDPOINT": blob_endpoint,
-            "TOPN_LOCAL_STATE_DIR": str(folder / "state"),
-            "TOPN_POOL_ID": "topn-scale",
-            "PYTHONPATH": str(child_root),
-        }
+    """`topn run az://… --json` as a child of its own: wall time, stdout, stderr and its own rusage."""
+    wall, completed, usage = topn_child(
+        f"az://{BLOB_CONTAINER}/{BLOB_PREFIX}",
+        folder / "out",
+        batch_endpoint,
+        blob_endpoint,
+        folder / "state",
+        timeout_s=7200,
     )
-    argument = f"az://{BLOB_CONTAINER}/{BLOB_PREFIX}"
-    command = [sys.executable, "-m", "orchestrator", "run", argument, "--out", str(folder / "out"), "--json"]
-    stdout_path, stderr_path = folder / "topn.stdout", folder / "topn.stderr"
-    started = time.monotonic()
-    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        child = subprocess.Popen(command, env=env, cwd=child_root, stdout=stdout, stderr=stderr)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)  # waited here, not by Popen
-    wall = time.monotonic() - started
-    out, err = stdout_path.read_text(encoding="utf-8"), stderr_path.read_text(encoding="utf-8")
-    if child.returncode != 0:
-        raise SystemExit(f"topn run failed ({child.returncode}):\n{err[-3000:]}")
-    return wall, out, err, usage
+    return wall, completed.stdout, completed.stderr, usage
 
 
 def measured_run(label: str, blob_endpoint: str, batch_endpoint: str, folder: Path) -> StreamFigures:

@@ -16,7 +16,6 @@ import getpass
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import anyio
 
+from bench.fault_runs import free_port
 from orchestrator.local import processes as local
 
 READY_TIMEOUT_S = 60.0
@@ -62,12 +62,6 @@ def _tool(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def mariadb_server(folder: Path) -> Iterator[MariaDB]:
     """A MariaDB for this process, stopped on exit; while it runs, `start_azurite` uses it."""
@@ -82,7 +76,7 @@ def mariadb_server(folder: Path) -> Iterator[MariaDB]:
         capture_output=True,
         timeout=300,
     )
-    database = MariaDB(client, folder / "mariadb.sock", _free_port(), secrets.token_hex(16))
+    database = MariaDB(client, folder / "mariadb.sock", free_port(), secrets.token_hex(16))
     with (folder / "mariadb.log").open("wb") as log:
         process = subprocess.Popen(
             [

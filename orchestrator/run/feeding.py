@@ -47,7 +47,7 @@ class UnitFeeder:
         # Set once the first add request is over (or there is nothing to add before more is listed):
         # what the listing of later pages waits for, so that it does not slow the first task down.
         self.first_request_over = anyio.Event()
-        self._units_sent = 0
+        self._unit_sent = False
 
     def job_ready(self, task_script_url: str | None) -> None:
         """The job exists (the pool may still be booting): tasks can be added from now on."""
@@ -60,12 +60,12 @@ class UnitFeeder:
         A split input's first range brings its other ranges along: they count the same blob.
         """
         for ready in units_staged_with(self._run.ranges, unit_index):
-            self._units_sent += 1
+            self._unit_sent = True
             await self._send.send((ready, items))
 
     def known_inputs_staged(self) -> None:
         """Every input known at the start is staged: if none made a unit, nothing is coming to wait for."""
-        if self._units_sent == 0:
+        if not self._unit_sent:
             self.first_request_over.set()
 
     def staging_done(self) -> None:
@@ -79,11 +79,9 @@ class UnitFeeder:
         try:
             async with self._receive:
                 async for first in self._receive:
-                    try:
-                        await self._add([first, *_ready_now(self._receive, chunk - 1)])
-                    finally:
-                        self.first_request_over.set()
-        finally:
+                    await self._add([first, *_ready_now(self._receive, chunk - 1)])
+                    self.first_request_over.set()
+        finally:  # also when the first add failed, or nothing was ever added
             self.first_request_over.set()
 
     async def _add(self, ready: Sequence[ReadyUnit]) -> None:
