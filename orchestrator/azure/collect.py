@@ -37,16 +37,18 @@ async def read_unit_result(
 def save_outputs(out_dir: Path, outputs: Sequence[tuple[str, bytes]]) -> list[Path | str]:
     """Write each `(name, text)` under out_dir atomically: its path, or why its name was refused.
 
-    One call per unit, in one worker thread: fsync and rename block. A folder that cannot be
-    written raises LocalWriteError (the run stays resumable); an unsafe name fails only its file.
+    One call per unit, in one worker thread: writes and the filesystem sync block. The files are
+    durable when it returns (one sync for them all), so the caller may journal them. A folder that
+    cannot be written raises LocalWriteError (the run stays resumable); an unsafe name fails only its file.
     """
     saved: list[Path | str] = []
-    writer = ResultWriter(out_dir)
+    writer = ResultWriter(out_dir, sync_later=True)
     for name, data in outputs:
         try:
             saved.append(writer.write(name, data))
         except naming.UnsafeNameError as error:
             saved.append(f"its output was not saved: {error}")
+    writer.sync()
     return saved
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -9,6 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator import results
+from orchestrator.azure.collect import save_outputs
 from orchestrator.errors import InputError, LocalWriteError
 from orchestrator.naming import UnsafeNameError, output_name
 from orchestrator.results import (
@@ -230,3 +235,80 @@ def test_a_result_path_longer_than_the_system_allows_is_refused_before_the_run(t
     with pytest.raises(InputError, match="pass a shorter --out") as raised:
         check_result_paths_fit(long_out, ["ok.txt", deep + "/a.txt"])
     assert raised.value.exit_code == 2
+
+
+class SyncCalls:
+    """Stands in for os.fsync and syncfs, counting the calls; `fail_with` makes syncfs fail."""
+
+    def __init__(self, fail_with: int | None = None) -> None:
+        self.fsyncs = 0
+        self.filesystem_syncs: list[str] = []
+        self.fail_with = fail_with
+
+    def fsync(self, descriptor: int) -> None:
+        self.fsyncs += 1
+
+    def syncfs(self, descriptor: int) -> int:
+        self.filesystem_syncs.append(str(Path(f"/proc/self/fd/{descriptor}").readlink()))
+        if self.fail_with is not None:
+            ctypes.set_errno(self.fail_with)
+            return -1
+        return 0
+
+
+@pytest.fixture
+def sync_calls(monkeypatch: pytest.MonkeyPatch) -> SyncCalls:
+    calls = SyncCalls()
+    monkeypatch.setattr(results.os, "fsync", calls.fsync)
+    monkeypatch.setattr(results, "_SYNCFS", calls.syncfs)
+    return calls
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
+def test_a_units_outputs_are_made_durable_by_one_filesystem_sync_not_an_fsync_each(
+    tmp_path: Path, sync_calls: SyncCalls
+) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    names = [f"part{number % 3}/doc{number}_OUTPUT.txt" for number in range(12)]
+    saved = save_outputs(out_dir, [(name, name.encode()) for name in names])
+    written = [path.read_bytes() for path in saved if isinstance(path, Path)]
+    assert written == [name.encode() for name in names]
+    assert sync_calls.fsyncs == 0 and sync_calls.filesystem_syncs == [str(out_dir)]
+    save_outputs(out_dir, [])  # nothing written: nothing to sync
+    assert sync_calls.filesystem_syncs == [str(out_dir)]
+    write_result(out_dir, "single_OUTPUT.txt", b"x")  # a lone write is durable on its own
+    assert sync_calls.fsyncs == 1 and len(sync_calls.filesystem_syncs) == 1
+
+
+def test_where_there_is_no_syncfs_each_output_is_fsynced(
+    tmp_path: Path, sync_calls: SyncCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results, "_SYNCFS", None)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    save_outputs(out_dir, [("a_OUTPUT.txt", b"a"), ("b/c_OUTPUT.txt", b"c")])
+    assert sync_calls.fsyncs == 2 and (out_dir / "b" / "c_OUTPUT.txt").read_bytes() == b"c"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
+def test_a_failed_filesystem_sync_stops_the_unit_naming_the_folder_and_the_error(
+    tmp_path: Path, sync_calls: SyncCalls
+) -> None:
+    sync_calls.fail_with = errno.EIO
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(LocalWriteError) as raised:
+        save_outputs(out_dir, [("a_OUTPUT.txt", b"a")])
+    message = str(raised.value)
+    assert f"cannot write its results in the results folder {out_dir}" in message
+    assert "Input/output error (EIO)" in message
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
+def test_the_real_syncfs_is_found_and_succeeds(tmp_path: Path) -> None:
+    assert results._SYNCFS is not None
+    writer = ResultWriter(tmp_path, sync_later=True)
+    writer.write("a_OUTPUT.txt", b"a")
+    writer.sync()  # the real system call on the real folder: no error
+    assert (tmp_path / "a_OUTPUT.txt").read_bytes() == b"a"
