@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import AsyncIterator
 from functools import partial
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from orchestrator import blobinputs
@@ -66,23 +67,33 @@ def prefix_of(azurite: StorageEndpoint, argument: str) -> blobinputs.BlobPrefix:
     )
 
 
-async def test_a_prefix_is_listed_page_by_page_one_request_each(
-    seeded: tuple[BlobServiceClient, str, CountingHook], azurite: StorageEndpoint
-) -> None:
-    client, container, hook = seeded
+# logs/2026/ listed two names a page.
+PAGES_OF_TWO = [
+    ["logs/2026/.hidden", "logs/2026/a/b.txt"],
+    ["logs/2026/c.txt", "logs/2026/deep/er/d.txt"],
+    [],
+]
+
+
+async def names_by_page(
+    client: BlobServiceClient, azurite: StorageEndpoint, container: str
+) -> list[list[str]]:
+    """The names list_pages gives for logs/2026/, two a page."""
     prefix = prefix_of(azurite, f"az://{container}/logs/2026/")
-    pages = [
+    return [
         [blob.name for blob in page]
         async for page in blobinputs.list_pages(
             client, prefix, FAST_RETRY, account_name=azurite.account_name, page_size=2
         )
     ]
+
+
+async def test_a_prefix_is_listed_page_by_page_one_request_each(
+    seeded: tuple[BlobServiceClient, str, CountingHook], azurite: StorageEndpoint
+) -> None:
+    client, container, hook = seeded
     # Five names start with the prefix; the folder marker, alone on the last page, is left out.
-    assert pages == [
-        ["logs/2026/.hidden", "logs/2026/a/b.txt"],
-        ["logs/2026/c.txt", "logs/2026/deep/er/d.txt"],
-        [],
-    ]
+    assert await names_by_page(client, azurite, container) == PAGES_OF_TWO
     assert len(hook.requests) == 3
     assert all(request.startswith("GET ") and request.endswith(f"/{container}") for request in hook.requests)
 
@@ -203,3 +214,52 @@ async def test_the_blob_input_sas_reads_the_users_container_and_nothing_more(
     names = {blob.name: blob.size async for blob in client.get_container_client(container).list_blobs()}
     assert names == {name: len(data) for name, data in BLOBS.items()}
     assert sas.container_url(azurite.endpoint, container) == url.split("?", 1)[0]
+
+
+def live_sdk_pagers() -> int:
+    """How many of the storage SDK's List Blobs pagers are still in memory (held, or garbage in a cycle)."""
+    return sum(1 for item in gc.get_objects() if type(item).__name__ == "BlobPropertiesPaged")
+
+
+async def test_a_long_listing_holds_one_sdk_pager_not_one_per_page(
+    seeded: tuple[BlobServiceClient, str, CountingHook], azurite: StorageEndpoint
+) -> None:
+    """A pager refers to itself, so only a garbage collection frees one: a run listing 20 pages of
+    5,000 blobs kept several pages' deserialized blobs alive when each page had a pager of its own."""
+    client, container, _ = seeded
+    prefix = prefix_of(azurite, f"az://{container}/logs/")
+    gc.collect()
+    before = live_sdk_pagers()
+    gc.disable()  # as if no collection came between the pages
+    try:
+        held = []
+        async for _ in blobinputs.list_pages(
+            client, prefix, FAST_RETRY, account_name=azurite.account_name, page_size=1
+        ):
+            held.append(live_sdk_pagers() - before)
+        left = live_sdk_pagers() - before
+    finally:
+        gc.enable()
+    assert len(held) >= 6 and max(held) == 1, held
+    assert left == 0  # freed once the listing ends, not at the next full collection
+
+
+async def test_a_page_that_fails_once_is_listed_again_from_its_marker(
+    seeded: tuple[BlobServiceClient, str, CountingHook], azurite: StorageEndpoint
+) -> None:
+    """A lost connection on the second page: that page is asked again, with a fresh pager, from its marker."""
+    _, container, _ = seeded
+    listings = 0
+
+    def lose_the_second_page(request: Any) -> None:
+        nonlocal listings
+        if "comp=list" in request.http_request.url:
+            listings += 1
+            if listings == 2:
+                raise ServiceRequestError("connection reset by the test")
+
+    async with BlobServiceClient.from_connection_string(
+        azurite.connection_string, raw_request_hook=lose_the_second_page, **dict(SDK_RETRY_KWARGS)
+    ) as losing:
+        assert await names_by_page(losing, azurite, container) == PAGES_OF_TWO
+    assert listings == 4  # three pages, the second twice
