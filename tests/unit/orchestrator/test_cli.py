@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -218,3 +219,19 @@ def test_help_lists_every_exit_status() -> None:
     text = cli.build_parser().format_help()
     for status in ("0 all files succeeded", "1 some failed", "2 usage", "130", "143"):
         assert status in " ".join(text.split()), status
+
+
+@pytest.mark.parametrize(
+    ("command", "young_threshold"), [("run", cli.RUN_GC_YOUNG_THRESHOLD), ("status", 700)]
+)
+def test_the_commands_that_hold_a_run_collect_young_garbage_less_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, young_threshold: int
+) -> None:
+    saved = gc.get_threshold()
+    monkeypatch.chdir(tmp_path)
+    try:
+        gc.set_threshold(700, *saved[1:])
+        cli.main([command, "absent.txt", "--log-format", "json"])  # refused: the setting is made first
+        assert gc.get_threshold() == (young_threshold, *saved[1:])
+    finally:
+        gc.set_threshold(*saved)
