@@ -240,10 +240,10 @@ def test_a_result_path_longer_than_the_system_allows_is_refused_before_the_run(t
 class SyncCalls:
     """Stands in for os.fsync and syncfs, counting the calls; `fail_with` makes syncfs fail."""
 
-    def __init__(self, fail_with: int | None = None) -> None:
+    def __init__(self) -> None:
         self.fsyncs = 0
         self.filesystem_syncs: list[str] = []
-        self.fail_with = fail_with
+        self.fail_with: int | None = None
 
     def fsync(self, descriptor: int) -> None:
         self.fsyncs += 1
