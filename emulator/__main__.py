@@ -68,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-body-bytes", type=int, default=1_048_576, help="request body limit (413 above)"
     )
+    parser.add_argument(
+        "--max-page-size",
+        type=int,
+        default=1000,
+        help="items per list page at most, whatever maxresults asks (clients must follow next links)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
         "--time-scale",
@@ -188,6 +194,8 @@ def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]
         problems.append("--nodes-max-processes must be at least 1")
     if args.max_tasks_per_request < 1 or args.max_body_bytes < 1024:
         problems.append("--max-tasks-per-request must be >= 1 and --max-body-bytes >= 1024")
+    if not 1 <= args.max_page_size <= 1000:
+        problems.append(f"--max-page-size must be from 1 to 1000, got {args.max_page_size}")
     if not args.account_name:
         problems.append("--account-name must not be empty")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -239,6 +247,7 @@ async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> 
                 args.max_body_bytes,
                 faults.pool_allocation_delay_s,
                 reboot_start_task_failed=not args.refuse_start_task_failed_reboot,
+                max_page_size=args.max_page_size,
             )
             services = Services(account, runner, runner.faults, key, limits, group)
             services.count_history.lag_s = args.task_counts_lag_s

@@ -50,6 +50,8 @@ class Limits:
     max_body_bytes: int = 1_048_576
     pool_allocation_delay_s: float = 0.0
     reboot_start_task_failed: bool = True  # False: --refuse-start-task-failed-reboot
+    # The service may answer fewer items than `maxresults` asks, with a next link: --max-page-size.
+    max_page_size: int = MAX_PAGE
 
 
 @dataclass
@@ -239,9 +241,10 @@ def parsed_filter(request: web.Request, allowed: Sequence[str] | None) -> Node |
 
 
 def page_size(request: web.Request) -> int:
+    """Items in one page: what `maxresults` asks (1 to 1,000), at most the emulator's page size."""
     value = query_value(request, "maxresults")
     if value is None:
-        return MAX_PAGE
+        return services(request).limits.max_page_size
     try:
         size = int(value)
         if not 1 <= size <= MAX_PAGE:
@@ -253,7 +256,7 @@ def page_size(request: web.Request) -> int:
             f"maxresults must be an integer from 1 to {MAX_PAGE}.",
             {"QueryParameterName": "maxresults"},
         ) from None
-    return size
+    return min(size, services(request).limits.max_page_size)
 
 
 def paged(

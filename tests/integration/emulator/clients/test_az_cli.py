@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BatchEndpoint
+from tests.conftest import StartEmulator
 from tests.integration.emulator.clients import venvs
 from tests.integration.emulator.clients.conftest import (
     HERE,
@@ -35,9 +35,14 @@ async def az_cli_python() -> Path:
 
 
 @pytest.mark.timeout(900)  # a cold azure-cli install takes minutes on 2 shared cores
-async def test_az_batch_lifecycle(batch_emulator: BatchEndpoint, tmp_path: Path) -> None:
-    """Numbers go as flags (the CLI sends them as JSON strings); the CLI has no page-size option."""
+async def test_az_batch_lifecycle(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    """Numbers go as flags (the CLI sends them as JSON strings).
+
+    The CLI has no page-size option, so its paged listing is shown by an emulator that answers at
+    most 2 items a page (as the service may answer fewer than asked): 6 tasks take 3 requests.
+    """
     python = await az_cli_python()
+    batch_emulator = await start_emulator(["--max-page-size", "2"])
     pool_id = unique("az-pool")
     env = client_env(
         batch_emulator, POOL_ID=pool_id, JOB_ID=unique("az-job"), AZURE_CONFIG_DIR=str(tmp_path / "az")
@@ -57,6 +62,7 @@ async def test_az_batch_lifecycle(batch_emulator: BatchEndpoint, tmp_path: Path)
     assert report["addCollectionStatuses"] == ["success"] * 5
     assert report["taskCounts"] == {"active": 0, "running": 0, "completed": 6, "succeeded": 6, "failed": 0}
     assert report["completedTaskIds"] == [f"t{i}" for i in range(6)]
+    assert report["completedListRequests"] == 3
     assert {"stdout.txt", "stderr.txt"} <= set(report["taskFileNames"])
     assert report["taskStdout"] == "hello from t0\n"
     assert report["deletedTaskGet"] == {"status": "error", "code": "TaskNotFound"}

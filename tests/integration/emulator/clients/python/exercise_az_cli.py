@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 os.environ.update(
@@ -136,6 +137,14 @@ def main():
     report["taskCounts"] = {
         name: counts[name] for name in ("active", "running", "completed", "succeeded", "failed")
     }
+
+    def list_task_requests():
+        """The emulator's own count of task listings (its stats page, on loopback)."""
+        stats_url = os.environ["BATCH_ENDPOINT"] + "/_emulator/stats"  # the emulator on loopback
+        with urllib.request.urlopen(stats_url) as answer:  # noqa: S310 (an http URL of our own)
+            return json.load(answer)["requests"].get("list_tasks", 0)
+
+    listings_before = list_task_requests()
     completed = az(
         "batch",
         "task",
@@ -148,6 +157,8 @@ def main():
         "id,state",
     )
     report["completedTaskIds"] = sorted(task["id"] for task in completed)
+    # The CLI has no page-size option: the test's emulator pages at 2, so the CLI must follow links.
+    report["completedListRequests"] = list_task_requests() - listings_before
 
     task_files = az("batch", "task", "file", "list", "--job-id", job_id, "--task-id", "t0")
     report["taskFileNames"] = [f["name"] for f in task_files]
