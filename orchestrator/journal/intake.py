@@ -204,14 +204,17 @@ class IntakeStore:
     # ----------------------------------------------------------------- reads
 
     async def known_claims(self, sha256s: Sequence[str]) -> dict[str, IntakeFile]:
-        """The first non-duplicate claim of each content hash given, if any."""
+        """The first claim of each content hash given that is neither a duplicate nor failed, if any.
+
+        A failed claim does not make its content a duplicate (docs/daemon.md): sent again, it runs again.
+        """
 
         def read(connection: sqlite3.Connection) -> dict[str, IntakeFile]:
             found: dict[str, IntakeFile] = {}
             for sha in set(sha256s):
                 row = connection.execute(
-                    f"SELECT {_FILE_COLUMNS} FROM intake_files WHERE sha256 = ? AND state != 'duplicate'"  # noqa: S608 - constant columns and placeholders
-                    " ORDER BY rowid LIMIT 1",
+                    f"SELECT {_FILE_COLUMNS} FROM intake_files WHERE sha256 = ?"  # noqa: S608 - constant columns and placeholders
+                    " AND state NOT IN ('duplicate', 'failed') ORDER BY rowid LIMIT 1",
                     (sha,),
                 ).fetchone()
                 if row is not None:
