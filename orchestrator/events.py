@@ -4,6 +4,9 @@ Code elsewhere does `log = structlog.get_logger()` and `log.info("noun.past_tens
 event names and fields are catalogued in docs/events.md. A last redaction step (orchestrator/secrets.py)
 removes SAS signatures, keys, tokens and registered secrets from every value, as a safety net behind
 code that never logs them.
+
+The Azure SDKs log through stdlib logging: their warnings and errors join the event stream as
+`sdk.warned` events (redacted like every event); their INFO request/response lines stay off.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ from typing import Any, Literal, Protocol, TextIO, cast
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from orchestrator.secrets import redact_value
+from orchestrator.secrets import redact_text, redact_value
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+SDK_LOGGER = "azure"  # the parent of every Azure SDK logger (azure.core, azure.identity, azure.batch...)
+SDK_MESSAGE_CHARS = 500
+
+log = structlog.get_logger()
 
 
 class TextSink(Protocol):
@@ -45,14 +52,45 @@ def put_standard_keys_first(_logger: WrappedLogger, _method: str, event_dict: Ev
     return ordered
 
 
-def _quiet_sdk_loggers() -> None:
-    # The Azure SDKs log through stdlib logging (e.g. a traceback for every body-less 404); their
-    # errors reach us as exceptions, so their log lines would only corrupt the JSON stream.
-    for name in ("azure", "azure.core", "azure.identity"):
-        sdk_logger = logging.getLogger(name)
-        sdk_logger.handlers = [logging.NullHandler()]
-        sdk_logger.propagate = False
-        sdk_logger.setLevel(logging.CRITICAL)
+class SdkWarnings(logging.Handler):
+    """Azure SDK log records at WARNING and above, as `sdk.warned` events on the event stream.
+
+    Written as events, never as raw text, so the stream stays one JSON object per line. The message
+    is redacted before it is shortened (a cut could split a key and leave a part the redaction would
+    no longer recognise); a traceback is reduced to its exception's type and first line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # the SDK's format and arguments disagree: its template says enough
+            message = str(record.msg)
+        error_type = error = None
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            raised = record.exc_info[1]
+            error_type = type(raised).__name__
+            error = redact_text((str(raised).splitlines() or [""])[0])[:300]
+        log.warning(
+            "sdk.warned",
+            sdk_logger=record.name,
+            sdk_level=record.levelname.lower(),
+            message=redact_text(message)[:SDK_MESSAGE_CHARS],
+            error_type=error_type,
+            error=error,
+        )
+
+
+def _route_sdk_logs() -> None:
+    # Only WARNING and above: the INFO lines of azure-core's HTTP logging policy (every request and
+    # response) stay off even where a child logger was set to INFO, because the handler drops them.
+    # Not propagated: a root handler (the embedding application's, pytest's) must not print them raw.
+    sdk_logger = logging.getLogger(SDK_LOGGER)
+    sdk_logger.handlers = [SdkWarnings()]
+    sdk_logger.propagate = False
+    sdk_logger.setLevel(logging.WARNING)
 
 
 def configure_events(log_format: Literal["json", "console"], stream: TextSink, level: str = "info") -> None:
@@ -84,7 +122,7 @@ def configure_events(log_format: Literal["json", "console"], stream: TextSink, l
         # Not cached: tests and the CLI reconfigure, and module-level loggers must follow.
         cache_logger_on_first_use=False,
     )
-    _quiet_sdk_loggers()
+    _route_sdk_logs()
 
 
 def _is_terminal(stream: TextSink) -> bool:

@@ -7,19 +7,23 @@ unfinished batches, reconcile unknown jobs), then ready (`/readyz`, systemd `REA
 `daemon.ready` event), then intake.
 
 The main loop has arq's shape (`Worker._poll_iteration`): each iteration closes the batches that are
-due, picks queued batches while a `CapacityLimiter(max_active_runs)` has room, reaps what ended,
-writes the heartbeat `/livez` reads, and sleeps what is left of its period. Each batch runs in the
-loop's task group (service/batchrun.py); the drain policy (service/drain.py) decides when to stop.
+due, picks queued batches while a `CapacityLimiter(max_active_runs)` has room, updates the gauges,
+writes the heartbeat `/livez` reads, and sleeps what is left of its period (`heartbeat_s`). Each
+batch runs in the loop's task group (service/batchrun.py); the drain policy (service/drain.py)
+decides when to stop. The slow periodic work against Batch and Storage (the pool view, the Storage
+check, job clean-up) is a task of its own, each call bounded: a service that hangs delays it, never
+the loop, so `/livez` and systemd's watchdog follow a wedged loop and not a slow service.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +32,11 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
+from azure.core.exceptions import ResourceNotFoundError
 
 from orchestrator import naming
-from orchestrator.azure.clients import BATCH, STORAGE
+from orchestrator.azure.clients import BATCH, STORAGE, unattributed_requests
+from orchestrator.azure.retry import retry_call
 from orchestrator.errors import TopnError, first_leaf
 from orchestrator.journal.intake import IntakeFile, IntakeStore
 from orchestrator.secrets import redact_text
@@ -50,7 +56,9 @@ from orchestrator.settings import Settings
 log = structlog.get_logger()
 
 TIDY_EVERY_S = 60.0
-POOL_VIEW_EVERY_S = 10.0
+TIDY_TIMEOUT_S = 30.0  # deleting many expired jobs takes a while
+POOL_VIEW_EVERY_S = 10.0  # also the Storage check: both are what readiness says of the services
+REACHABILITY_TIMEOUT_S = 10.0  # a read that takes longer counts as the service not answering
 RECENT_FAILURES = 50
 TOPS_CACHED = 500
 
@@ -65,7 +73,8 @@ class DaemonState:
     recovered: bool = False
     draining: bool = False
     pool_resize_errors: int = 0
-    services_reachable: bool = True  # the last pool view was read (Batch answered)
+    batch_reachable: bool = True  # the last pool view was read in time (Batch answered)
+    storage_reachable: bool = True  # the last Storage check was answered in time
     listen_url: str | None = None
     in_flight: dict[str, BatchProgress] = field(default_factory=dict)
     waiting_batches: list[str] = field(default_factory=list)
@@ -73,6 +82,10 @@ class DaemonState:
     inbox_pending: int = 0
     pool_nodes: dict[str, int] = field(default_factory=dict)
     recent_failures: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_FAILURES))
+
+    @property
+    def services_reachable(self) -> bool:
+        return self.batch_reachable and self.storage_reachable
 
     @property
     def ready(self) -> bool:
@@ -114,8 +127,6 @@ class Daemon:
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._intake_scope = anyio.CancelScope()
         self._claim_lock = anyio.Lock()
-        self._last_tidy = -TIDY_EVERY_S
-        self._last_pool_view = -POOL_VIEW_EVERY_S
         self._requests_seen: dict[str, dict[tuple[str, str], int]] = {}
         self._tops: dict[str, list[list[Any]]] = {}
         self.policy = DrainPolicy(
@@ -216,9 +227,9 @@ class Daemon:
                     )
                     if not self.state.in_flight:
                         break
-                await self._reap(started)
+                self._update_gauges()
                 self._heartbeat()
-                await anyio.sleep(max(0.0, min(period, 0.25) - (time.monotonic() - started)))
+                await anyio.sleep(max(0.0, period - (time.monotonic() - started)))
         log.info("daemon.drained", batches_waiting=len(self._queued))
 
     async def _close_due_batches(self, now: float) -> None:
@@ -268,7 +279,7 @@ class Daemon:
         if scope is not None:
             scope.cancel()
 
-    async def _reap(self, now: float) -> None:
+    def _update_gauges(self) -> None:
         state, metrics = self.state, self.metrics
         state.waiting_batches = list(self._queued)
         state.unbatched = len(self._waiting)
@@ -276,24 +287,53 @@ class Daemon:
         metrics.batches_waiting.set(len(self._queued))
         metrics.inbox_pending.set(state.inbox_pending + len(self._waiting))
         self._count_requests()
-        if now - self._last_tidy >= TIDY_EVERY_S and self.policy.taking_work:
-            self._last_tidy = now
-            await self._guarded(self._tidy_jobs)
-        if now - self._last_pool_view >= POOL_VIEW_EVERY_S and self.policy.taking_work:
-            self._last_pool_view = now
-            await self._guarded(self._read_pool)
 
     def _heartbeat(self) -> None:
         self.state.heartbeat_at = time.monotonic()
         self.notifier.watchdog()
 
-    async def _guarded(self, work: Callable[[], Any]) -> None:
-        """Housekeeping must never stop the loop: a failure is an event, and the next period tries again."""
+    # ----------------------------------------------------------------- housekeeping
+
+    async def housekeep(self) -> None:
+        """The pool view and the Storage check every POOL_VIEW_EVERY_S, job clean-up every TIDY_EVERY_S.
+
+        Its own task, one call at a time, each bounded: while Batch or Storage hangs, this task waits
+        (and readiness goes false), the main loop and its heartbeat go on. Ends when draining starts.
+        """
+        next_view = time.monotonic()
+        next_tidy = next_view + TIDY_EVERY_S  # recovery has just tidied
+        while self.policy.taking_work:
+            now = time.monotonic()
+            if now >= next_view:
+                next_view = now + POOL_VIEW_EVERY_S
+                await self.check_services()
+            if now >= next_tidy:
+                next_tidy = now + TIDY_EVERY_S
+                await self._bounded("job_cleanup", self._tidy_jobs, TIDY_TIMEOUT_S)
+            await anyio.sleep(max(0.0, min(next_view, next_tidy) - time.monotonic()))
+
+    async def check_services(self) -> None:
+        """Read the pool view (Batch) and check Storage; what `/readyz` says of the services."""
+        state = self.state
+        state.batch_reachable = await self._bounded("pool_view", self._read_pool, REACHABILITY_TIMEOUT_S)
+        state.storage_reachable = await self._bounded(
+            "storage_check", self._check_storage, REACHABILITY_TIMEOUT_S
+        )
+
+    async def _bounded(self, work: str, call: Callable[[], Awaitable[None]], timeout_s: float) -> bool:
+        """Housekeeping never stops the daemon: a failure or a timeout is an event and False."""
         try:
-            with anyio.fail_after(30):
-                await work()
-        except Exception as error:  # logged; the loop goes on
-            log.warning("daemon.housekeeping_failed", error_type=type(error).__name__, error=str(error)[:300])
+            with anyio.fail_after(timeout_s):
+                await call()
+        except Exception as error:  # logged; the next period tries again
+            log.warning(
+                "daemon.housekeeping_failed",
+                work=work,
+                error_type=type(error).__name__,
+                error=redact_text(str(error))[:300],
+            )
+            return False
+        return True
 
     async def _tidy_jobs(self) -> None:
         known = {run.run_id for run in await self.services.journal.list_run_summaries()}
@@ -302,19 +342,24 @@ class Daemon:
         self.metrics.active_jobs.set(active)
 
     async def _read_pool(self) -> None:
-        try:
-            view = await read_pool_view(self.services.settings, self.services.clients, self.services.pool)
-        except Exception:
-            self.state.services_reachable = False  # not ready until Batch answers again
-            raise
-        self.state.services_reachable = True
+        view = await read_pool_view(self.services.settings, self.services.clients, self.services.pool)
         self.state.pool_nodes = dict(view.nodes_by_state)
         self.state.pool_resize_errors = view.resize_errors
-        for node_state, count in view.nodes_by_state.items():
-            self.metrics.pool_nodes.labels(state=node_state).set(count)
+        self.metrics.set_pool_nodes(view.nodes_by_state)
         self.metrics.pool_target_nodes.set(view.target_nodes)
         if view.sas_expires_at is not None:
             self.metrics.sas_expiry.set(view.sas_expires_at.timestamp())
+
+    async def _check_storage(self) -> None:
+        """One cheap authenticated read: the input container's properties (a missing one is an answer)."""
+        settings = self.services.settings
+        blob_service = self.services.clients.blob_service
+        container = blob_service.get_container_client(f"{settings.storage.container_prefix}-input")
+        async with unattributed_requests():
+            with contextlib.suppress(ResourceNotFoundError):
+                await retry_call(
+                    settings.retry, "get_container_properties", container.get_container_properties
+                )
 
     def _count_requests(self) -> None:
         counter = self.services.clients.requests
@@ -391,6 +436,7 @@ async def _run_daemon(
                 daemon.state.listen_url = url
                 await group.start(keep_pool, services.settings, services.clients, services.pool)
                 await group.start(daemon.recover)
+                group.start_soon(daemon.housekeep, name="daemon housekeeping")
                 daemon.notifier.ready(f"serving {url}")
                 log.info(
                     "daemon.ready",

@@ -1,10 +1,11 @@
 """The daemon's HTTP side (aiohttp): probes, Prometheus metrics, the runs API and the status page.
 
 `/livez` reads the heartbeat the main loop writes, so a wedged loop fails it even though this
-handler is happy; `/readyz` is true only after recovery, with the pool free of resize errors, and
-not while draining. `/metrics` renders the in-memory counters (never a journal scan). Loopback by
-default; any other address needs `TOPN_DAEMON_TOKEN`, which every request but the probes must then
-carry as `Authorization: Bearer <token>`.
+handler is happy (a slow Batch or Storage does not: their calls run off the loop); `/readyz` is
+true only after recovery, with Batch and Storage answering the daemon's periodic checks, the pool
+free of resize errors, and not while draining. `/metrics` renders the in-memory counters (never a
+journal scan). Loopback by default; any other address needs `TOPN_DAEMON_TOKEN`, which every
+request but the probes must then carry as `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ class _Handlers:
             "draining": state.draining,
             "pool_resize_errors": state.pool_resize_errors,
             "services_reachable": state.services_reachable,
+            "batch_reachable": state.batch_reachable,
+            "storage_reachable": state.storage_reachable,
         }
         return web.json_response(body, status=200 if state.ready else 503)
 

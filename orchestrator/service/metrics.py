@@ -7,6 +7,7 @@ file name or a run id, which would grow the series without bound.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -61,7 +62,10 @@ class DaemonMetrics:
             "topn_pool_target_nodes", "Pool's target node count", registry=registry
         )
         self.active_jobs = Gauge(
-            "topn_active_jobs", "Active topn jobs in the Batch account", registry=registry
+            "topn_active_jobs",
+            # Not only topn's: every job the account's active-jobs quota counts.
+            "Active and terminating jobs in the whole Batch account, topn's or not",
+            registry=registry,
         )
         self.quota_refusals = Counter(
             "topn_quota_refusals",
@@ -92,10 +96,21 @@ class DaemonMetrics:
             self.tasks_completed.labels(outcome=outcome)
         for source in ("watch", "rescan", "api"):
             self.inputs_received.labels(source=source)
+        self._node_states_seen: set[str] = set()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return generate_latest(self.registry)
+
+    def set_pool_nodes(self, nodes_by_state: Mapping[str, int]) -> None:
+        """The pool's nodes by state now: every state exported before and absent now reads 0.
+
+        Otherwise a state's last count would stay forever (idle nodes after a scale to zero), and the
+        states would no longer add up to the pool's node count.
+        """
+        self._node_states_seen.update(nodes_by_state)
+        for state in self._node_states_seen:
+            self.pool_nodes.labels(state=state).set(nodes_by_state.get(state, 0))
 
     def count_requests(self, service: str, by_operation_status: dict[tuple[str, str], int]) -> None:
         """Add request counts (deltas) observed since the last call."""

@@ -48,7 +48,7 @@ async def test_livez_follows_the_loops_heartbeat_not_the_handler() -> None:
         await client.close()
 
 
-async def test_readyz_only_after_recovery_without_resize_errors_and_not_draining() -> None:
+async def test_readyz_only_after_recovery_with_services_answering_no_resize_errors_not_draining() -> None:
     state = new_state()
     client = await client_for(fake_daemon(state))
     try:
@@ -58,9 +58,17 @@ async def test_readyz_only_after_recovery_without_resize_errors_and_not_draining
         state.pool_resize_errors = 1
         assert (await client.get("/readyz")).status == 503
         state.pool_resize_errors = 0
-        state.services_reachable = False  # the loop's last pool view could not be read
-        assert (await client.get("/readyz")).status == 503
-        state.services_reachable = True
+        state.batch_reachable = False  # the last pool view could not be read in time
+        response = await client.get("/readyz")
+        assert response.status == 503 and (await response.json())["batch_reachable"] is False
+        state.batch_reachable = True
+        state.storage_reachable = False  # the last Storage check was not answered in time
+        response = await client.get("/readyz")
+        body = await response.json()
+        assert response.status == 503 and body["storage_reachable"] is False
+        assert body["batch_reachable"] is True and body["services_reachable"] is False
+        state.storage_reachable = True
+        assert (await client.get("/readyz")).status == 200
         state.draining = True
         assert (await client.get("/readyz")).status == 503
     finally:
