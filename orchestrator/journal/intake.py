@@ -223,6 +223,22 @@ class IntakeStore:
 
         return await self._read(read)
 
+    async def claimed_not_batched(self, sha256s: Sequence[str]) -> list[IntakeFile]:
+        """Claims of these content hashes still in state `claimed` (their rename may have failed)."""
+
+        def read(connection: sqlite3.Connection) -> list[IntakeFile]:
+            found: list[IntakeFile] = []
+            for sha in set(sha256s):
+                rows = connection.execute(
+                    f"SELECT {_FILE_COLUMNS} FROM intake_files WHERE sha256 = ?"  # noqa: S608 - constant columns and placeholders
+                    " AND state = 'claimed' ORDER BY rowid",
+                    (sha,),
+                ).fetchall()
+                found.extend(_file_of(row) for row in rows)
+            return found
+
+        return await self._read(read)
+
     async def files_in_states(self, states: Sequence[str]) -> list[IntakeFile]:
         marks = ", ".join("?" for _ in states)
 

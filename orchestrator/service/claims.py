@@ -32,6 +32,7 @@ import structlog
 from orchestrator.journal.intake import IntakeFile, IntakeStore
 from orchestrator.journal.schema import format_timestamp, now
 from orchestrator.results import write_atomic
+from orchestrator.secrets import redact_text
 from orchestrator.service.intake import CLAIMED_FOLDER, CompleteFile
 from orchestrator.settings import DaemonSettings
 
@@ -139,9 +140,12 @@ class Claimer:
         hashed = await anyio.to_thread.run_sync(_hash_all, files)
         if not hashed:
             return [], []
+        shas = [sha for _, sha, _ in hashed]
         known: dict[str, IntakeFile] = {}
         if self._settings.dedupe:
-            known = await self._store.known_claims([sha for _, sha, _ in hashed])
+            known = await self._store.known_claims(shas)
+        # A file's own claim whose rename failed is finished, not claimed again, with dedupe or without.
+        own = {(item.source_path, item.sha256): item for item in await self._store.claimed_not_batched(shas)}
         complete_at = format_timestamp(now())
         new: list[IntakeFile] = []
         duplicates: list[IntakeFile] = []
@@ -149,8 +153,9 @@ class Claimer:
         for item, sha, size in hashed:
             claim_id = new_claim_id(sha)
             original = known.get(sha)
-            if original is not None and original.source_path == item.path and original.state == "claimed":
-                unfinished.append(original)  # its own claim, whose rename failed: finish it, no new row
+            earlier = own.get((item.path, sha))
+            if earlier is not None and not copy:
+                unfinished.append(earlier)  # its row is written; only the rename is left: no new row
             elif original is None:
                 claimed = self._folders.claimed / claim_id / item.relpath
                 new.append(_intake_file(item, claim_id, sha, size, claimed, complete_at, "claimed"))
@@ -165,11 +170,12 @@ class Claimer:
         await self._store.record_claims(new, duplicates)
         if copy:
             await anyio.to_thread.run_sync(_copy_claimed, new)
+            moved = new
         else:
-            await anyio.to_thread.run_sync(self._move_claimed, [*new, *unfinished], duplicates, files)
+            moved = await anyio.to_thread.run_sync(self._move_claimed, [*new, *unfinished], duplicates, files)
         for duplicate in duplicates:
             log.info("intake.duplicate", claim_id=duplicate.claim_id, original_batch_id=duplicate.batch_id)
-        return new, duplicates
+        return moved, duplicates
 
     def _place_duplicates(self, duplicates: Sequence[IntakeFile]) -> list[IntakeFile]:
         placed = []
@@ -184,15 +190,28 @@ class Claimer:
 
     def _move_claimed(
         self, new: Sequence[IntakeFile], duplicates: Sequence[IntakeFile], files: Sequence[CompleteFile]
-    ) -> None:
+    ) -> list[IntakeFile]:
+        """Rename claims into the claimed folder; returns those now there (blocking).
+
+        A rename that fails leaves that file in the inbox with its row written: the next check
+        finishes it (its own claim, found by content and path) and hands it on then, once.
+        """
+        moved = []
         for item in new:
-            move(item.source_path, item.claimed_path)
+            try:
+                if move(item.source_path, item.claimed_path):
+                    moved.append(item)
+            except OSError as error:
+                log.warning(
+                    "intake.rename_failed", claim_id=item.claim_id, error=redact_text(str(error))[:300]
+                )
         for item in duplicates:
             _finish_duplicate(item)
         for complete in files:
             if complete.marker is not None:
                 with contextlib.suppress(FileNotFoundError):
                     complete.marker.unlink()
+        return moved
 
     async def complete_interrupted(self) -> int:
         """Recovery: finish the renames and moves a crash left between a journal row and its file."""

@@ -147,7 +147,10 @@ class Daemon:
             log.warning("intake.claim_failed", files=len(files), error=redact_text(str(error))[:300])
             return []
         now = time.monotonic()
+        waiting = {claimed.claim_id for claimed in self._waiting}
         for item in new:
+            if item.claim_id in waiting:  # re-batched by recovery already; its rename finished only now
+                continue
             self.metrics.inputs_received.labels(source=item.source).inc()
             self._waiting.append(Claimed(item.claim_id, item.size_bytes, now))
             log.debug("intake.claimed", claim_id=item.claim_id, bytes=item.size_bytes, source=item.source)

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from orchestrator.journal.intake import IntakeStore
+from orchestrator.service import claims
 from orchestrator.service.claims import Claimer, DaemonFolders, sha256_of
 from orchestrator.service.intake import CompleteFile
 from orchestrator.settings import DaemonSettings
@@ -59,10 +60,37 @@ async def test_a_crash_between_the_row_and_the_rename_is_finished_not_duplicated
         await anyio.Path(new[0].claimed_path).rename(item.path)
         assert await claimer.complete_interrupted() == 1
         assert new[0].claimed_path.is_file() and not item.path.exists()
-        # And if the inbox is checked before recovery ever runs (a failed rename), no duplicate either.
-        await anyio.Path(new[0].claimed_path).rename(item.path)
-        again, duplicates = await claimer.claim([item])
-        assert again == [] and duplicates == [] and new[0].claimed_path.is_file()
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("dedupe", [True, False])
+async def test_a_failed_rename_leaves_that_file_alone_and_the_next_check_hands_it_on_once(
+    folders: DaemonFolders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dedupe: bool
+) -> None:
+    """The row is written, the rename fails: the next check finishes that claim and hands it on once."""
+    store = await IntakeStore.open(tmp_path / "state")
+    real_move = claims.move
+
+    def refuse_b(source: Path, destination: Path) -> bool:
+        if source.name == "b.txt":
+            raise PermissionError(13, "Permission denied", str(source))
+        return real_move(source, destination)
+
+    try:
+        claimer = Claimer(store, folders, DaemonSettings(dedupe=dedupe))
+        files = [complete(folders, "a.txt", "alpha"), complete(folders, "b.txt", "beta")]
+        monkeypatch.setattr(claims, "move", refuse_b)
+        new, _ = await claimer.claim(files)
+        assert [item.relpath for item in new] == ["a.txt"]  # b is not handed on: it is still in the inbox
+        assert files[1].path.is_file()
+        monkeypatch.setattr(claims, "move", real_move)
+        again, duplicates = await claimer.claim([files[1]])
+        assert [item.relpath for item in again] == ["b.txt"] and duplicates == []
+        assert again[0].claimed_path.read_text(encoding="utf-8") == "beta" and not files[1].path.exists()
+        rows = await store.files_in_states(("claimed",))
+        assert sorted(item.relpath for item in rows) == ["a.txt", "b.txt"]  # one row each, none added
+        assert {item.claim_id for item in rows} == {new[0].claim_id, again[0].claim_id}
     finally:
         await store.close()
 
