@@ -93,8 +93,16 @@ def node_blob_name(sha256_hex: str) -> str:
 
 
 def input_blob_name(run_id: str, relpath: str) -> str:
-    """Where an input lives in the input container: `runs/<run_id>/<relpath>`."""
-    return f"runs/{run_id}/{relpath}"
+    """Where an input lives in the input container: `runs/<run_id>/<relpath>`.
+
+    A relpath too deep for a blob name under those two segments (`MAX_BLOB_SEGMENTS`) keeps its
+    first folders and ends in `<stem>~<hash><ext>`, as `output_name` shortens a deep result.
+    """
+    kept = MAX_BLOB_SEGMENTS - _INPUT_PREFIX_SEGMENTS
+    if relpath.count("/") < kept:
+        return f"runs/{run_id}/{relpath}"
+    folder, _, file_name = relpath.rpartition("/")
+    return f"runs/{run_id}/{_first_folders(folder, kept - 1)}/{_hashed_name(relpath, file_name, '')}"
 
 
 def run_input_prefix(run_id: str) -> str:
@@ -160,6 +168,12 @@ def check_relative_name(name: str) -> str:
 
 # A file name's limit on common filesystems (ext4, XFS, btrfs, APFS, tmpfs): 255 bytes.
 MAX_FILE_NAME_BYTES = 255
+# Blob Storage refuses (400) a blob name of more than 1,024 characters or of more than 254 path
+# segments (Microsoft, "Naming and Referencing Containers, Blobs, and Metadata"). Azurite enforces
+# neither, so every derived name is kept within both here, where a test can check it.
+MAX_BLOB_NAME_CHARS = 1024
+MAX_BLOB_SEGMENTS = 254
+_INPUT_PREFIX_SEGMENTS = 2  # `runs/<run_id>/`
 # An extension longer than this is part of the name to shorten, not something worth keeping whole.
 _KEPT_EXTENSION_BYTES = 16
 _NAME_HASH_CHARS = 12
@@ -171,21 +185,41 @@ def output_name(relpath: str) -> str:
     A legal input name of up to 255 bytes would give a result name over the filesystem's limit, so a
     result name that would pass `MAX_FILE_NAME_BYTES` is shortened deterministically: the start of the
     name (cut on a character boundary), `~` and a hash of the whole relpath (two long names never
-    collide), `_OUTPUT` and the extension. summary.json's `output` says which file belongs to which input.
+    collide), `_OUTPUT` and the extension. A relpath deeper than a blob name may be
+    (`MAX_BLOB_SEGMENTS`) keeps its first 253 folders and gets the same hashed file name, so the
+    result is one blob name on Azure and one file locally. summary.json's `output` says which file
+    belongs to which input.
     """
     # String operations, not PurePosixPath: this runs once per file, 100,000 times in a big run.
     folder, slash, file_name = check_relative_name(relpath).rpartition("/")
+    if relpath.count("/") >= MAX_BLOB_SEGMENTS:
+        kept = _first_folders(folder, MAX_BLOB_SEGMENTS - 1)
+        return f"{kept}/{_hashed_name(relpath, file_name, '_OUTPUT')}"
     stem, suffix = split_extension(file_name)
     name = f"{stem}_OUTPUT{suffix}"
     if len(name.encode("utf-8")) <= MAX_FILE_NAME_BYTES:
         return f"{folder}{slash}{name}"
+    return f"{folder}{slash}{_hashed_name(relpath, file_name, '_OUTPUT')}"
+
+
+def _hashed_name(relpath: str, file_name: str, marker: str) -> str:
+    """`<start of the stem>~<hash of relpath><marker><ext>`, at most `MAX_FILE_NAME_BYTES` bytes.
+
+    The hash is of the whole relpath, so two inputs never share the name whatever was cut away.
+    """
+    stem, suffix = split_extension(file_name)
     if len(suffix.encode("utf-8")) > _KEPT_EXTENSION_BYTES:
         stem, suffix = file_name, ""
     digest = hashlib.sha256(relpath.encode("utf-8")).hexdigest()[:_NAME_HASH_CHARS]
-    tail = f"~{digest}_OUTPUT{suffix}"
+    tail = f"~{digest}{marker}{suffix}"
     budget = MAX_FILE_NAME_BYTES - len(tail.encode("utf-8"))
     start = stem.encode("utf-8")[:budget].decode("utf-8", errors="ignore")  # never half a character
-    return f"{folder}{slash}{start}{tail}"
+    return f"{start}{tail}"
+
+
+def _first_folders(folder: str, count: int) -> str:
+    """The first `count` parts of a `/`-separated folder path."""
+    return "/".join(folder.split("/", count)[:count])
 
 
 def split_extension(file_name: str) -> tuple[str, str]:

@@ -3,7 +3,8 @@
 The real node uploads each input's `_OUTPUT` to the run's output container; topn downloads one result
 blob per task and writes each `_OUTPUT` itself. Both are compared here, for both tokenizers and the
 awkward inputs other tests use: empty, binary, a BOM, undecodable bytes, a 255-byte name, names an
-option parser could misread. The expected bytes are the node's upload, not anything topn computed.
+option parser could misread, a path deeper than a blob name's 254 segments. The expected bytes are
+the node's upload, not anything topn computed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from orchestrator import naming
 from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.e2e.run_cli import run_topn, topn_environment
 
+DEEP = "/".join(["d"] * 300) + "/leaf.txt"
 INPUTS: dict[str, bytes] = {
     "plain.txt": b"The cat and the hat. The end!\n",
     "empty.txt": b"",
@@ -29,6 +31,8 @@ INPUTS: dict[str, bytes] = {
     "a" * 251 + ".txt": b"long long name\n",
     "dir/日本 語.txt": "日本 語 日本 Œuvre œuvre\n".encode(),
     "ties.txt": b"b a c b a c d\n",
+    # Deeper than a blob name's 254 path segments (Azurite would take it; Azure answers 400).
+    DEEP: b"deep down below\n",
 }
 
 
@@ -80,3 +84,7 @@ def test_each_locally_rendered_output_equals_the_nodes_upload_byte_for_byte(
     # Not vacuous: real counts and the node's ids are in them.
     assert b"cat:\t1" in local["plain_OUTPUT.txt"] or b"the:\t3" in local["plain_OUTPUT.txt"]
     assert b"Task: t00000" in local["plain_OUTPUT.txt"]
+    # The deep input's result has a shortened name (its first folders, a hash) both as a blob and here.
+    (deep_output,) = [entry["output"] for entry in summary["files"] if entry["path"] == DEEP]
+    assert len(deep_output.split("/")) == 254 and deep_output.endswith("_OUTPUT.txt"), deep_output
+    assert max(len(name.split("/")) for name in uploaded) <= 254

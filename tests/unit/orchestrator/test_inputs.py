@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -290,13 +292,28 @@ def test_skipping_everything_is_still_exit_2_naming_the_first(reachable_tmp: Pat
     assert "no readable input" in completed.stdout and str(folder / "a.txt") in completed.stdout
 
 
-def test_a_fifo_inside_a_folder_is_skipped_with_an_event(tmp_path: Path) -> None:
+def make_socket(path: Path) -> socket.socket:
+    """A listening Unix socket at `path` (a pytest tmp_path stays well under the 108-byte limit)."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    return server
+
+
+@pytest.mark.parametrize(("kind", "name", "said"), [("fifo", "pipe", "FIFO"), ("socket", "node", "a socket")])
+def test_a_fifo_or_socket_inside_a_folder_is_skipped_with_an_event(
+    tmp_path: Path, kind: str, name: str, said: str
+) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("words")
-    os.mkfifo(tmp_path / "in" / "pipe")
-    with capture_logs() as logs:
-        found = discover_inputs([tmp_path / "in"])
+    with contextlib.ExitStack() as stack:
+        if kind == "fifo":
+            os.mkfifo(tmp_path / "in" / name)
+        else:
+            stack.enter_context(make_socket(tmp_path / "in" / name))
+        with capture_logs() as logs:
+            found = discover_inputs([tmp_path / "in"])
     assert [item.relpath for item in found] == ["a.txt"]
     skipped = [entry for entry in logs if entry["event"] == "input.skipped"]
-    assert [entry["file"] for entry in skipped] == [str(tmp_path / "in" / "pipe")]
-    assert "FIFO" in skipped[0]["reason"]
+    assert [entry["file"] for entry in skipped] == [str(tmp_path / "in" / name)]
+    assert said in skipped[0]["reason"] and "not a regular file" in skipped[0]["reason"]
