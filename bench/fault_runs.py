@@ -124,7 +124,11 @@ async def measure(
         first_upload = anyio.Event()
 
         async def watch(event: dict[str, Any]) -> None:
-            if event["event"] == "blob.uploaded" and str(event["blob"]).startswith("runs/"):
+            # An input's own blob or a unit's pack (small inputs go up packed: naming.unit_pack_blob).
+            blob = str(event.get("blob", ""))
+            if event["event"] == "blob.uploaded" and (
+                blob.startswith("runs/") or (blob.startswith("units/") and blob.endswith(".pack"))
+            ):
                 first_upload.set()
 
         async def restart_azurite() -> None:
