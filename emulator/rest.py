@@ -50,6 +50,7 @@ class Limits:
     max_body_bytes: int = 1_048_576
     pool_allocation_delay_s: float = 0.0
     reboot_start_task_failed: bool = True  # False: --refuse-start-task-failed-reboot
+    pool_delete_delay_s: float = 0.0  # how long a deleted pool stays `deleting` before it is gone
 
 
 @dataclass
