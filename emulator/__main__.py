@@ -107,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="serve job task counts as they were this long ago (the service's counts can lag)",
     )
+    parser.add_argument(
+        "--pool-delete-delay-s",
+        type=float,
+        default=0.0,
+        help="a deleted pool stays deleting this long (409 PoolBeingDeleted to an add of its id)",
+    )
     quotas = parser.add_argument_group("account quotas (none by default)")
     quotas.add_argument("--max-active-jobs", type=int, default=None, help="active jobs (+ job schedules)")
     quotas.add_argument("--max-dedicated-cores", type=int, default=None, help="dedicated cores of all pools")
@@ -202,6 +208,8 @@ def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]
         problems.append("--tls-cert and --tls-key go together")
     if not 0 <= args.task_counts_lag_s <= 3600:
         problems.append(f"--task-counts-lag-s must be from 0 to 3600, got {args.task_counts_lag_s}")
+    if not 0 <= args.pool_delete_delay_s <= 3600:
+        problems.append(f"--pool-delete-delay-s must be from 0 to 3600, got {args.pool_delete_delay_s}")
     if not 0 < args.time_scale <= 1000:
         problems.append(f"--time-scale must be above 0 and at most 1000, got {args.time_scale}")
     for flag in (
@@ -248,6 +256,7 @@ async def serve(args: argparse.Namespace, key: bytes, faults: FaultSettings) -> 
                 faults.pool_allocation_delay_s,
                 reboot_start_task_failed=not args.refuse_start_task_failed_reboot,
                 max_page_size=args.max_page_size,
+                pool_delete_delay_s=args.pool_delete_delay_s,
             )
             services = Services(account, runner, runner.faults, key, limits, group)
             services.count_history.lag_s = args.task_counts_lag_s

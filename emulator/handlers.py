@@ -86,7 +86,7 @@ async def delete_pool(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     pool = svc.account.get_pool(request.match_info["pool_id"])
     svc.account.begin_delete_pool(pool)
-    svc.background.start_soon(svc.runner.remove_pool, pool)
+    svc.background.start_soon(svc.runner.remove_pool, pool, svc.limits.pool_delete_delay_s)
     return web.Response(status=202)
 
 

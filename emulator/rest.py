@@ -52,6 +52,7 @@ class Limits:
     reboot_start_task_failed: bool = True  # False: --refuse-start-task-failed-reboot
     # The service may answer fewer items than `maxresults` asks, with a next link: --max-page-size.
     max_page_size: int = MAX_PAGE
+    pool_delete_delay_s: float = 0.0  # how long a deleted pool stays `deleting` before it is gone
 
 
 @dataclass

@@ -498,9 +498,11 @@ class Runner:
         assert result.exit_code is not None
         return outcome_of_exit(result.exit_code)
 
-    async def remove_pool(self, pool: Pool) -> None:
-        """Finish a pool delete: drop its folders, then the pool itself (404 from then on)."""
+    async def remove_pool(self, pool: Pool, delay_s: float = 0.0) -> None:
+        """Finish a pool delete after `delay_s` (`deleting` meanwhile, as on the service):
+        drop its folders, then the pool itself (404 from then on)."""
         try:
+            await anyio.sleep(delay_s)
             await anyio.to_thread.run_sync(shutil.rmtree, self.account.root / pool.id, True)
         finally:
             self.account.forget_pool(pool)

@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from tests.e2e.fault_support import LiveRun, run_topn_live
 from tests.e2e.run_cli import output_rows, reference_top, seed_wheel_cache
+from tests.e2e.storage_role_check import storage_role_check
 from tests.entra_support import (
     BATCH_RESOURCE,
     STORAGE_RESOURCE,
@@ -191,5 +192,40 @@ async def test_an_untrusted_certificate_is_a_clear_exit_2_naming_ca_file(
     assert message.startswith(f"the Batch endpoint {services.batch_endpoint} "), message
     assert "presented a certificate that is not trusted (self" in message  # OpenSSL: self-signed
     assert "[batch] ca_file (TOPN_BATCH_CA_FILE)" in message
+    assert not (work / "results").exists()
+    assert leaks(run, work, identity) == []
+
+
+async def test_a_storage_identity_without_the_data_right_stops_at_the_credential_check(
+    services: EntraServices, tmp_path: Path
+) -> None:
+    """Issue 14, point 7: the identity's Storage role lacks the data right to read containers (Azurite
+    authenticates its token; tests/e2e/storage_role_check.py then refuses as Storage's role check
+    does). The run stops at the credential check, exit 2, naming the least-privilege role. The Batch
+    half is test_entra_id.py::test_an_identity_without_the_jobs_right_stops_at_the_credential_check."""
+    work = tmp_path / "work"
+    write_texts(work / "texts")
+    key_file = services.folder / "key.pem"  # the services' certificate key (tests/entra_support.py)
+    async with (
+        storage_role_check(services.blob_endpoint, services.ca_file, key_file) as (check, blob_endpoint),
+        identity_endpoint(services.token_key) as identity,
+    ):
+        env = entra_environment(services, work / ".topn", identity.environment())
+        env["TOPN_STORAGE_BLOB_ENDPOINT"] = blob_endpoint
+        run = await run_topn_live(["run", "texts", "--out", "results"], work, env)
+    assert run.exit_code == 2, run.stderr[-3000:]
+    failed = [event for event in run.events() if event["event"] == "command.failed"]
+    assert len(failed) == 1, run.stderr[-3000:]
+    assert failed[0]["error_type"] == "CredentialError"
+    message = failed[0]["error"]
+    assert message.startswith(
+        f"the Storage account 'devstoreaccount1' at {blob_endpoint} refused reading a container "
+        "(AuthorizationPermissionMismatch): the identity lacks a data right a run needs. "
+        "Give it Storage Blob Data Contributor on the account"
+    ), message
+    assert "Azure Batch Data Contributor" not in message  # Batch passed its half of the check
+    # One Storage request, which Azurite authenticated (the token was fine) before the role refused it.
+    assert check.seen in ([("container read", 404)], [("container read", 200)]), check.seen
+    assert set(identity.resources) == {BATCH_RESOURCE, STORAGE_RESOURCE}
     assert not (work / "results").exists()
     assert leaks(run, work, identity) == []

@@ -360,3 +360,28 @@ async def test_unstarted_tasks_whose_sas_expired_are_re_added_with_fresh_sas_on_
     assert dict(after.task_generations) == dict.fromkeys(before.task_ids, 1)
     assert set(after.sas_expiries) == set(before.sas_expiries)
     assert all(expiry > resume_started for expiry in after.sas_expiries.values())
+    # Added before deleted, in the emulator's own request log: every task the resume added (its
+    # requests on the job from when the resume started) was in the job before the first old task was
+    # deleted, so a deleted task that lingers on the service can never stand in for its replacement.
+    log_lines = (batch_emulator.log_dir / "emulator.stderr.log").read_text(encoding="utf-8").splitlines()
+    served = [
+        event
+        for event in map(json.loads, filter(lambda line: line.startswith("{"), log_lines))
+        if event.get("event") == "request.completed" and event.get("status", 500) < 300
+    ]
+    job_path = f"/jobs/topn-{run_id}"
+    resumed_adds = [
+        index
+        for index, event in enumerate(served)
+        if event["operation"] in ("create_task_collection", "create_task")
+        and event["path"].startswith(f"{job_path}/")
+        and datetime.fromisoformat(event["timestamp"]) >= resume_started
+    ]
+    deletes = [
+        (event["path"].removeprefix(f"{job_path}/tasks/"), index)
+        for index, event in enumerate(served)
+        if event["operation"] == "delete_task" and event["path"].startswith(f"{job_path}/tasks/")
+    ]
+    assert resumed_adds, "the resume added no task"
+    assert sorted(task_id for task_id, _ in deletes) == sorted(before.task_ids)  # each old one, once
+    assert max(resumed_adds) < min(index for _, index in deletes), (resumed_adds, deletes)

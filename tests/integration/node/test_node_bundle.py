@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import io
 import os
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -30,6 +31,9 @@ from azure.storage.blob.aio import BlobServiceClient
 from node.bootstrap import EXIT_UNSUPPORTED
 from node.bundle import build_bundle
 from node.report import decode_counts_blob
+from node.result import decode_result_blob
+from orchestrator import naming
+from orchestrator.run.units import UnitEntry, build_manifest
 from tests.conftest import StorageEndpoint
 from tests.e2e.run_cli import project_wheel_cache
 from tests.secret_scan import find_secrets
@@ -119,15 +123,22 @@ async def _run(
     )
 
 
-async def _container_sas_url(azurite: StorageEndpoint) -> tuple[str, str]:
+async def _container_sas_url(
+    azurite: StorageEndpoint,
+    blobs: Mapping[str, bytes] | None = None,
+    permission: ContainerSasPermissions | None = None,
+) -> tuple[str, str]:
+    """A fresh container holding `blobs`, and its URL with a SAS (create and write unless told)."""
     name = f"bundle-{uuid.uuid4().hex[:12]}"
     async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
-        await service.create_container(name)
+        container = await service.create_container(name)
+        for blob_name, data in (blobs or {}).items():
+            await container.upload_blob(blob_name, data)
     sas = generate_container_sas(
         azurite.account_name,
         name,
         account_key=azurite.account_key,
-        permission=ContainerSasPermissions(create=True, write=True),
+        permission=permission or ContainerSasPermissions(create=True, write=True),
         expiry=datetime.now(timezone.utc) + timedelta(hours=1),  # noqa: UP017 (node code targets 3.10)
     )
     return name, f"{azurite.endpoint}/{name}?{sas}"
@@ -375,6 +386,87 @@ async def test_the_azure_templates_start_task_places_the_bundle_for_the_tasks(
     )
     assert task.returncode == 0, task.stderr
     assert sorted(await _blobs(azurite, container)) == ["in_OUTPUT.txt", "in_OUTPUT.txt.counts.json.gz"]
+    assert [name[-6:] for name in _site_folders(tmp_path / "shared" / "topn-node-cache")] == [
+        ".lock",
+        "-cp311",
+    ]
+
+
+async def test_a_work_unit_runs_from_the_bundle_as_a_real_task_does_and_uploads_its_result(
+    azurite: StorageEndpoint, bundle: Path, bare_python: Path, tmp_path: Path
+) -> None:
+    """The mode real tasks use: the template's start task places the bundle, then the task's own
+    command line (`unit --manifest=...`, as the orchestrator words it) runs it with a `python3` that
+    has no packages, reading a manifest the orchestrator's code built: two small files packed into
+    one blob and one whole blob, read through a read-only SAS, results written through a write-only one."""
+    environment = _node_folders(tmp_path, bundle, bare_python)
+    started = await asyncio.to_thread(
+        subprocess.run,
+        ["/bin/sh", "-c", _template_start_task()],
+        cwd=tmp_path / "startup" / "wd",
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    packed = {"a.txt": b"alpha beta alpha\n", "b/c.txt": "Kůň kůň, pes.\n".encode()}
+    pack = b"".join(packed.values())
+    whole = b"one two two three three three\n"
+    task_id = "t000007"
+    _, source_url = await _container_sas_url(
+        azurite,
+        {naming.unit_pack_blob(task_id): pack, "runs/r1/d.txt": whole},
+        ContainerSasPermissions(read=True),
+    )
+    output, output_url = await _container_sas_url(azurite)
+    offset_of_c = len(packed["a.txt"])
+    entries = [
+        UnitEntry("a.txt", naming.unit_pack_blob(task_id), len(pack), extent=(0, offset_of_c)),
+        UnitEntry(
+            "b/c.txt",
+            naming.unit_pack_blob(task_id),
+            len(pack),
+            extent=(offset_of_c, len(packed["b/c.txt"])),
+        ),
+        UnitEntry("d.txt", "runs/r1/d.txt", len(whole)),
+    ]
+    task_folder = tmp_path / "task" / "wd"
+    task_folder.mkdir(parents=True)
+    # As Batch brings it: the task's resource file, under the name its command line gives.
+    (task_folder / naming.unit_manifest_file(task_id)).write_bytes(
+        build_manifest(task_id, tokenizer="words", top=2, source_url=source_url, entries=entries)
+    )
+    identity = {
+        "AZ_BATCH_NODE_ID": "tvm-3",
+        "AZ_BATCH_TASK_ID": task_id,
+        "AZ_BATCH_JOB_ID": "topn-job",
+        "AZ_BATCH_POOL_ID": "topn-pool",
+    }
+    task = await asyncio.to_thread(
+        subprocess.run,
+        shlex.split(naming.task_command_line(task_id)),
+        cwd=task_folder,
+        env={**environment, **identity, naming.OUTPUT_SAS_VARIABLE: output_url},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert task.returncode == 0, task.stderr
+    _no_secrets(task, azurite)
+    blobs = await _blobs(azurite, output)
+    assert sorted(blobs) == ["a_OUTPUT.txt", "b/c_OUTPUT.txt", "d_OUTPUT.txt", "results/t000007.json.gz"]
+    result = decode_result_blob(blobs["results/t000007.json.gz"])
+    assert (result.unit, result.tokenizer, result.top, result.identity) == (task_id, "words", 2, identity)
+    assert [(entry.relpath, entry.status, entry.counts) for entry in result.files] == [
+        ("a.txt", "ok", [("alpha", 2), ("beta", 1)]),
+        ("b/c.txt", "ok", [("kůň", 2), ("pes", 1)]),
+        ("d.txt", "ok", [("one", 1), ("two", 2), ("three", 3)]),
+    ]
+    rendered = blobs["d_OUTPUT.txt"].decode("utf-8")
+    assert rendered.startswith("Word\tCount\n------------------------------\nthree:\t3\ntwo:\t2\n")
+    assert rendered.endswith("Node: tvm-3\nTask: t000007\nJob:  topn-job\nPool: topn-pool\n")
+    # The task unpacked its interpreter's wheels once, into the node's shared folder.
     assert [name[-6:] for name in _site_folders(tmp_path / "shared" / "topn-node-cache")] == [
         ".lock",
         "-cp311",
