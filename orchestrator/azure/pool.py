@@ -42,7 +42,7 @@ from orchestrator.azure.nodefiles import stderr_tail
 from orchestrator.azure.retry import RetryPolicy, error_code_of, next_poll_interval, retry_call
 from orchestrator.azure.sas import CLOCK_SKEW, utc_now
 from orchestrator.azure.states import NodeState, allocation_steady, node_state
-from orchestrator.errors import PoolError
+from orchestrator.errors import ConfigError, PoolError
 from orchestrator.settings import PoolSettings
 
 log = structlog.get_logger()
@@ -57,6 +57,7 @@ NODE_SCRIPT_FILE = "node.pyz"
 SCRIPT_METADATA = "topn-node-script"
 SCRIPT_SINCE_METADATA = "topn-node-script-since"
 RenewalReason = Literal["expiring", "other_script"]
+AUTOSCALE_INTERVAL = timedelta(minutes=5)  # evaluation interval unless a caller names one (Batch's minimum)
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,25 @@ class PoolClient(Protocol):
     ) -> AsyncIterator[bytes]: ...
 
 
+class AutoscaleRefused(ConfigError):
+    """Batch refused the pool's autoscale formula or interval (400); `detail` is what it said."""
+
+    def __init__(self, pool_id: str, detail: str) -> None:
+        super().__init__(f"[pool] autoscale_formula was refused by Batch for pool {pool_id}: {detail}")
+        self.detail = detail
+
+
+def batch_error_text(error: HttpResponseError) -> str:
+    """`code: message (key: value; ...)` of a Batch error answer: what a user needs to fix a request."""
+    model = getattr(error, "model", None)
+    values = "; ".join(f"{item.key}: {item.value}" for item in getattr(model, "error_values", None) or [])
+    message = getattr(getattr(model, "message", None), "value", None) or str(error.message or error)
+    text = f"{error_code_of(error) or error.status_code}: {message.splitlines()[0][:300]}"
+    return f"{text} ({values[:500]})" if values else text
+
+
 def pool_create_options(
-    settings: PoolSettings, node_script_url: str, start_command: str
+    settings: PoolSettings, node_script_url: str, start_command: str, interval: timedelta = AUTOSCALE_INTERVAL
 ) -> BatchPoolCreateOptions:
     """The pool as configured; the start task gets the node script as a resource file."""
     start_task = BatchStartTask(
@@ -119,7 +137,7 @@ def pool_create_options(
         sizing = {
             "enable_auto_scale": True,
             "auto_scale_formula": settings.autoscale_formula,
-            "auto_scale_evaluation_interval": timedelta(minutes=5),
+            "auto_scale_evaluation_interval": interval,
         }
     else:
         sizing = {
@@ -152,13 +170,14 @@ async def ensure_pool(
     retry: RetryPolicy,
     *,
     account: str = "",
+    autoscale_interval: timedelta = AUTOSCALE_INTERVAL,
 ) -> bool:
     """Create the pool unless it exists; True when this call created it.
 
     A 409 is read by its code: PoolExists means reuse; PoolBeingDeleted and PoolQuotaReached stop
     the run (exit 2 for the quota, naming it and how to raise it); any other conflict is an error.
     """
-    options = pool_create_options(settings, node_script_url, start_command)
+    options = pool_create_options(settings, node_script_url, start_command, autoscale_interval)
     try:
         await retry_call(retry, "create_pool", lambda: batch.create_pool(options))
     except ResourceExistsError as error:
@@ -178,6 +197,8 @@ async def ensure_pool(
             ) from None
         raise PoolError(f"cannot create pool {settings.id}: {code} (409): {error.message}") from None
     except HttpResponseError as error:
+        if error.status_code == 400 and settings.autoscale_formula:
+            raise AutoscaleRefused(settings.id, batch_error_text(error)) from None
         raise PoolError(
             f"cannot create pool {settings.id}: {error_code_of(error)} ({error.status_code})"
         ) from None
@@ -300,6 +321,7 @@ class ReusedPool:
 
     tasks_bring_script: bool  # its nodes may hold another node script: each task downloads this run's
     renewal: RenewalReason | None  # why the start task was renewed, or None when it was kept
+    kept_sas_expires_at: datetime | None = None  # when a kept start task's script SAS ends
 
 
 async def refresh_reused_pool(
@@ -333,15 +355,16 @@ async def refresh_reused_pool(
         )
     if current_url is None or reason == "other_script":
         return ReusedPool(tasks_bring_script=True, renewal=reason)
+    kept = sas_expiry(current_url) if reason is None else None
     since = script_since(existing.metadata, blob_name)
     if since is None:
-        return ReusedPool(tasks_bring_script=False, renewal=reason)
+        return ReusedPool(tasks_bring_script=False, renewal=reason, kept_sas_expires_at=kept)
 
     async def listing() -> list[BatchNode]:
         return [node async for node in batch.list_nodes(pool_id, select=["id", "state", "startTaskInfo"])]
 
     nodes = await retry_call(retry, "list_nodes", listing)
-    return ReusedPool(tasks_bring_script=may_hold_older_script(nodes, since), renewal=reason)
+    return ReusedPool(may_hold_older_script(nodes, since), renewal=reason, kept_sas_expires_at=kept)
 
 
 async def _renew_start_task(

@@ -3,8 +3,9 @@
 Runs never create, PATCH, reboot or delete the pool themselves (DESIGN §2): they ask the keeper for
 a handle. The keeper makes sure of the pool once, under a lock, so several runs started together
 in one process cause one create or one start-task renewal between them. The node script's SAS
-belongs to the keeper and lives for `SCRIPT_SAS_LIFETIME` (renewed when a run needs it longer), not
-for one run's deadline. Its Batch and Storage requests are counted for the process, not for a run.
+belongs to the keeper and lives for `SCRIPT_SAS_LIFETIME` (renewed when a run needs it longer, and by
+the daemon on its own timer, service/keeping.py), not for one run's deadline. Its Batch and Storage
+requests are counted for the process, not for a run.
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ class _Staged:
 class PoolKeeper:
     """Ensures the configured pool once per process; hands runs a `PoolHandle` and a capacity view."""
 
-    def __init__(self, settings: Settings, clients: Clients, node_script: bytes | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clients: Clients,
+        node_script: bytes | None = None,
+        *,
+        script_sas_lifetime: timedelta = SCRIPT_SAS_LIFETIME,
+    ) -> None:
         self._settings = settings
         self._clients = clients
         self._node_script = node_script
@@ -58,6 +66,10 @@ class PoolKeeper:
         self.created = False  # this process created the pool
         self.ever_usable = False  # it has had a usable node since this keeper first saw it
         self.image_check: images.ImageCheck | None = None  # the pool's image pair, checked once
+        self.script_sas_lifetime = script_sas_lifetime  # the least a minted script SAS lives
+        # How often a pool this keeper creates with a formula evaluates it (the daemon sets its own).
+        self.autoscale_interval = pool.AUTOSCALE_INTERVAL
+        self.autoscale_error: str | None = None  # the pool's failing autoscale run, as last reported
 
     @property
     def pool_id(self) -> str:
@@ -140,7 +152,7 @@ class PoolKeeper:
         blob_name = await staging.stage_node_script(
             self._clients.blob_service, app_container, script, settings.retry
         )
-        lifetime_s = max(SCRIPT_SAS_LIFETIME.total_seconds(), (needed_until - utc_now()).total_seconds())
+        lifetime_s = max(self.script_sas_lifetime.total_seconds(), (needed_until - utc_now()).total_seconds())
         minter = await staging.make_sas_minter(
             account_url=settings.storage.blob_endpoint,
             account_name=settings.storage.account_name,
@@ -170,9 +182,11 @@ class PoolKeeper:
             start_command,
             settings.retry,
             account=settings.batch.account_name,
+            autoscale_interval=self.autoscale_interval,
         )
         self.created = self.created or created
         task_script_url: str | None = None
+        expires_at = minter.expires_at
         if not created:
             # A pool from before this keeper: its start task's SAS may end too soon, or stage another script.
             reused = await pool.refresh_reused_pool(
@@ -187,9 +201,12 @@ class PoolKeeper:
                 # Its nodes may hold another node script: each task brings this one along.
                 log.warning("pool.node_script_outdated", pool_id=settings.pool.id, node_script_blob=blob_name)
                 task_script_url = script_url
+            if reused.kept_sas_expires_at is not None:
+                # The start task was good enough as it was: its own SAS, not this one, says until when.
+                expires_at = min(expires_at, reused.kept_sas_expires_at)
         return _Staged(
             blob_name=blob_name,
             url=script_url,
-            expires_at=minter.expires_at,
+            expires_at=expires_at,
             handle=PoolHandle(pool_id=settings.pool.id, task_script_url=task_script_url),
         )
