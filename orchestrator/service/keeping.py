@@ -94,6 +94,11 @@ def daemon_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, pool=dataclasses.replace(settings.pool, autoscale_formula=formula))
 
 
+# Batch answers a second enableAutoScale on a pool within 30 s with this 409.
+ENABLE_THROTTLED = "AutoScaleTooManyRequestsToEnable"
+ENABLE_THROTTLE_WAIT_S = 31.0
+
+
 async def apply_autoscale(settings: Settings, clients: Clients) -> None:
     """Make sure the pool runs the daemon's formula, checked with `evaluateAutoScale`; its error is exit 2.
 
@@ -166,11 +171,24 @@ async def _enable(settings: Settings, clients: Clients, formula: str, interval: 
         auto_scale_formula=formula, auto_scale_evaluation_interval=interval
     )
     try:
-        await retry_call(
-            settings.retry,
-            "enable_pool_auto_scale",
-            lambda: clients.batch.enable_pool_auto_scale(pool_id, options),
-        )
+        try:
+            await retry_call(
+                settings.retry,
+                "enable_pool_auto_scale",
+                lambda: clients.batch.enable_pool_auto_scale(pool_id, options),
+            )
+        except HttpResponseError as error:
+            if error_code_of(error) != ENABLE_THROTTLED:
+                raise
+            # A restart within 30 s of the last enable (e.g. systemd restarting after a crash): Batch
+            # takes one enable per 30 s per pool, so wait that out once rather than fail the start.
+            log.info("pool.autoscale_enable_throttled", pool_id=pool_id, wait_s=ENABLE_THROTTLE_WAIT_S)
+            await anyio.sleep(ENABLE_THROTTLE_WAIT_S)
+            await retry_call(
+                settings.retry,
+                "enable_pool_auto_scale",
+                lambda: clients.batch.enable_pool_auto_scale(pool_id, options),
+            )
     except HttpResponseError as error:
         if error.status_code == 400:  # a formula that does not parse; nothing was changed
             raise ConfigError(
