@@ -19,6 +19,11 @@ from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.shared_cache import exclusive
 
 ROOT = Path(__file__).resolve().parents[2]
+# The pool of the tests whose runs need nothing of a pool of their own (the configuration's nodes and
+# slots, the session's services, every task run to its end): they share it on each worker's emulator.
+# A new pool costs seconds of CPU, for its start task and for each node's first task, which unpacks
+# the node bundle's wheels.
+SHARED_POOL_ID = "e2e-shared"
 # A hung run must fail the test, not stall the suite; runs here take seconds.
 RUN_TIMEOUT_S = 240
 
