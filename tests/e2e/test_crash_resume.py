@@ -287,8 +287,7 @@ async def test_a_run_killed_in_each_state_resumes_to_the_same_results(
     assert final.state == "SUCCEEDED" and set(final.downloads) == set(relpaths)
 
 
-# One task each, every one a node process: the big file, not their number, keeps uploads going.
-OVERLAP_FILES = 16
+OVERLAP_FILES = 40
 
 
 async def test_a_run_killed_while_uploads_and_submissions_overlap_resumes_to_exact_results(
