@@ -32,9 +32,11 @@ lint: setup
 	$(VENV)/bin/mypy
 
 # The suite in PYTEST_WORKERS processes (pytest-xdist). Most slow tests wait on subprocesses and
-# timers, so 3 workers on 2 cores: 964 s instead of 1722 s serially, on a machine busy with other work
-# (load 9-13). Each worker starts its own Azurite and emulator on free ports; `--dist loadgroup` keeps
-# tests marked xdist_group on one worker. The 25 slowest are listed.
+# timers, so 3 workers on 2 cores finish well before one worker would. Each worker starts its own
+# Azurite and emulator on free ports (the end-to-end tests that need no pool of their own share the
+# pools of tests/e2e/run_cli.py on it). `--dist loadgroup` hands out tests one by one in collection
+# order, so the long end-to-end ones start first and the short unit tests fill the end; tests marked
+# xdist_group would stay on one worker. The 25 slowest are listed.
 PYTEST_WORKERS ?= 3
 
 test: setup lint

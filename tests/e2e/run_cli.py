@@ -19,6 +19,19 @@ from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.shared_cache import exclusive
 
 ROOT = Path(__file__).resolve().parents[2]
+# The pool of the tests whose runs need nothing of a pool of their own (the configuration's nodes and
+# slots, the session's services, every task run to its end): they share it on each worker's emulator.
+# A new pool costs seconds of CPU, for its start task and for each node's first task, which unpacks
+# the node bundle's wheels.
+SHARED_POOL_ID = "e2e-shared"
+# One node of two slots, the crash tests' pool, shared as well. A run plans at least four work units
+# per slot (when it has that many files), each one task and one node process: the tests that need
+# neither two nodes nor four slots run fewer processes on it.
+ONE_NODE_POOL = {
+    "TOPN_POOL_ID": "resume-pool",
+    "TOPN_POOL_DEDICATED_NODES": "1",
+    "TOPN_POOL_TASK_SLOTS_PER_NODE": "2",
+}
 # A hung run must fail the test, not stall the suite; runs here take seconds.
 RUN_TIMEOUT_S = 240
 

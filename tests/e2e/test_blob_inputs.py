@@ -21,7 +21,7 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.e2e.fault_support import check_summary, job_tasks, run_topn_live, write_corpus
-from tests.e2e.run_cli import output_rows, reference_top, run_topn, topn_environment
+from tests.e2e.run_cli import SHARED_POOL_ID, output_rows, reference_top, run_topn, topn_environment
 from tests.e2e.test_crash_resume import (
     assert_no_partial_files,
     assert_one_task_per_input,
@@ -89,7 +89,7 @@ async def test_blob_prefixes_and_a_local_folder_give_exact_results_and_leave_the
         batch_emulator,
         azurite,
         tmp_path / ".topn",
-        TOPN_POOL_ID="e2e-blob-inputs",
+        TOPN_POOL_ID=SHARED_POOL_ID,
         TOPN_RUN_MAX_FILES_PER_TASK="3",
         TOPN_RUN_DELETE_RUN_BLOBS="true",  # clean-up deletes the run's containers, never the user's
     )
@@ -165,9 +165,7 @@ async def test_a_blob_input_run_killed_while_feeding_resumes_to_exact_results(
         await client.get_blob_client(container, name).upload_blob(text.encode("utf-8"))
     before = await blob_state(client, container)
     local = write_corpus(tmp_path / "in", 12, seed=31)
-    env = crash_environment(
-        batch_emulator, azurite, tmp_path, TOPN_RUN_UPLOAD_CONCURRENCY="1", TOPN_POOL_ID="e2e-blob-resume"
-    )
+    env = crash_environment(batch_emulator, azurite, tmp_path, TOPN_RUN_UPLOAD_CONCURRENCY="1")
     arguments = [f"az://{container}/logs/2026/", "in"]
     first, killed = await run_until(
         ["run", *arguments, "--out", "out", "--json", "--log-level", "debug"],
@@ -253,7 +251,7 @@ async def test_a_blob_input_that_cannot_be_read_stops_topn_before_the_run_with_e
     expected: str,
 ) -> None:
     _, container = user_container
-    env = topn_environment(batch_emulator, azurite, tmp_path / ".topn", TOPN_POOL_ID="e2e-blob-inputs")
+    env = topn_environment(batch_emulator, azurite, tmp_path / ".topn", TOPN_POOL_ID=SHARED_POOL_ID)
     shown = argument.format(container=container, suffix=uuid.uuid4().hex[:8])
     result = run_topn(["run", shown, "--out", "out"], tmp_path, env)
     assert result.exit_code == 2, result.stderr[-2000:]

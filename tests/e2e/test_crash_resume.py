@@ -27,7 +27,7 @@ import pytest_asyncio
 from orchestrator.journal import Journal, RunRecord
 from tests.conftest import BatchEndpoint, StorageEndpoint
 from tests.e2e.fault_support import LiveRun, check_summary, job_tasks, run_topn_live, write_corpus
-from tests.e2e.run_cli import topn_environment
+from tests.e2e.run_cli import ONE_NODE_POOL, topn_environment
 from tests.task_units import task_input_blobs
 
 # Fields that differ between two runs of the same inputs without the results differing.
@@ -48,9 +48,7 @@ def crash_environment(
         "TOPN_RUN_SUBMIT_CHUNK_TASKS": "2",
         "TOPN_RUN_SUBMIT_CONCURRENCY": "1",
         "TOPN_RUN_UPLOAD_CONCURRENCY": "2",
-        "TOPN_POOL_DEDICATED_NODES": "1",
-        "TOPN_POOL_TASK_SLOTS_PER_NODE": "2",
-        "TOPN_POOL_ID": "resume-pool",
+        **ONE_NODE_POOL,
     }
     return topn_environment(batch, storage, root / ".topn", **{**settings, **overrides})
 

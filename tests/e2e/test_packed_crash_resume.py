@@ -47,7 +47,6 @@ async def test_a_run_killed_while_packs_are_uploaded_resumes_to_exact_results_wi
         tmp_path,
         TOPN_RUN_MAX_FILES_PER_TASK=str(FILES_PER_UNIT),
         TOPN_RUN_UPLOAD_CONCURRENCY="1",
-        TOPN_POOL_ID="pack-resume-pool",
     )
     first, killed = await run_until(
         ["run", "in", "--out", "out", "--json", "--log-level", "debug"],

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BatchEndpoint, StorageEndpoint
-from tests.e2e.run_cli import run_topn, topn_environment
+from tests.e2e.run_cli import ONE_NODE_POOL, run_topn, topn_environment
 from tests.e2e.test_rendered_outputs import INPUTS, binary_bytes
 
 PACK_MAX_BYTES = 4096
@@ -48,10 +48,10 @@ def _run(
         batch,
         storage,
         tmp_path / name / ".topn",
-        TOPN_POOL_ID=f"e2e-pack-{name}-{tokenizer}",
         TOPN_RUN_TOKENIZER=tokenizer,
         TOPN_RUN_MAX_FILES_PER_TASK="7",
         TOPN_RUN_PACK_MAX_BYTES=str(pack_max_bytes),
+        **ONE_NODE_POOL,
     )
     result = run_topn(
         ["run", str(tmp_path / "in"), "--out", "out", "--top", "3", "--json"], tmp_path / name, env

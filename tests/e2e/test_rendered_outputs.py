@@ -17,7 +17,7 @@ from azure.storage.blob import BlobServiceClient
 
 from orchestrator import naming
 from tests.conftest import BatchEndpoint, StorageEndpoint
-from tests.e2e.run_cli import run_topn, topn_environment
+from tests.e2e.run_cli import SHARED_POOL_ID, run_topn, topn_environment
 
 DEEP = "/".join(["d"] * 300) + "/leaf.txt"
 INPUTS: dict[str, bytes] = {
@@ -68,7 +68,7 @@ def test_each_locally_rendered_output_equals_the_nodes_upload_byte_for_byte(
         batch_emulator,
         azurite,
         tmp_path / ".topn",
-        TOPN_POOL_ID=f"e2e-rendered-{tokenizer}",
+        TOPN_POOL_ID=SHARED_POOL_ID,
         TOPN_RUN_TOKENIZER=tokenizer,
         TOPN_RUN_MAX_FILES_PER_TASK="4",
     )

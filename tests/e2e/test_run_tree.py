@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 from tests.conftest import BatchEndpoint, StorageEndpoint
-from tests.e2e.run_cli import output_rows, reference_top, run_topn, topn_environment
+from tests.e2e.run_cli import ONE_NODE_POOL, output_rows, reference_top, run_topn, topn_environment
 
 FOLDERS = ["a", "a/deeper", "b c", "d#1", "e%20f", "ünïcødé", "日本", "x y/z#%"]
 NAMES = ["notes.txt", "same.txt", "with space.txt", "hash#tag.txt", "per%cent.txt", "çà.txt", "数据.txt"]
@@ -37,7 +37,7 @@ def test_a_300_file_tree_keeps_every_file_apart(
 ) -> None:
     texts = make_tree(tmp_path / "tree", 300)
     assert len({relpath.rsplit("/", 1)[1] for relpath in texts}) < len(texts)  # base names repeat
-    env = topn_environment(batch_emulator, azurite, tmp_path / ".topn", TOPN_POOL_ID="e2e-tree")
+    env = topn_environment(batch_emulator, azurite, tmp_path / ".topn", **ONE_NODE_POOL)
     result = run_topn(["run", "tree", "--out", "out", "--top", "5", "--json"], tmp_path, env)
     assert result.exit_code == 0, result.stderr[-3000:]
     summary = result.summary()

@@ -17,8 +17,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.conftest import StartEmulator, StorageEndpoint
-from tests.e2e.run_cli import ROOT, CliResult, reference_top, topn_environment
+from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
+from tests.e2e.run_cli import ROOT, SHARED_POOL_ID, CliResult, reference_top, topn_environment
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -52,9 +52,9 @@ def open_to_nobody(root: Path) -> None:
 
 
 async def test_unreadable_inputs_are_skipped_with_the_flag_and_refused_without(
-    start_emulator: StartEmulator, azurite: StorageEndpoint, reachable_tmp: Path
+    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, reachable_tmp: Path
 ) -> None:
-    batch = await start_emulator()
+    batch = batch_emulator
     folder = reachable_tmp / "in"
     (folder / "sub").mkdir(parents=True)
     (folder / "locked").mkdir()
@@ -64,9 +64,7 @@ async def test_unreadable_inputs_are_skipped_with_the_flag_and_refused_without(
     (folder / "sub" / "secret.txt").write_text("never counted\n", encoding="utf-8")
     (folder / "locked" / "inside.txt").write_text("never counted either\n", encoding="utf-8")
     (reachable_tmp / "home").mkdir()
-    env = topn_environment(
-        batch, azurite, reachable_tmp / "state", TOPN_POOL_ID=f"skip-{reachable_tmp.name[-8:]}"
-    )
+    env = topn_environment(batch, azurite, reachable_tmp / "state", TOPN_POOL_ID=SHARED_POOL_ID)
     open_to_nobody(reachable_tmp)
     unreadable = [folder / "locked", folder / "sub" / "secret.txt"]
     for target in unreadable:

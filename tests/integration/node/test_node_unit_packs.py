@@ -46,8 +46,17 @@ async def test_a_pack_of_edge_files_counts_each_file_exactly_as_alone(
     azurite: StorageEndpoint, node_pyz: Path, tmp_path: Path, tokenizer: Tokenizer, chunk_bytes: int
 ) -> None:
     files = dict(EDGE_FILES)
+    # Each chunk is a GET of its own: with 7-byte chunks the long files are cut short, which still puts
+    # hundreds of chunk ends inside words, characters and extents (the other cases read them whole).
+    tiny_chunks = chunk_bytes < 1024
+    if tiny_chunks:
+        files["many-words.txt"] = files["many-words.txt"][:2000]
     files.update(
-        {f"-gen/{index:03d}.txt": f"w{index % 7} x{index % 3}\n".encode() * index for index in range(60)}
+        {
+            f"-gen/{index:03d}.txt": f"w{index % 7} x{index % 3}\n".encode()
+            * (index % 4 if tiny_chunks else index)
+            for index in range(60)
+        }
     )
     pack, extents = _pack(files)
     # A whole blob beside the pack in the same unit: both paths in one run of the node.

@@ -20,8 +20,8 @@ from orchestrator.inputs import discover_inputs
 from orchestrator.journal import Journal
 from orchestrator.run.pipeline import run_pipeline
 from orchestrator.service.poolkeeper import PoolKeeper
-from tests.conftest import StartEmulator, StorageEndpoint
-from tests.e2e.run_cli import project_wheel_cache
+from tests.conftest import BatchEndpoint, StorageEndpoint
+from tests.e2e.run_cli import SHARED_POOL_ID, project_wheel_cache
 from tests.integration.orchestrator.test_pipeline_run import settings_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -32,16 +32,16 @@ def words(count: int, word: str) -> str:
 
 
 async def test_a_split_input_removed_after_discovery_fails_alone_and_a_grown_one_counts_as_uploaded(
-    start_emulator: StartEmulator, azurite: StorageEndpoint, tmp_path: Path
+    batch_emulator: BatchEndpoint, azurite: StorageEndpoint, tmp_path: Path
 ) -> None:
-    batch = await start_emulator()
+    batch = batch_emulator
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "a.txt").write_text("alpha alpha beta\n", encoding="utf-8")
     (folder / "gone.txt").write_text(words(800, "gone"), encoding="utf-8")  # about 4,800 bytes: 5 ranges
     (folder / "grown.txt").write_text(words(800, "grow"), encoding="utf-8")
     settings = settings_for(
-        batch, azurite, tmp_path / "state", TOPN_POOL_ID="split-inputs", TOPN_RUN_SPLIT_BYTES="1000"
+        batch, azurite, tmp_path / "state", TOPN_POOL_ID=SHARED_POOL_ID, TOPN_RUN_SPLIT_BYTES="1000"
     )
     inputs = discover_inputs([folder])
     (folder / "gone.txt").unlink()  # after discovery, before the upload
