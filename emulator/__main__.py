@@ -146,6 +146,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     faults.add_argument("--fault-task-fail-exit-code", type=int, default=42)
     faults.add_argument(
+        "--fault-slow",
+        action="append",
+        default=[],
+        metavar="OPERATION=SECONDS",
+        help="hold each request of OPERATION (e.g. update_job) this long before doing it; repeatable",
+    )
+    faults.add_argument(
         "--fault-allocation-failed",
         type=int,
         default=0,
@@ -189,7 +196,17 @@ def fault_settings(args: argparse.Namespace) -> FaultSettings:
         task_fail_match=args.fault_task_fail_match,
         task_fail_exit_code=args.fault_task_fail_exit_code,
         allocation_failures=args.fault_allocation_failed,
+        slow_operations=tuple(_slow_operation(text) for text in args.fault_slow),
     )
+
+
+def _slow_operation(text: str) -> tuple[str, float]:
+    """`update_job=2.5` -> ("update_job", 2.5); a malformed value is a usage error naming the flag."""
+    operation, _, seconds = text.partition("=")
+    try:
+        return operation.strip(), float(seconds)
+    except ValueError:
+        raise SystemExit(f"--fault-slow wants OPERATION=SECONDS, got {text!r}") from None
 
 
 def usage_problems(args: argparse.Namespace, faults: FaultSettings) -> list[str]:

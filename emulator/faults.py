@@ -29,6 +29,8 @@ class FaultSettings:
     task_fail_match: str | None = None
     task_fail_exit_code: int = 42
     allocation_failures: int = 0
+    # (operation, seconds): requests of that operation are answered this much later (a slow service)
+    slow_operations: tuple[tuple[str, float], ...] = ()
 
     def problems(self) -> list[str]:
         """Human-readable reasons these settings are unusable (empty when they are fine)."""
@@ -51,7 +53,16 @@ class FaultSettings:
             found.append("--fault-allocation-failed must not be negative")
         if not 0 <= self.task_fail_exit_code <= 255:
             found.append("--fault-task-fail-exit-code must be an exit status between 0 and 255")
+        found.extend(
+            f"--fault-slow {operation}={seconds:g}: the delay must be from 0 to 60 seconds"
+            for operation, seconds in self.slow_operations
+            if not 0 <= seconds <= 60
+        )
         return found
+
+    def delay_of(self, operation: str) -> float:
+        """How long to hold a request of `operation` before doing it (0: not slowed)."""
+        return sum(seconds for name, seconds in self.slow_operations if name == operation)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+import anyio
 import structlog
 from aiohttp import web
 
@@ -60,6 +61,9 @@ async def service_middleware(request: web.Request, handler: Handler) -> web.Stre
             return web.Response(status=403, text="stats are served on loopback only")
         return json_response(stats_body(svc))
     try:
+        delay = svc.faults.settings.delay_of(operation)
+        if delay:
+            await anyio.sleep(delay)
         response = await _dispatch(request, handler, svc, operation)
     except ServiceError as error:
         wire = request.get(WIRE)

@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 
 from orchestrator.journal import Journal, RunRecord
-from tests.conftest import BatchEndpoint, StorageEndpoint
+from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.e2e.fault_support import LiveRun, check_summary, job_tasks, run_topn_live, write_corpus
 from tests.e2e.run_cli import ONE_NODE_POOL, topn_environment
 from tests.task_units import task_input_blobs
@@ -228,10 +228,16 @@ async def uninterrupted(
     return summary
 
 
+# SUBMITTING can be over in one request (the tasks went in while PREPARING; it switches the job to
+# `terminatejob`): an emulator that holds that request 3 s keeps the run there until the kill lands.
+SLOW_STATES = {"SUBMITTING": ["--fault-slow", "update_job=3"]}
+
+
 @pytest.mark.parametrize("crash_point", list(CRASH_POINTS))
 async def test_a_run_killed_in_each_state_resumes_to_the_same_results(
     crash_point: str,
     batch_emulator: BatchEndpoint,
+    start_emulator: StartEmulator,
     azurite: StorageEndpoint,
     corpus: tuple[Path, dict[str, str]],
     uninterrupted: dict[str, Any],
@@ -239,7 +245,9 @@ async def test_a_run_killed_in_each_state_resumes_to_the_same_results(
 ) -> None:
     shutil.copytree(corpus[0] / "in", tmp_path / "in")
     texts = corpus[1]
-    env = crash_environment(batch_emulator, azurite, tmp_path)
+    slow = SLOW_STATES.get(crash_point)
+    emulator = await start_emulator(slow) if slow else batch_emulator
+    env = crash_environment(emulator, azurite, tmp_path)
     journal_state, make_trigger = CRASH_POINTS[crash_point]
 
     # pytest-xdist workers and other runs load the machine: topn yields the CPU to this process, or
@@ -267,7 +275,7 @@ async def test_a_run_killed_in_each_state_resumes_to_the_same_results(
     assert json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8")) == summary
 
     relpaths = sorted(texts)
-    await assert_one_task_per_input(batch_emulator, run_id, relpaths)
+    await assert_one_task_per_input(emulator, run_id, relpaths)
     assert_no_partial_files(tmp_path / "out", relpaths)
     events = first.events() + second.events()
     # Inputs the journal had as uploaded are not touched again; the others are uploaded at most once

@@ -66,3 +66,11 @@ def test_task_fail_match_and_problems() -> None:
     assert any("below 1" in problem for problem in problems)
     assert any("exit status" in problem for problem in problems)
     assert FaultSettings(fraction_429=1.0).problems()
+
+
+def test_slow_operations_are_held_by_name_and_bounded() -> None:
+    settings = FaultSettings(slow_operations=(("update_job", 2.5), ("list_tasks", 0.25)))
+    assert [settings.delay_of(name) for name in ("update_job", "list_tasks", "get_job")] == [2.5, 0.25, 0.0]
+    assert settings.problems() == []
+    too_slow = FaultSettings(slow_operations=(("update_job", 61.0),))
+    assert too_slow.problems() == ["--fault-slow update_job=61: the delay must be from 0 to 60 seconds"]

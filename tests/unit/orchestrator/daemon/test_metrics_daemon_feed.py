@@ -120,7 +120,7 @@ async def open_rig(tmp_path: Path, **environment: str) -> tuple[Rig, IntakeStore
     async def no_runs(limit: int | None = None) -> list[Any]:
         return []
 
-    keeper = SimpleNamespace(script_sas_expires_at=None, pool_id=settings.pool.id)
+    keeper = SimpleNamespace(script_sas_expires_at=None, pool_id=settings.pool.id, autoscale_error=None)
     services: Any = SimpleNamespace(
         settings=settings,
         clients=SimpleNamespace(batch=batch, blob_service=blob_service, requests=RequestCounter()),
