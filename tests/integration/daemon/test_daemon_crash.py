@@ -1,5 +1,8 @@
 """Restart without loss: files stream in while the daemon is SIGKILLed on a seeded schedule.
 
+A few files arrive (on a thread, at seeded intervals) with each daemon that is started, so each
+has a new batch going through every state, and they keep arriving across kills and restarts.
+
 Batch answers 10 % of requests with 503 or 429 meanwhile (the emulator's fault injection).
 
 Issue 12 point 6 asks for kills on "a seeded schedule covering every run state and the claim step".
