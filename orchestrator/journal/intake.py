@@ -67,6 +67,22 @@ class IntakeBatch:
     outcome: str | None
 
 
+def _claims_by_sha(
+    connection: sqlite3.Connection, sha256s: Sequence[str], state_condition: str
+) -> dict[str, list[IntakeFile]]:
+    """Rows of each content hash (through its index) meeting a constant state condition, oldest first."""
+    found: dict[str, list[IntakeFile]] = {}
+    for sha in set(sha256s):
+        rows = connection.execute(
+            f"SELECT {_FILE_COLUMNS} FROM intake_files WHERE sha256 = ?"  # noqa: S608 - constant columns, condition and placeholders
+            f" AND {state_condition} ORDER BY rowid",
+            (sha,),
+        ).fetchall()
+        if rows:
+            found[sha] = [_file_of(row) for row in rows]
+    return found
+
+
 def _file_of(row: sqlite3.Row | tuple[Any, ...]) -> IntakeFile:
     (claim_id, sha, relpath, source_path, claimed_path, size, source, complete_at, state, batch_id,
      final_path, error_json) = tuple(row)  # fmt: skip
@@ -210,16 +226,8 @@ class IntakeStore:
         """
 
         def read(connection: sqlite3.Connection) -> dict[str, IntakeFile]:
-            found: dict[str, IntakeFile] = {}
-            for sha in set(sha256s):
-                row = connection.execute(
-                    f"SELECT {_FILE_COLUMNS} FROM intake_files WHERE sha256 = ?"  # noqa: S608 - constant columns and placeholders
-                    " AND state NOT IN ('duplicate', 'failed') ORDER BY rowid LIMIT 1",
-                    (sha,),
-                ).fetchone()
-                if row is not None:
-                    found[sha] = _file_of(row)
-            return found
+            found = _claims_by_sha(connection, sha256s, "state NOT IN ('duplicate', 'failed')")
+            return {sha: claims[0] for sha, claims in found.items()}
 
         return await self._read(read)
 
@@ -227,15 +235,8 @@ class IntakeStore:
         """Claims of these content hashes still in state `claimed` (their rename may have failed)."""
 
         def read(connection: sqlite3.Connection) -> list[IntakeFile]:
-            found: list[IntakeFile] = []
-            for sha in set(sha256s):
-                rows = connection.execute(
-                    f"SELECT {_FILE_COLUMNS} FROM intake_files WHERE sha256 = ?"  # noqa: S608 - constant columns and placeholders
-                    " AND state = 'claimed' ORDER BY rowid",
-                    (sha,),
-                ).fetchall()
-                found.extend(_file_of(row) for row in rows)
-            return found
+            found = _claims_by_sha(connection, sha256s, "state = 'claimed'")
+            return [claim for claims in found.values() for claim in claims]
 
         return await self._read(read)
 

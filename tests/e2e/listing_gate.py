@@ -19,7 +19,7 @@ import anyio
 from aiohttp import web
 
 # Hop-by-hop headers and those aiohttp sets itself.
-_DROPPED = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+DROPPED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
 class ListingGate:
@@ -53,10 +53,12 @@ class ListingGate:
             if self.listed >= self._passing and not self._opened.is_set():
                 self.held += 1
                 if self._refuse:
-                    return _refusal()
+                    return permission_mismatch()
                 await self._opened.wait()
             self.listed += 1
-        headers = {name: value for name, value in request.headers.items() if name.lower() not in _DROPPED}
+        headers = {
+            name: value for name, value in request.headers.items() if name.lower() not in DROPPED_HEADERS
+        }
         body = await request.read()
         async with (
             # No header of aiohttp's own: Shared Key signs Content-Type, and the client chose its headers.
@@ -73,12 +75,15 @@ class ListingGate:
             ) as answer,
         ):
             payload = await answer.read()
-            kept = {name: value for name, value in answer.headers.items() if name.lower() not in _DROPPED}
+            kept = {
+                name: value for name, value in answer.headers.items() if name.lower() not in DROPPED_HEADERS
+            }
             return web.Response(status=answer.status, headers=kept, body=payload)
 
 
-def _refusal() -> web.Response:
-    """What Blob Storage answers a listing it does not authorize (e.g. a role removed meanwhile)."""
+def permission_mismatch(method: str = "GET") -> web.Response:
+    """Blob Storage's answer to an authenticated identity whose role lacks the operation's data action
+    (e.g. a role removed meanwhile); a HEAD gets the status and headers only."""
     body = (
         '<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthorizationPermissionMismatch</Code>'
         "<Message>This request is not authorized to perform this operation using this permission.</Message>"
@@ -87,7 +92,7 @@ def _refusal() -> web.Response:
     return web.Response(
         status=403,
         headers={"x-ms-error-code": "AuthorizationPermissionMismatch", "Content-Type": "application/xml"},
-        body=body.encode(),
+        body=None if method == "HEAD" else body.encode(),
     )
 
 

@@ -23,8 +23,9 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from tests.e2e.listing_gate import DROPPED_HEADERS, permission_mismatch
+
 # Hop-by-hop headers, and those aiohttp sets itself.
-_DROPPED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
 @dataclass
@@ -41,7 +42,7 @@ class StorageRoleCheck:
             request.method in ("GET", "HEAD") and query.get("restype") == "container" and "comp" not in query
         )
         headers = {
-            name: value for name, value in request.headers.items() if name.lower() not in _DROPPED_HEADERS
+            name: value for name, value in request.headers.items() if name.lower() not in DROPPED_HEADERS
         }
         body = await request.read()
         async with (
@@ -61,27 +62,13 @@ class StorageRoleCheck:
         ):
             payload = await answer.read()
             kept = {
-                name: value for name, value in answer.headers.items() if name.lower() not in _DROPPED_HEADERS
+                name: value for name, value in answer.headers.items() if name.lower() not in DROPPED_HEADERS
             }
         asked = "container read" if container_read else f"{request.method} {query.get('comp', '')}"
         self.seen.append((asked, answer.status))
         if container_read and answer.status in (200, 404):
-            return _not_authorized(request.method)
+            return permission_mismatch(request.method)
         return web.Response(status=answer.status, headers=kept, body=payload)
-
-
-def _not_authorized(method: str) -> web.Response:
-    """Blob Storage's answer to an authenticated identity whose role lacks the operation's data action."""
-    body = (
-        '<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthorizationPermissionMismatch</Code>'
-        "<Message>This request is not authorized to perform this operation using this permission.</Message>"
-        "</Error>"
-    )
-    return web.Response(
-        status=403,
-        headers={"x-ms-error-code": "AuthorizationPermissionMismatch", "Content-Type": "application/xml"},
-        body=None if method == "HEAD" else body.encode(),
-    )
 
 
 @contextlib.asynccontextmanager

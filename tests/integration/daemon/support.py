@@ -44,14 +44,20 @@ def folders_under(root: Path) -> DaemonFolders:
 
 
 @asynccontextmanager
-async def running_daemon(settings: Settings, folders: DaemonFolders) -> AsyncIterator[Daemon]:
-    """The daemon in this event loop, ready; drained (as by SIGTERM) when the block ends."""
+async def running_daemon(
+    settings: Settings, folders: DaemonFolders, node_script: bytes | None = None
+) -> AsyncIterator[Daemon]:
+    """The daemon in this event loop, ready; drained (as by SIGTERM) when the block ends.
+
+    Its nodes run `node_script` (the stand-in node by default).
+    """
     await anyio.to_thread.run_sync(folders.create)
     ready: list[Daemon] = []
+    script = stand_in_node() if node_script is None else node_script
     async with anyio.create_task_group() as group:
         group.start_soon(
             lambda: run_daemon(
-                settings, folders, listen="127.0.0.1:0", node_script=stand_in_node(), on_ready=ready.append
+                settings, folders, listen="127.0.0.1:0", node_script=script, on_ready=ready.append
             )
         )
         daemon = await wait_for(lambda: ready[0] if ready else None, "the daemon to be ready", 60)

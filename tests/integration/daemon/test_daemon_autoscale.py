@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
-import time
 import zipapp
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,9 +28,6 @@ from azure.core.credentials import AzureNamedKeyCredential
 
 from orchestrator.azure.clients import BATCH
 from orchestrator.errors import ConfigError, first_leaf
-from orchestrator.service.claims import DaemonFolders
-from orchestrator.service.daemon import Daemon, run_daemon
-from orchestrator.settings import Settings
 from tests.conftest import BatchEndpoint, StartEmulator, StorageEndpoint
 from tests.integration.daemon.support import (
     daemon_settings_for,
@@ -83,29 +79,6 @@ def held_node(releases: Path) -> bytes:
         buffer = io.BytesIO()
         zipapp.create_archive(source, buffer, interpreter="/usr/bin/env python3")
         return buffer.getvalue()
-
-
-@asynccontextmanager
-async def daemon_with_node(
-    settings: Settings, folders: DaemonFolders, node_script: bytes
-) -> AsyncIterator[Daemon]:
-    """As support.running_daemon, with this node script."""
-    await anyio.to_thread.run_sync(folders.create)
-    ready: list[Daemon] = []
-    async with anyio.create_task_group() as group:
-        group.start_soon(
-            lambda: run_daemon(
-                settings, folders, listen="127.0.0.1:0", node_script=node_script, on_ready=ready.append
-            )
-        )
-        daemon = await wait_for(lambda: ready[0] if ready else None, "the daemon to be ready", 60)
-        try:
-            yield daemon
-        finally:
-            import signal
-
-            if not daemon.state.draining:
-                daemon.policy.on_signal(signal.SIGTERM, time.monotonic())
 
 
 @asynccontextmanager
@@ -181,7 +154,7 @@ async def test_the_pool_grows_from_zero_shrinks_under_running_tasks_without_kill
     releases = tmp_path / "releases"
     await anyio.Path(releases).mkdir()
     node_script = await anyio.to_thread.run_sync(held_node, releases)
-    async with observer(batch) as client, daemon_with_node(settings, folders, node_script) as daemon:
+    async with observer(batch) as client, running_daemon(settings, folders, node_script) as daemon:
         pool = await client.get_pool("autoscale-pool")
         assert pool.enable_auto_scale and "taskcompletion" in str(pool.auto_scale_formula)
         # Created with the configured interval: one create, no enableAutoScale after it (which Batch

@@ -355,19 +355,26 @@ def _node_folders(tmp_path: Path, bundle: Path, python: Path) -> dict[str, str]:
     }
 
 
-async def test_the_azure_templates_start_task_places_the_bundle_for_the_tasks(
-    azurite: StorageEndpoint, bundle: Path, bare_python: Path, tmp_path: Path
-) -> None:
-    environment = _node_folders(tmp_path, bundle, bare_python)
-    started = await asyncio.to_thread(
+async def _run_template_start_task(
+    node: Path, environment: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """The azure template's start task, run as Batch runs it: `/bin/sh -c` in the start task's folder."""
+    return await asyncio.to_thread(
         subprocess.run,
         ["/bin/sh", "-c", _template_start_task()],
-        cwd=tmp_path / "startup" / "wd",
+        cwd=node / "startup" / "wd",
         env=environment,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+async def test_the_azure_templates_start_task_places_the_bundle_for_the_tasks(
+    azurite: StorageEndpoint, bundle: Path, bare_python: Path, tmp_path: Path
+) -> None:
+    environment = _node_folders(tmp_path, bundle, bare_python)
+    started = await _run_template_start_task(tmp_path, environment)
     assert started.returncode == 0, started.stderr
     assert started.stdout.startswith("Python 3.11.")
     placed = tmp_path / "shared" / "node.pyz"
@@ -400,15 +407,7 @@ async def test_a_work_unit_runs_from_the_bundle_as_a_real_task_does_and_uploads_
     has no packages, reading a manifest the orchestrator's code built: two small files packed into
     one blob and one whole blob, read through a read-only SAS, results written through a write-only one."""
     environment = _node_folders(tmp_path, bundle, bare_python)
-    started = await asyncio.to_thread(
-        subprocess.run,
-        ["/bin/sh", "-c", _template_start_task()],
-        cwd=tmp_path / "startup" / "wd",
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    started = await _run_template_start_task(tmp_path, environment)
     assert started.returncode == 0, started.stderr
     packed = {"a.txt": b"alpha beta alpha\n", "b/c.txt": "Kůň kůň, pes.\n".encode()}
     pack = b"".join(packed.values())

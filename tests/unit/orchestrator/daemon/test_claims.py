@@ -11,22 +11,8 @@ import pytest
 from orchestrator.journal.intake import IntakeStore
 from orchestrator.service import claims
 from orchestrator.service.claims import Claimer, DaemonFolders, sha256_of
-from orchestrator.service.intake import CompleteFile
 from orchestrator.settings import DaemonSettings
-
-
-@pytest.fixture
-def folders(tmp_path: Path) -> DaemonFolders:
-    made = DaemonFolders(tmp_path / "inbox", tmp_path / "done", tmp_path / "failed", tmp_path / "outbox")
-    made.create()
-    return made
-
-
-def complete(folders: DaemonFolders, relpath: str, text: str) -> CompleteFile:
-    path = folders.inbox / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return CompleteFile(path, relpath, len(text), "watch", None)
+from tests.unit.orchestrator.daemon.inbox_files import complete
 
 
 async def test_a_claim_renames_into_claimed_and_a_same_content_file_is_a_duplicate(

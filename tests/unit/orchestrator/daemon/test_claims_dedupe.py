@@ -9,28 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from orchestrator.journal.intake import IntakeStore
 from orchestrator.service.claims import Claimer, DaemonFolders
-from orchestrator.service.intake import CompleteFile
 from orchestrator.settings import DaemonSettings
+from tests.unit.orchestrator.daemon.inbox_files import complete
 
 SAME = "the same words twice"
-
-
-@pytest.fixture
-def folders(tmp_path: Path) -> DaemonFolders:
-    made = DaemonFolders(tmp_path / "inbox", tmp_path / "done", tmp_path / "failed", tmp_path / "outbox")
-    made.create()
-    return made
-
-
-def arrive(folders: DaemonFolders, relpath: str, text: str) -> CompleteFile:
-    path = folders.inbox / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return CompleteFile(path, relpath, len(text), "rescan", None)
 
 
 async def run_batch(
@@ -48,11 +32,11 @@ async def test_without_dedupe_content_equal_to_a_done_file_is_claimed_and_run_ag
     store = await IntakeStore.open(tmp_path / "state")
     try:
         claimer = Claimer(store, folders, DaemonSettings(dedupe=False))
-        first, _ = await claimer.claim([arrive(folders, "a.txt", SAME)])
+        first, _ = await claimer.claim([complete(folders, "a.txt", SAME, "rescan")])
         await run_batch(store, claimer, "batch-a", [first[0].claim_id])
         assert (folders.done / "a.txt").read_text(encoding="utf-8") == SAME
 
-        again, duplicates = await claimer.claim([arrive(folders, "b.txt", SAME)])
+        again, duplicates = await claimer.claim([complete(folders, "b.txt", SAME, "rescan")])
         assert duplicates == [] and [item.relpath for item in again] == ["b.txt"]
         claim = again[0]
         assert claim.sha256 == first[0].sha256 and claim.claim_id != first[0].claim_id
@@ -61,7 +45,7 @@ async def test_without_dedupe_content_equal_to_a_done_file_is_claimed_and_run_ag
 
         # Two arrivals with the same content in one check: both are claims of their own too.
         pair, duplicates = await claimer.claim(
-            [arrive(folders, "c.txt", SAME), arrive(folders, "sub/c.txt", SAME)]
+            [complete(folders, "c.txt", SAME, "rescan"), complete(folders, "sub/c.txt", SAME, "rescan")]
         )
         assert duplicates == [] and sorted(item.relpath for item in pair) == ["c.txt", "sub/c.txt"]
 
@@ -86,9 +70,9 @@ async def test_with_dedupe_the_same_content_is_a_duplicate_and_not_claimed_again
     store = await IntakeStore.open(tmp_path / "state")
     try:
         claimer = Claimer(store, folders, DaemonSettings(dedupe=True))
-        first, _ = await claimer.claim([arrive(folders, "a.txt", SAME)])
+        first, _ = await claimer.claim([complete(folders, "a.txt", SAME, "rescan")])
         await run_batch(store, claimer, "batch-a", [first[0].claim_id])
-        again, duplicates = await claimer.claim([arrive(folders, "b.txt", SAME)])
+        again, duplicates = await claimer.claim([complete(folders, "b.txt", SAME, "rescan")])
         assert again == [] and [item.relpath for item in duplicates] == ["b.txt"]
         assert duplicates[0].batch_id == "batch-a"  # it points at the run that has its result
         assert (folders.done / "b.txt").read_text(encoding="utf-8") == SAME
@@ -102,16 +86,16 @@ async def test_with_dedupe_content_whose_claim_failed_runs_again(
     store = await IntakeStore.open(tmp_path / "state")
     try:
         claimer = Claimer(store, folders, DaemonSettings(dedupe=True))
-        first, _ = await claimer.claim([arrive(folders, "a.txt", SAME)])
+        first, _ = await claimer.claim([complete(folders, "a.txt", SAME, "rescan")])
         await run_batch(store, claimer, "batch-a", [first[0].claim_id], failed=True)
         assert (folders.failed / "a.txt").is_file()
 
         # Sent again (say after a transient failure of its batch): a new claim, not a duplicate.
-        again, duplicates = await claimer.claim([arrive(folders, "a.txt", SAME)])
+        again, duplicates = await claimer.claim([complete(folders, "a.txt", SAME, "rescan")])
         assert duplicates == [] and [item.relpath for item in again] == ["a.txt"]
         assert again[0].claimed_path.is_file() and not (folders.done / "a.txt").exists()
         # And once that claim exists, a third copy is its duplicate.
-        third, duplicates = await claimer.claim([arrive(folders, "b.txt", SAME)])
+        third, duplicates = await claimer.claim([complete(folders, "b.txt", SAME, "rescan")])
         assert third == [] and [item.relpath for item in duplicates] == ["b.txt"]
     finally:
         await store.close()
