@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 from aiohttp import web
+from yarl import URL
 
 # Hop-by-hop headers and those aiohttp sets itself.
 DROPPED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -56,29 +58,27 @@ class ListingGate:
                     return permission_mismatch()
                 await self._opened.wait()
             self.listed += 1
-        headers = {
-            name: value for name, value in request.headers.items() if name.lower() not in DROPPED_HEADERS
-        }
-        body = await request.read()
-        async with (
-            # No header of aiohttp's own: Shared Key signs Content-Type, and the client chose its headers.
-            aiohttp.ClientSession(
-                auto_decompress=False,
-                skip_auto_headers=("Content-Type", "Accept", "Accept-Encoding", "User-Agent"),
-            ) as session,
-            session.request(
-                request.method,
-                f"{self._target}{request.rel_url}",
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-            ) as answer,
-        ):
-            payload = await answer.read()
-            kept = {
-                name: value for name, value in answer.headers.items() if name.lower() not in DROPPED_HEADERS
-            }
-            return web.Response(status=answer.status, headers=kept, body=payload)
+        return await relay(request, f"{self._target}{request.rel_url}")
+
+
+async def relay(request: web.Request, url: str | URL, trust: ssl.SSLContext | None = None) -> web.Response:
+    """`request` sent on to `url` as the client sent it, and the answer as the server gave it."""
+    headers = {name: value for name, value in request.headers.items() if name.lower() not in DROPPED_HEADERS}
+    body = await request.read()
+    async with (
+        # No header of aiohttp's own: Shared Key signs Content-Type, and the client chose its headers.
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=trust) if trust is not None else None,
+            auto_decompress=False,
+            skip_auto_headers=("Content-Type", "Accept", "Accept-Encoding", "User-Agent"),
+        ) as session,
+        session.request(
+            request.method, url, headers=headers, data=body or None, allow_redirects=False
+        ) as answer,
+    ):
+        payload = await answer.read()
+        kept = {name: value for name, value in answer.headers.items() if name.lower() not in DROPPED_HEADERS}
+        return web.Response(status=answer.status, headers=kept, body=payload)
 
 
 def permission_mismatch(method: str = "GET") -> web.Response:

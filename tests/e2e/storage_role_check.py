@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from tests.e2e.listing_gate import DROPPED_HEADERS, permission_mismatch
+from tests.e2e.listing_gate import permission_mismatch, relay
 
 # Hop-by-hop headers, and those aiohttp sets itself.
 
@@ -41,34 +40,12 @@ class StorageRoleCheck:
         container_read = (
             request.method in ("GET", "HEAD") and query.get("restype") == "container" and "comp" not in query
         )
-        headers = {
-            name: value for name, value in request.headers.items() if name.lower() not in DROPPED_HEADERS
-        }
-        body = await request.read()
-        async with (
-            # No header of aiohttp's own: the client chose its headers.
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.trust),
-                auto_decompress=False,
-                skip_auto_headers=("Content-Type", "Accept", "Accept-Encoding", "User-Agent"),
-            ) as session,
-            session.request(
-                request.method,
-                URL(f"{self.azurite}{request.raw_path}", encoded=True),
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-            ) as answer,
-        ):
-            payload = await answer.read()
-            kept = {
-                name: value for name, value in answer.headers.items() if name.lower() not in DROPPED_HEADERS
-            }
+        answer = await relay(request, URL(f"{self.azurite}{request.raw_path}", encoded=True), self.trust)
         asked = "container read" if container_read else f"{request.method} {query.get('comp', '')}"
         self.seen.append((asked, answer.status))
         if container_read and answer.status in (200, 404):
             return permission_mismatch(request.method)
-        return web.Response(status=answer.status, headers=kept, body=payload)
+        return answer
 
 
 @contextlib.asynccontextmanager
