@@ -170,13 +170,17 @@ async def _enable(settings: Settings, clients: Clients, formula: str, interval: 
     options = BatchPoolEnableAutoScaleOptions(
         auto_scale_formula=formula, auto_scale_evaluation_interval=interval
     )
+
+    async def enable() -> None:
+        await retry_call(
+            settings.retry,
+            "enable_pool_auto_scale",
+            lambda: clients.batch.enable_pool_auto_scale(pool_id, options),
+        )
+
     try:
         try:
-            await retry_call(
-                settings.retry,
-                "enable_pool_auto_scale",
-                lambda: clients.batch.enable_pool_auto_scale(pool_id, options),
-            )
+            await enable()
         except HttpResponseError as error:
             if error_code_of(error) != ENABLE_THROTTLED:
                 raise
@@ -184,11 +188,7 @@ async def _enable(settings: Settings, clients: Clients, formula: str, interval: 
             # takes one enable per 30 s per pool, so wait that out once rather than fail the start.
             log.info("pool.autoscale_enable_throttled", pool_id=pool_id, wait_s=ENABLE_THROTTLE_WAIT_S)
             await anyio.sleep(ENABLE_THROTTLE_WAIT_S)
-            await retry_call(
-                settings.retry,
-                "enable_pool_auto_scale",
-                lambda: clients.batch.enable_pool_auto_scale(pool_id, options),
-            )
+            await enable()
     except HttpResponseError as error:
         if error.status_code == 400:  # a formula that does not parse; nothing was changed
             raise ConfigError(
